@@ -1,0 +1,131 @@
+"""Normalise arrays at the boundary and run the kernels.
+
+Everything that calls a kernel goes through :func:`class_stats`, so dtype,
+byte order and contiguity are normalised in one place (each distinct array
+type is another numba compile) and invalid values are reported the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels
+from .errors import BCEInputError, InvalidValueError
+
+NAN_POLICIES = {"error": kernels.NAN_ERROR, "omit": kernels.NAN_OMIT,
+                "propagate": kernels.NAN_PROPAGATE}
+
+NAN_HINT = "skip NaN elements with nan_policy='omit' (--nan-policy omit), or clean the data"
+RANGE_HINT = ("targets must lie in [0, 1]; leave unlabelled elements out with "
+              "ignore_value (--ignore-value)")
+
+_EMPTY3 = np.zeros((0, 0, 0), dtype=np.float64)
+_EMPTY2 = np.zeros((0, 0), dtype=np.float64)
+
+
+def as_logits(x) -> np.ndarray:
+    """float32 or float64, native byte order (float16 and integers are upcast)."""
+    x = np.asarray(x)
+    if x.dtype.kind == "f":
+        if x.dtype.itemsize < 4:
+            return x.astype(np.float32)
+        if x.dtype.itemsize > 8:
+            return x.astype(np.float64)
+        return x if x.dtype.isnative else x.astype(x.dtype.newbyteorder("="))
+    if x.dtype.kind in "biu":
+        return x.astype(np.float64)
+    raise BCEInputError(f"logits must be numeric, got dtype {x.dtype}")
+
+
+def as_targets(y, like: np.dtype) -> np.ndarray:
+    """Targets as uint8 (from bool, zero-copy) or a float type (ints take the logits' type)."""
+    y = np.asarray(y)
+    if y.dtype == np.bool_:
+        return y.view(np.uint8)
+    if y.dtype.kind in "iu":
+        return y.astype(like)
+    if y.dtype.kind == "f":
+        return as_logits(y)
+    raise BCEInputError(f"targets must be numeric or bool, got dtype {y.dtype}")
+
+
+def class_stats(x, y, *, class_axis: int | None, wvec=None, pvec=None, wfull=None,
+                pfull=None, ignore=None, smooth: float = 0.0, nan_policy: str = "error",
+                want_out: bool = False):
+    """Per-class statistics ``(N_STATS, C)`` and, with ``want_out``, per-element losses.
+
+    ``x`` and ``y`` have the same shape; ``class_axis`` is the axis holding the
+    classes (``None``: one class, everything pooled).  ``wvec``/``pvec`` are
+    per-class float64 vectors of length C (or None); ``wfull``/``pfull`` are
+    arrays broadcastable to ``x``'s shape (or None), multiplied with the vectors.
+    """
+    shape = x.shape
+    x = np.ascontiguousarray(as_logits(x))
+    y = np.ascontiguousarray(as_targets(y, x.dtype))
+    if class_axis is None:
+        a_count, c_count, b_count = 1, 1, x.size
+    else:
+        a_count = int(np.prod(shape[:class_axis], dtype=np.int64))
+        c_count = shape[class_axis]
+        b_count = int(np.prod(shape[class_axis + 1:], dtype=np.int64))
+    wvec = _vector(wvec, c_count)
+    pvec = _vector(pvec, c_count)
+    rows = b_count == 1 and c_count > 1
+    canon = (a_count, c_count) if rows else (a_count, c_count, b_count)
+    empty = _EMPTY2 if rows else _EMPTY3
+    wf = empty if wfull is None else _full(wfull, shape).reshape(canon)
+    pf = empty if pfull is None else _full(pfull, shape).reshape(canon)
+    out = np.empty(canon if want_out else (0,) * len(canon), dtype=x.dtype)
+    mode = NAN_POLICIES[nan_policy]
+    has_ignore = ignore is not None
+    ignore_value = float(ignore) if has_ignore else 0.0
+    run = kernels.rows_kernel if rows else kernels.planes_kernel
+    partials, n_bad = run(x.reshape(canon), y.reshape(canon), wvec, pvec, wf, pf,
+                          wfull is not None, pfull is not None, float(smooth),
+                          ignore_value, has_ignore, mode, out, want_out)
+    if n_bad.any():
+        raise _first_invalid(x.reshape(shape), y.reshape(shape), class_axis, ignore, mode)
+    stats = partials.sum(axis=0) if rows else partials.sum(axis=(0, 2)).T
+    return np.ascontiguousarray(stats), (out.reshape(shape) if want_out else None)
+
+
+def _vector(v, n: int) -> np.ndarray:
+    if v is None:
+        return np.ones(n, dtype=np.float64)
+    v = np.ascontiguousarray(v, dtype=np.float64).reshape(-1)
+    if v.size == 1 and n != 1:
+        return np.full(n, v[0])
+    return v
+
+
+def _full(a, shape) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    return np.ascontiguousarray(np.broadcast_to(a, shape))
+
+
+def _first_invalid(x, y, class_axis, ignore, mode) -> InvalidValueError:
+    """Find the first invalid element (slow path, only on error) and describe it."""
+    yf = y.astype(np.float64) if y.dtype == np.uint8 else y
+    x_nan = np.isnan(x)
+    y_nan = np.isnan(yf)
+    with np.errstate(invalid="ignore"):
+        out_of_range = (yf < 0) | (yf > 1)
+    bad = out_of_range
+    if mode == kernels.NAN_ERROR:
+        bad = bad | x_nan | y_nan
+    if ignore is not None:
+        bad &= yf != ignore
+    flat = int(np.argmax(bad.reshape(-1)))
+    index = tuple(int(i) for i in np.unravel_index(flat, x.shape))
+    cls = 0 if class_axis is None else index[class_axis]
+    where = f"at index {index}" if len(index) != 1 else f"at index {index[0]}"
+    if y_nan.reshape(-1)[flat]:
+        msg = f"target is NaN {where}"
+        hint = NAN_HINT
+    elif x_nan.reshape(-1)[flat]:
+        msg = f"logit is NaN {where}"
+        hint = NAN_HINT
+    else:
+        msg = f"target {float(yf.reshape(-1)[flat])!r} is outside [0, 1] {where}"
+        hint = RANGE_HINT
+    return InvalidValueError(msg, index=index, class_index=cls, hint=hint)

@@ -1,0 +1,27 @@
+"""The one place that holds the JIT options of every kernel.
+
+Never blanket ``fastmath=True``: it implies ``nnan``/``ninf`` and folds
+``np.isnan`` to False.  ``ELEMENT_FLAGS`` lets LLVM contract multiply-adds and
+vectorise branch-free code while keeping NaN and inf semantics; ``SUM_FLAGS``
+adds ``reassoc`` for loops whose only job is a float64 sum (reassociation
+would silently delete compensation terms in element math, so it never goes
+there).
+"""
+
+from __future__ import annotations
+
+import numba
+
+ELEMENT_FLAGS = frozenset({"nsz", "arcp", "contract"})
+SUM_FLAGS = ELEMENT_FLAGS | {"reassoc"}
+
+
+def kernel(*, parallel: bool = True, flags=ELEMENT_FLAGS):
+    """Decorator for a compiled, cached kernel (a pure function over arrays)."""
+    return numba.njit(parallel=parallel, cache=True, nogil=True, error_model="numpy",
+                      fastmath=set(flags))
+
+
+def inline(flags=ELEMENT_FLAGS):
+    """Decorator for scalar helpers inlined into the kernels (and usable from CUDA)."""
+    return numba.njit(inline="always", cache=True, error_model="numpy", fastmath=set(flags))

@@ -1,0 +1,168 @@
+"""The mergeable accumulator: per-class float64 sums with update, merge, compute.
+
+One-shot calls, streaming over record batches, threads, the GPU and a
+distributed engine all reduce to "update partial state, merge, compute":
+the state is a ``(N_STATS, C)`` float64 array and ``merge`` is addition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import kernels
+from ._engine import NAN_POLICIES, class_stats
+from .errors import BCEInputError
+from .functional import REDUCTIONS, pos_weight_from_counts
+
+
+@dataclass
+class BCEResult:
+    """What :meth:`BCEAccumulator.compute` returns; per-class arrays have shape (C,)."""
+
+    reduction: str
+    loss: float                 # overall: sum / n_elements (mean) or the sum
+    class_loss: np.ndarray      # per class: sum / count (mean, none) or the sum
+    loss_sum: np.ndarray        # per class: sum of weighted element losses
+    count: np.ndarray           # per class: elements that took part
+    n_pos: np.ndarray           # per class: sum of targets
+    n_neg: np.ndarray           # per class: sum of (1 - target)
+    accuracy: np.ndarray        # per class: share with (logit > 0) == (target >= 0.5)
+    suggested_pos_weight: np.ndarray  # n_neg / n_pos (NaN without positives)
+    n_elements: int = field(default=0)
+
+    @property
+    def positive_rate(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.n_pos / (self.n_pos + self.n_neg)
+
+
+class BCEAccumulator:
+    """Streaming BCE-with-logits over batches shaped ``(n, C)`` or ``(n, C, ...)``.
+
+    Classes lie on axis 1 (a 1-D batch is one class).  ``pos_weight`` and
+    ``weight`` given here are per-class vectors (or scalars); ``update`` also
+    takes a per-batch ``weight`` broadcastable to the batch.
+
+    >>> acc = BCEAccumulator(2)
+    >>> _ = acc.update(np.array([[0.0, 2.0]]), np.array([[1, 1]]))
+    >>> _ = acc.update(np.array([[0.0, 2.0]]), np.array([[1, 0]]))
+    >>> r = acc.compute()
+    >>> r.n_pos.tolist(), r.n_neg.tolist()
+    ([2.0, 1.0], [0.0, 1.0])
+    """
+
+    def __init__(self, n_classes: int, *, pos_weight=None, weight=None, ignore_value=None,
+                 label_smoothing: float = 0.0, nan_policy: str = "error"):
+        if n_classes < 1:
+            raise BCEInputError(f"n_classes must be at least 1, got {n_classes}")
+        if nan_policy not in NAN_POLICIES:
+            raise BCEInputError(f"nan_policy must be one of {', '.join(NAN_POLICIES)}, "
+                                f"got {nan_policy!r}")
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise BCEInputError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
+        self.n_classes = int(n_classes)
+        self.pos_weight = self._per_class(pos_weight, "pos_weight")
+        self.weight = self._per_class(weight, "weight")
+        self.ignore_value = ignore_value
+        self.label_smoothing = float(label_smoothing)
+        self.nan_policy = nan_policy
+        self.state = np.zeros((kernels.N_STATS, self.n_classes), dtype=np.float64)
+        self.n_rows = 0
+
+    def _per_class(self, v, name):
+        if v is None:
+            return None
+        v = np.asarray(v, dtype=np.float64).reshape(-1)
+        if v.size == 1:
+            v = np.full(self.n_classes, v[0])
+        if v.size != self.n_classes:
+            raise BCEInputError(f"{name} has {v.size} values but there are "
+                                f"{self.n_classes} classes")
+        if np.isnan(v).any():
+            raise BCEInputError(f"{name} contains NaN at class {int(np.argmax(np.isnan(v)))}")
+        return v
+
+    def spawn(self) -> BCEAccumulator:
+        """A new, empty accumulator with the same settings (for parallel partial states)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.state = np.zeros_like(self.state)
+        new.n_rows = 0
+        return new
+
+    def update(self, logits, targets, weight=None, *, return_losses: bool = False):
+        """Add a batch; returns ``self``, or the per-element losses with ``return_losses``.
+
+        Raises :class:`~bce_cli.errors.InvalidValueError` (with the element's
+        index in this batch) for NaN or targets outside [0, 1]; the state is
+        left unchanged then.
+        """
+        x = np.asarray(logits)
+        y = np.asarray(targets)
+        if x.ndim == 1:
+            x, y = x[:, None], y.reshape(-1, 1) if y.ndim == 1 else y
+        if x.shape != y.shape:
+            raise BCEInputError(f"targets of shape {y.shape} do not match logits of shape "
+                                f"{x.shape}")
+        if x.shape[1] != self.n_classes:
+            raise BCEInputError(f"batch has {x.shape[1]} classes, expected {self.n_classes}")
+        if x.shape[0] == 0:
+            return None if return_losses else self
+        wvec, wfull = self.weight, None
+        if weight is not None:
+            w = np.asarray(weight, dtype=np.float64)
+            if w.ndim <= 1 and w.size in (1, self.n_classes):
+                wvec = self._per_class(w, "weight") * (1.0 if wvec is None else wvec)
+            else:
+                wfull = w
+                if np.isnan(w).any():
+                    raise BCEInputError("weight contains NaN")
+        stats, out = class_stats(x, y, class_axis=1, wvec=wvec, pvec=self.pos_weight,
+                                 wfull=wfull, ignore=self.ignore_value,
+                                 smooth=self.label_smoothing, nan_policy=self.nan_policy,
+                                 want_out=return_losses)
+        self.state += stats
+        self.n_rows += x.shape[0]
+        return out.reshape(np.shape(logits)) if return_losses else self
+
+    def merge(self, *others: BCEAccumulator) -> BCEAccumulator:
+        """Add other accumulators' state into this one (the others are unchanged)."""
+        for other in others:
+            if other.state.shape != self.state.shape:
+                raise BCEInputError(f"cannot merge {other.n_classes} classes into "
+                                    f"{self.n_classes}")
+            self.state += other.state
+            self.n_rows += other.n_rows
+        return self
+
+    def compute(self, reduction: str = "mean", *, method: str = "ratio", beta: float = 0.999,
+                clip_max: float | None = None) -> BCEResult:
+        """The losses and counts so far (the state is not changed)."""
+        if reduction not in REDUCTIONS:
+            raise BCEInputError(f"reduction must be one of {', '.join(REDUCTIONS)}")
+        s = self.state
+        count = s[kernels.COUNT].copy()
+        n_elements = int(count.sum())
+        if n_elements == 0:
+            raise BCEInputError("no elements to compute a loss over (empty input, or every "
+                                "element ignored)")
+        loss_sum = s[kernels.LOSS].copy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_class_mean = loss_sum / count
+            accuracy = s[kernels.CORRECT] / count
+        total = float(loss_sum.sum())
+        return BCEResult(
+            reduction=reduction,
+            loss=total if reduction == "sum" else total / n_elements,
+            class_loss=loss_sum if reduction == "sum" else per_class_mean,
+            loss_sum=loss_sum,
+            count=count,
+            n_pos=s[kernels.POS].copy(),
+            n_neg=s[kernels.NEG].copy(),
+            accuracy=accuracy,
+            suggested_pos_weight=pos_weight_from_counts(s[kernels.POS], s[kernels.NEG],
+                                                        method, beta, clip_max),
+            n_elements=n_elements,
+        )

@@ -1,0 +1,62 @@
+"""The one exception family of the library: messages are written for people."""
+
+from __future__ import annotations
+
+import copy
+
+
+class BCEInputError(ValueError):
+    """Bad input: what is wrong and where (file, column, row), in one or two lines.
+
+    ``file``, ``column`` and ``row`` are kept as attributes so that a caller
+    that knows more context (the CLI knows the file name, the data layer knows
+    the column) can add it with :meth:`with_context` without parsing text.
+    """
+
+    def __init__(self, message: str, *, file=None, column=None, row=None, hint=None):
+        self.reason = message
+        self.file = None if file is None else str(file)
+        self.column = column
+        self.row = row
+        self.hint = hint
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = []
+        if self.file is not None:
+            where.append(self.file)
+        if self.column is not None:
+            where.append(f"column {self.column!r}")
+        if self.row is not None:
+            where.append(f"row {self.row}")
+        text = f"{', '.join(where)}: {self.reason}" if where else self.reason
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+    def with_context(self, *, file=None, column=None, row=None, hint=None) -> BCEInputError:
+        """Return a copy with the missing context filled in (existing context wins)."""
+        new = copy.copy(self)
+        if new.file is None and file is not None:
+            new.file = str(file)
+        if new.column is None:
+            new.column = column
+        if new.row is None:
+            new.row = row
+        new.hint = new.hint or hint
+        new.args = (new._render(),)
+        return new
+
+
+class InvalidValueError(BCEInputError):
+    """A NaN, or a target outside [0, 1], found in the data.
+
+    ``index`` is the element's index in the array that was passed in and
+    ``class_index`` its position along the class axis, so that a caller that
+    streams batches can translate them into a file row and a column name.
+    """
+
+    def __init__(self, message: str, *, index=None, class_index=None, **context):
+        self.index = index
+        self.class_index = class_index
+        super().__init__(message, **context)

@@ -1,0 +1,154 @@
+"""The accumulator against the reference, and the merge laws."""
+
+import copy
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from bce_cli import BCEAccumulator, bce_with_logits
+from bce_cli.kernels import CHUNK
+
+from . import reference as ref
+
+
+def _batch(rng, n, c, dtype=np.float32, extra=()):
+    x = (rng.standard_normal((n, c, *extra)) * 3).astype(dtype)
+    y = rng.random((n, c, *extra)) < 0.3
+    return x, y
+
+
+def test_compute_matches_reference_per_class(rng):
+    x, y = _batch(rng, 5000, 4)
+    pw = np.array([1.0, 2.0, 0.5, 3.0])
+    res = BCEAccumulator(4, pos_weight=pw).update(x, y).compute()
+    per_elem = ref.elementwise(x, y, pos_weight=pw).astype(np.float64)
+    np.testing.assert_allclose(res.class_loss, per_elem.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(res.n_pos, y.sum(axis=0))
+    np.testing.assert_allclose(res.n_neg, (~y).sum(axis=0))
+    np.testing.assert_allclose(res.accuracy, ((x > 0) == y).mean(axis=0))
+    np.testing.assert_allclose(res.suggested_pos_weight, (~y).sum(0) / y.sum(0))
+    assert res.loss == pytest.approx(per_elem.mean(), rel=1e-12)
+    assert res.n_elements == x.size
+    total = BCEAccumulator(4, pos_weight=pw).update(x, y).compute("sum")
+    assert total.loss == pytest.approx(per_elem.sum(), rel=1e-12)
+    np.testing.assert_allclose(total.class_loss, per_elem.sum(axis=0), rtol=1e-12)
+
+
+def test_nd_batches_put_classes_on_axis_1(rng):
+    x, y = _batch(rng, 3, 2, extra=(7, 5))
+    res = BCEAccumulator(2, pos_weight=[2.0, 0.5]).update(x, y).compute()
+    per_elem = ref.elementwise(x, y, pos_weight=np.array([2.0, 0.5])[:, None, None])
+    np.testing.assert_allclose(res.class_loss, per_elem.astype(float).mean(axis=(0, 2, 3)),
+                               rtol=1e-12)
+
+
+def test_ignore_value_leaves_elements_out(rng):
+    x, y = _batch(rng, 1000, 3)
+    yl = y.astype(np.float32)
+    yl[::7, 1] = -1
+    res = BCEAccumulator(3, ignore_value=-1).update(x, yl).compute()
+    keep = yl != -1
+    per_elem = ref.elementwise(x, np.where(keep, yl, 0)).astype(np.float64)
+    for c in range(3):
+        assert res.count[c] == keep[:, c].sum()
+        assert res.class_loss[c] == pytest.approx(per_elem[keep[:, c], c].mean(), rel=1e-12)
+    assert res.loss == pytest.approx(per_elem[keep].mean(), rel=1e-12)
+
+
+def test_label_smoothing(rng):
+    x, y = _batch(rng, 500, 2)
+    a = 0.1
+    res = BCEAccumulator(2, label_smoothing=a).update(x, y).compute()
+    want = ref.elementwise(x, y * (1 - a) + a / 2).astype(float).mean()
+    assert res.loss == pytest.approx(want, rel=1e-12)
+
+
+def test_nan_policies(rng):
+    x, y = _batch(rng, 100, 2, dtype=np.float64)
+    x[3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"NaN at index \(3, 1\)"):
+        BCEAccumulator(2).update(x, y)
+    omit = BCEAccumulator(2, nan_policy="omit").update(x, y).compute()
+    assert omit.count.tolist() == [100, 99]
+    keep = ~np.isnan(x)
+    want = ref.elementwise(np.where(keep, x, 0), y).astype(float)[keep].mean()
+    assert omit.loss == pytest.approx(want, rel=1e-12)
+    prop = BCEAccumulator(2, nan_policy="propagate").update(x, y).compute()
+    assert np.isnan(prop.loss) and np.isnan(prop.class_loss[1]) and np.isfinite(prop.class_loss[0])
+
+
+def test_return_losses_has_the_batch_layout(rng):
+    x, y = _batch(rng, 10, 3, dtype=np.float64)
+    losses = BCEAccumulator(3).update(x, y, return_losses=True)
+    np.testing.assert_allclose(losses, ref.elementwise(x, y).astype(float), rtol=1e-15)
+
+
+def _split_points(n, k, rng):
+    return np.sort(rng.choice(np.arange(1, n), size=min(k, n - 1), replace=False))
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3000), c=st.integers(1, 5), parts=st.integers(1, 6),
+       seed=st.integers(0, 2**32 - 1), three_d=st.booleans())
+def test_split_then_merge_equals_one_pass(n, c, parts, seed, three_d):
+    rng = np.random.default_rng(seed)
+    x, y = _batch(rng, n, c, extra=(3,) if three_d else ())
+    pw = rng.random(c) + 0.5
+    one = BCEAccumulator(c, pos_weight=pw).update(x, y)
+    bounds = [0, *_split_points(n, parts - 1, rng).tolist(), n]
+    accs = [BCEAccumulator(c, pos_weight=pw).update(x[a:b], y[a:b])
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    merged = accs[0].spawn().merge(*accs)
+    np.testing.assert_allclose(merged.state, one.state, rtol=1e-12, atol=1e-12)
+    assert merged.n_rows == one.n_rows == n
+
+
+def test_merge_laws(rng):
+    x, y = _batch(rng, 400, 3)
+    a = BCEAccumulator(3).update(x[:150], y[:150])
+    b = BCEAccumulator(3).update(x[150:], y[150:])
+    a_before, b_before = copy.deepcopy(a.state), copy.deepcopy(b.state)
+    ab = a.spawn().merge(a, b)
+    ba = b.spawn().merge(b, a)
+    np.testing.assert_array_equal(a.state, a_before)  # inputs unchanged
+    np.testing.assert_array_equal(b.state, b_before)
+    np.testing.assert_allclose(ab.state, ba.state, rtol=1e-15)  # commutative
+    np.testing.assert_array_equal(a.spawn().merge(a).state, a.state)  # empty is neutral
+    np.testing.assert_array_equal(copy.deepcopy(a).merge(a.spawn()).state, a.state)
+    first, second = ab.compute(), ab.compute()  # compute is idempotent
+    assert first.loss == second.loss
+    np.testing.assert_array_equal(ab.state, a.spawn().merge(a, b).state)
+
+
+def test_merge_rejects_other_class_counts():
+    with pytest.raises(ValueError, match="cannot merge"):
+        BCEAccumulator(2).merge(BCEAccumulator(3))
+
+
+@pytest.mark.parametrize("shape", [(3 * CHUNK + 17,), (CHUNK // 3, 7), (5, 3, CHUNK + 5)])
+def test_result_does_not_depend_on_thread_count(rng, shape):
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    y = (rng.random(shape) < 0.3).astype(np.float32)
+    pw = np.full(shape[-1] if len(shape) == 2 else 1, 2.0)
+    saved = numba.get_num_threads()
+    results = []
+    try:
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            results.append(bce_with_logits(x, y, pos_weight=pw, reduction="sum"))
+    finally:
+        numba.set_num_threads(saved)
+    assert len(set(results)) == 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(arr=hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=3, max_side=40),
+                      elements=st.floats(-200, 200, width=32)))
+def test_any_shape_matches_reference(arr):
+    y = (np.abs(arr) % 1.0).astype(np.float32)
+    got = bce_with_logits(arr, y, reduction="sum")
+    assert got == pytest.approx(float(ref.bce(arr, y, reduction="sum")), rel=1e-12, abs=1e-12)

@@ -1,0 +1,73 @@
+"""Accuracy against the extended-precision reference over the whole float range."""
+
+import math
+
+import numpy as np
+import pytest
+
+from bce_cli import bce_with_logits
+
+from . import reference as ref
+
+
+def logit_grid(dtype):
+    """+-1e-30 .. +-3e38 log-spaced, dense over +-15..+-104 where float32 exp
+    under/overflows, plus zero, the extremes and infinities."""
+    top = min(3e38, float(np.finfo(dtype).max))
+    mags = np.concatenate([
+        np.geomspace(1e-30, top, 4000),
+        np.linspace(15, 104, 4000),
+        np.linspace(0, 15, 1000),
+        np.linspace(104, 800, 1000),
+        [0.0, float(np.finfo(dtype).tiny), float(np.finfo(dtype).max), np.inf],
+    ]).astype(dtype)
+    mags = mags[np.isfinite(mags) | np.isinf(mags)]
+    return np.concatenate([mags, -mags])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("target", [0.0, 1.0])
+def test_hard_targets_within_4_ulp(dtype, target):
+    x = logit_grid(dtype)
+    y = np.full_like(x, target)
+    got = bce_with_logits(x, y, reduction="none")
+    assert got.dtype == dtype
+    err = ref.ulp_error(got, ref.elementwise(x, y), dtype)
+    worst = int(np.argmax(err))
+    print(f"\n{np.dtype(dtype).name} y={target}: worst {err.max():.3f} ulp at x={x[worst]!r}")
+    assert err.max() <= 4, (x[worst], got[worst])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_hard_targets_with_pos_weight_within_4_ulp(dtype):
+    x = logit_grid(dtype)
+    y = np.tile(np.array([0.0, 1.0], dtype), x.size // 2 + 1)[: x.size]
+    p = np.array([3.0], dtype)
+    got = bce_with_logits(x, y, pos_weight=p, reduction="none")
+    err = ref.ulp_error(got, ref.elementwise(x, y, pos_weight=p), dtype)
+    print(f"\n{np.dtype(dtype).name} pos_weight=3: worst {err.max():.3f} ulp")
+    assert err.max() <= 4
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_soft_targets_within_8_ulp_of_scale(dtype, rng):
+    x = logit_grid(dtype)
+    x = x[np.abs(x) < np.finfo(dtype).max / 4]  # keep |x| + loss representable
+    y = rng.random(x.size).astype(dtype)
+    got = bce_with_logits(x, y, reduction="none").astype(np.longdouble)
+    want = ref.elementwise(x, y)
+    scale = np.abs(x.astype(np.longdouble)) + want
+    with np.errstate(over="ignore"):
+        spacing = np.spacing(scale.astype(dtype)).astype(np.longdouble)
+    err = np.asarray(np.abs(got - want) / spacing, dtype=np.float64)
+    print(f"\n{np.dtype(dtype).name} soft targets: worst {err.max():.3f} ulp of |x|+loss")
+    assert err.max() <= 8
+
+
+def test_mean_of_20_million_within_1e9_of_exact_sum(rng):
+    n = 20_000_000
+    x = (rng.standard_normal(n) * 4).astype(np.float32)
+    y = (rng.random(n) < 0.3).astype(np.float32)
+    got = bce_with_logits(x, y)
+    exact = math.fsum(ref.elementwise(x, y).astype(np.float64).tolist()) / n
+    assert abs(got - exact) <= 1e-9 * exact

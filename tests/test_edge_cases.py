@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+
+from bce_cli import bce_with_logits
+
+from . import reference as ref
+from .edge_cases import special_logits, variants
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("target", [0.0, 1.0, 0.25])
+def test_special_values(dtype, target):
+    x = special_logits(dtype)
+    y = np.full(x.shape, target, dtype=dtype)
+    got = bce_with_logits(x, y, reduction="none")
+    assert got.dtype == dtype
+    want = ref.elementwise(x, y)
+    with np.errstate(over="ignore"):
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(dtype).astype(np.float64),
+                                   rtol=4 * np.finfo(dtype).eps, atol=0)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_layout_and_dtype_variants_agree(rng, reduction):
+    x = (rng.standard_normal(257) * 5).astype(np.float32)
+    y = (rng.random(257) < 0.4).astype(np.float32)
+    for name, xv, yv in variants(x, y):
+        got = bce_with_logits(xv, yv, reduction=reduction)
+        want = ref.bce(xv, yv, reduction=reduction)
+        if reduction == "none":
+            assert got.shape == xv.shape, name
+            want = np.asarray(want).astype(got.dtype)
+            np.testing.assert_allclose(got, want, rtol=4 * np.finfo(got.dtype).eps, err_msg=name)
+        else:
+            assert got == pytest.approx(float(want), rel=1e-12), name
+
+
+def test_inputs_are_not_modified(rng):
+    x = rng.standard_normal((50, 3))
+    y = (rng.random((50, 3)) < 0.5).astype(float)
+    x0, y0 = x.copy(), y.copy()
+    bce_with_logits(x, y, pos_weight=np.ones(3), reduction="none")
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(y, y0)
+
+
+def test_single_element():
+    assert bce_with_logits(np.float32(0.0), np.float32(1.0)) == pytest.approx(np.log(2), rel=1e-15)
+    out = bce_with_logits(np.array(2.0), np.array(0.0), reduction="none")
+    assert out.shape == () and float(out) == pytest.approx(float(ref.bce(2.0, 0.0)), rel=1e-15)

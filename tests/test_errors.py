@@ -1,0 +1,73 @@
+"""Bad input raises ValueError (BCEInputError) saying what and where; never a silent NaN."""
+
+import numpy as np
+import pytest
+
+from bce_cli import (
+    BCEAccumulator,
+    BCEInputError,
+    InvalidValueError,
+    bce_with_logits,
+    suggest_pos_weight,
+)
+
+
+def test_shape_mismatch():
+    with pytest.raises(BCEInputError, match=r"target shape \(3,\) .* input shape \(4,\)"):
+        bce_with_logits(np.zeros(4), np.zeros(3))
+
+
+@pytest.mark.parametrize("name", ["weight", "pos_weight"])
+def test_weights_that_do_not_broadcast(name):
+    with pytest.raises(BCEInputError, match=f"{name} of shape \\(4,\\) does not broadcast"):
+        bce_with_logits(np.zeros((2, 3)), np.zeros((2, 3)), **{name: np.ones(4)})
+    with pytest.raises(BCEInputError, match="does not broadcast"):
+        bce_with_logits(np.zeros(3), np.zeros(3), **{name: np.ones((2, 3))})
+
+
+def test_target_out_of_range_names_first_index():
+    y = np.zeros((4, 3))
+    y[2, 1] = 1.5
+    y[3, 0] = -2
+    msg = r"target 1.5 is outside \[0, 1\] at index \(2, 1\)"
+    with pytest.raises(InvalidValueError, match=msg):
+        bce_with_logits(np.zeros((4, 3)), y)
+
+
+@pytest.mark.parametrize("which", ["logit", "target"])
+def test_nan_is_an_error(which):
+    x, y = np.zeros(10), np.zeros(10)
+    (x if which == "logit" else y)[7] = np.nan
+    with pytest.raises(InvalidValueError, match=f"{which} is NaN at index 7") as info:
+        bce_with_logits(x, y)
+    assert info.value.index == (7,)
+
+
+def test_empty_input():
+    with pytest.raises(BCEInputError, match="no elements"):
+        bce_with_logits(np.zeros((0, 3)), np.zeros((0, 3)))
+
+
+def test_pos_weight_of_wrong_length():
+    with pytest.raises(BCEInputError, match="pos_weight has 2 values but there are 3 classes"):
+        BCEAccumulator(3, pos_weight=[1.0, 2.0])
+
+
+def test_unknown_reduction():
+    with pytest.raises(BCEInputError, match="reduction must be one of"):
+        bce_with_logits(np.zeros(2), np.zeros(2), reduction="avg")
+
+
+def test_nan_weight():
+    with pytest.raises(BCEInputError, match="weight contains NaN"):
+        bce_with_logits(np.zeros(2), np.zeros(2), weight=np.array([1.0, np.nan]))
+
+
+def test_suggest_pos_weight_rejects_bad_targets():
+    with pytest.raises(BCEInputError, match="outside"):
+        suggest_pos_weight(np.array([[0.0, 2.0]]))
+
+
+def test_errors_are_value_errors():
+    assert issubclass(BCEInputError, ValueError)
+    assert issubclass(InvalidValueError, BCEInputError)
