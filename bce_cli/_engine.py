@@ -59,6 +59,22 @@ def class_stats(x, y, *, class_axis: int | None, wvec=None, pvec=None, wfull=Non
     per-class float64 vectors of length C (or None); ``wfull``/``pfull`` are
     arrays broadcastable to ``x``'s shape (or None), multiplied with the vectors.
     """
+    x, y = np.asarray(x), np.asarray(y)
+    if (x.ndim == 2 and class_axis == 1 and x.flags.f_contiguous
+            and not x.flags.c_contiguous):
+        # Column-major (n, C), as wide tables arrive: run on the (C, n) view
+        # instead of copying, and hand back per-element losses in (n, C).
+        t = np.transpose
+        try:
+            stats, out = class_stats(t(x), t(y), class_axis=0, wvec=wvec, pvec=pvec,
+                                     wfull=None if wfull is None else t(np.asarray(wfull)),
+                                     pfull=None if pfull is None else t(np.asarray(pfull)),
+                                     ignore=ignore, smooth=smooth, nan_policy=nan_policy,
+                                     want_out=want_out)
+        except InvalidValueError:  # report the first bad element in row order
+            raise _first_invalid(as_logits(x), as_targets(y, np.float64), 1, ignore,
+                                 NAN_POLICIES[nan_policy]) from None
+        return stats, (None if out is None else out.T)
     shape = x.shape
     x = np.ascontiguousarray(as_logits(x))
     y = np.ascontiguousarray(as_targets(y, x.dtype))

@@ -113,7 +113,10 @@ class BCEAccumulator:
         wvec, wfull = self.weight, None
         if weight is not None:
             w = np.asarray(weight, dtype=np.float64)
-            if w.ndim <= 1 and w.size in (1, self.n_classes):
+            per_class = w.size in (1, self.n_classes) and (
+                w.ndim <= 1 or (w.shape[0] == 1 and w.ndim <= x.ndim and
+                                all(n == 1 for n in w.shape[2:])))
+            if per_class:
                 wvec = self._per_class(w, "weight") * (1.0 if wvec is None else wvec)
             else:
                 wfull = w

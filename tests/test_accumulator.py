@@ -152,3 +152,25 @@ def test_any_shape_matches_reference(arr):
     y = (np.abs(arr) % 1.0).astype(np.float32)
     got = bce_with_logits(arr, y, reduction="sum")
     assert got == pytest.approx(float(ref.bce(arr, y, reduction="sum")), rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("wshape", [None, (1, 1), (1, 4), (300, 1), (300, 4)])
+def test_memory_order_and_batch_weight_shapes(rng, order, wshape):
+    x, y = _batch(rng, 300, 4)
+    x, y = np.asarray(x, order=order), np.asarray(y, order=order)
+    w = None if wshape is None else rng.random(wshape) + 0.5
+    acc = BCEAccumulator(4, pos_weight=[1.0, 2.0, 3.0, 4.0])
+    losses = acc.update(x, y, w, return_losses=True)
+    want = ref.elementwise(x, y, weight=w, pos_weight=np.array([1.0, 2.0, 3.0, 4.0]))
+    np.testing.assert_allclose(losses, want.astype(np.float32), rtol=1e-6)
+    np.testing.assert_allclose(acc.compute().class_loss, want.astype(float).mean(0), rtol=1e-12)
+
+
+def test_fortran_order_error_names_first_row(rng):
+    x, y = _batch(rng, 50, 3)
+    y = np.asfortranarray(y.astype(np.float32))
+    y[40, 0] = 2.0
+    y[10, 2] = 3.0
+    with pytest.raises(ValueError, match=r"target 3.0 .* at index \(10, 2\)"):
+        BCEAccumulator(3).update(np.asfortranarray(x), y)
