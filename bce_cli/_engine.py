@@ -78,7 +78,7 @@ def class_stats(x, y, *, class_axis: int | None, wvec=None, pvec=None, wfull=Non
     shape = x.shape
     x = np.ascontiguousarray(as_logits(x))
     y = np.ascontiguousarray(as_targets(y, x.dtype))
-    if class_axis is None:
+    if class_axis is None or shape[class_axis] == 1:
         a_count, c_count, b_count = 1, 1, x.size
     else:
         a_count = int(np.prod(shape[:class_axis], dtype=np.int64))

@@ -22,6 +22,12 @@ def kernel(*, parallel: bool = True, flags=ELEMENT_FLAGS):
                       fastmath=set(flags))
 
 
-def inline(flags=ELEMENT_FLAGS):
-    """Decorator for scalar helpers inlined into the kernels (and usable from CUDA)."""
-    return numba.njit(inline="always", cache=True, error_model="numpy", fastmath=set(flags))
+def scalar(flags=ELEMENT_FLAGS):
+    """Decorator for scalar element math called from the kernels.
+
+    A plain call, not numba's ``inline="always"``: numba-level inlining would
+    compile the body with the caller's flags, and a summing kernel's
+    ``reassoc`` deletes compensation terms.  LLVM still inlines the call (each
+    instruction keeps its own flags) and the caller's loop still vectorises.
+    """
+    return numba.njit(cache=True, error_model="numpy", fastmath=set(flags))

@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import inline, kernel
-from ._softplus import log1p_exp_neg
+from ._fastmath import log1p_exp_neg, log1p_exp_neg_f32
+from ._jit import SUM_FLAGS, kernel, scalar
 
 # Rows of the per-class statistics array (K, C).
 LOSS, COUNT, POS, NEG, CORRECT = range(5)
@@ -33,16 +33,20 @@ CHUNK = 1 << 15
 NAN_ERROR, NAN_OMIT, NAN_PROPAGATE = 0, 1, 2
 
 
-@inline()
-def element_loss(x, y, w, p):
+@scalar()
+def element_loss(x, y, w, p, f32):
     """w * (p*y*softplus(-x) + (1-y)*softplus(x)) in float64, for one element.
 
     softplus(+-x) = max(+-x, 0) + log1p(exp(-|x|)): no overflow, and no
     cancellation for either sign of x.  A term whose coefficient is exactly
     zero contributes exactly zero, so infinite logits give their limits
-    (x=+inf, y=1 -> 0) instead of 0*inf = NaN.  NaN propagates.
+    (x=+inf, y=1 -> 0) instead of 0*inf = NaN.  NaN propagates.  ``f32``
+    selects the shorter polynomial, exact enough for float32 logits
+    (relative error 4e-11, so float32 results round correctly and float64
+    sums stay within 1e-10).
     """
-    t = log1p_exp_neg(abs(x))
+    a = abs(x)
+    t = log1p_exp_neg_f32(a) if f32 else log1p_exp_neg(a)
     pos_coef = p * y
     neg_coef = 1.0 - y
     pos_term = pos_coef * (max(-x, 0.0) + t)
@@ -53,8 +57,8 @@ def element_loss(x, y, w, p):
     return loss if w != 0.0 else 0.0
 
 
-@inline()
-def element_step(x, y, w, p, smooth, ignore, has_ignore, nan_mode):
+@scalar()
+def element_step(x, y, w, p, smooth, ignore, has_ignore, nan_mode, f32):
     """One element: (loss, counts?, is_bad).  ``counts`` is 1.0 when the element
     takes part in sums and counts, 0.0 when it is ignored or omitted."""
     ignored = has_ignore and y == ignore
@@ -65,11 +69,11 @@ def element_step(x, y, w, p, smooth, ignore, has_ignore, nan_mode):
     omitted = nan_mode == NAN_OMIT and (x_nan or y_nan)
     counts = 0.0 if (ignored or omitted) else 1.0
     ys = y * (1.0 - smooth) + 0.5 * smooth
-    loss = element_loss(x, ys, w, p)
+    loss = element_loss(x, ys, w, p, f32)
     return loss, counts, bad
 
 
-@kernel()
+@kernel(flags=SUM_FLAGS)
 def rows_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
                 smooth, ignore, has_ignore, nan_mode, out, write_out):
     """Per-class partials for ``x``/``y`` of shape (N, C).
@@ -80,6 +84,7 @@ def rows_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
     ``write_out``; elements left out (ignored or omitted) get NaN.
     """
     n, c_count = x.shape
+    f32 = x.itemsize == 4
     rows_per_chunk = max(1, CHUNK // c_count)
     n_chunks = (n + rows_per_chunk - 1) // rows_per_chunk
     partials = np.zeros((n_chunks, N_STATS, c_count), dtype=np.float64)
@@ -95,7 +100,7 @@ def rows_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
                 w = wfull[r, c] * wvec[c] if use_wfull else wvec[c]
                 p = pfull[r, c] * pvec[c] if use_pfull else pvec[c]
                 loss, counts, bad = element_step(xv, yv, w, p, smooth, ignore,
-                                                 has_ignore, nan_mode)
+                                                 has_ignore, nan_mode, f32)
                 bad_count += bad
                 if write_out:
                     out[r, c] = loss if counts != 0.0 else np.nan
@@ -109,24 +114,30 @@ def rows_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
     return partials, n_bad
 
 
-@kernel()
+@kernel(flags=SUM_FLAGS)
 def planes_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
                   smooth, ignore, has_ignore, nan_mode, out, write_out):
     """Per-class partials for ``x``/``y`` of shape (A, C, B); see ``rows_kernel``.
 
-    Chunks are (a, c, block of ``CHUNK`` along B); ``partials`` has shape
-    (A, C, n_blocks, N_STATS) and the caller sums it over axes 0 and 2.
+    A task covers one class and about ``CHUNK`` elements: a block of B when B
+    is long, else a block of whole rows of A.  ``partials`` has shape
+    (A-blocks, C, B-blocks, N_STATS); the caller sums it over axes 0 and 2.
     """
     a_count, c_count, b_count = x.shape
-    n_blocks = (b_count + CHUNK - 1) // CHUNK
-    n_tasks = a_count * c_count * n_blocks
-    partials = np.zeros((a_count, c_count, n_blocks, N_STATS), dtype=np.float64)
+    f32 = x.itemsize == 4
+    if b_count >= CHUNK:
+        a_per_task, n_bblocks, b_step = 1, (b_count + CHUNK - 1) // CHUNK, CHUNK
+    else:
+        a_per_task, n_bblocks, b_step = max(1, CHUNK // max(b_count, 1)), 1, b_count
+    n_ablocks = (a_count + a_per_task - 1) // a_per_task
+    n_tasks = n_ablocks * c_count * n_bblocks
+    partials = np.zeros((n_ablocks, c_count, n_bblocks, N_STATS), dtype=np.float64)
     n_bad = np.zeros(n_tasks, dtype=np.int64)
     for task in prange(n_tasks):
-        blk = task % n_blocks
-        ac = task // n_blocks
+        blk = task % n_bblocks
+        ac = task // n_bblocks
         c = ac % c_count
-        a = ac // c_count
+        ablk = ac // c_count
         w0 = wvec[c]
         p0 = pvec[c]
         s_loss = 0.0
@@ -135,25 +146,26 @@ def planes_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
         s_neg = 0.0
         s_correct = 0.0
         bad_count = 0
-        for b in range(blk * CHUNK, min(b_count, (blk + 1) * CHUNK)):
-            xv = np.float64(x[a, c, b])
-            yv = np.float64(y[a, c, b])
-            w = wfull[a, c, b] * w0 if use_wfull else w0
-            p = pfull[a, c, b] * p0 if use_pfull else p0
-            loss, counts, bad = element_step(xv, yv, w, p, smooth, ignore,
-                                             has_ignore, nan_mode)
-            bad_count += bad
-            if write_out:
-                out[a, c, b] = loss if counts != 0.0 else np.nan
-            s_loss += loss if counts != 0.0 else 0.0
-            s_count += counts
-            s_pos += yv * counts
-            s_neg += (1.0 - yv) * counts
-            s_correct += counts if (xv > 0.0) == (yv >= 0.5) else 0.0
-        partials[a, c, blk, LOSS] = s_loss
-        partials[a, c, blk, COUNT] = s_count
-        partials[a, c, blk, POS] = s_pos
-        partials[a, c, blk, NEG] = s_neg
-        partials[a, c, blk, CORRECT] = s_correct
+        for a in range(ablk * a_per_task, min(a_count, (ablk + 1) * a_per_task)):
+            for b in range(blk * b_step, min(b_count, (blk + 1) * b_step)):
+                xv = np.float64(x[a, c, b])
+                yv = np.float64(y[a, c, b])
+                w = wfull[a, c, b] * w0 if use_wfull else w0
+                p = pfull[a, c, b] * p0 if use_pfull else p0
+                loss, counts, bad = element_step(xv, yv, w, p, smooth, ignore,
+                                                 has_ignore, nan_mode, f32)
+                bad_count += bad
+                if write_out:
+                    out[a, c, b] = loss if counts != 0.0 else np.nan
+                s_loss += loss if counts != 0.0 else 0.0
+                s_count += counts
+                s_pos += yv * counts
+                s_neg += (1.0 - yv) * counts
+                s_correct += counts if (xv > 0.0) == (yv >= 0.5) else 0.0
+        partials[ablk, c, blk, LOSS] = s_loss
+        partials[ablk, c, blk, COUNT] = s_count
+        partials[ablk, c, blk, POS] = s_pos
+        partials[ablk, c, blk, NEG] = s_neg
+        partials[ablk, c, blk, CORRECT] = s_correct
         n_bad[task] = bad_count
     return partials, n_bad

@@ -151,7 +151,8 @@ def test_result_does_not_depend_on_thread_count(rng, shape):
 def test_any_shape_matches_reference(arr):
     y = (np.abs(arr) % 1.0).astype(np.float32)
     got = bce_with_logits(arr, y, reduction="sum")
-    assert got == pytest.approx(float(ref.bce(arr, y, reduction="sum")), rel=1e-12, abs=1e-12)
+    # float32 logits use the float32-exact polynomial: relative error below 1e-10
+    assert got == pytest.approx(float(ref.bce(arr, y, reduction="sum")), rel=1e-10, abs=1e-12)
 
 
 @pytest.mark.parametrize("order", ["C", "F"])
