@@ -1,0 +1,603 @@
+"""Arrow-backed inputs (Parquet, Arrow IPC / Feather, CSV) and their conversion to NumPy.
+
+A *source* yields record batches of chosen columns as ``(batch, file, row_in_file)``
+pieces and turns every Arrow/OS error met while reading into BCEInputError naming
+the file.  A :class:`TableFeed` cuts those pieces into batches of exactly
+``batch_rows`` rows (the last one shorter) without copying (slices only), then
+fills one NumPy array per role.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from bce_cli.errors import BCEInputError
+
+from ._paths import Resolved
+
+_READ_ERRORS = (pa.ArrowException, OSError, ValueError, EOFError)
+
+
+# ----------------------------------------------------------------------------- types
+def value_type(t: pa.DataType) -> pa.DataType:
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
+def scalar_kind(t: pa.DataType) -> str | None:
+    """'float' | 'int' | 'bool' for numeric-like types (dictionary decoded), else None."""
+    t = value_type(t)
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_boolean(t):
+        return "bool"
+    return None
+
+
+def is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def column_kind(t: pa.DataType) -> str | None:
+    """'scalar' | 'list' (of numbers) | None (anything else)."""
+    if scalar_kind(t):
+        return "scalar"
+    if is_list(t) and scalar_kind(t.value_type):
+        return "list"
+    return None
+
+
+def np_dtype(t: pa.DataType) -> np.dtype:
+    t = value_type(t)
+    if is_list(t):
+        t = value_type(t.value_type)
+    if pa.types.is_boolean(t):
+        return np.dtype(bool)
+    return np.dtype(t.to_pandas_dtype())
+
+
+def describe_type(t: pa.DataType) -> str:
+    return str(t)
+
+
+# ---------------------------------------------------------------------------- sources
+class TableSource:
+    """Common part of the Arrow-backed sources."""
+
+    fmt = "arrow"
+
+    def __init__(self, res: Resolved):
+        self.res = res
+        self.display = res.display
+        self.schema: pa.Schema = None
+        self.n_rows: int | None = None
+
+    @property
+    def file_names(self) -> list:
+        return [self.res.show(f) for f in self.res.files]
+
+    def _raw(self, columns, batch_rows):  # yields (RecordBatch, file_shown)
+        raise NotImplementedError
+
+    def batches(self, columns, batch_rows):
+        """Yield ``(record_batch, file, row_in_file)``; read errors name the file."""
+        current = self.file_names[0]
+        row = 0
+        it = self._raw(list(columns), read_rows(batch_rows, len(columns)))
+        while True:
+            try:
+                rb, shown = next(it)
+            except StopIteration:
+                return
+            except BCEInputError:
+                raise
+            except _READ_ERRORS as exc:
+                raise BCEInputError(
+                    f"cannot read (file corrupt or truncated?): {exc}", file=current
+                ) from None
+            if shown != current:
+                current, row = shown, 0
+            if rb.num_rows:
+                yield rb, shown, row
+            row += rb.num_rows
+
+
+def read_rows(batch_rows, n_columns, budget=32 << 20):
+    """Rows per record batch asked from the reader: at least ``batch_rows``, and up to
+    256Ki rows while ~8 bytes x columns x rows stays within ``budget`` (fewer, larger
+    reads decode faster; the feed slices them to ``batch_rows``)."""
+    cap = max(1, budget // (8 * max(1, n_columns)))
+    return max(int(batch_rows), min(1 << 18, cap))
+
+
+def _open_error(exc, file):
+    text = str(exc)
+    if "size is 0" in text or "empty" in text.lower():
+        return BCEInputError(f"the file is empty or not a valid file: {text}", file=file)
+    return BCEInputError(f"cannot read (file corrupt or truncated?): {text}", file=file)
+
+
+class ParquetSource(TableSource):
+    fmt = "parquet"
+
+    def __init__(self, res: Resolved):
+        super().__init__(res)
+        total = 0
+        first = None
+        for path in res.files:
+            shown = res.show(path)
+            try:
+                with res.open_random(path) as f:
+                    md = pq.ParquetFile(f).metadata
+                    schema = md.schema.to_arrow_schema()
+            except _READ_ERRORS as exc:
+                raise _open_error(exc, shown) from None
+            total += md.num_rows
+            if first is None:
+                first = (shown, schema)
+                continue
+            _check_same_schema(first, shown, schema)
+        self.schema = first[1]
+        self.n_rows = total
+
+    def _raw(self, columns, batch_rows):
+        # pre_buffer=True (pyarrow's default) makes iter_batches buffer the whole
+        # file: 600+ MB resident for a 600 MB file.  Instead, read one row group at
+        # a time: whole (read_row_group: fastest, fewest buffers) when its selected
+        # columns decode to at most ``GROUP_BUDGET`` bytes, else in record batches.
+        # Pre-buffering (coalesced reads) only for remote files, one group at a time.
+        local = self.res.local or self.res.buffer is not None
+        wanted = set(columns)
+        for path in self.res.files:
+            shown = self.res.show(path)
+            with self.res.open_random(path) as f:
+                pf = pq.ParquetFile(f, pre_buffer=not local)
+                md = pf.metadata
+                for i in range(md.num_row_groups):
+                    rg = md.row_group(i)
+                    size = sum(
+                        rg.column(j).total_uncompressed_size
+                        for j in range(rg.num_columns)
+                        if rg.column(j).path_in_schema.split(".")[0] in wanted
+                    )
+                    if size <= GROUP_BUDGET:
+                        table = pf.read_row_group(i, columns=columns)
+                        for rb in table.to_batches():
+                            yield rb, shown
+                        del table
+                    else:
+                        for rb in pf.iter_batches(
+                            batch_size=batch_rows, columns=columns, row_groups=[i]
+                        ):
+                            yield rb, shown
+
+
+GROUP_BUDGET = 64 << 20
+
+
+def _check_same_schema(first, shown, schema):
+    first_name, ref = first
+    for field in ref:
+        idx = schema.get_field_index(field.name)
+        if idx < 0:
+            raise BCEInputError(
+                f"this dataset file lacks column {field.name!r} that {first_name} has "
+                "(a dataset's files must all have the same schema)",
+                file=shown,
+                column=field.name,
+            )
+        other = schema.field(idx).type
+        if not other.equals(field.type):
+            raise BCEInputError(
+                f"type {other} differs from {field.type} in {first_name} "
+                "(a dataset's files must all have the same schema; nothing is cast)",
+                file=shown,
+                column=field.name,
+            )
+    extra = [n for n in schema.names if ref.get_field_index(n) < 0]
+    if extra:
+        raise BCEInputError(
+            f"this dataset file has columns {extra} that {first_name} lacks "
+            "(a dataset's files must all have the same schema)",
+            file=shown,
+            column=extra[0],
+        )
+
+
+class IpcFileSource(TableSource):
+    fmt = "ipc_file"
+
+    def __init__(self, res: Resolved):
+        super().__init__(res)
+        path = res.files[0]
+        try:
+            with res.open_random(path) as f:
+                reader = ipc.open_file(f)
+                self.schema = reader.schema
+                self.n_rows = reader.count_rows()  # reads message headers only
+        except _READ_ERRORS as exc:
+            raise _open_error(exc, self.file_names[0]) from None
+
+    def _raw(self, columns, batch_rows):
+        shown = self.file_names[0]
+        with self.res.open_random(self.res.files[0]) as f:
+            reader = ipc.open_file(f)
+            for i in range(reader.num_record_batches):
+                yield reader.get_batch(i).select(columns), shown
+
+
+class IpcStreamSource(TableSource):
+    fmt = "ipc_stream"
+
+    def __init__(self, res: Resolved):
+        super().__init__(res)
+        try:
+            with res.open_stream(res.files[0]) as f:
+                self.schema = ipc.open_stream(f).schema
+        except _READ_ERRORS as exc:
+            raise _open_error(exc, self.file_names[0]) from None
+        if res.buffer is not None or res.local:
+            # cheap to count: the whole stream is in memory or memory-mappable
+            # (memory-mapped, so only the message headers are touched)
+            try:
+                opener = (
+                    pa.BufferReader(res.buffer)
+                    if res.buffer is not None
+                    else pa.memory_map(res.files[0], "r")
+                )
+                with opener as f:
+                    self.n_rows = sum(b.num_rows for b in ipc.open_stream(f))
+            except _READ_ERRORS as exc:
+                raise _open_error(exc, self.file_names[0]) from None
+
+    def _raw(self, columns, batch_rows):
+        shown = self.file_names[0]
+        with self.res.open_stream(self.res.files[0]) as f:
+            for rb in ipc.open_stream(f):
+                yield rb.select(columns), shown
+
+
+class MemorySource(TableSource):
+    """An in-memory table (joined inputs, Feather v1)."""
+
+    fmt = "memory"
+
+    def __init__(self, res: Resolved, table: pa.Table, file_shown: str | None = None):
+        super().__init__(res)
+        self.table = table
+        self.schema = table.schema
+        self.n_rows = table.num_rows
+        self._shown = file_shown or res.display
+
+    @property
+    def file_names(self):
+        return [self._shown]
+
+    def _raw(self, columns, batch_rows):
+        for rb in self.table.select(columns).to_batches(max_chunksize=batch_rows):
+            yield rb, self._shown
+
+
+class CsvSource(TableSource):
+    """CSV through pyarrow's streaming reader; the row count is unknown up front.
+
+    Integer columns other than ``keep_types`` are read as float64: a streaming
+    reader infers types from its first block, and a later ``0.5`` in an
+    integer-looking column would otherwise fail half-way.
+    """
+
+    fmt = "csv"
+
+    def __init__(self, res: Resolved, keep_types=()):
+        super().__init__(res)
+        self._parse = pacsv.ParseOptions(delimiter=res.delimiter)
+        self._read = pacsv.ReadOptions(block_size=4 << 20)
+        try:
+            with res.open_stream(res.files[0]) as f:
+                reader = pacsv.open_csv(f, read_options=self._read, parse_options=self._parse)
+                schema = reader.schema
+                first = None
+                for rb in reader:
+                    if rb.num_rows:
+                        first = rb
+                        break
+        except _READ_ERRORS as exc:
+            raise _open_error(exc, self.file_names[0]) from None
+        if first is None:
+            raise BCEInputError("the input has no rows", file=self.file_names[0])
+        types = {}
+        for field in schema:
+            if pa.types.is_integer(field.type) and field.name not in keep_types:
+                types[field.name] = pa.float64()
+        self._types = types
+        self.schema = pa.schema([pa.field(f.name, types.get(f.name, f.type)) for f in schema])
+
+    def _raw(self, columns, batch_rows):
+        shown = self.file_names[0]
+        convert = pacsv.ConvertOptions(column_types=self._types, include_columns=columns)
+        with self.res.open_stream(self.res.files[0]) as f:
+            reader = pacsv.open_csv(
+                f, read_options=self._read, parse_options=self._parse, convert_options=convert
+            )
+            for rb in reader:
+                yield rb, shown
+
+
+def open_table_source(res: Resolved, keep_types=()) -> TableSource:
+    if res.fmt == "parquet":
+        return ParquetSource(res)
+    if res.fmt == "ipc_file":
+        return IpcFileSource(res)
+    if res.fmt == "ipc_stream":
+        return IpcStreamSource(res)
+    if res.fmt == "csv":
+        return CsvSource(res, keep_types)
+    if res.fmt == "feather_v1":
+        import pyarrow.feather as feather
+
+        try:
+            if res.buffer is not None:
+                table = feather.read_table(pa.BufferReader(res.buffer))
+            else:
+                with res.open_random(res.files[0]) as f:
+                    table = feather.read_table(f)
+        except _READ_ERRORS as exc:
+            raise _open_error(exc, res.display) from None
+        return MemorySource(res, table)
+    raise AssertionError(res.fmt)
+
+
+# -------------------------------------------------------------------------- selection
+class RoleSel:
+    """How one role (logits / targets / weight) is read from a table source.
+
+    kind: 'wide' (one scalar column per class), 'list' (one list column of k
+    values), 'row' (one scalar column, one value per row: a weight).
+    """
+
+    def __init__(self, kind, columns, dtype, k=None, shown=None):
+        self.kind = kind
+        self.columns = list(columns)
+        self.dtype = np.dtype(dtype)
+        self.k = k
+        self.shown = list(shown) if shown is not None else list(self.columns)
+
+    @property
+    def n_classes(self):
+        return self.k if self.kind == "list" else len(self.columns)
+
+
+# ------------------------------------------------------------------------ conversion
+def _first_null(arr) -> int:
+    mask = arr.is_null().to_numpy(zero_copy_only=False)
+    return int(np.flatnonzero(mask)[0])
+
+
+def _null_error(file, column, row):
+    return BCEInputError(
+        "missing value (null)",
+        file=file,
+        column=column,
+        row=row,
+        hint="fill the missing values, or pass --nan-policy omit|propagate to treat nulls as NaN",
+    )
+
+
+def _scalar_values(arr, *, file, column, row0, policy):
+    """A 1-D NumPy array from one Arrow array; nulls per ``policy``."""
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if arr.null_count:
+        if policy == "error":
+            raise _null_error(file, column, row0 + _first_null(arr))
+        if pa.types.is_floating(arr.type):
+            return arr.to_numpy(zero_copy_only=False)
+        mask = arr.is_null().to_numpy(zero_copy_only=False)
+        vals = (
+            pc.fill_null(
+                arr, pa.scalar(0, arr.type) if not pa.types.is_boolean(arr.type) else False
+            )
+            .to_numpy(zero_copy_only=False)
+            .astype(np.float64)
+        )
+        vals[mask] = np.nan
+        return vals
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def _fill_list(arr, out, k, *, file, column, row0, policy):
+    """Fill ``out`` (n, k) from a list / large_list / fixed_size_list array."""
+    rows = None
+    if arr.null_count:
+        if policy == "error":
+            raise _null_error(file, column, row0 + _first_null(arr))
+        valid = arr.is_valid().to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(valid)
+        out[~valid] = np.nan
+        arr = arr.filter(pa.array(valid))
+    if not pa.types.is_fixed_size_list(arr.type):
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(lengths != k)
+        if bad.size:
+            i = int(bad[0])
+            r = int(rows[i]) if rows is not None else i
+            raise BCEInputError(
+                f"list has {int(lengths[i])} values where the first row has {k} "
+                f"(ragged lists: {bad.size} such row(s) in this batch)",
+                file=file,
+                column=column,
+                row=row0 + r,
+            )
+    flat = arr.flatten()  # honours slice offsets, unlike .values
+    if pa.types.is_dictionary(flat.type):
+        flat = flat.dictionary_decode()
+    if flat.null_count:
+        if policy == "error":
+            i = _first_null(flat)
+            r = i // k
+            r = int(rows[r]) if rows is not None else r
+            raise BCEInputError(
+                f"missing value (null) at list position {i % k}",
+                file=file,
+                column=column,
+                row=row0 + r,
+                hint="fill the missing values, or pass --nan-policy omit|propagate "
+                "to treat nulls as NaN",
+            )
+        vals = _scalar_values(flat, file=file, column=column, row0=row0, policy=policy)
+    else:
+        vals = flat.to_numpy(zero_copy_only=False)
+    vals = vals.reshape(-1, k)
+    if rows is None:
+        out[...] = vals
+    else:
+        out[rows] = vals
+
+
+def _needs_float(pieces, sel: RoleSel, policy) -> bool:
+    """True when nulls in a non-float column force this batch to float64."""
+    if policy == "error" or sel.dtype.kind == "f":
+        return False
+    for rb, _, _ in pieces:
+        for c in sel.columns:
+            col = rb.column(c)
+            if col.null_count:
+                return True
+            if sel.kind == "list":
+                if pc.list_flatten(col).null_count:
+                    return True
+    return False
+
+
+def fill_role(pieces, n, sel: RoleSel, policy, order) -> np.ndarray:
+    dtype = np.dtype(np.float64) if _needs_float(pieces, sel, policy) else sel.dtype
+    if sel.kind == "row":
+        out = np.empty(n, dtype=dtype)
+        col = sel.columns[0]
+        pos = 0
+        for rb, file, row0 in pieces:
+            m = rb.num_rows
+            out[pos : pos + m] = _scalar_values(
+                rb.column(col), file=file, column=sel.shown[0], row0=row0, policy=policy
+            )
+            pos += m
+        return out
+    if sel.kind == "wide":
+        out = np.empty((n, len(sel.columns)), dtype=dtype, order=order)
+        for j, col in enumerate(sel.columns):
+            pos = 0
+            for rb, file, row0 in pieces:
+                m = rb.num_rows
+                out[pos : pos + m, j] = _scalar_values(
+                    rb.column(col), file=file, column=sel.shown[j], row0=row0, policy=policy
+                )
+                pos += m
+        return out
+    # list
+    out = np.empty((n, sel.k), dtype=dtype, order=order)
+    pos = 0
+    for rb, file, row0 in pieces:
+        m = rb.num_rows
+        _fill_list(
+            rb.column(sel.columns[0]),
+            out[pos : pos + m],
+            sel.k,
+            file=file,
+            column=sel.shown[0],
+            row0=row0,
+            policy=policy,
+        )
+        pos += m
+    return out
+
+
+def first_list_length(source: TableSource, column: str, shown: str) -> int:
+    """Read the first non-null row of a list column to learn its length."""
+    for rb, file, row0 in source.batches([column], 1024):
+        arr = rb.column(0)
+        if arr.null_count == len(arr):
+            continue
+        valid = np.flatnonzero(arr.is_valid().to_numpy(zero_copy_only=False))
+        k = pc.list_value_length(arr).to_numpy(zero_copy_only=False)[valid[0]]
+        if int(k) == 0:
+            raise BCEInputError(
+                "the first list is empty: no classes", file=file, column=shown, row=row0 + valid[0]
+            )
+        return int(k)
+    raise BCEInputError(
+        "the input has no rows (or only null lists)", file=source.display, column=shown
+    )
+
+
+# ------------------------------------------------------------------------------ feed
+class TableFeed:
+    """Batches of exactly ``batch_rows`` rows (the last shorter), one array per role."""
+
+    def __init__(self, source: TableSource, roles: dict, batch_rows, policy, order):
+        self.source = source
+        self.roles = roles
+        self.batch_rows = batch_rows
+        self.policy = policy
+        self.order = order
+        self.segments = []  # (global_row, file, row_in_file) where a file starts
+        cols = []
+        for sel in roles.values():
+            for c in sel.columns:
+                if c not in cols:
+                    cols.append(c)
+        self.columns = cols
+
+    def _note(self, global_row, file, row0):
+        if not self.segments or self.segments[-1][1] != file:
+            self.segments.append((global_row, file, row0))
+
+    def locate(self, row):
+        """(file, row_in_file) of a global row already read."""
+        best = (0, self.source.file_names[0], 0)
+        for seg in self.segments:
+            if seg[0] <= row:
+                best = seg
+            else:
+                break
+        return best[1], best[2] + (row - best[0])
+
+    def __iter__(self):
+        size = self.batch_rows
+        buf, have, done = [], 0, 0
+        for rb, file, row0 in self.source.batches(self.columns, size):
+            self._note(done + have, file, row0)
+            buf.append((rb, file, row0))
+            have += rb.num_rows
+            while have >= size:
+                take, rest, got = [], [], 0
+                for i, (b, f, r) in enumerate(buf):
+                    if got == size:
+                        rest = buf[i:]
+                        break
+                    need = size - got
+                    if b.num_rows <= need:
+                        take.append((b, f, r))
+                        got += b.num_rows
+                    else:
+                        take.append((b.slice(0, need), f, r))
+                        rest = [(b.slice(need), f, r + need)] + buf[i + 1 :]
+                        got = size
+                        break
+                buf = rest
+                have -= size
+                yield self._convert(take, size)
+                done += size
+        if have:
+            yield self._convert(buf, have)
+
+    def _convert(self, pieces, n):
+        return {
+            role: fill_role(pieces, n, sel, self.policy, self.order)
+            for role, sel in self.roles.items()
+        }

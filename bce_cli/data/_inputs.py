@@ -1,0 +1,731 @@
+"""``open_inputs``: from an :class:`InputSpec` to aligned, validated, streamed batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bce_cli.errors import BCEInputError
+
+from . import _select
+from ._arrow import (
+    MemorySource,
+    RoleSel,
+    TableFeed,
+    column_kind,
+    first_list_length,
+    is_list,
+    np_dtype,
+    open_table_source,
+)
+from ._numpy import (
+    LOGIT_NAMES,
+    TARGET_NAMES,
+    ArrayView,
+    MemArray,
+    NpzArchive,
+    default_array_name,
+    open_npy,
+)
+from ._paths import resolve
+from ._spec import Batch, InputSpec
+from ._weights import parse_weight
+
+_ARRAY_FORMATS = ("npy", "npz")
+
+
+# ------------------------------------------------------------------ role providers
+class _Role:
+    """Where one role's values come from, for names and messages."""
+
+    def __init__(self, feed, key, file, shown_columns, layout, C, S=None, names=None):
+        self.feed = feed
+        self.key = key
+        self.file = file
+        self.shown = shown_columns  # callable i -> column name
+        self.layout = layout
+        self.C = C
+        self.S = S
+        self._names = names
+
+    def class_names(self):
+        if self._names is not None:
+            return list(self._names)
+        return [str(i) for i in range(self.C)]
+
+
+class _ArrayFeed:
+    def __init__(self, views: dict, batch_rows, order):
+        self.views = views
+        self.batch_rows = batch_rows
+        self.order = order
+        ns = {v.h.shape[0] for v in views.values()}
+        if len(ns) > 1:
+            desc = ", ".join(f"{v.h.name!r}: {v.h.shape[0]}" for v in views.values())
+            first = next(iter(views.values()))
+            raise BCEInputError(f"arrays have different row counts ({desc})", file=first.h.file)
+        first = next(iter(views.values()))
+        self.n_rows = first.h.shape[0]
+        self.source_name = first.h.file
+
+    def locate(self, row):
+        return self.source_name, row
+
+    def __iter__(self):
+        its = {k: v.blocks(self.batch_rows, self.order) for k, v in self.views.items()}
+        while True:
+            out = {}
+            for k, it in its.items():
+                blk = next(it, None)
+                if blk is None:
+                    return
+                out[k] = blk
+            yield out
+
+
+class _TableFeedN(TableFeed):
+    @property
+    def n_rows(self):
+        return self.source.n_rows
+
+    @property
+    def source_name(self):
+        return self.source.display
+
+
+def _check_numeric(schema, cols, file, role):
+    for c in cols:
+        t = schema.field(c).type
+        if column_kind(t) is None:
+            raise BCEInputError(
+                f"column of type {t} is not numeric, bool or a list of numbers; it cannot hold "
+                f"{role}",
+                file=file,
+                column=c,
+            )
+
+
+def _table_sel(source, cols, role, file) -> RoleSel:
+    schema = source.schema
+    _check_numeric(schema, cols, file, role)
+    lists = [c for c in cols if is_list(schema.field(c).type)]
+    types = [schema.field(c).type for c in cols]
+    dtype = np.result_type(*[np_dtype(t) for t in types])
+    if role != "targets" and dtype.kind in "biu":
+        dtype = np.dtype(np.float64)
+    if lists:
+        if len(cols) != 1:
+            raise BCEInputError(
+                f"a list column must be the only {role} column; selected: {cols}",
+                file=file,
+                column=lists[0],
+            )
+        t = schema.field(cols[0]).type
+        if hasattr(t, "list_size"):
+            k = t.list_size
+        else:
+            k = first_list_length(source, cols[0], cols[0])
+        return RoleSel("list", cols, dtype, k=k)
+    return RoleSel("wide", cols, dtype)
+
+
+def _table_role(feed, key, sel: RoleSel, file):
+    if sel.kind == "list":
+        col = sel.shown[0]
+        names = [f"{col}[{i}]" for i in range(sel.k)]
+        return _Role(feed, key, file, lambda i: f"{col}[{i}]", "list", sel.k, names=names)
+    cols = list(sel.shown)
+    return _Role(feed, key, file, lambda i: cols[i], "wide", len(cols), names=cols)
+
+
+def _array_role(feed, key, view: ArrayView):
+    names = [view.h.name] if view.cdim is None else None
+    return _Role(feed, key, view.h.file, view.column_name, "array", view.C, view.S, names=names)
+
+
+# --------------------------------------------------------------------------- inputs
+class Inputs:
+    """Opened, validated inputs; iterate :meth:`batches` (each call reads again).
+
+    Attributes: ``class_names`` (one per class, named after the targets),
+    ``n_classes``, ``n_rows`` (None when unknown up front: CSV, remote Arrow
+    streams), ``layout`` ('wide' | 'list' | 'array', the logits' layout),
+    ``sources`` (files, formats and columns used, for the report).
+    """
+
+    def __init__(self, spec, feeds, logits: _Role, targets: _Role, weight, sources, closers):
+        self.spec = spec
+        self._feeds = feeds
+        self._logits = logits
+        self._targets = targets
+        self._weight = weight  # None | ("const", ndarray) | ("role", _Role, mode)
+        self.sources = sources
+        self._closers = closers
+        self.class_names = targets.class_names()
+        self.n_classes = targets.C
+        self.layout = logits.layout
+        self.n_rows = None
+        for f in feeds:
+            if getattr(f, "n_rows", None) is not None:
+                self.n_rows = f.n_rows
+                break
+        self.elements_per_row = targets.C * (targets.S or 1)
+
+    # -- names for messages
+    def column_of(self, class_index: int, which: str = "targets") -> str:
+        role = self._targets if which == "targets" else self._logits
+        return role.shown(int(class_index))
+
+    def file_of(self, which: str = "targets") -> str:
+        return (self._targets if which == "targets" else self._logits).file
+
+    def locate(self, row: int, class_index: int | None = None, which: str = "targets"):
+        """``(file, column, row_in_file)`` for a global row (already read) and class."""
+        role = self._targets if which == "targets" else self._logits
+        file, local = role.feed.locate(int(row))
+        column = None if class_index is None else role.shown(int(class_index))
+        return file, column, local
+
+    def error_at(self, reason, row, class_index=None, which="targets", hint=None):
+        file, column, local = self.locate(row, class_index, which)
+        return BCEInputError(reason, file=file, column=column, row=local, hint=hint)
+
+    # -- data
+    def batches(self):
+        """Yield :class:`Batch` objects of ``spec.batch_rows`` rows (the last shorter).
+
+        Reading errors (corrupt pages, nulls under nan_policy 'error', ragged lists,
+        row counts that turn out to differ) raise BCEInputError naming file,
+        column and row.
+        """
+        its = [iter(f) for f in self._feeds]
+        offset = 0
+        S = self._targets.S
+        while True:
+            parts = [next(it, None) for it in its]
+            if all(p is None for p in parts):
+                break
+            if any(p is None for p in parts):
+                self._mismatch(parts, offset)
+            merged = {}
+            for p in parts:
+                merged.update(p)
+            ns = {v.shape[0] for v in merged.values()}
+            if len(ns) != 1:
+                self._mismatch(parts, offset, sizes=merged)
+            n = ns.pop()
+            logits = merged["logits"]
+            targets = merged["targets"]
+            weight = self._batch_weight(merged, n, S)
+            yield Batch(logits=logits, targets=targets, weight=weight, row_offset=offset)
+            offset += n
+        if offset == 0:
+            raise BCEInputError("the input has no rows", file=self.sources["preds"]["path"])
+
+    def _batch_weight(self, merged, n, S):
+        w = self._weight
+        if w is None:
+            return None
+        if w[0] == "const":
+            return w[1]
+        arr = merged["weight"]
+        mode = w[2]
+        if mode == "row":
+            return arr.reshape((n, 1) if S is None else (n, 1, 1))
+        if S is not None and arr.ndim == 2:
+            return arr.reshape(n, arr.shape[1], 1)
+        return arr
+
+    def _mismatch(self, parts, offset, sizes=None):
+        desc = []
+        for f, p in zip(self._feeds, parts, strict=False):
+            if p is None:
+                desc.append(f"{f.source_name} ends after {offset} rows")
+            else:
+                n = next(iter(p.values())).shape[0]
+                desc.append(f"{f.source_name} has at least {offset + n} rows")
+        raise BCEInputError(
+            "row counts differ: " + "; ".join(desc),
+            file=self.sources["preds"]["path"],
+            hint="the two files must have one row per example, in the same order "
+            "(or join them with --on KEY)",
+        )
+
+    def close(self):
+        for c in self._closers:
+            try:
+                c()
+            except Exception:  # noqa: BLE001 - closing must not mask the real error
+                pass
+        self._closers = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ------------------------------------------------------------------------- opening
+def _open(res, spec):
+    if res.fmt in _ARRAY_FORMATS:
+        return res
+    return open_table_source(res, keep_types=(spec.on,) if spec.on else ())
+
+
+def open_inputs(spec: InputSpec, *, stdin=None) -> Inputs:
+    """Open, validate (columns, types, shapes, row counts) and return :class:`Inputs`.
+
+    Everything that can be checked without reading the data is checked here;
+    reading errors (corrupt pages, nulls, ragged lists) surface from
+    :meth:`Inputs.batches`.  With ``on`` (a join), both inputs' selected columns
+    and keys are read into memory here: the join costs about the two inputs'
+    selected columns in RAM (plus the key index) instead of one batch.
+    """
+    if not isinstance(spec, InputSpec):
+        raise TypeError("open_inputs expects an InputSpec")
+    if spec.preds == "-" and spec.labels == "-":
+        raise BCEInputError("only one of PREDS and LABELS can be standard input ('-')")
+    res_p = resolve(spec.preds, stdin=stdin)
+    res_l = resolve(spec.labels, stdin=stdin) if spec.labels is not None else None
+    wspec = parse_weight(spec.weight)
+    wcol = wspec.value if wspec is not None and wspec.kind == "column" else None
+    exclude = {c for c in (spec.on, wcol) if c}
+    closers = []
+    src_p = _open(res_p, spec)
+    src_l = _open(res_l, spec) if res_l is not None else None
+    order = spec.order
+    br = spec.batch_rows
+
+    feeds = []
+    sources = {
+        "preds": {"path": res_p.display, "format": res_p.fmt, "files": _files(res_p)},
+        "labels": None
+        if res_l is None
+        else {"path": res_l.display, "format": res_l.fmt, "files": _files(res_l)},
+        "join": spec.on if res_l is not None else None,
+    }
+
+    if src_l is None:
+        logits, targets, wrole = _one_file(spec, res_p, src_p, exclude, wcol, feeds, closers)
+    else:
+        logits, targets, wrole = _two_files(
+            spec, res_p, src_p, res_l, src_l, exclude, wcol, feeds, closers
+        )
+
+    # shapes
+    if (logits.C, logits.S) != (targets.C, targets.S):
+        raise BCEInputError(
+            f"logits have {_shape_desc(logits)} per row but targets have {_shape_desc(targets)}",
+            file=logits.file,
+            hint="give as many logit columns / values as target columns / values",
+        )
+
+    weight = _weight(spec, wspec, wrole, logits, targets, feeds, order, br)
+
+    # row counts known up front
+    known = [(f.source_name, f.n_rows) for f in feeds if f.n_rows is not None]
+    if any(n == 0 for _, n in known):
+        name = next(s for s, n in known if n == 0)
+        raise BCEInputError("the input has no rows", file=name)
+    if len({n for _, n in known}) > 1:
+        desc = ", ".join(f"{s}: {n} rows" for s, n in known)
+        raise BCEInputError(
+            f"row counts differ ({desc})",
+            file=known[0][0],
+            hint="the files must have one row per example, in the same order "
+            "(or join them with --on KEY)",
+        )
+    sources.update(
+        logits={"file": logits.file, "columns": [logits.shown(i) for i in range(logits.C)]},
+        targets={"file": targets.file, "columns": [targets.shown(i) for i in range(targets.C)]},
+        weight=None if wspec is None else {"kind": wspec.kind, "spec": wspec.text},
+        layout=logits.layout,
+    )
+    return Inputs(spec, feeds, logits, targets, weight, sources, closers)
+
+
+def _files(res):
+    if res.buffer is not None:
+        return ["<stdin>"]
+    return [res.show(f) for f in res.files]
+
+
+def _shape_desc(role):
+    return f"{role.C} classes" + (f" x {role.S} values" if role.S else "")
+
+
+def _one_file(spec, res, src, exclude, wcol, feeds, closers):
+    br, order, pol = spec.batch_rows, spec.order, spec.nan_policy
+    if res.fmt == "npy":
+        raise BCEInputError(
+            "a .npy file holds one array (the logits); give the targets as a second file",
+            file=res.display,
+            hint="bce eval preds.npy targets.npy",
+        )
+    if res.fmt == "npz":
+        z = NpzArchive(res)
+        closers.append(z.close)
+        ln = z.pick(spec.logits, LOGIT_NAMES, 0, "logits")
+        tn = z.pick(spec.targets, TARGET_NAMES, 1 if len(z.names) == 2 else None, "targets")
+        if ln == tn:
+            raise BCEInputError(
+                f"the logits and the targets would both be array {ln!r}",
+                file=z.file,
+                hint="name them with --logits NAME --targets NAME",
+            )
+        lv = ArrayView(z.array(ln), spec.class_dim, "logits")
+        tv = ArrayView(z.array(tn), spec.class_dim, "targets")
+        feed = _ArrayFeed({"logits": lv, "targets": tv}, br, order)
+        feeds.append(feed)
+        _check_array_shapes(lv, tv)
+        return _array_role(feed, "logits", lv), _array_role(feed, "targets", tv), None
+    schema = src.schema
+    names = list(schema.names)
+    file = res.display
+    if spec.logits is None or spec.targets is None:
+        dl, dt = _select.default_one_file(schema, exclude, file)
+    lcols = _select.explicit(spec.logits, names, file, "logits") if spec.logits else dl
+    tcols = (
+        _select.explicit(spec.targets, names, file, "targets")
+        if spec.targets
+        else [c for c in dt if c not in lcols]
+    )
+    if spec.logits is None and spec.targets is not None:
+        lcols = [c for c in lcols if c not in tcols]
+    for role, cols, pats in (
+        ("logits", lcols, _select.LOGIT_PATTERNS),
+        ("targets", tcols, _select.TARGET_PATTERNS),
+    ):
+        if not cols:
+            raise BCEInputError(
+                f"cannot tell which columns hold the {role}: no numeric column name matches "
+                f"{', '.join(pats[:6])}...; columns: {_select._avail(names)}",
+                file=file,
+                hint="choose with --logits COLS --targets COLS",
+            )
+    both = [c for c in lcols if c in tcols]
+    if both:
+        raise BCEInputError(
+            "the same column is selected for logits and targets", file=file, column=both[0]
+        )
+    lsel0 = _table_sel(src, lcols, "logits", file)
+    tsel0 = _table_sel(src, tcols, "targets", file)
+    if lsel0.kind == "wide" and tsel0.kind == "wide":
+        lcols, tcols, _ = _select.pair(lcols, tcols, file)
+        lsel0 = _table_sel(src, lcols, "logits", file)
+    roles = {"logits": lsel0, "targets": tsel0}
+    wrole_sel = None
+    if wcol is not None and _has_column(src, wcol):
+        wrole_sel = _weight_sel(src, wcol, file, max(lsel0.n_classes, 1))
+        roles["weight"] = wrole_sel[0]
+    feed = _TableFeedN(src, roles, br, pol, order)
+    feeds.append(feed)
+    wrole = None
+    if wrole_sel is not None:
+        wrole = (_Role(feed, "weight", file, lambda i: wcol, "wide", 1), wrole_sel[1])
+    return (
+        _table_role(feed, "logits", lsel0, file),
+        _table_role(feed, "targets", tsel0, file),
+        wrole,
+    )
+
+
+def _has_column(src, col):
+    """Whether a table source has column ``col`` (or a column matching the glob)."""
+    schema = getattr(src, "schema", None)
+    if schema is None:
+        return False
+    return any(_select.excluded(n, (col,)) for n in schema.names)
+
+
+def _weight_sel(src, wsel, file, C):
+    """(RoleSel, mode) for a weight column selection: mode 'row' or 'element'."""
+    names = list(src.schema.names)
+    cols = _select.explicit(wsel, names, file, "weight")
+    sel = _table_sel(src, cols, "weight", file)
+    if sel.kind == "wide" and len(cols) == 1:
+        return RoleSel("row", cols, sel.dtype), "row"
+    if sel.n_classes != C:
+        raise BCEInputError(
+            f"weight selection {cols} gives {sel.n_classes} values per row for {C} classes",
+            file=file,
+            column=cols[0],
+        )
+    return sel, "element"
+
+
+def _check_array_shapes(lv, tv):
+    if (lv.C, lv.S) != (tv.C, tv.S):
+        raise BCEInputError(
+            f"logits array {lv.h.name!r} has shape {lv.h.shape} but targets array "
+            f"{tv.h.name!r} has shape {tv.h.shape}",
+            file=lv.h.file,
+        )
+
+
+def _side(spec, res, src, role, explicit, exclude, feeds, closers, wcol):
+    """Open one side of a two-file input: returns (_Role, weight_role_or_None)."""
+    br, order, pol = spec.batch_rows, spec.order, spec.nan_policy
+    if res.fmt in _ARRAY_FORMATS:
+        if res.fmt == "npy":
+            h = open_npy(res, default_array_name(res))
+        else:
+            z = NpzArchive(res)
+            closers.append(z.close)
+            defaults = LOGIT_NAMES if role == "logits" else TARGET_NAMES
+            name = z.pick(explicit, defaults, 0 if len(z.names) == 1 else None, role)
+            h = z.array(name)
+        view = ArrayView(h, spec.class_dim, role)
+        feed = _ArrayFeed({role: view}, br, order)
+        feeds.append(feed)
+        return _array_role(feed, role, view), None
+    file = res.display
+    names = list(src.schema.names)
+    if explicit:
+        cols = _select.explicit(explicit, names, file, role)
+    else:
+        cols = _select.default_all_numeric(src.schema, exclude)
+        if not cols:
+            raise BCEInputError(
+                f"no numeric column to use as {role}; columns: {_select._avail(names)}",
+                file=file,
+                hint=f"choose with --{role} COLS",
+            )
+    sel = _table_sel(src, cols, role, file)
+    roles = {role: sel}
+    wrole = None
+    if wcol is not None and _has_column(src, wcol):
+        wsel, mode = _weight_sel(src, wcol, file, sel.n_classes)
+        roles["weight"] = wsel
+        wrole = ("pending", mode)
+    feed = _TableFeedN(src, roles, br, pol, order)
+    feeds.append(feed)
+    if wrole is not None:
+        wrole = (_Role(feed, "weight", file, lambda i: wcol, "wide", 1), wrole[1])
+    return _table_role(feed, role, sel, file), wrole
+
+
+def _two_files(spec, res_p, src_p, res_l, src_l, exclude, wcol, feeds, closers):
+    if spec.on:
+        src_p, src_l = _join(spec, res_p, src_p, res_l, src_l, exclude, wcol)
+    # wide + wide: pair the column lists before building the feeds
+    lexp, texp = spec.logits, spec.targets
+    if res_p.fmt not in _ARRAY_FORMATS and res_l.fmt not in _ARRAY_FORMATS:
+        lcols = (
+            _select.explicit(lexp, list(src_p.schema.names), res_p.display, "logits")
+            if lexp
+            else _select.default_all_numeric(src_p.schema, exclude)
+        )
+        tcols = (
+            _select.explicit(texp, list(src_l.schema.names), res_l.display, "targets")
+            if texp
+            else _select.default_all_numeric(src_l.schema, exclude)
+        )
+        if (
+            lcols
+            and tcols
+            and not any(is_list(src_p.schema.field(c).type) for c in lcols)
+            and not any(is_list(src_l.schema.field(c).type) for c in tcols)
+        ):
+            if len(lcols) != len(tcols):
+                raise BCEInputError(
+                    f"{len(lcols)} logit column(s) in {res_p.display} {lcols} but "
+                    f"{len(tcols)} target column(s) in {res_l.display} {tcols}",
+                    file=res_p.display,
+                    hint="choose them with --logits COLS --targets COLS",
+                )
+            lcols, tcols, _ = _select.pair(lcols, tcols, res_p.display)
+            lexp, texp = ",".join(_esc(c) for c in lcols), ",".join(_esc(c) for c in tcols)
+    logits, wr_p = _side(spec, res_p, src_p, "logits", lexp, exclude, feeds, closers, wcol)
+    targets, wr_l = _side(
+        spec, res_l, src_l, "targets", texp, exclude, feeds, closers, None if wr_p else wcol
+    )
+    return logits, targets, wr_p or wr_l
+
+
+def _esc(name):
+    # names go back through explicit(); escape glob characters and refuse commas
+    if "," in name:
+        raise BCEInputError(f"column name {name!r} contains a comma; rename it")
+    out = []
+    for ch in name:
+        out.append(f"[{ch}]" if ch in "*?[" else ch)
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------- join
+def _join(spec, res_p, src_p, res_l, src_l, exclude, wcol):
+    on = spec.on
+    for res, src in ((res_p, src_p), (res_l, src_l)):
+        if res.fmt in _ARRAY_FORMATS:
+            raise BCEInputError(
+                "--on needs two tables (a NumPy file has no key column)", file=res.display
+            )
+        if src.schema.get_field_index(on) < 0:
+            raise BCEInputError(
+                f"no key column for --on; available: {_select._avail(list(src.schema.names))}",
+                file=res.display,
+                column=on,
+            )
+    # only the key, the selected columns and the weight are loaded
+    tp = _load_all(
+        src_p, res_p.display, _join_columns(spec.logits, src_p, res_p, on, exclude, wcol)
+    )
+    tl = _load_all(
+        src_l, res_l.display, _join_columns(spec.targets, src_l, res_l, on, exclude, wcol)
+    )
+    kp, kl = tp.column(on), tl.column(on)
+    if not kp.type.equals(kl.type):
+        try:
+            if pa.types.is_integer(kp.type) and pa.types.is_integer(kl.type):
+                kp, kl = kp.cast(pa.int64()), kl.cast(pa.int64())
+            elif (pa.types.is_string(kp.type) or pa.types.is_large_string(kp.type)) and (
+                pa.types.is_string(kl.type) or pa.types.is_large_string(kl.type)
+            ):
+                kp, kl = kp.cast(pa.large_string()), kl.cast(pa.large_string())
+            else:
+                raise pa.ArrowInvalid("types")
+        except pa.ArrowException:
+            raise BCEInputError(
+                f"key types differ: {kp.type} in {res_p.display}, {kl.type} in {res_l.display}",
+                file=res_l.display,
+                column=on,
+            ) from None
+    for key, res in ((kp, res_p), (kl, res_l)):
+        if key.null_count:
+            row = int(np.flatnonzero(key.is_null().to_numpy(zero_copy_only=False))[0])
+            raise BCEInputError("missing join key (null)", file=res.display, column=on, row=row)
+        vc = pc.value_counts(key)
+        counts = vc.field("counts").to_numpy(zero_copy_only=False)
+        dup = np.flatnonzero(counts > 1)
+        if dup.size:
+            vals = vc.field("values").take(pa.array(dup[:5])).to_pylist()
+            raise BCEInputError(
+                f"{dup.size} duplicate key value(s), e.g. {vals}; a join needs unique keys",
+                file=res.display,
+                column=on,
+            )
+    idx = pc.index_in(kp, value_set=kl.combine_chunks() if hasattr(kl, "combine_chunks") else kl)
+    missing = np.flatnonzero(idx.is_null().to_numpy(zero_copy_only=False))
+    if missing.size:
+        vals = kp.take(pa.array(missing[:5])).to_pylist()
+        raise BCEInputError(
+            f"{missing.size} key(s) of {res_p.display} have no match in {res_l.display}, "
+            f"e.g. {vals}",
+            file=res_p.display,
+            column=on,
+            row=int(missing[0]),
+        )
+    extra = np.flatnonzero(
+        ~pc.is_in(kl, value_set=kp.combine_chunks()).to_numpy(zero_copy_only=False)
+    )
+    if extra.size:
+        vals = kl.take(pa.array(extra[:5])).to_pylist()
+        raise BCEInputError(
+            f"{extra.size} key(s) of {res_l.display} have no match in {res_p.display}, e.g. {vals}",
+            file=res_l.display,
+            column=on,
+            row=int(extra[0]),
+        )
+    if spec.nan_policy == "error":
+        for t, res in ((tp, res_p), (tl, res_l)):
+            for name in t.column_names:
+                col = t.column(name)
+                if name != on and col.null_count and column_kind(col.type):
+                    row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+                    raise BCEInputError(
+                        "missing value (null)",
+                        file=res.display,
+                        column=name,
+                        row=row,
+                        hint="fill the missing values, or pass --nan-policy omit|propagate",
+                    )
+    tl = tl.take(idx)
+    return (
+        MemorySource(res_p, tp, res_p.display + " (joined)"),
+        MemorySource(res_l, tl, res_l.display + f" (joined on {on})"),
+    )
+
+
+def _join_columns(selection, src, res, on, exclude, wcol):
+    names = list(src.schema.names)
+    if selection:
+        cols = _select.explicit(selection, names, res.display, "columns")
+    else:
+        cols = _select.default_all_numeric(src.schema, exclude)
+    extra = [n for n in names if wcol and _select.excluded(n, (wcol,)) and n not in cols]
+    return [on] + [c for c in cols + extra if c != on]
+
+
+def _load_all(src, display, columns):
+    batches = [rb for rb, _, _ in src.batches(columns, 1 << 16)]
+    if not batches:
+        raise BCEInputError("the input has no rows", file=display)
+    return pa.Table.from_batches(batches).combine_chunks()
+
+
+# -------------------------------------------------------------------------- weight
+def _weight(spec, wspec, wrole, logits, targets, feeds, order, br):
+    if wspec is None:
+        return None
+    C, S = targets.C, targets.S
+    nd = 2 if S is None else 3
+    if wspec.kind == "const":
+        return ("const", np.full((1,) * nd, wspec.value[0], dtype=np.float64))
+    if wspec.kind == "per_class":
+        if len(wspec.value) != C:
+            raise BCEInputError(
+                f"--weight gives {len(wspec.value)} numbers for {C} classes "
+                f"({', '.join(targets.class_names())})"
+            )
+        return ("const", wspec.value.reshape((1, C) if S is None else (1, C, 1)))
+    if wspec.kind == "column":
+        if wrole is None:
+            raise BCEInputError(
+                f"no weight column {wspec.value!r} in the input(s)",
+                file=spec.preds,
+                column=wspec.value,
+                hint="--weight takes a column name, a number, C numbers or a .npy file",
+            )
+        return ("role", wrole[0], wrole[1])
+    # file
+    res = resolve(wspec.value)
+    if res.fmt != "npy":
+        raise BCEInputError("a weight file must be a .npy array", file=res.display)
+    h = open_npy(res, "weight")
+    shape = h.shape
+    n_rows = next((f.n_rows for f in feeds if f.n_rows is not None), None)
+    if len(shape) == 1 and shape[0] == C and C > 1:
+        return ("const", np.asarray(h.arr, dtype=np.float64).reshape((1, C) + ((1,) if S else ())))
+    if h.arr.size == 1:
+        return ("const", np.full((1,) * nd, float(np.asarray(h.arr).reshape(-1)[0])))
+    if shape[0] == 1:
+        v = ArrayView(MemArray(h.file, "weight", np.asarray(h.arr)), spec.class_dim, "weight")
+        blk = next(v.blocks(1, "C"))
+        return ("const", _check_weight_block(blk, C, S, h))
+    if n_rows is not None and shape[0] != n_rows:
+        raise BCEInputError(
+            f"weight array has {shape[0]} rows, the input has {n_rows}", file=h.file
+        )
+    view = ArrayView(h, spec.class_dim, "weight")
+    if (view.C, view.S) not in ((C, S), (1, S), (1, None)):
+        raise BCEInputError(
+            f"weight array of shape {shape} does not broadcast to {C} classes"
+            + (f" x {S}" if S else ""),
+            file=h.file,
+        )
+    feed = _ArrayFeed({"weight": view}, br, order)
+    feeds.append(feed)
+    return ("role", None, "element")
+
+
+def _check_weight_block(blk, C, S, h):
+    try:
+        np.broadcast_shapes(blk.shape, (1, C) if S is None else (1, C, S))
+    except ValueError:
+        raise BCEInputError(
+            f"weight array of shape {h.shape} does not broadcast", file=h.file
+        ) from None
+    return blk.astype(np.float64)

@@ -1,0 +1,71 @@
+"""The two small value types of the data layer: what to open, and what comes out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+NAN_POLICIES = ("error", "omit", "propagate")
+
+
+@dataclass
+class InputSpec:
+    """What the user pointed ``bce eval PREDS [LABELS]`` at.
+
+    ``preds`` / ``labels``: a path, a directory or glob of Parquet files, an
+    ``s3://`` / ``gs://`` URI, or ``"-"`` for standard input.
+    ``logits`` / ``targets``: comma-separated column names or glob patterns
+    (for ``.npz``: an array name).  ``on``: join key when two files are given.
+    ``weight``: a column name, a number, C comma-separated numbers or a ``.npy``
+    file.  ``order``: memory order of the 2-D batch arrays, ``"F"`` (each
+    class's column contiguous, the default) or ``"C"``; 3-D batches are always
+    C-contiguous.
+    """
+
+    preds: str
+    labels: str | None = None
+    logits: str | None = None
+    targets: str | None = None
+    on: str | None = None
+    weight: str | None = None
+    class_dim: int = 1
+    batch_rows: int = 65536
+    nan_policy: str = "error"
+    from_probs: bool = False
+    order: str = "F"
+
+    def __post_init__(self):
+        from bce_cli.errors import BCEInputError
+
+        if int(self.batch_rows) < 1:
+            raise BCEInputError(f"batch_rows must be at least 1, got {self.batch_rows}")
+        self.batch_rows = int(self.batch_rows)
+        if self.nan_policy not in NAN_POLICIES:
+            raise BCEInputError(
+                f"unknown nan policy {self.nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}"
+            )
+        if self.order not in ("C", "F"):
+            raise BCEInputError(f"order must be 'C' or 'F', got {self.order!r}")
+
+
+@dataclass
+class Batch:
+    """One slice of aligned rows.
+
+    ``logits`` and ``targets`` have the same shape, ``(n, C)`` or ``(n, C, S)``;
+    ``weight`` is ``None`` or broadcasts to that shape (``(n, 1)`` per row,
+    ``(1, C)`` per class, ``(1, 1)`` a constant, or the full shape; with a third
+    axis, one more trailing 1).  ``row_offset`` is the global index of the
+    batch's first row.
+    """
+
+    logits: np.ndarray
+    targets: np.ndarray
+    weight: np.ndarray | None = None
+    row_offset: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.logits.shape[0])
