@@ -108,3 +108,13 @@ def test_s3_missing_object(s3):
     with pytest.raises(BCEInputError) as ei:
         open_inputs(InputSpec(f"s3://bce/nope.parquet{q}"))
     assert "s3://bce/nope.parquet" in str(ei.value)
+
+
+def test_s3_open_targets(s3):
+    from bce_cli.data import open_targets
+
+    q, _, y = s3
+    with open_targets(f"s3://bce/l.parquet{q}", batch_rows=300) as inp:
+        T = np.concatenate([b.targets for b in inp.batches()])
+    assert inp.class_names == ["target_0", "target_1", "target_2"]
+    np.testing.assert_array_equal(T, y)

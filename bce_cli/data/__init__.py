@@ -1,14 +1,16 @@
 """The data layer: what ``bce eval PREDS [LABELS]`` points at, as aligned NumPy batches.
 
->>> from bce_cli.data import InputSpec, open_inputs      # doctest: +SKIP
->>> with open_inputs(InputSpec("preds.parquet", "labels.parquet")) as inp:  # doctest: +SKIP
-...     for batch in inp.batches():
-...         ...
+Usage::
+
+    from bce_cli.data import InputSpec, open_inputs
+    with open_inputs(InputSpec("preds.parquet", "labels.parquet")) as inp:
+        for batch in inp.batches():
+            ...
 
 Pure NumPy / PyArrow (no numba).  See :func:`open_inputs` and :class:`InputSpec`.
 """
 
-from ._inputs import Inputs, open_inputs
+from ._inputs import Inputs, open_inputs, open_targets
 from ._spec import Batch, InputSpec
 from ._weights import WeightSpec, parse_pos_weight, parse_weight
 
@@ -18,6 +20,7 @@ __all__ = [
     "Inputs",
     "WeightSpec",
     "open_inputs",
+    "open_targets",
     "parse_pos_weight",
     "parse_weight",
 ]

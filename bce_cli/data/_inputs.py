@@ -39,8 +39,9 @@ _ARRAY_FORMATS = ("npy", "npz")
 class _Role:
     """Where one role's values come from, for names and messages."""
 
-    def __init__(self, feed, key, file, shown_columns, layout, C, S=None, names=None):
+    def __init__(self, feed, key, file, shown_columns, layout, C, S=None, names=None, view=None):
         self.feed = feed
+        self.view = view  # the ArrayView of an array role, else None
         self.key = key
         self.file = file
         self.shown = shown_columns  # callable i -> column name
@@ -141,7 +142,9 @@ def _table_role(feed, key, sel: RoleSel, file):
 
 def _array_role(feed, key, view: ArrayView):
     names = [view.h.name] if view.cdim is None else None
-    return _Role(feed, key, view.h.file, view.column_name, "array", view.C, view.S, names=names)
+    return _Role(
+        feed, key, view.h.file, view.column_name, "array", view.C, view.S, names=names, view=view
+    )
 
 
 # --------------------------------------------------------------------------- inputs
@@ -152,19 +155,38 @@ class Inputs:
     ``n_classes``, ``n_rows`` (None when unknown up front: CSV, remote Arrow
     streams), ``layout`` ('wide' | 'list' | 'array', the logits' layout),
     ``sources`` (files, formats and columns used, for the report).
+
+    ``array_shape`` / ``class_dim``: for the array layout (``.npy`` / ``.npz``
+    logits), the logits array's shape as stored in the file, e.g. ``(N,)``,
+    ``(N, C)`` or ``(N, C, H, W)``, and the axis of that shape holding the classes
+    (non-negative: ``class_dim`` as given, ``ndim + class_dim`` when negative;
+    ``None`` for a 1-D array).  Batches hold ``np.moveaxis(a, class_dim, 1)``
+    with the axes after the class axis flattened, C order, into ``S``:
+    ``(n, C, prod(other non-row axes))``; a 1-D array gives ``(n, 1)``, a 2-D one
+    ``(n, C)`` unchanged.  :meth:`to_input_layout` undoes exactly that.  For
+    tables both are ``None``.  (From :func:`open_targets`, these describe the
+    targets array.)
     """
 
-    def __init__(self, spec, feeds, logits: _Role, targets: _Role, weight, sources, closers):
+    def __init__(self, spec, feeds, logits, targets: _Role, weight, sources, closers):
         self.spec = spec
         self._feeds = feeds
-        self._logits = logits
+        self._logits = logits  # None for open_targets
         self._targets = targets
         self._weight = weight  # None | ("const", ndarray) | ("role", _Role, mode)
         self.sources = sources
         self._closers = closers
         self.class_names = targets.class_names()
         self.n_classes = targets.C
-        self.layout = logits.layout
+        main = logits if logits is not None else targets
+        self.layout = main.layout
+        self._main_file = (sources.get("preds") or sources.get("labels") or {}).get(
+            "path", main.file
+        )
+        view = main.view if main.layout == "array" else None
+        self.array_shape = None if view is None else tuple(view.h.shape)
+        self.class_dim = None if view is None else view.cdim
+        self._S = None if view is None else view.S
         self.n_rows = None
         for f in feeds:
             if getattr(f, "n_rows", None) is not None:
@@ -172,17 +194,56 @@ class Inputs:
                 break
         self.elements_per_row = targets.C * (targets.S or 1)
 
+    def to_input_layout(self, losses):
+        """Per-element values (``losses``: the per-batch ``(n, C)`` / ``(n, C, S)``
+        arrays concatenated in batch order, ``(N, C)`` / ``(N, C, S)``) back in the
+        input file's shape ``array_shape``: a 1-D input gives ``(N,)``; an N-D one
+        has ``S`` unflattened and the class axis moved back to ``class_dim``
+        (C-contiguous).  For tables (``array_shape`` None) ``losses`` comes back
+        unchanged.  Raises ValueError when the shape does not fit.
+        """
+        if self.array_shape is None:
+            return losses
+        a = np.asarray(losses)
+        shape = self.array_shape
+        N = shape[0]
+        if len(shape) == 1:
+            if a.shape not in ((N, 1), (N,)):
+                raise ValueError(
+                    f"expected shape ({N}, 1) for an input of shape {shape}, got {a.shape}"
+                )
+            return a.reshape(N)
+        cd = self.class_dim
+        C = shape[cd]
+        if len(shape) == 2:
+            if a.shape != (N, C):
+                raise ValueError(
+                    f"expected shape ({N}, {C}) for an input of shape {shape}, got {a.shape}"
+                )
+            return a
+        rest = tuple(s for i, s in enumerate(shape[1:], 1) if i != cd)
+        if a.shape != (N, C, self._S):
+            raise ValueError(
+                f"expected shape ({N}, {C}, {self._S}) for an input of shape "
+                f"{shape} (class_dim {cd}), got {a.shape}"
+            )
+        return np.ascontiguousarray(np.moveaxis(a.reshape((N, C) + rest), 1, cd))
+
     # -- names for messages
+    def _role(self, which):
+        if which == "logits" and self._logits is not None:
+            return self._logits
+        return self._targets
+
     def column_of(self, class_index: int, which: str = "targets") -> str:
-        role = self._targets if which == "targets" else self._logits
-        return role.shown(int(class_index))
+        return self._role(which).shown(int(class_index))
 
     def file_of(self, which: str = "targets") -> str:
-        return (self._targets if which == "targets" else self._logits).file
+        return self._role(which).file
 
     def locate(self, row: int, class_index: int | None = None, which: str = "targets"):
         """``(file, column, row_in_file)`` for a global row (already read) and class."""
-        role = self._targets if which == "targets" else self._logits
+        role = self._role(which)
         file, local = role.feed.locate(int(row))
         column = None if class_index is None else role.shown(int(class_index))
         return file, column, local
@@ -215,13 +276,13 @@ class Inputs:
             if len(ns) != 1:
                 self._mismatch(parts, offset, sizes=merged)
             n = ns.pop()
-            logits = merged["logits"]
+            logits = merged.get("logits")
             targets = merged["targets"]
             weight = self._batch_weight(merged, n, S)
             yield Batch(logits=logits, targets=targets, weight=weight, row_offset=offset)
             offset += n
         if offset == 0:
-            raise BCEInputError("the input has no rows", file=self.sources["preds"]["path"])
+            raise BCEInputError("the input has no rows", file=self._main_file)
 
     def _batch_weight(self, merged, n, S):
         w = self._weight
@@ -247,7 +308,7 @@ class Inputs:
                 desc.append(f"{f.source_name} has at least {offset + n} rows")
         raise BCEInputError(
             "row counts differ: " + "; ".join(desc),
-            file=self.sources["preds"]["path"],
+            file=self._main_file,
             hint="the two files must have one row per example, in the same order "
             "(or join them with --on KEY)",
         )
@@ -309,8 +370,9 @@ def open_inputs(spec: InputSpec, *, stdin=None) -> Inputs:
 
     if src_l is None:
         logits, targets, wrole = _one_file(spec, res_p, src_p, exclude, wcol, feeds, closers)
+        unpaired = []
     else:
-        logits, targets, wrole = _two_files(
+        logits, targets, wrole, unpaired = _two_files(
             spec, res_p, src_p, res_l, src_l, exclude, wcol, feeds, closers
         )
 
@@ -342,6 +404,7 @@ def open_inputs(spec: InputSpec, *, stdin=None) -> Inputs:
         targets={"file": targets.file, "columns": [targets.shown(i) for i in range(targets.C)]},
         weight=None if wspec is None else {"kind": wspec.kind, "spec": wspec.text},
         layout=logits.layout,
+        unpaired=unpaired,
     )
     return Inputs(spec, feeds, logits, targets, weight, sources, closers)
 
@@ -486,10 +549,11 @@ def _side(spec, res, src, role, explicit, exclude, feeds, closers, wcol):
     if explicit:
         cols = _select.explicit(explicit, names, file, role)
     else:
-        cols = _select.default_all_numeric(src.schema, exclude)
+        cols = _select.default_all_numeric(src.schema, exclude, skip_keys=True)
         if not cols:
             raise BCEInputError(
-                f"no numeric column to use as {role}; columns: {_select._avail(names)}",
+                f"no numeric column (other than key-like ones such as 'id') to use as {role}; "
+                f"columns: {_select._avail(names)}",
                 file=file,
                 hint=f"choose with --{role} COLS",
             )
@@ -508,6 +572,7 @@ def _side(spec, res, src, role, explicit, exclude, feeds, closers, wcol):
 
 
 def _two_files(spec, res_p, src_p, res_l, src_l, exclude, wcol, feeds, closers):
+    unpaired = []
     if spec.on:
         src_p, src_l = _join(spec, res_p, src_p, res_l, src_l, exclude, wcol)
     # wide + wide: pair the column lists before building the feeds
@@ -516,12 +581,12 @@ def _two_files(spec, res_p, src_p, res_l, src_l, exclude, wcol, feeds, closers):
         lcols = (
             _select.explicit(lexp, list(src_p.schema.names), res_p.display, "logits")
             if lexp
-            else _select.default_all_numeric(src_p.schema, exclude)
+            else _select.default_all_numeric(src_p.schema, exclude, skip_keys=True)
         )
         tcols = (
             _select.explicit(texp, list(src_l.schema.names), res_l.display, "targets")
             if texp
-            else _select.default_all_numeric(src_l.schema, exclude)
+            else _select.default_all_numeric(src_l.schema, exclude, skip_keys=True)
         )
         if (
             lcols
@@ -529,6 +594,9 @@ def _two_files(spec, res_p, src_p, res_l, src_l, exclude, wcol, feeds, closers):
             and not any(is_list(src_p.schema.field(c).type) for c in lcols)
             and not any(is_list(src_l.schema.field(c).type) for c in tcols)
         ):
+            lcols, tcols, dropped = _select.common_subset(lcols, tcols, not lexp, not texp)
+            if dropped:
+                unpaired = dropped
             if len(lcols) != len(tcols):
                 raise BCEInputError(
                     f"{len(lcols)} logit column(s) in {res_p.display} {lcols} but "
@@ -542,7 +610,7 @@ def _two_files(spec, res_p, src_p, res_l, src_l, exclude, wcol, feeds, closers):
     targets, wr_l = _side(
         spec, res_l, src_l, "targets", texp, exclude, feeds, closers, None if wr_p else wcol
     )
-    return logits, targets, wr_p or wr_l
+    return logits, targets, wr_p or wr_l, unpaired
 
 
 def _esc(name):
@@ -654,7 +722,7 @@ def _join_columns(selection, src, res, on, exclude, wcol):
     if selection:
         cols = _select.explicit(selection, names, res.display, "columns")
     else:
-        cols = _select.default_all_numeric(src.schema, exclude)
+        cols = _select.default_all_numeric(src.schema, exclude, skip_keys=True)
     extra = [n for n in names if wcol and _select.excluded(n, (wcol,)) and n not in cols]
     return [on] + [c for c in cols + extra if c != on]
 
@@ -729,3 +797,86 @@ def _check_weight_block(blk, C, S, h):
             f"weight array of shape {h.shape} does not broadcast", file=h.file
         ) from None
     return blk.astype(np.float64)
+
+
+# ---------------------------------------------------------------------- targets only
+def open_targets(
+    path: str,
+    *,
+    targets: str | None = None,
+    batch_rows: int = 65536,
+    nan_policy: str = "error",
+    class_dim: int = 1,
+    stdin=None,
+) -> Inputs:
+    """Open a file holding only targets (``bce suggest-pos-weight LABELS``).
+
+    Same formats as :func:`open_inputs`.  Which values are the targets:
+    ``targets`` (comma-separated column names / globs, or the ``.npz`` array
+    name) when given; else, for a table, the columns matching the target name
+    patterns (``target*``, ``label*``, ... see ``_select.TARGET_PATTERNS``) and,
+    when none match, every numeric / bool / numeric-list column; key-like
+    columns (``id``, ``*_id``, ``index``... see ``_select.is_key_like``) are
+    never picked by default.  A ``.npz`` uses ``targets`` (or ``target``,
+    ``labels``, ``label``, ``y_true``, ``y``) or its only array.
+
+    Returns an :class:`Inputs` whose batches have ``targets`` set (shape
+    ``(n, C)`` or ``(n, C, S)``, the stored dtype kept: bool stays bool) and
+    ``logits`` None; ``spec`` is an :class:`InputSpec` with ``preds`` = ``path``;
+    ``sources["labels"]`` describes the file (``sources["preds"]`` is None).
+    """
+    spec = InputSpec(
+        path, targets=targets, batch_rows=batch_rows, nan_policy=nan_policy, class_dim=class_dim
+    )
+    res = resolve(path, stdin=stdin)
+    closers = []
+    feeds = []
+    br, order = spec.batch_rows, spec.order
+    try:
+        if res.fmt in _ARRAY_FORMATS:
+            if res.fmt == "npy":
+                h = open_npy(res, default_array_name(res))
+            else:
+                z = NpzArchive(res)
+                closers.append(z.close)
+                name = z.pick(targets, TARGET_NAMES, 0 if len(z.names) == 1 else None, "targets")
+                h = z.array(name)
+            view = ArrayView(h, spec.class_dim, "targets")
+            feed = _ArrayFeed({"targets": view}, br, order)
+            role = _array_role(feed, "targets", view)
+        else:
+            src = open_table_source(res)
+            file = res.display
+            names = list(src.schema.names)
+            if targets:
+                cols = _select.explicit(targets, names, file, "targets")
+            else:
+                cols = _select.default_targets(src.schema, ())
+                if not cols:
+                    raise BCEInputError(
+                        "no numeric or bool column (other than key-like ones such as 'id') "
+                        f"to use as targets; columns: {_select._avail(names)}",
+                        file=file,
+                        hint="choose with --targets COLS",
+                    )
+            sel = _table_sel(src, cols, "targets", file)
+            feed = _TableFeedN(src, {"targets": sel}, br, spec.nan_policy, order)
+            role = _table_role(feed, "targets", sel, file)
+        feeds.append(feed)
+        if feed.n_rows == 0:
+            raise BCEInputError("the input has no rows", file=res.display)
+    except BaseException:
+        for c in closers:
+            c()
+        raise
+    sources = {
+        "preds": None,
+        "labels": {"path": res.display, "format": res.fmt, "files": _files(res)},
+        "join": None,
+        "logits": None,
+        "targets": {"file": role.file, "columns": [role.shown(i) for i in range(role.C)]},
+        "weight": None,
+        "layout": role.layout,
+        "unpaired": [],
+    }
+    return Inputs(spec, feeds, None, role, None, sources, closers)

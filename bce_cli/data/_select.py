@@ -7,13 +7,17 @@ pattern that matches nothing, is an error listing the available columns.
 Default selection, one file holding both: columns whose lower-cased name matches
 ``LOGIT_PATTERNS`` are logits, those matching ``TARGET_PATTERNS`` targets
 (a column matching both is an error).  Default selection, two files: every
-numeric / bool / numeric-list column of each file.  Defaults never pick the join
-key (``on``) or the weight column, and skip non-numeric columns.
+numeric / bool / numeric-list column of each file except key-like columns
+(:func:`is_key_like`: named ``id``, ``key``, ``index``, ``row``, ``row_id``,
+``__index_level_0__`` or ending in ``_id``, case-insensitive).  Defaults never
+pick the join key (``on``) or the weight column, and skip non-numeric columns.
 
 Pairing: when the two selections have the same names, they are paired by name;
-else when their names minus the usual prefixes / suffixes (``logit_``,
-``_target``...) agree, by that stem; else by position.  Classes follow the
-targets' order; a class is named after its target column.
+when one default selection's names are a strict subset of the other's, the
+common names are used (in the targets' order); else when their names minus the
+usual prefixes / suffixes (``logit_``, ``_target``...) agree, by that stem; else
+by position.  Classes follow the targets' order; a class is named after its
+target column.  Explicit selections are used as given.
 """
 
 from __future__ import annotations
@@ -92,6 +96,13 @@ _SUFFIXES = tuple(
     for sep in ("_", "-", ".")
 )
 _GLOB = set("*?[")
+KEY_NAMES = ("id", "key", "index", "row", "row_id", "__index_level_0__")
+
+
+def is_key_like(name: str) -> bool:
+    """A row key / index column that a default selection leaves out."""
+    low = str(name).lower()
+    return low in KEY_NAMES or (low.endswith("_id") and len(low) > 3)
 
 
 def excluded(name, exclude) -> bool:
@@ -154,10 +165,38 @@ def default_one_file(schema, exclude, file):
     return logits, targets
 
 
-def default_all_numeric(schema, exclude):
+def default_all_numeric(schema, exclude, skip_keys=False):
+    """Every numeric / bool / numeric-list column not excluded (nor key-like, with
+    ``skip_keys``)."""
     return [
-        n for n in schema.names if not excluded(n, exclude) and column_kind(schema.field(n).type)
+        n
+        for n in schema.names
+        if not excluded(n, exclude)
+        and not (skip_keys and is_key_like(n))
+        and column_kind(schema.field(n).type)
     ]
+
+
+def default_targets(schema, exclude):
+    """Default target columns of a file holding only targets: the non-key columns
+    matching ``TARGET_PATTERNS`` if any, else every numeric non-key column."""
+    usable = default_all_numeric(schema, exclude, skip_keys=True)
+    matched = [n for n in usable if _matches(n, TARGET_PATTERNS)]
+    return matched or usable
+
+
+def common_subset(logits: list, targets: list, l_default: bool, t_default: bool):
+    """When one side's names are a strict subset of the other's, and the larger side
+    was chosen by default, narrow it to the common names.  Returns
+    ``(logits, targets, dropped)``; unchanged (``dropped`` empty) otherwise."""
+    sl, st = set(logits), set(targets)
+    if len(sl) != len(logits) or len(st) != len(targets):
+        return logits, targets, []
+    if sl < st and t_default:
+        return logits, [t for t in targets if t in sl], [t for t in targets if t not in sl]
+    if st < sl and l_default:
+        return [c for c in logits if c in st], targets, [c for c in logits if c not in st]
+    return logits, targets, []
 
 
 def stem(name: str) -> str:

@@ -53,14 +53,15 @@ class InputSpec:
 class Batch:
     """One slice of aligned rows.
 
-    ``logits`` and ``targets`` have the same shape, ``(n, C)`` or ``(n, C, S)``;
+    ``logits`` and ``targets`` have the same shape, ``(n, C)`` or ``(n, C, S)``
+    (``logits`` is None in batches of :func:`open_targets`);
     ``weight`` is ``None`` or broadcasts to that shape (``(n, 1)`` per row,
     ``(1, C)`` per class, ``(1, 1)`` a constant, or the full shape; with a third
     axis, one more trailing 1).  ``row_offset`` is the global index of the
     batch's first row.
     """
 
-    logits: np.ndarray
+    logits: np.ndarray | None
     targets: np.ndarray
     weight: np.ndarray | None = None
     row_offset: int = 0
@@ -68,4 +69,4 @@ class Batch:
 
     @property
     def n_rows(self) -> int:
-        return int(self.logits.shape[0])
+        return int((self.logits if self.logits is not None else self.targets).shape[0])
