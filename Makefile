@@ -23,5 +23,10 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/bench.py
 
+# The main job on the bundled sample data: class counts and pos_weight, then the evaluation.
+demo: install
+	$(BIN)/bce suggest-pos-weight sample_data/digits_labels.parquet
+	$(BIN)/bce eval sample_data/digits_preds.parquet sample_data/digits_labels.parquet --max-loss 0.35
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,278 @@
+"""`bce eval` as a library call: stream inputs through the accumulator, build the report.
+
+The command line only parses options, calls :func:`evaluate` and renders the
+report it returns; everything here raises :class:`~bce_cli.errors.BCEInputError`
+for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import __version__
+from .accumulator import BCEAccumulator
+from .errors import BCEInputError, InvalidValueError
+from .outputs import LossWriter
+
+
+@dataclass
+class EvalOptions:
+    reduction: str = "mean"
+    pos_weight: str | None = None
+    label_smoothing: float = 0.0
+    ignore_value: float | None = None
+    from_probs: bool = False
+    output: str | None = None
+    threads: int | None = None
+    max_loss: float | None = None
+    max_class_loss: float | None = None
+    baseline: str | None = None
+    max_increase: float | None = None
+
+
+def probs_to_logits(p: np.ndarray) -> np.ndarray:
+    """log(p) - log1p(-p) in float64; 0 -> -inf, 1 -> +inf.  Raises where p is outside [0, 1]."""
+    p = np.asarray(p, dtype=np.float64)
+    bad = (p < 0) | (p > 1)
+    if bad.any():
+        index = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), p.shape))
+        raise InvalidValueError(f"probability {p[index]!r} is outside [0, 1]", index=index,
+                                class_index=index[1] if len(index) > 1 else 0,
+                                hint="drop --from-probs if the predictions are logits")
+    with np.errstate(divide="ignore"):
+        return np.log(p) - np.log1p(-p)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    import numba
+
+    if threads < 1:
+        raise BCEInputError(f"--threads must be at least 1, got {threads}")
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
+def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda msg: None,
+             progress: Callable[[int], None] | None = None, total: Callable[[int | None], None]
+             | None = None) -> dict:
+    """Run one evaluation and return the report (a JSON-ready dict)."""
+    from .data import open_inputs, parse_pos_weight
+
+    set_threads(opts.threads)
+    baseline = load_baseline(opts.baseline) if opts.baseline else None
+    if (opts.baseline is None) != (opts.max_increase is None):
+        raise BCEInputError("--baseline and --max-increase go together")
+    if opts.output and opts.reduction != "none":
+        raise BCEInputError("--output receives per-element losses: use it with --reduction none")
+    with open_inputs(spec) as inp:
+        pos_weight = (None if opts.pos_weight is None
+                      else parse_pos_weight(opts.pos_weight, inp.class_names))
+        acc = BCEAccumulator(inp.n_classes, pos_weight=pos_weight,
+                             ignore_value=opts.ignore_value,
+                             label_smoothing=opts.label_smoothing, nan_policy=spec.nan_policy)
+        unpaired = inp.sources.get("unpaired")
+        if unpaired:
+            warn(f"columns without a partner are left out: {_brief(unpaired)}")
+        if total is not None:
+            total(inp.n_rows)
+        writer = LossWriter.for_path(opts.output, inp) if opts.output else None
+        lo, hi = math.inf, -math.inf
+        try:
+            for batch in inp.batches():
+                x = batch.logits
+                try:
+                    if opts.from_probs:
+                        x = probs_to_logits(x)
+                    else:
+                        with np.errstate(invalid="ignore"):
+                            lo = min(lo, float(np.nanmin(x)) if x.size else lo)
+                            hi = max(hi, float(np.nanmax(x)) if x.size else hi)
+                    losses = acc.update(x, batch.targets, batch.weight,
+                                        return_losses=writer is not None)
+                except InvalidValueError as err:
+                    which = "logits" if ("logit" in err.reason or "probab" in err.reason) \
+                        else "targets"
+                    raise inp.error_at(err.reason, batch.row_offset + err.index[0],
+                                       err.class_index, which=which, hint=err.hint) from None
+                if writer is not None:
+                    writer.write(losses)
+                if progress is not None:
+                    progress(batch.n_rows)
+            if not opts.from_probs and 0.0 <= lo and hi <= 1.0:
+                warn("the predictions all lie in [0, 1]: these look like probabilities, not "
+                     "logits; pass --from-probs if they are")
+            result = acc.compute("mean" if opts.reduction == "none" else opts.reduction)
+            if writer is not None:
+                writer.commit()
+        finally:
+            if writer is not None:
+                writer.abort()
+        report = build_report(result, inp, opts, acc.n_rows)
+    no_pos = [c["name"] for c in report["classes"] if c["n_pos"] == 0]
+    if no_pos:
+        warn(f"{len(no_pos)} class(es) have no positive targets ({_brief(no_pos)}): their "
+             "suggested pos_weight is null")
+    failures = check_gates(report, opts, baseline)
+    report["gates"] = {k: v for k, v in (("max_loss", opts.max_loss),
+                                          ("max_class_loss", opts.max_class_loss),
+                                          ("baseline", opts.baseline),
+                                          ("max_increase", opts.max_increase)) if v is not None}
+    report["passed"] = not failures
+    report["failures"] = failures
+    return report
+
+
+def _brief(items, limit: int = 5) -> str:
+    if isinstance(items, dict):
+        items = [f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}"
+                 for k, v in items.items()]
+    items = [str(i) for i in items]
+    return ", ".join(items[:limit]) + (", ..." if len(items) > limit else "")
+
+
+def _num(v) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def prior_loss(rate: float) -> float:
+    """Mean loss of always predicting the positive rate: the entropy of the labels (nats)."""
+    if not 0.0 < rate < 1.0:
+        return 0.0
+    return -(rate * math.log(rate) + (1.0 - rate) * math.log1p(-rate))
+
+
+def build_report(result, inp, opts: EvalOptions, n_rows: int) -> dict:
+    classes = []
+    for i, name in enumerate(inp.class_names):
+        n_pos, n_neg = float(result.n_pos[i]), float(result.n_neg[i])
+        rate = n_pos / (n_pos + n_neg) if n_pos + n_neg > 0 else float("nan")
+        classes.append({
+            "name": str(name),
+            "loss": _num(result.class_loss[i]),
+            "n_pos": n_pos,
+            "n_neg": n_neg,
+            "suggested_pos_weight": _num(result.suggested_pos_weight[i]),
+            "count": int(result.count[i]),
+            "positive_rate": _num(rate),
+            "accuracy": _num(result.accuracy[i]),
+            "prior_loss": _num(prior_loss(rate)) if math.isfinite(rate) else None,
+        })
+    return {
+        "loss": _num(result.loss),
+        "reduction": opts.reduction,
+        "n_rows": int(n_rows),
+        "n_classes": len(classes),
+        "n_elements": int(result.n_elements),
+        "passed": True,
+        "failures": [],
+        "version": __version__,
+        "classes": classes,
+        "inputs": inp.sources,
+        "options": {
+            "pos_weight": opts.pos_weight,
+            "label_smoothing": opts.label_smoothing,
+            "ignore_value": opts.ignore_value,
+            "from_probs": opts.from_probs,
+            "nan_policy": inp.spec.nan_policy,
+            "output": opts.output,
+        },
+    }
+
+
+def load_baseline(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            base = json.load(fh)
+    except FileNotFoundError:
+        raise BCEInputError("baseline report not found", file=path) from None
+    except (OSError, ValueError) as err:
+        raise BCEInputError(f"not a readable JSON report: {err}", file=path) from None
+    if not isinstance(base, dict) or "loss" not in base:
+        raise BCEInputError("not a bce JSON report (no 'loss' key)", file=path,
+                            hint="write one with: bce eval ... --report PATH")
+    return base
+
+
+def _exceeds(value, limit) -> bool:
+    return value is None or value > limit
+
+
+def check_gates(report: dict, opts: EvalOptions, baseline: dict | None) -> list[str]:
+    """The failed gates, one readable line each (empty: passed)."""
+    failures = []
+    loss = report["loss"]
+    if opts.max_loss is not None and _exceeds(loss, opts.max_loss):
+        failures.append(f"overall loss {_fmt(loss)} > --max-loss {opts.max_loss:g}")
+    if opts.max_class_loss is not None:
+        for c in report["classes"]:
+            if _exceeds(c["loss"], opts.max_class_loss):
+                failures.append(f"class {c['name']}: loss {_fmt(c['loss'])} > "
+                                f"--max-class-loss {opts.max_class_loss:g}")
+    if baseline is not None:
+        limit = opts.max_increase
+        base_loss = baseline.get("loss")
+        if base_loss is not None and _exceeds(None if loss is None else loss - base_loss, limit):
+            failures.append(f"overall loss {_fmt(loss)} rose by more than {limit:g} over the "
+                            f"baseline's {_fmt(base_loss)}")
+        base_classes = {str(c.get("name")): c.get("loss") for c in baseline.get("classes", [])}
+        for c in report["classes"]:
+            b = base_classes.get(c["name"])
+            if b is None:
+                continue
+            if _exceeds(None if c["loss"] is None else c["loss"] - b, limit):
+                failures.append(f"class {c['name']}: loss {_fmt(c['loss'])} rose by more than "
+                                f"{limit:g} over the baseline's {_fmt(b)}")
+    return failures
+
+
+def _fmt(v) -> str:
+    return "NaN" if v is None else f"{v:.6g}"
+
+
+def suggest(labels: str, *, targets: str | None = None, method: str = "ratio",
+            beta: float = 0.999, clip_max: float | None = None, batch_rows: int = 65536,
+            warn: Callable[[str], None] = lambda msg: None) -> dict:
+    """`bce suggest-pos-weight`: per-class pos_weight from streamed class counts."""
+    from .data import open_targets
+    from .functional import pos_weight_from_counts
+
+    n_pos = n_neg = None
+    with open_targets(labels, targets=targets, batch_rows=batch_rows) as inp:
+        for batch in inp.batches():
+            y = np.asarray(batch.targets)
+            yf = y.astype(np.float64) if y.dtype != np.bool_ else y
+            bad = np.isnan(yf) | (yf < 0) | (yf > 1) if y.dtype != np.bool_ else None
+            if bad is not None and bad.any():
+                index = np.unravel_index(int(np.argmax(bad)), bad.shape)
+                value = float(yf[index])
+                reason = "target is NaN" if value != value else \
+                    f"target {value!r} is outside [0, 1]"
+                raise inp.error_at(reason, batch.row_offset + int(index[0]), int(index[1]))
+            axes = (0,) if y.ndim == 2 else (0, 2)
+            pos = yf.sum(axis=axes, dtype=np.float64)
+            neg = y.shape[0] * (1 if y.ndim == 2 else y.shape[2]) - pos
+            n_pos = pos if n_pos is None else n_pos + pos
+            n_neg = neg if n_neg is None else n_neg + neg
+        names = [str(n) for n in inp.class_names]
+    pw = pos_weight_from_counts(n_pos, n_neg, method, beta, clip_max)
+    missing = [n for n, v in zip(names, pw, strict=True) if not math.isfinite(v)]
+    if missing:
+        warn(f"{len(missing)} class(es) have no positive targets ({_brief(missing)}): their "
+             "pos_weight is null")
+    values = [_num(v) for v in pw]
+    return {
+        "method": method,
+        "pos_weight": values,
+        "classes": [{"name": n, "n_pos": float(p), "n_neg": float(q), "pos_weight": v}
+                    for n, p, q, v in zip(names, n_pos, n_neg, values, strict=True)],
+        "beta": beta if method == "effective-number" else None,
+        "clip_max": clip_max,
+        "version": __version__,
+    }

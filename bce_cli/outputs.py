@@ -1,0 +1,113 @@
+"""Per-element losses (``--reduction none --output PATH``), written atomically.
+
+Batches stream into a temporary file beside the target; ``commit`` renames it
+into place, ``abort`` (also called after ``commit``, as a no-op) removes it, so
+a failed run never leaves a partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BCEInputError
+
+SUFFIXES = (".npy", ".parquet", ".pq")
+
+
+class LossWriter:
+    """Base: the temporary file and its atomic rename."""
+
+    def __init__(self, path: str, inp):
+        self.path = Path(path)
+        self.inp = inp
+        parent = self.path.parent
+        if not parent.is_dir():
+            raise BCEInputError("the output's directory does not exist", file=path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        self.done = False
+
+    @staticmethod
+    def for_path(path: str, inp) -> LossWriter:
+        suffix = Path(path).suffix.lower()
+        if suffix == ".npy":
+            return NpyLossWriter(path, inp)
+        if suffix in (".parquet", ".pq"):
+            return ParquetLossWriter(path, inp)
+        raise BCEInputError(f"unknown output format {suffix or '(no suffix)'!r}; use .npy or "
+                            ".parquet", file=path)
+
+    def write(self, losses: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        """Flush and close the temporary file."""
+
+    def commit(self) -> None:
+        self._finish()
+        os.replace(self.tmp, self.path)
+        self.done = True
+
+    def abort(self) -> None:
+        if not self.done:
+            self.done = True
+            try:
+                self._finish()
+            finally:
+                self.tmp.unlink(missing_ok=True)
+
+
+class NpyLossWriter(LossWriter):
+    """One array in the input's layout: (N,) for one class, (N, C), or (N, C, ...)."""
+
+    def __init__(self, path, inp):
+        super().__init__(path, inp)
+        self.chunks = []
+
+    def write(self, losses):
+        self.chunks.append(np.array(losses, copy=True))
+
+    def _finish(self):
+        if self.chunks is None:
+            return
+        chunks, self.chunks = self.chunks, None
+        if self.done:
+            return
+        out = self.inp.to_input_layout(np.concatenate(chunks, axis=0))
+        with open(self.tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(out), allow_pickle=False)
+
+
+class ParquetLossWriter(LossWriter):
+    """Wide layout: one loss column per class; list layout: one ``loss`` list column."""
+
+    def __init__(self, path, inp):
+        super().__init__(path, inp)
+        self.writer = None
+
+    def write(self, losses):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if losses.ndim != 2:
+            raise BCEInputError("per-element losses of N-D arrays go to .npy, not Parquet",
+                                file=str(self.path))
+        if self.inp.layout == "list":
+            flat = pa.array(np.ascontiguousarray(losses).reshape(-1))
+            table = pa.table({"loss": pa.FixedSizeListArray.from_arrays(flat, losses.shape[1])})
+        else:
+            names = [str(n) for n in self.inp.class_names]
+            table = pa.table({n: losses[:, i] for i, n in enumerate(names)})
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.tmp, table.schema)
+        self.writer.write_table(table)
+
+    def _finish(self):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

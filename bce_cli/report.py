@@ -1,0 +1,128 @@
+"""Render reports: a Rich table for people, JSON / CSV / Markdown for machines and CI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+
+def _g(v, digits: int = 6) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return str(int(v))
+    return f"{v:.{digits}g}"
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def to_json(report: dict) -> str:
+    return json.dumps(report, indent=2, allow_nan=False)
+
+
+EVAL_COLUMNS = ("name", "loss", "prior_loss", "n_pos", "n_neg", "positive_rate", "accuracy",
+                "suggested_pos_weight", "count")
+
+
+def eval_csv(report: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(EVAL_COLUMNS)
+    for c in report["classes"]:
+        w.writerow(["" if c[k] is None else c[k] for k in EVAL_COLUMNS])
+    return buf.getvalue()
+
+
+def _verdict(report: dict) -> str:
+    return "passed" if report["passed"] else f"FAILED ({len(report['failures'])} gate(s))"
+
+
+def eval_markdown(report: dict) -> str:
+    loss_head = "loss (sum)" if report["reduction"] == "sum" else "loss"
+    lines = [
+        f"### bce eval: loss {_g(report['loss'])} — {_verdict(report)}",
+        "",
+        f"| class | {loss_head} | prior loss | n_pos | n_neg | pos. rate | accuracy "
+        "| suggested pos_weight |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in report["classes"]:
+        lines.append(f"| {c['name']} | {_g(c['loss'])} | {_g(c['prior_loss'])} | "
+                     f"{_g(c['n_pos'])} | {_g(c['n_neg'])} | {_pct(c['positive_rate'])} | "
+                     f"{_pct(c['accuracy'])} | {_g(c['suggested_pos_weight'], 4)} |")
+    lines += ["", f"Overall {report['reduction']} loss **{_g(report['loss'])}** over "
+              f"{report['n_elements']} elements ({report['n_rows']} rows, "
+              f"{report['n_classes']} classes)."]
+    if report["failures"]:
+        lines += ["", "Failed gates:", ""] + [f"- {f}" for f in report["failures"]]
+    return "\n".join(lines) + "\n"
+
+
+def _rich_table(title, columns, rows):
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for name, justify in columns:
+        table.add_column(name, justify=justify)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def print_eval_table(report: dict, console) -> None:
+    many = len(report["classes"]) > 1
+    loss_head = "loss (sum)" if report["reduction"] == "sum" else "loss"
+    rows = []
+    for c in report["classes"]:
+        loss = _g(c["loss"], 5)
+        if (report["reduction"] != "sum" and c["loss"] is not None and c["prior_loss"]
+                and c["loss"] > c["prior_loss"]):
+            loss = f"[bold red]{loss}[/]"  # worse than predicting the positive rate
+        rows.append((c["name"], loss, _g(c["prior_loss"], 4), _g(c["n_pos"]), _g(c["n_neg"]),
+                     _pct(c["positive_rate"]), _pct(c["accuracy"]),
+                     _g(c["suggested_pos_weight"], 4)))
+    columns = [("class", "left"), (loss_head, "right"), ("prior", "right"),
+               ("n_pos", "right"), ("n_neg", "right"), ("pos %", "right"),
+               ("acc.", "right"), ("pos_weight*", "right")]
+    console.print(_rich_table("bce eval" + (" — per class" if many else ""), columns, rows))
+    console.print(f"overall {report['reduction']} loss: [bold]{_g(report['loss'])}[/]   "
+                  f"rows: {report['n_rows']}   elements: {report['n_elements']}   "
+                  f"classes: {report['n_classes']}")
+    src = report.get("inputs") or {}
+    used = [src[k]["path"] for k in ("preds", "labels") if src.get(k)]
+    if used:
+        console.print("inputs: " + ", ".join(used), highlight=False)
+    console.print("prior: loss of always predicting the class's positive rate (red loss: "
+                  "worse than that); acc.: accuracy at logit 0; "
+                  "*suggested pos_weight = n_neg/n_pos", style="dim")
+    gates = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in report.get("gates", {}).items())
+    if report["failures"]:
+        console.print(f"[bold red]FAILED[/] ({gates})")
+        for f in report["failures"]:
+            console.print(f"  - {f}", highlight=False)
+    elif gates:
+        console.print(f"[bold green]passed[/] ({gates})")
+
+
+# ---------------------------------------------------------------- suggest-pos-weight
+def pos_weight_csv(report: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(("name", "n_pos", "n_neg", "pos_weight"))
+    for c in report["classes"]:
+        w.writerow([c["name"], c["n_pos"], c["n_neg"],
+                    "" if c["pos_weight"] is None else c["pos_weight"]])
+    return buf.getvalue()
+
+
+def print_pos_weight_table(report: dict, console) -> None:
+    rows = [(c["name"], _g(c["n_pos"]), _g(c["n_neg"]), _g(c["pos_weight"]))
+            for c in report["classes"]]
+    console.print(_rich_table(f"suggested pos_weight ({report['method']})",
+                              [("class", "left"), ("n_pos", "right"), ("n_neg", "right"),
+                               ("pos_weight", "right")], rows))
+

@@ -1,0 +1,193 @@
+"""Speed of bce against PyTorch and NumPy on the same arrays, in one run.
+
+    make bench                # or: python benchmarks/bench.py [--n 20000000] [--repeat 5]
+
+Prints elements/s (best of --repeat) for each case and the ratio to PyTorch
+CPU and to the NumPy expression a user would write, then the start-up costs:
+cold compile (empty numba cache), warm start, ``bce --help`` and a warm
+``bce eval`` on a tiny file against the bare imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from bce_cli import BCEAccumulator, bce_with_logits
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # the torch columns are skipped with a note
+    torch = None
+
+
+def best(fn, repeat):
+    fn()  # warm-up (compiles on first call)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def numpy_loss(x, y, w=None, p=None, reduction="mean", axis=None):
+    """The NumPy expression a user would write (PyTorch's formula, NumPy's SIMD exp/log1p)."""
+    sp = np.log1p(np.exp(-np.abs(x))) + np.maximum(-x, 0)
+    loss = (1 - y) * x + (sp if p is None else (1 + (p - 1) * y) * sp)
+    if w is not None:
+        loss = loss * w
+    if reduction == "none":
+        return loss
+    return loss.mean(axis=axis, dtype=np.float64) if reduction == "mean" else loss.sum(axis)
+
+
+def torch_loss(xt, yt, wt=None, pt=None, reduction="mean", per_class=False):
+    if per_class:
+        return F.binary_cross_entropy_with_logits(xt, yt, weight=wt, pos_weight=pt,
+                                                  reduction="none").mean(0)
+    return F.binary_cross_entropy_with_logits(xt, yt, weight=wt, pos_weight=pt,
+                                              reduction=reduction)
+
+
+def cases(n, rng):
+    """(label, dtype, reduction, weights, shape, with_w, with_p, per_class)."""
+    yield "1-D", np.float32, "mean", "-", (n,), False, False, False
+    yield "1-D", np.float32, "none", "-", (n,), False, False, False
+    yield "1-D", np.float32, "mean", "weight[N] + pos_weight", (n,), True, True, False
+    yield "(N,20)", np.float32, "mean", "weight[C] + pos_weight[C]", (n // 20, 20), True, True, \
+        False
+    yield "1-D", np.float64, "mean", "-", (n,), False, False, False
+    yield "1-D", np.float64, "none", "-", (n,), False, False, False
+    for c in (1, 20, 1000):
+        yield f"(N,{c}) per class", np.float32, "mean", "pos_weight[C]", (n // c, c), False, \
+            True, True
+
+
+def run_case(label, dtype, reduction, weights, shape, with_w, with_p, per_class, rng, repeat):
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    y = (rng.random(shape) < 0.3).astype(dtype)
+    c = shape[-1] if len(shape) == 2 else 1
+    if with_w:
+        w = (rng.random(shape if len(shape) == 1 else (c,)) + 0.5).astype(dtype)
+    else:
+        w = None
+    p = (rng.random(c) * 3 + 0.5).astype(dtype) if with_p else None
+    n = x.size
+    if per_class:
+        def ours():
+            return BCEAccumulator(c, pos_weight=p).update(x, y).compute().class_loss
+    else:
+        def ours():
+            return bce_with_logits(x, y, weight=w, pos_weight=p, reduction=reduction)
+    t_ours = best(ours, repeat)
+    t_np = best(lambda: numpy_loss(x, y, w, p, reduction, axis=0 if per_class else None),
+                repeat)
+    t_torch = None
+    if torch is not None:
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        wt = None if w is None else torch.from_numpy(w)
+        pt = None if p is None else torch.from_numpy(p)
+        t_torch = best(lambda: torch_loss(xt, yt, wt, pt, reduction, per_class), repeat)
+    return {
+        "case": label, "dtype": np.dtype(dtype).name, "reduction": reduction,
+        "weights": weights, "bce": n / t_ours, "numpy": n / t_np,
+        "torch": None if t_torch is None else n / t_torch,
+    }
+
+
+def startup(tmp: Path) -> list[tuple[str, float]]:
+    env = dict(os.environ)
+    py = sys.executable
+    bce = str(Path(sys.executable).parent / "bce")
+    x = np.random.default_rng(0).standard_normal((100, 3)).astype(np.float32)
+    np.save(tmp / "x.npy", x)
+    np.save(tmp / "y.npy", (x > 0).astype(np.float32))
+
+    def timed(cmd, extra_env=None, repeat=3):
+        e = dict(env, **(extra_env or {}))
+        ts = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            subprocess.run(cmd, env=e, check=True, capture_output=True)
+            ts.append(time.perf_counter() - t0)
+        return min(ts)
+
+    cache = tempfile.mkdtemp(dir=tmp)
+    small = ("import numpy as np; from bce_cli import bce_with_logits; "
+             "x = np.zeros(10, np.float32); bce_with_logits(x, x)")
+    cold = timed([py, "-c", small], {"NUMBA_CACHE_DIR": cache}, repeat=1)
+    warm = timed([py, "-c", small], {"NUMBA_CACHE_DIR": cache})
+    imports = timed([py, "-c", "import numpy, numba, pyarrow, typer, rich"])
+    help_t = timed([bce, "--help"])
+    timed([bce, "eval", str(tmp / "x.npy"), str(tmp / "y.npy")], repeat=1)  # fill the cache
+    eval_t = timed([bce, "eval", str(tmp / "x.npy"), str(tmp / "y.npy")])
+    return [
+        ("cold compile + run, empty numba cache (float32 mean)", cold),
+        ("warm start, cache filled (same script)", warm),
+        ("bare imports: numpy, numba, pyarrow, typer, rich", imports),
+        ("bce --help", help_t),
+        ("bce eval on a 100x3 .npy pair (warm)", eval_t),
+        ("  ratio: warm bce eval / bare imports", eval_t / imports),
+    ]
+
+
+def fmt_rate(v):
+    return "-" if v is None else f"{v / 1e6:,.0f}"
+
+
+def fmt_ratio(a, b):
+    return "-" if b is None else f"{a / b:.1f}x"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=20_000_000, help="elements per case")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--skip-startup", action="store_true")
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"numba {numba.__version__} ({numba.get_num_threads()} threads), numpy "
+          f"{np.__version__}, torch "
+          f"{torch.__version__ + f' ({torch.get_num_threads()} threads)' if torch else '-'}")
+    if torch is None:
+        print("note: torch is not installed; PyTorch columns are skipped "
+              "(pip install torch==2.13.0)")
+    print(f"{args.n:,} elements per case, 30% positives, logits ~ N(0, 3); "
+          f"M elements/s, best of {args.repeat}\n")
+    head = ("case", "dtype", "reduction", "weights", "bce", "PyTorch", "NumPy", "vs PyTorch",
+            "vs NumPy")
+    rows = []
+    for case in cases(args.n, rng):
+        r = run_case(*case, rng=rng, repeat=args.repeat)
+        rows.append((r["case"], r["dtype"], r["reduction"], r["weights"], fmt_rate(r["bce"]),
+                     fmt_rate(r["torch"]), fmt_rate(r["numpy"]), fmt_ratio(r["bce"], r["torch"]),
+                     fmt_ratio(r["bce"], r["numpy"])))
+    widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(len(head))]
+
+    def line(row):
+        return "| " + " | ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)) + " |"
+    print(line(head))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print(line(row))
+    if not args.skip_startup:
+        print("\nstart-up (seconds, best of 3 runs in fresh processes)")
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, t in startup(Path(tmp)):
+                print(f"  {name:<55} {t:.2f}{'' if 'ratio' in name else ' s'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""The command line as users and CI pipelines run it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from bce_cli.cli import app
+
+from . import reference as ref
+
+runner = CliRunner()
+BCE = [sys.executable, "-m", "bce_cli"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def arrays(rng):
+    x = (rng.standard_normal((400, 3)) * 2).astype(np.float32)
+    y = rng.random((400, 3)) < np.array([0.1, 0.5, 0.3])
+    return x, y
+
+
+@pytest.fixture
+def npy_pair(tmp_path, arrays):
+    x, y = arrays
+    np.save(tmp_path / "logits.npy", x)
+    np.save(tmp_path / "targets.npy", y.astype(np.float32))
+    return tmp_path / "logits.npy", tmp_path / "targets.npy"
+
+
+@pytest.fixture
+def parquet_pair(tmp_path, arrays):
+    x, y = arrays
+    names = ["cat", "dog", "bird"]
+    pq.write_table(pa.table({n: x[:, i] for i, n in enumerate(names)}), tmp_path / "p.parquet")
+    pq.write_table(pa.table({n: y[:, i] for i, n in enumerate(names)}), tmp_path / "l.parquet")
+    return tmp_path / "p.parquet", tmp_path / "l.parquet"
+
+
+def run_json(*args):
+    res = invoke("eval", *args, "--format", "json")
+    assert res.exit_code in (0, 1), res.output
+    return json.loads(res.stdout), res
+
+
+def test_json_report_matches_reference(npy_pair, arrays):
+    x, y = arrays
+    report, _ = run_json(*npy_pair)
+    per = ref.elementwise(x, y).astype(np.float64)
+    assert report["loss"] == pytest.approx(per.mean(), rel=1e-12)
+    assert report["reduction"] == "mean"
+    assert (report["n_rows"], report["n_classes"], report["n_elements"]) == (400, 3, 1200)
+    assert report["passed"] is True and report["failures"] == []
+    assert isinstance(report["version"], str)
+    for c, cls in enumerate(report["classes"]):
+        assert cls["name"] == str(c)
+        assert cls["loss"] == pytest.approx(per[:, c].mean(), rel=1e-12)
+        assert cls["n_pos"] == y[:, c].sum() and cls["n_neg"] == (~y[:, c]).sum()
+        assert cls["suggested_pos_weight"] == pytest.approx((~y[:, c]).sum() / y[:, c].sum())
+
+
+def test_parquet_wide_class_names_and_sum(parquet_pair, arrays):
+    x, y = arrays
+    report, _ = run_json(*parquet_pair, "--reduction", "sum")
+    per = ref.elementwise(x, y).astype(np.float64)
+    assert [c["name"] for c in report["classes"]] == ["cat", "dog", "bird"]
+    assert report["loss"] == pytest.approx(per.sum(), rel=1e-12)
+    assert report["classes"][1]["loss"] == pytest.approx(per[:, 1].sum(), rel=1e-12)
+
+
+@pytest.mark.parametrize("spec", ["2.5", "1,2,3", "file.npy", "suggest.json"])
+def test_pos_weight_specs(spec, parquet_pair, arrays, tmp_path):
+    x, y = arrays
+    if spec == "file.npy":
+        pw = np.array([0.5, 1.5, 4.0])
+        np.save(tmp_path / spec, pw)
+        spec = tmp_path / spec
+    elif spec == "suggest.json":
+        res = invoke("suggest-pos-weight", parquet_pair[1], "--output", tmp_path / spec)
+        assert res.exit_code == 0, res.output
+        pw = (~y).sum(0) / y.sum(0)
+        spec = tmp_path / spec
+    else:
+        pw = np.array([float(v) for v in spec.split(",")]) * np.ones(3)
+    report, _ = run_json(*parquet_pair, "--pos-weight", spec)
+    want = ref.elementwise(x, y, pos_weight=pw).astype(np.float64).mean()
+    assert report["loss"] == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".parquet"])
+def test_reduction_none_writes_per_element_losses(suffix, parquet_pair, arrays, tmp_path):
+    x, y = arrays
+    out = tmp_path / f"losses{suffix}"
+    report, _ = run_json(*parquet_pair, "--reduction", "none", "--output", out)
+    want = ref.elementwise(x, y).astype(np.float32)
+    got = np.load(out) if suffix == ".npy" else np.column_stack(
+        [c.to_numpy() for c in pq.read_table(out).columns])
+    if suffix == ".parquet":
+        assert pq.read_table(out).column_names == ["cat", "dog", "bird"]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert report["reduction"] == "none"
+    assert report["loss"] == pytest.approx(want.astype(float).mean(), rel=1e-6)
+
+
+def test_label_smoothing_ignore_value_and_from_probs(tmp_path, arrays):
+    x, y = arrays
+    yl = y.astype(np.float32)
+    yl[::5, 0] = -1
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", yl)
+    report, _ = run_json(tmp_path / "x.npy", tmp_path / "y.npy", "--ignore-value", "-1",
+                         "--label-smoothing", "0.1")
+    keep = yl != -1
+    ys = np.where(keep, yl, 0).astype(np.float64) * 0.9 + 0.05
+    per = ref.elementwise(x, ys).astype(np.float64)
+    assert report["loss"] == pytest.approx(per[keep].mean(), rel=1e-12)
+    assert report["n_elements"] == keep.sum()
+    probs = 1 / (1 + np.exp(-x.astype(np.float64)))
+    np.save(tmp_path / "p.npy", probs)
+    np.save(tmp_path / "y2.npy", y)
+    from_probs, _ = run_json(tmp_path / "p.npy", tmp_path / "y2.npy", "--from-probs")
+    assert from_probs["loss"] == pytest.approx(float(ref.bce(x, y)), rel=1e-9)
+
+
+def test_probabilities_draw_a_warning(tmp_path, arrays):
+    _, y = arrays
+    np.save(tmp_path / "p.npy", np.full(y.shape, 0.3))
+    np.save(tmp_path / "y.npy", y)
+    res = invoke("eval", tmp_path / "p.npy", tmp_path / "y.npy")
+    assert res.exit_code == 0
+    assert "look like probabilities" in res.stderr and "--from-probs" in res.stderr
+    assert "look like" not in res.stdout
+
+
+def test_nan_policies(tmp_path, arrays):
+    x, y = arrays
+    x = x.copy()
+    x[7, 2] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    err = invoke("eval", tmp_path / "x.npy", tmp_path / "y.npy")
+    assert err.exit_code == 2
+    assert "x.npy" in err.stderr and "row 7" in err.stderr and "NaN" in err.stderr
+    omit, _ = run_json(tmp_path / "x.npy", tmp_path / "y.npy", "--nan-policy", "omit")
+    assert omit["n_elements"] == x.size - 1
+    res = invoke("eval", tmp_path / "x.npy", tmp_path / "y.npy", "--nan-policy", "propagate",
+                 "--format", "json", "--max-loss", "10")
+    assert res.exit_code == 1  # a NaN loss never passes a gate
+    assert json.loads(res.stdout)["loss"] is None
+
+
+def test_gates_and_exit_codes(npy_pair, tmp_path, arrays):
+    x, y = arrays
+    loss = float(ref.bce(x, y))
+    per_class = ref.elementwise(x, y).astype(np.float64).mean(0)
+    ok = invoke("eval", *npy_pair, "--max-loss", loss * 1.01)
+    assert ok.exit_code == 0, ok.output
+    bad = invoke("eval", *npy_pair, "--max-loss", loss * 0.99, "--format", "json")
+    assert bad.exit_code == 1
+    report = json.loads(bad.stdout)
+    assert report["passed"] is False and "--max-loss" in report["failures"][0]
+    assert "gate failed" in bad.stderr
+    worst = int(np.argmax(per_class))
+    res = invoke("eval", *npy_pair, "--max-class-loss", per_class[worst] * 0.999,
+                 "--format", "json")
+    assert res.exit_code == 1
+    assert any(f"class {worst}" in f for f in json.loads(res.stdout)["failures"])
+    base = tmp_path / "base.json"
+    assert invoke("eval", *npy_pair, "--report", base).exit_code == 0
+    same = invoke("eval", *npy_pair, "--baseline", base, "--max-increase", 0)
+    assert same.exit_code == 0
+    worse = json.loads(base.read_text())
+    worse["loss"] -= 0.01
+    worse["classes"][0]["loss"] -= 0.01
+    base.write_text(json.dumps(worse))
+    res = invoke("eval", *npy_pair, "--baseline", base, "--max-increase", 0.005,
+                 "--format", "json")
+    assert res.exit_code == 1
+    assert len(json.loads(res.stdout)["failures"]) == 2
+
+
+def test_report_file_equals_json_stdout(npy_pair, tmp_path):
+    report, res = run_json(*npy_pair, "--report", tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == report
+
+
+def test_csv_and_markdown_and_table(parquet_pair, arrays):
+    x, y = arrays
+    per = ref.elementwise(x, y).astype(np.float64).mean(0)
+    res = invoke("eval", *parquet_pair, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert [r["name"] for r in rows] == ["cat", "dog", "bird"]
+    np.testing.assert_allclose([float(r["loss"]) for r in rows], per, rtol=1e-12)
+    md = invoke("eval", *parquet_pair, "--format", "markdown").stdout
+    assert md.startswith("### bce eval") and "| cat |" in md and "|---|" in md
+    table = invoke("eval", *parquet_pair).stdout
+    assert "bird" in table and f"{per[2]:.5g}" in table
+
+
+def test_suggest_pos_weight(parquet_pair, arrays, tmp_path):
+    _, y = arrays
+    y = y.copy()
+    res = invoke("suggest-pos-weight", parquet_pair[1], "--format", "json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    want = (~y).sum(0) / y.sum(0)
+    np.testing.assert_allclose(report["pos_weight"], want, rtol=1e-12)
+    assert [c["name"] for c in report["classes"]] == ["cat", "dog", "bird"]
+    assert report["method"] == "ratio"
+    sq = json.loads(invoke("suggest-pos-weight", parquet_pair[1], "--method", "sqrt",
+                           "--clip-max", "2", "--format", "json").stdout)
+    np.testing.assert_allclose(sq["pos_weight"], np.minimum(np.sqrt(want), 2.0), rtol=1e-12)
+    y[:, 1] = False
+    pq.write_table(pa.table({"a": y[:, 0], "b": y[:, 1]}), tmp_path / "nopos.parquet")
+    res = invoke("suggest-pos-weight", tmp_path / "nopos.parquet", "--format", "csv")
+    assert res.exit_code == 0
+    assert "no positive" in res.stderr
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert rows[1]["pos_weight"] == "" and float(rows[0]["pos_weight"]) == pytest.approx(want[0])
+
+
+def test_threads_and_batch_rows_do_not_change_the_result(npy_pair):
+    a, _ = run_json(*npy_pair)
+    b, _ = run_json(*npy_pair, "--threads", "1", "--batch-rows", "7")
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-14)
+    for ca, cb in zip(a["classes"], b["classes"], strict=True):
+        assert ca["loss"] == pytest.approx(cb["loss"], rel=1e-14)
+        assert (ca["n_pos"], ca["n_neg"], ca["count"]) == (cb["n_pos"], cb["n_neg"], cb["count"])
+
+
+# ---------------------------------------------------------------- errors, as users see them
+def _subprocess(*args, **kw):
+    return subprocess.run([*BCE, *map(str, args)], capture_output=True, text=True, **kw)
+
+
+def test_missing_file_exit_2_no_traceback(tmp_path):
+    res = _subprocess("eval", tmp_path / "nope.parquet", "--format", "json")
+    assert res.returncode == 2
+    assert "nope.parquet" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) <= 2
+    assert res.stdout == ""
+
+
+def test_bad_target_names_file_column_row_and_leaves_no_output(parquet_pair, tmp_path, arrays):
+    _, y = arrays
+    yb = y.astype(np.float64)
+    yb[123, 1] = 1.5
+    pq.write_table(pa.table({"cat": yb[:, 0], "dog": yb[:, 1], "bird": yb[:, 2]}),
+                   tmp_path / "bad.parquet")
+    out = tmp_path / "losses.parquet"
+    res = invoke("eval", parquet_pair[0], tmp_path / "bad.parquet", "--reduction", "none",
+                 "--output", out, "--batch-rows", "50")
+    assert res.exit_code == 2
+    assert "bad.parquet" in res.stderr and "'dog'" in res.stderr and "row 123" in res.stderr
+    assert "1.5" in res.stderr
+    assert not out.exists()
+    assert list(tmp_path.glob(".losses*")) == []
+
+
+def test_usage_errors_exit_2(npy_pair, tmp_path):
+    assert invoke("eval", *npy_pair, "--reduction", "avg").exit_code == 2
+    res = invoke("eval", *npy_pair, "--output", tmp_path / "o.npy")
+    assert res.exit_code == 2 and "--reduction none" in res.stderr
+    res = invoke("eval", *npy_pair, "--baseline", tmp_path / "missing.json",
+                 "--max-increase", "0.1")
+    assert res.exit_code == 2 and "missing.json" in res.stderr
+
+
+def test_internal_error_exit_3(npy_pair, monkeypatch):
+    import bce_cli.evaluate
+
+    def boom(*a, **k):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(bce_cli.evaluate, "evaluate", boom)
+    res = invoke("eval", *npy_pair)
+    assert res.exit_code == 3
+    assert "internal error" in res.stderr and "kaboom" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = invoke("eval", *npy_pair, "--debug")
+    assert res.exit_code == 3 and "Traceback" in res.stderr
+
+
+def test_python_m_and_installed_entry_point(npy_pair):
+    res = _subprocess("eval", *npy_pair, "--format", "json")
+    assert res.returncode == 0, res.stderr
+    script = Path(sys.executable).parent / "bce"
+    res2 = subprocess.run([str(script), "eval", *map(str, npy_pair), "--format", "json"],
+                          capture_output=True, text=True)
+    assert res2.returncode == 0 and json.loads(res2.stdout) == json.loads(res.stdout)
+
+
+def test_report_to_stdout_progress_never(npy_pair, tmp_path):
+    out = tmp_path / "stdout.txt"
+    with open(out, "w") as fh:
+        res = subprocess.run([*BCE, "eval", *map(str, npy_pair), "--format", "json",
+                              "--progress"], stdout=fh, stderr=subprocess.PIPE, text=True)
+    assert res.returncode == 0
+    json.loads(out.read_text())  # only the report went to stdout
+
+
+@pytest.mark.parametrize("command", ["eval", "suggest-pos-weight"])
+def test_every_command_has_help_with_an_example(command):
+    res = invoke(command, "--help")
+    assert res.exit_code == 0
+    assert "Examples" in res.stdout and f"bce {command} " in res.stdout
+
+
+def test_help_imports_neither_numba_nor_pyarrow():
+    code = ("import sys\nfrom bce_cli.cli import app\n"
+            "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('numba', 'pyarrow') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_version():
+    res = invoke("--version")
+    assert res.exit_code == 0 and res.stdout.startswith("bce ")
