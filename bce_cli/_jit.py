@@ -22,6 +22,25 @@ def kernel(*, parallel: bool = True, flags=ELEMENT_FLAGS):
                       fastmath=set(flags))
 
 
+def inline():
+    """Decorator for thin element wrappers, inlined into their caller by numba.
+
+    The body takes the caller's flags, so it must hold no compensated
+    arithmetic (that lives in ``scalar`` functions, which it may call).
+    Inlining at numba level keeps LLVM's call depth short enough for its own
+    inliner to pull the ``scalar`` leaves into the loop and vectorise it.
+    """
+    return numba.njit(inline="always", cache=True, error_model="numpy")
+
+
+def inline_copy(dispatcher):
+    """An ``inline="always"`` copy of a ``scalar`` function, for loops compiled with
+    ELEMENT_FLAGS: numba inlines the body there (taking those flags), so the
+    loop vectorises without relying on LLVM's inliner.  Never call the copy
+    from a loop with ``reassoc``."""
+    return numba.njit(inline="always", cache=True, error_model="numpy")(dispatcher.py_func)
+
+
 def scalar(flags=ELEMENT_FLAGS):
     """Decorator for scalar element math called from the kernels.
 

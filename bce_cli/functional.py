@@ -68,7 +68,9 @@ def _plan(shape, weight, pos_weight):
         (k,) = axes
         if shape[k] <= _MAX_VECTOR_CLASSES:
             return k, {n: (a.reshape(-1), None) for n, (a, _) in factors.items()}
-    return None, {n: (None, a) for n, (a, _) in factors.items()}
+    # One pooled class: constant factors stay scalars, the others are expanded.
+    return None, {n: ((a.reshape(-1), None) if not ax else (None, a))
+                  for n, (a, ax) in factors.items()}
 
 
 def _stats(x, y, weight, pos_weight, want_out):

@@ -2,13 +2,23 @@
 
 Pure array functions (no I/O, no printing).  Public wrappers in
 ``bce_cli.functional`` and ``bce_cli.accumulator`` check and normalise inputs
-and call these.  Two loop shapes cover every layout (classes on one axis):
+and call these.  Two kernels cover every layout (classes on one axis):
 
-* ``rows_kernel``:   ``x`` of shape ``(N, C)``, C-contiguous, ``C > 1``;
-                     the inner loop runs along the classes.
-* ``planes_kernel``: ``x`` of shape ``(A, C, B)``, C-contiguous; the inner loop
-                     runs along ``B`` (1-D data is ``(1, 1, N)``, segmentation
-                     masks ``[B, C, H, W]`` are ``(B, C, H*W)``).
+* ``planes_kernel``: ``x`` of shape ``(A, C, B)``, C-contiguous; each class's
+                     elements come in contiguous runs along ``B`` (1-D data is
+                     ``(1, 1, N)``, masks ``[B, C, H, W]`` are ``(B, C, H*W)``).
+* ``rows_kernel``:   ``x`` of shape ``(N, C)``, C-contiguous, ``C > 1``; blocks
+                     of rows are transposed in cache into per-class runs.
+
+Both reduce to ``run_stats`` over contiguous runs, which works in blocks of
+``BLOCK`` elements with two simple loops that LLVM vectorises:
+
+1. ``block_losses`` (element flags, no ``reassoc``): the per-element loss into
+   a float64 scratch buffer.  The transcendental is inlined here, so its
+   compensation terms keep their meaning.
+2. ``block_sums`` (sum flags, with ``reassoc``): float64 sums of losses,
+   counts, targets and correct predictions, plus the count of invalid
+   elements (validation fused into the pass).
 
 Work is split in fixed-size chunks whose float64 partials are returned and
 added in order by the caller, so results never depend on the thread count.
@@ -21,45 +31,31 @@ from numba import prange, types
 from numba.extending import overload
 
 from ._fastmath import log1p_exp_neg, log1p_exp_neg_f32
-from ._jit import ELEMENT_FLAGS, SUM_FLAGS, kernel, scalar
+from ._jit import ELEMENT_FLAGS, SUM_FLAGS, inline, inline_copy, kernel, scalar
 
 # Rows of the per-class statistics array (K, C).
 LOSS, COUNT, POS, NEG, CORRECT = range(5)
 N_STATS = 5
 STAT_NAMES = ("loss_sum", "count", "n_pos", "n_neg", "n_correct")
 
-# Elements per chunk: a chunk's partial sums are one float64 row per class.
+# Elements per chunk (one float64 partial per statistic and class), and per
+# scratch block inside a chunk (fits in L1 with its inputs).
 CHUNK = 1 << 15
+BLOCK = 1 << 10
 
 NAN_ERROR, NAN_OMIT, NAN_PROPAGATE = 0, 1, 2
 
 
-def softplus_core(a, like):
-    """log1p(exp(-a)) at the precision that ``like``'s type needs (typed at compile time)."""
-    raise NotImplementedError("only callable from compiled code")
+@inline()
+def element_loss(x, y, w, p, t):
+    """w * (p*y*softplus(-x) + (1-y)*softplus(x)) in float64, for one element,
+    given ``t = log1p(exp(-|x|))``.
 
-
-@overload(softplus_core, jit_options={"fastmath": set(ELEMENT_FLAGS)})
-def _softplus_core(a, like):
-    if isinstance(like, types.Float) and like.bitwidth == 32:
-        return lambda a, like: log1p_exp_neg_f32(a)
-    return lambda a, like: log1p_exp_neg(a)
-
-
-@scalar()
-def element_loss(x_raw, y, w, p):
-    """w * (p*y*softplus(-x) + (1-y)*softplus(x)) in float64, for one element.
-
-    softplus(+-x) = max(+-x, 0) + log1p(exp(-|x|)): no overflow, and no
-    cancellation for either sign of x.  A term whose coefficient is exactly
-    zero contributes exactly zero, so infinite logits give their limits
-    (x=+inf, y=1 -> 0) instead of 0*inf = NaN.  NaN propagates.  ``x_raw``
-    keeps the input's type: float32 logits take the shorter polynomial
-    (relative error 4e-11, so float32 results round correctly and float64
-    sums stay within 1e-10), decided at compile time.
+    softplus(+-x) = max(+-x, 0) + t: no overflow, and no cancellation for
+    either sign of x.  A term whose coefficient is exactly zero contributes
+    exactly zero, so infinite logits give their limits (x=+inf, y=1 -> 0)
+    instead of 0*inf = NaN.  NaN propagates.
     """
-    x = np.float64(x_raw)
-    t = softplus_core(abs(x), x_raw)
     pos_coef = p * y
     neg_coef = 1.0 - y
     pos_term = pos_coef * (max(-x, 0.0) + t)
@@ -70,120 +66,134 @@ def element_loss(x_raw, y, w, p):
     return loss if w != 0.0 else 0.0
 
 
-@scalar()
-def element_step(x_raw, y, w, p, smooth, ignore, has_ignore, nan_mode):
-    """One element: (loss, counts?, is_bad).  ``counts`` is 1.0 when the element
-    takes part in sums and counts, 0.0 when it is ignored or omitted."""
-    x = np.float64(x_raw)
-    ignored = has_ignore and y == ignore
-    x_nan = x != x
-    y_nan = y != y
-    out_of_range = (y < 0.0) or (y > 1.0)
-    bad = (not ignored) and (out_of_range or (nan_mode == NAN_ERROR and (x_nan or y_nan)))
-    omitted = nan_mode == NAN_OMIT and (x_nan or y_nan)
-    counts = 0.0 if (ignored or omitted) else 1.0
-    ys = y * (1.0 - smooth) + 0.5 * smooth
-    loss = element_loss(x_raw, ys, w, p)
-    return loss, counts, bad
+def _block_losses_for(softplus_core):
+    """The per-element loss loops, with ``softplus_core`` = log1p(exp(-a)) inlined."""
+
+    def block_losses(x, y, ws, ps, use_ws, use_ps, w, p, smooth, lbuf):
+        n = x.size
+        if smooth != 0.0:
+            keep = 1.0 - smooth
+            half = 0.5 * smooth
+            for i in range(n):
+                xv = np.float64(x[i])
+                wi = w * ws[i] if use_ws else w
+                pi = p * ps[i] if use_ps else p
+                lbuf[i] = element_loss(xv, np.float64(y[i]) * keep + half, wi, pi,
+                                       softplus_core(abs(xv)))
+        elif use_ps:
+            for i in range(n):
+                xv = np.float64(x[i])
+                wi = w * ws[i] if use_ws else w
+                lbuf[i] = element_loss(xv, np.float64(y[i]), wi, p * ps[i],
+                                       softplus_core(abs(xv)))
+        elif use_ws:
+            for i in range(n):
+                xv = np.float64(x[i])
+                lbuf[i] = element_loss(xv, np.float64(y[i]), w * ws[i], p,
+                                       softplus_core(abs(xv)))
+        else:
+            for i in range(n):
+                xv = np.float64(x[i])
+                lbuf[i] = element_loss(xv, np.float64(y[i]), w, p, softplus_core(abs(xv)))
+
+    return block_losses
 
 
-@scalar()
-def element_fast(x_raw, y, w, p):
-    """The common case (no ignore value, NaN is an error, no smoothing):
-    ``(loss, is_bad, is_correct)`` with validation fused into the loss pass."""
-    loss = element_loss(x_raw, y, w, p)
-    x = np.float64(x_raw)
-    bad = (y < 0.0) | (y > 1.0) | (x != x) | (y != y)
-    correct = 1.0 if (x > 0.0) == (y >= 0.5) else 0.0
-    return loss, bad, correct
+_BLOCK_LOSSES = {32: _block_losses_for(inline_copy(log1p_exp_neg_f32)),
+                 64: _block_losses_for(inline_copy(log1p_exp_neg))}
 
 
-# ----------------------------------------------------------------- contiguous spans
-# Each span function runs simple loops over 1-D contiguous slices, with every
-# option decided outside the loops, so that LLVM vectorises them.  They return
-# (loss, count, n_pos, n_neg, n_correct, n_bad) for the span.
+def block_losses(x, y, ws, ps, use_ws, use_ps, w, p, smooth, lbuf):
+    """lbuf[i] = loss of element i in float64; options are decided outside the loops.
 
-@scalar(SUM_FLAGS)
-def span_fast(x, y, ws, use_ws, w, p, out, write_out):
-    s_loss = 0.0
-    s_pos = 0.0
-    s_cor = 0.0
-    n_bad = 0
-    n = x.size
-    if use_ws and write_out:
-        for i in range(n):
-            yv = np.float64(y[i])
-            loss, bad, cor = element_fast(x[i], yv, w * ws[i], p)
-            out[i] = loss
-            s_loss += loss
-            s_pos += yv
-            s_cor += cor
-            n_bad += bad
-    elif use_ws:
-        for i in range(n):
-            yv = np.float64(y[i])
-            loss, bad, cor = element_fast(x[i], yv, w * ws[i], p)
-            s_loss += loss
-            s_pos += yv
-            s_cor += cor
-            n_bad += bad
-    elif write_out:
-        for i in range(n):
-            yv = np.float64(y[i])
-            loss, bad, cor = element_fast(x[i], yv, w, p)
-            out[i] = loss
-            s_loss += loss
-            s_pos += yv
-            s_cor += cor
-            n_bad += bad
-    else:
-        for i in range(n):
-            yv = np.float64(y[i])
-            loss, bad, cor = element_fast(x[i], yv, w, p)
-            s_loss += loss
-            s_pos += yv
-            s_cor += cor
-            n_bad += bad
-    return s_loss, np.float64(n), s_pos, n - s_pos, s_cor, n_bad
+    Float32 logits take the shorter polynomial (relative error 4e-11: float32
+    results round correctly and float64 sums stay within 1e-10), float64
+    logits the full-precision one; chosen at compile time from ``x``'s type.
+    """
+    raise NotImplementedError("only callable from compiled code")
+
+
+@overload(block_losses, jit_options={"fastmath": set(ELEMENT_FLAGS), "error_model": "numpy"})
+def _block_losses(x, y, ws, ps, use_ws, use_ps, w, p, smooth, lbuf):
+    return _BLOCK_LOSSES[32 if x.dtype == types.float32 else 64]
+
+
+@inline()
+def left_out(x, y, ignore, has_ignore, nan_mode):
+    """True where an element takes no part in sums and counts."""
+    nan = (x != x) | (y != y)
+    return (has_ignore and y == ignore) or (nan_mode == NAN_OMIT and nan)
 
 
 @scalar(SUM_FLAGS)
-def span_general(x, y, ws, ps, use_ws, use_ps, w, p, smooth, ignore, has_ignore,
-                 nan_mode, out, write_out):
+def block_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out):
+    """(loss, count, n_pos, n_neg, n_correct, n_bad) of one block; writes ``out``."""
     s_loss = 0.0
     s_count = 0.0
     s_pos = 0.0
     s_neg = 0.0
     s_cor = 0.0
     n_bad = 0
-    for i in range(x.size):
+    n = x.size
+    if not general:  # every element counts; NaN and targets outside [0, 1] are invalid
+        for i in range(n):
+            xv = np.float64(x[i])
+            yv = np.float64(y[i])
+            s_loss += lbuf[i]
+            s_pos += yv
+            s_cor += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
+            n_bad += (yv < 0.0) | (yv > 1.0) | (xv != xv) | (yv != yv)
+        if write_out:
+            for i in range(n):
+                out[i] = lbuf[i]
+        return s_loss, np.float64(n), s_pos, n - s_pos, s_cor, n_bad
+    for i in range(n):
         xv = np.float64(x[i])
         yv = np.float64(y[i])
-        wv = w * ws[i] if use_ws else w
-        pv = p * ps[i] if use_ps else p
-        loss, counts, bad = element_step(x[i], yv, wv, pv, smooth, ignore, has_ignore,
-                                         nan_mode)
-        n_bad += bad
-        if write_out:
-            out[i] = loss if counts != 0.0 else np.nan
-        s_loss += loss if counts != 0.0 else 0.0
-        s_count += counts
-        s_pos += yv * counts
-        s_neg += (1.0 - yv) * counts
-        s_cor += counts if (xv > 0.0) == (yv >= 0.5) else 0.0
+        skip = left_out(xv, yv, ignore, has_ignore, nan_mode)
+        ignored = has_ignore and yv == ignore
+        nan = (xv != xv) | (yv != yv)
+        n_bad += (not ignored) and ((yv < 0.0) | (yv > 1.0) | (nan_mode == NAN_ERROR and nan))
+        c = 0.0 if skip else 1.0
+        s_loss += 0.0 if skip else lbuf[i]
+        s_count += c
+        s_pos += 0.0 if skip else yv
+        s_neg += 0.0 if skip else 1.0 - yv
+        s_cor += c if (xv > 0.0) == (yv >= 0.5) else 0.0
+    if write_out:
+        for i in range(n):
+            out[i] = np.nan if left_out(np.float64(x[i]), np.float64(y[i]), ignore, has_ignore,
+                                        nan_mode) else lbuf[i]
     return s_loss, s_count, s_pos, s_neg, s_cor, n_bad
 
 
 @scalar(SUM_FLAGS)
-def span_stats(x, y, ws, ps, use_ws, use_ps, w, p, smooth, ignore, has_ignore,
-               nan_mode, out, write_out):
-    if has_ignore or nan_mode != NAN_ERROR or smooth != 0.0 or use_ps:
-        return span_general(x, y, ws, ps, use_ws, use_ps, w, p, smooth, ignore,
-                            has_ignore, nan_mode, out, write_out)
-    return span_fast(x, y, ws, use_ws, w, p, out, write_out)
+def run_stats(x, y, ws, ps, use_ws, use_ps, w, p, smooth, ignore, has_ignore, nan_mode,
+              out, write_out, lbuf, acc):
+    """Add the statistics of one contiguous run of one class into ``acc``; returns n_bad.
+
+    ``ws``/``ps``: per-element weight factors (when ``use_ws``/``use_ps``);
+    ``w``/``p``: the class's weight and pos_weight; ``lbuf``: BLOCK floats of scratch.
+    """
+    general = has_ignore or nan_mode != NAN_ERROR
+    n = x.size
+    n_bad = 0
+    for lo in range(0, n, BLOCK):
+        hi = min(n, lo + BLOCK)
+        buf = lbuf[: hi - lo]
+        block_losses(x[lo:hi], y[lo:hi], ws[lo:hi] if use_ws else ws[0:0],
+                     ps[lo:hi] if use_ps else ps[0:0], use_ws, use_ps, w, p, smooth, buf)
+        s = block_sums(x[lo:hi], y[lo:hi], buf, general, ignore, has_ignore, nan_mode,
+                       out[lo:hi] if write_out else out[0:0], write_out)
+        acc[LOSS] += s[0]
+        acc[COUNT] += s[1]
+        acc[POS] += s[2]
+        acc[NEG] += s[3]
+        acc[CORRECT] += s[4]
+        n_bad += s[5]
+    return n_bad
 
 
-# ----------------------------------------------------------------------- kernels
 @kernel(flags=SUM_FLAGS)
 def planes_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
                   smooth, ignore, has_ignore, nan_mode, out, write_out):
@@ -193,8 +203,10 @@ def planes_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
     is long, else a block of whole rows of A.  Returns ``(partials, n_bad)``:
     ``partials`` has shape (A-blocks, C, B-blocks, N_STATS) and the caller sums
     it over axes 0 and 2 in a fixed order; ``n_bad[task]`` counts invalid
-    elements.  ``out`` (same shape as ``x``) receives per-element losses when
-    ``write_out``; elements left out (ignored or omitted) get NaN.
+    elements.  ``wfull``/``pfull`` (same shape as ``x`` when used) multiply the
+    per-class ``wvec``/``pvec``.  ``out`` (same shape as ``x``) receives
+    per-element losses when ``write_out``; elements left out (ignored or
+    omitted) get NaN.
     """
     a_count, c_count, b_count = x.shape
     xf = x.reshape(-1)
@@ -218,58 +230,66 @@ def planes_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
         b_lo = blk * b_step
         b_hi = min(b_count, b_lo + b_step)
         acc = np.zeros(N_STATS, dtype=np.float64)
+        lbuf = np.empty(BLOCK, dtype=np.float64)
         bad_count = 0
         for a in range(ablk * a_per_task, min(a_count, (ablk + 1) * a_per_task)):
             lo = (a * c_count + c) * b_count + b_lo
             hi = lo + (b_hi - b_lo)
-            s = span_stats(xf[lo:hi], yf[lo:hi], wf[lo:hi] if use_wfull else wf[0:0],
-                           pf[lo:hi] if use_pfull else pf[0:0], use_wfull, use_pfull,
-                           wvec[c], pvec[c], smooth, ignore, has_ignore, nan_mode,
-                           of[lo:hi] if write_out else of[0:0], write_out)
-            acc[LOSS] += s[0]
-            acc[COUNT] += s[1]
-            acc[POS] += s[2]
-            acc[NEG] += s[3]
-            acc[CORRECT] += s[4]
-            bad_count += s[5]
+            bad_count += run_stats(xf[lo:hi], yf[lo:hi], wf[lo:hi] if use_wfull else wf[0:0],
+                                   pf[lo:hi] if use_pfull else pf[0:0], use_wfull, use_pfull,
+                                   wvec[c], pvec[c], smooth, ignore, has_ignore, nan_mode,
+                                   of[lo:hi] if write_out else of[0:0], write_out, lbuf, acc)
         partials[ablk, c, blk, :] = acc
         n_bad[task] = bad_count
     return partials, n_bad
 
 
+@scalar(ELEMENT_FLAGS)
+def transpose_into(src, dst):
+    """dst[c, r] = src[r, c] for the rows of ``src`` (dst has at least as many columns)."""
+    for c in range(src.shape[1]):
+        for r in range(src.shape[0]):
+            dst[c, r] = src[r, c]
+
+
 @scalar(SUM_FLAGS)
-def row_fast(x, y, w, p, out, write_out, acc):
-    """One row of (N, C) data: per-class sums into ``acc`` (N_STATS, C); returns n_bad."""
+def row_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out, acc):
+    """Add one row of (N, C) data into the per-class ``acc`` (N_STATS, C); returns n_bad."""
     n_bad = 0
-    for c in range(x.size):
-        yv = np.float64(y[c])
-        loss, bad, cor = element_fast(x[c], yv, w[c], p[c])
+    if not general:
+        for c in range(x.size):
+            xv = np.float64(x[c])
+            yv = np.float64(y[c])
+            acc[LOSS, c] += lbuf[c]
+            acc[POS, c] += yv
+            acc[CORRECT, c] += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
+            n_bad += (yv < 0.0) | (yv > 1.0) | (xv != xv) | (yv != yv)
+            acc[COUNT, c] += 1.0
         if write_out:
-            out[c] = loss
-        acc[LOSS, c] += loss
-        acc[POS, c] += yv
-        acc[CORRECT, c] += cor
-        n_bad += bad
-    return n_bad
-
-
-@scalar(SUM_FLAGS)
-def row_general(x, y, w, p, smooth, ignore, has_ignore, nan_mode, out, write_out, acc):
-    n_bad = 0
+            for c in range(x.size):
+                out[c] = lbuf[c]
+        return n_bad
     for c in range(x.size):
         xv = np.float64(x[c])
         yv = np.float64(y[c])
-        loss, counts, bad = element_step(x[c], yv, w[c], p[c], smooth, ignore, has_ignore,
-                                         nan_mode)
-        n_bad += bad
+        skip = left_out(xv, yv, ignore, has_ignore, nan_mode)
+        ignored = has_ignore and yv == ignore
+        nan = (xv != xv) | (yv != yv)
+        n_bad += (not ignored) and ((yv < 0.0) | (yv > 1.0) | (nan_mode == NAN_ERROR and nan))
+        k = 0.0 if skip else 1.0
+        acc[LOSS, c] += 0.0 if skip else lbuf[c]
+        acc[COUNT, c] += k
+        acc[POS, c] += 0.0 if skip else yv
+        acc[NEG, c] += 0.0 if skip else 1.0 - yv
+        acc[CORRECT, c] += k if (xv > 0.0) == (yv >= 0.5) else 0.0
         if write_out:
-            out[c] = loss if counts != 0.0 else np.nan
-        acc[LOSS, c] += loss if counts != 0.0 else 0.0
-        acc[COUNT, c] += counts
-        acc[POS, c] += yv * counts
-        acc[NEG, c] += (1.0 - yv) * counts
-        acc[CORRECT, c] += counts if (xv > 0.0) == (yv >= 0.5) else 0.0
+            out[c] = np.nan if skip else lbuf[c]
     return n_bad
+
+
+# Below this many classes, rows are transposed into per-class runs; above it,
+# the loops run along the row (long enough to vectorise on their own).
+WIDE_ROWS = 64
 
 
 @kernel(flags=SUM_FLAGS)
@@ -277,40 +297,66 @@ def rows_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
                 smooth, ignore, has_ignore, nan_mode, out, write_out):
     """Per-class partials for ``x``/``y`` of shape (N, C), C-contiguous, C > 1.
 
-    Chunks are blocks of rows; the inner loop runs along the classes.  Returns
-    ``(partials, n_bad)`` with ``partials`` of shape (n_chunks, N_STATS, C);
-    see ``planes_kernel`` for the rest.
+    A chunk is a block of rows.  With fewer than ``WIDE_ROWS`` classes it is
+    transposed in cache so that each class's values are contiguous, then
+    reduced like ``planes_kernel``; with more, the loops run along each row
+    with per-class accumulators.  Returns ``(partials, n_bad)`` with
+    ``partials`` of shape (n_chunks, N_STATS, C).
     """
     n, c_count = x.shape
-    general = has_ignore or nan_mode != NAN_ERROR or smooth != 0.0
-    rows_per_chunk = max(1, CHUNK // c_count)
-    n_chunks = (n + rows_per_chunk - 1) // rows_per_chunk
+    general = has_ignore or nan_mode != NAN_ERROR
+    rows = BLOCK if c_count < WIDE_ROWS else max(1, CHUNK // c_count)
+    n_chunks = (n + rows - 1) // rows
     partials = np.zeros((n_chunks, N_STATS, c_count), dtype=np.float64)
     n_bad = np.zeros(n_chunks, dtype=np.int64)
     for k in prange(n_chunks):
-        acc = np.zeros((N_STATS, c_count), dtype=np.float64)
-        w_row = wvec.copy()
-        p_row = pvec.copy()
+        start = k * rows
+        m = min(n, start + rows) - start
         bad_count = 0
-        start = k * rows_per_chunk
-        stop = min(n, start + rows_per_chunk)
-        for r in range(start, stop):
+        if c_count >= WIDE_ROWS:
+            acc = np.zeros((N_STATS, c_count), dtype=np.float64)
+            lbuf = np.empty(c_count, dtype=np.float64)
+            w_row = wvec.copy()
+            p_row = pvec.copy()
+            for r in range(start, start + m):
+                if use_wfull:
+                    for c in range(c_count):
+                        w_row[c] = wvec[c] * wfull[r, c]
+                if use_pfull:
+                    for c in range(c_count):
+                        p_row[c] = pvec[c] * pfull[r, c]
+                block_losses(x[r], y[r], w_row, p_row, True, True, 1.0, 1.0, smooth, lbuf)
+                bad_count += row_sums(x[r], y[r], lbuf, general, ignore, has_ignore,
+                                      nan_mode, out[r] if write_out else out.reshape(-1)[0:0],
+                                      write_out, acc)
+            if not general:
+                for c in range(c_count):
+                    acc[NEG, c] = acc[COUNT, c] - acc[POS, c]
+            partials[k] = acc
+        else:
+            xt = np.empty((c_count, rows), dtype=x.dtype)
+            yt = np.empty((c_count, rows), dtype=y.dtype)
+            wt = np.empty((c_count, rows if use_wfull else 0), dtype=wfull.dtype)
+            pt = np.empty((c_count, rows if use_pfull else 0), dtype=pfull.dtype)
+            ot = np.empty((c_count, rows if write_out else 0), dtype=out.dtype)
+            transpose_into(x[start:start + m], xt)
+            transpose_into(y[start:start + m], yt)
             if use_wfull:
-                for c in range(c_count):
-                    w_row[c] = wvec[c] * wfull[r, c]
+                transpose_into(wfull[start:start + m], wt)
             if use_pfull:
-                for c in range(c_count):
-                    p_row[c] = pvec[c] * pfull[r, c]
-            o = out[r] if write_out else out.reshape(-1)[0:0]
-            if general:
-                bad_count += row_general(x[r], y[r], w_row, p_row, smooth, ignore,
-                                         has_ignore, nan_mode, o, write_out, acc)
-            else:
-                bad_count += row_fast(x[r], y[r], w_row, p_row, o, write_out, acc)
-        if not general:
+                transpose_into(pfull[start:start + m], pt)
+            lbuf = np.empty(BLOCK, dtype=np.float64)
+            acc1 = np.zeros(N_STATS, dtype=np.float64)
             for c in range(c_count):
-                acc[COUNT, c] = stop - start
-                acc[NEG, c] = (stop - start) - acc[POS, c]
-        partials[k] = acc
+                acc1[:] = 0.0
+                bad_count += run_stats(xt[c, :m], yt[c, :m],
+                                       wt[c, :m] if use_wfull else wt[c, 0:0],
+                                       pt[c, :m] if use_pfull else pt[c, 0:0], use_wfull,
+                                       use_pfull, wvec[c], pvec[c], smooth, ignore, has_ignore,
+                                       nan_mode, ot[c, :m] if write_out else ot[c, 0:0],
+                                       write_out, lbuf, acc1)
+                partials[k, :, c] = acc1
+            if write_out:
+                transpose_into(ot[:, :m], out[start:start + m])
         n_bad[k] = bad_count
     return partials, n_bad

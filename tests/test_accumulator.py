@@ -175,3 +175,32 @@ def test_fortran_order_error_names_first_row(rng):
     y[10, 2] = 3.0
     with pytest.raises(ValueError, match=r"target 3.0 .* at index \(10, 2\)"):
         BCEAccumulator(3).update(np.asfortranarray(x), y)
+
+
+@pytest.mark.parametrize("n_classes", [3, 70])  # transposed blocks / loops along the row
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("options", [{}, {"ignore_value": -1.0}, {"label_smoothing": 0.2},
+                                     {"nan_policy": "omit"}])
+def test_row_layouts_with_every_option(rng, n_classes, order, options):
+    n = 2100  # several row blocks, the last one partial
+    x = (rng.standard_normal((n, n_classes)) * 4).astype(np.float32)
+    y = (rng.random((n, n_classes)) < 0.3).astype(np.float32)
+    if "ignore_value" in options:
+        y[rng.random(y.shape) < 0.1] = -1.0
+    if "nan_policy" in options:
+        x[rng.random(x.shape) < 0.05] = np.nan
+    x, y = np.asarray(x, order=order), np.asarray(y, order=order)
+    w = rng.random((n, n_classes)) + 0.5
+    pw = rng.random(n_classes) + 0.5
+    acc = BCEAccumulator(n_classes, pos_weight=pw, **options)
+    losses = acc.update(x, y, w, return_losses=True)
+    keep = (y != -1) & ~np.isnan(x)
+    a = options.get("label_smoothing", 0.0)
+    ys = np.where(keep, y, 0).astype(np.float64) * (1 - a) + a / 2
+    want = ref.elementwise(np.where(keep, x, 0), ys, weight=w, pos_weight=pw).astype(float)
+    np.testing.assert_allclose(losses[keep], want[keep].astype(np.float32), rtol=2e-7)
+    assert np.isnan(losses[~keep]).all()
+    res = acc.compute()
+    np.testing.assert_array_equal(res.count, keep.sum(axis=0))
+    np.testing.assert_allclose(res.loss_sum, np.where(keep, want, 0).sum(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(res.n_pos, np.where(keep, y, 0).sum(axis=0))
