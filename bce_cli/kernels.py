@@ -305,7 +305,7 @@ def rows_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
     """
     n, c_count = x.shape
     general = has_ignore or nan_mode != NAN_ERROR
-    rows = BLOCK if c_count < WIDE_ROWS else max(1, CHUNK // c_count)
+    rows = 4 * BLOCK if c_count < WIDE_ROWS else max(1, CHUNK // c_count)
     n_chunks = (n + rows - 1) // rows
     partials = np.zeros((n_chunks, N_STATS, c_count), dtype=np.float64)
     n_bad = np.zeros(n_chunks, dtype=np.int64)
