@@ -1,19 +1,32 @@
 """Normalise arrays at the boundary and run the kernels.
 
-Everything that calls a kernel goes through :func:`class_stats`, so dtype,
+Everything that computes losses goes through :func:`class_stats`, so dtype,
 byte order and contiguity are normalised in one place (each distinct array
 type is another numba compile) and invalid values are reported the same way.
+
+Small inputs (at most ``NUMPY_MAX_ELEMENTS``) take a float64 NumPy path with
+the same semantics instead: numba's first call in a process costs ~0.4 s of
+imports even with its cache warm, far more than such an input takes.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
 from .errors import BCEInputError, InvalidValueError
+from .stats import (
+    CORRECT,
+    COUNT,
+    LOSS,
+    N_STATS,
+    NAN_ERROR,
+    NAN_OMIT,
+    NAN_POLICIES,
+    NEG,
+    POS,
+)
 
-NAN_POLICIES = {"error": kernels.NAN_ERROR, "omit": kernels.NAN_OMIT,
-                "propagate": kernels.NAN_PROPAGATE}
+NUMPY_MAX_ELEMENTS = 1 << 16
 
 NAN_HINT = "skip NaN elements with nan_policy='omit' (--nan-policy omit), or clean the data"
 RANGE_HINT = ("targets must lie in [0, 1]; leave unlabelled elements out with "
@@ -93,6 +106,20 @@ def class_stats(x, y, *, class_axis: int | None, wvec=None, pvec=None, wfull=Non
     pf = empty if pfull is None else _full(pfull, shape).reshape(canon)
     out = np.empty(canon if want_out else (0,) * len(canon), dtype=x.dtype)
     mode = NAN_POLICIES[nan_policy]
+    if x.size <= NUMPY_MAX_ELEMENTS:
+        x3, y3 = x.reshape(a_count, c_count, b_count), y.reshape(a_count, c_count, b_count)
+        stats, losses = _numpy_stats(x3, y3, wvec, pvec,
+                                     None if wfull is None else wf.reshape(x3.shape),
+                                     None if pfull is None else pf.reshape(x3.shape),
+                                     smooth, ignore, mode)
+        if stats is None:
+            raise _first_invalid(x.reshape(shape), y.reshape(shape), class_axis, ignore, mode)
+        if not want_out:
+            return stats, None
+        with np.errstate(over="ignore"):  # a loss beyond float32's range is inf there
+            return stats, losses.astype(x.dtype).reshape(shape)
+    from . import kernels  # numba: only for inputs worth compiling for
+
     has_ignore = ignore is not None
     ignore_value = float(ignore) if has_ignore else 0.0
     run = kernels.rows_kernel if rows else kernels.planes_kernel
@@ -103,6 +130,43 @@ def class_stats(x, y, *, class_axis: int | None, wvec=None, pvec=None, wfull=Non
         raise _first_invalid(x.reshape(shape), y.reshape(shape), class_axis, ignore, mode)
     stats = partials.sum(axis=0) if rows else partials.sum(axis=(0, 2)).T
     return np.ascontiguousarray(stats), (out.reshape(shape) if want_out else None)
+
+
+def _numpy_stats(x, y, wvec, pvec, wfull, pfull, smooth, ignore, mode):
+    """The kernels' statistics for (A, C, B) arrays in plain float64 NumPy.
+
+    Returns ``(stats, losses)``, or ``(None, None)`` when an element is invalid.
+    Same formula as the kernels (``bce_cli.kernels.element_loss``) with libm's
+    exp and log1p, so both paths are checked against the same reference.
+    """
+    xf = x.astype(np.float64)
+    yf = y.astype(np.float64)
+    nan = np.isnan(xf) | np.isnan(yf)
+    ignored = (yf == ignore) if ignore is not None else np.zeros(x.shape, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        bad = ~ignored & ((yf < 0.0) | (yf > 1.0) | (nan if mode == NAN_ERROR else False))
+    if bad.any():
+        return None, None
+    skip = ignored | (nan if mode == NAN_OMIT else False)
+    w = wvec[None, :, None] * (1.0 if wfull is None else wfull)
+    p = pvec[None, :, None] * (1.0 if pfull is None else pfull)
+    ys = yf * (1.0 - smooth) + 0.5 * smooth
+    t = np.log1p(np.exp(-np.abs(xf)))
+    with np.errstate(invalid="ignore", over="ignore"):
+        pos_coef = p * ys
+        neg_coef = 1.0 - ys
+        pos_term = np.where(pos_coef != 0.0, pos_coef * (np.maximum(-xf, 0.0) + t), 0.0)
+        neg_term = np.where(neg_coef != 0.0, neg_coef * (np.maximum(xf, 0.0) + t), 0.0)
+        loss = np.where(w != 0.0, w * (pos_term + neg_term), 0.0)
+    loss = np.where(skip, np.nan, loss)
+    keep = ~skip
+    stats = np.zeros((N_STATS, x.shape[1]), dtype=np.float64)
+    stats[LOSS] = np.where(keep, loss, 0.0).sum(axis=(0, 2))
+    stats[COUNT] = keep.sum(axis=(0, 2))
+    stats[POS] = np.where(keep, yf, 0.0).sum(axis=(0, 2))
+    stats[NEG] = np.where(keep, 1.0 - yf, 0.0).sum(axis=(0, 2))
+    stats[CORRECT] = (keep & ((xf > 0.0) == (yf >= 0.5))).sum(axis=(0, 2))
+    return stats, loss
 
 
 def _vector(v, n: int) -> np.ndarray:
@@ -127,7 +191,7 @@ def _first_invalid(x, y, class_axis, ignore, mode) -> InvalidValueError:
     with np.errstate(invalid="ignore"):
         out_of_range = (yf < 0) | (yf > 1)
     bad = out_of_range
-    if mode == kernels.NAN_ERROR:
+    if mode == NAN_ERROR:
         bad = bad | x_nan | y_nan
     if ignore is not None:
         bad &= yf != ignore

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import kernels
-from ._engine import NAN_POLICIES, class_stats
+from . import stats as S
+from ._engine import class_stats
 from .errors import BCEInputError
 from .functional import REDUCTIONS, pos_weight_from_counts
 
@@ -57,8 +57,8 @@ class BCEAccumulator:
                  label_smoothing: float = 0.0, nan_policy: str = "error"):
         if n_classes < 1:
             raise BCEInputError(f"n_classes must be at least 1, got {n_classes}")
-        if nan_policy not in NAN_POLICIES:
-            raise BCEInputError(f"nan_policy must be one of {', '.join(NAN_POLICIES)}, "
+        if nan_policy not in S.NAN_POLICIES:
+            raise BCEInputError(f"nan_policy must be one of {', '.join(S.NAN_POLICIES)}, "
                                 f"got {nan_policy!r}")
         if not 0.0 <= label_smoothing <= 1.0:
             raise BCEInputError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
@@ -68,7 +68,7 @@ class BCEAccumulator:
         self.ignore_value = ignore_value
         self.label_smoothing = float(label_smoothing)
         self.nan_policy = nan_policy
-        self.state = np.zeros((kernels.N_STATS, self.n_classes), dtype=np.float64)
+        self.state = np.zeros((S.N_STATS, self.n_classes), dtype=np.float64)
         self.n_rows = 0
 
     def _per_class(self, v, name):
@@ -146,15 +146,15 @@ class BCEAccumulator:
         if reduction not in REDUCTIONS:
             raise BCEInputError(f"reduction must be one of {', '.join(REDUCTIONS)}")
         s = self.state
-        count = s[kernels.COUNT].copy()
+        count = s[S.COUNT].copy()
         n_elements = int(count.sum())
         if n_elements == 0:
             raise BCEInputError("no elements to compute a loss over (empty input, or every "
                                 "element ignored)")
-        loss_sum = s[kernels.LOSS].copy()
+        loss_sum = s[S.LOSS].copy()
         with np.errstate(invalid="ignore", divide="ignore"):
             per_class_mean = loss_sum / count
-            accuracy = s[kernels.CORRECT] / count
+            accuracy = s[S.CORRECT] / count
         total = float(loss_sum.sum())
         return BCEResult(
             reduction=reduction,
@@ -162,10 +162,10 @@ class BCEAccumulator:
             class_loss=loss_sum if reduction == "sum" else per_class_mean,
             loss_sum=loss_sum,
             count=count,
-            n_pos=s[kernels.POS].copy(),
-            n_neg=s[kernels.NEG].copy(),
+            n_pos=s[S.POS].copy(),
+            n_neg=s[S.NEG].copy(),
             accuracy=accuracy,
-            suggested_pos_weight=pos_weight_from_counts(s[kernels.POS], s[kernels.NEG],
+            suggested_pos_weight=pos_weight_from_counts(s[S.POS], s[S.NEG],
                                                         method, beta, clip_max),
             n_elements=n_elements,
         )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
 from ._engine import as_logits, class_stats
 from .errors import BCEInputError
+from .stats import LOSS
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -102,7 +102,7 @@ def bce_with_logits(input, target, weight=None, size_average=None, reduce=None,
     stats, out = _stats(x, y, weight, pos_weight, want_out=red == "none")
     if red == "none":
         return out.astype(x.dtype) if x.dtype == np.float16 else out
-    total = float(stats[kernels.LOSS].sum())
+    total = float(stats[LOSS].sum())
     return total / x.size if red == "mean" else total
 
 

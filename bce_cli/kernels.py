@@ -32,18 +32,12 @@ from numba.extending import overload
 
 from ._fastmath import log1p_exp_neg, log1p_exp_neg_f32
 from ._jit import ELEMENT_FLAGS, SUM_FLAGS, inline, inline_copy, kernel, scalar
-
-# Rows of the per-class statistics array (K, C).
-LOSS, COUNT, POS, NEG, CORRECT = range(5)
-N_STATS = 5
-STAT_NAMES = ("loss_sum", "count", "n_pos", "n_neg", "n_correct")
+from .stats import CORRECT, COUNT, LOSS, N_STATS, NAN_ERROR, NAN_OMIT, NEG, POS
 
 # Elements per chunk (one float64 partial per statistic and class), and per
 # scratch block inside a chunk (fits in L1 with its inputs).
 CHUNK = 1 << 15
 BLOCK = 1 << 10
-
-NAN_ERROR, NAN_OMIT, NAN_PROPAGATE = 0, 1, 2
 
 
 @inline()

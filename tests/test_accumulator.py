@@ -14,6 +14,8 @@ from bce_cli.kernels import CHUNK
 
 from . import reference as ref
 
+pytestmark = pytest.mark.usefixtures("engine")  # numba kernels and NumPy path
+
 
 def _batch(rng, n, c, dtype=np.float32, extra=()):
     x = (rng.standard_normal((n, c, *extra)) * 3).astype(dtype)

@@ -9,6 +9,8 @@ from bce_cli import bce_with_logits
 
 from . import reference as ref
 
+pytestmark = pytest.mark.usefixtures("engine")  # numba kernels and NumPy path
+
 
 def logit_grid(dtype):
     """+-1e-30 .. +-3e38 log-spaced, dense over +-15..+-104 where float32 exp

@@ -6,6 +6,8 @@ from bce_cli import bce_with_logits
 from . import reference as ref
 from .edge_cases import special_logits, variants
 
+pytestmark = pytest.mark.usefixtures("engine")  # numba kernels and NumPy path
+
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("target", [0.0, 1.0, 0.25])

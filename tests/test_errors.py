@@ -11,6 +11,8 @@ from bce_cli import (
     suggest_pos_weight,
 )
 
+pytestmark = pytest.mark.usefixtures("engine")  # numba kernels and NumPy path
+
 
 def test_shape_mismatch():
     with pytest.raises(BCEInputError, match=r"target shape \(3,\) .* input shape \(4,\)"):

@@ -7,6 +7,8 @@ import pytest
 
 from bce_cli import BCEWithLogitsLoss, bce_with_logits
 
+pytestmark = pytest.mark.usefixtures("engine")  # numba kernels and NumPy path
+
 
 def test_pytorch_docs_example():
     # torch.nn.BCEWithLogitsLoss docs: a logit of 1.5 for a positive target.

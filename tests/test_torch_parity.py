@@ -5,6 +5,8 @@ import pytest
 
 from bce_cli import BCEWithLogitsLoss, bce_with_logits, bce_with_logits_grad
 
+pytestmark = pytest.mark.usefixtures("engine")  # numba kernels and NumPy path
+
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 

@@ -1,0 +1,14 @@
+"""Layout of the per-class statistics shared by every engine (no numba here).
+
+The mergeable state is a float64 array of shape ``(N_STATS, C)``; row ``LOSS``
+holds the sum of weighted element losses, ``COUNT`` the elements that took
+part, ``POS``/``NEG`` the sums of y and 1 - y, ``CORRECT`` the elements with
+(logit > 0) == (target >= 0.5).
+"""
+
+LOSS, COUNT, POS, NEG, CORRECT = range(5)
+N_STATS = 5
+STAT_NAMES = ("loss_sum", "count", "n_pos", "n_neg", "n_correct")
+
+NAN_ERROR, NAN_OMIT, NAN_PROPAGATE = 0, 1, 2
+NAN_POLICIES = {"error": NAN_ERROR, "omit": NAN_OMIT, "propagate": NAN_PROPAGATE}
