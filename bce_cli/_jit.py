@@ -10,15 +10,41 @@ there).
 
 from __future__ import annotations
 
+import warnings
+
 import numba
 
 ELEMENT_FLAGS = frozenset({"nsz", "arcp", "contract"})
 SUM_FLAGS = ELEMENT_FLAGS | {"reassoc"}
 
 
+_cache_warned = False
+
+
+def _njit(**options):
+    """``numba.njit(cache=True, ...)``, falling back to no cache (said once) when
+    numba finds no writable cache directory, instead of failing at import."""
+
+    def decorate(fn):
+        global _cache_warned
+        try:
+            return numba.njit(cache=True, **options)(fn)
+        except RuntimeError as err:
+            if "cannot cache" not in str(err):
+                raise
+            if not _cache_warned:
+                _cache_warned = True
+                warnings.warn("bce: no writable numba cache directory, so kernels are compiled "
+                              "anew in each process (set NUMBA_CACHE_DIR to a writable "
+                              "directory to keep them)", RuntimeWarning, stacklevel=2)
+            return numba.njit(cache=False, **options)(fn)
+
+    return decorate
+
+
 def kernel(*, parallel: bool = True, flags=ELEMENT_FLAGS):
     """Decorator for a compiled, cached kernel (a pure function over arrays)."""
-    return numba.njit(parallel=parallel, cache=True, nogil=True, error_model="numpy",
+    return _njit(parallel=parallel, nogil=True, error_model="numpy",
                       fastmath=set(flags))
 
 
@@ -30,7 +56,7 @@ def inline():
     Inlining at numba level keeps LLVM's call depth short enough for its own
     inliner to pull the ``scalar`` leaves into the loop and vectorise it.
     """
-    return numba.njit(inline="always", cache=True, error_model="numpy")
+    return _njit(inline="always", error_model="numpy")
 
 
 def inline_copy(dispatcher):
@@ -38,7 +64,7 @@ def inline_copy(dispatcher):
     ELEMENT_FLAGS: numba inlines the body there (taking those flags), so the
     loop vectorises without relying on LLVM's inliner.  Never call the copy
     from a loop with ``reassoc``."""
-    return numba.njit(inline="always", cache=True, error_model="numpy")(dispatcher.py_func)
+    return _njit(inline="always", error_model="numpy")(dispatcher.py_func)
 
 
 def scalar(flags=ELEMENT_FLAGS):
@@ -49,4 +75,4 @@ def scalar(flags=ELEMENT_FLAGS):
     ``reassoc`` deletes compensation terms.  LLVM still inlines the call (each
     instruction keeps its own flags) and the caller's loop still vectorises.
     """
-    return numba.njit(cache=True, error_model="numpy", fastmath=set(flags))
+    return _njit(error_model="numpy", fastmath=set(flags))
