@@ -113,10 +113,12 @@ def _block_losses(x, y, ws, ps, use_ws, use_ps, w, p, smooth, lbuf):
 
 
 @inline()
-def left_out(x, y, ignore, has_ignore, nan_mode):
-    """True where an element takes no part in sums and counts."""
+def element_flags(x, y, ignore, has_ignore, nan_mode):
+    """(left out of sums and counts?, invalid?) for one element under the general options."""
+    ignored = has_ignore and y == ignore
     nan = (x != x) | (y != y)
-    return (has_ignore and y == ignore) or (nan_mode == NAN_OMIT and nan)
+    invalid = (not ignored) and ((y < 0.0) | (y > 1.0) | (nan_mode == NAN_ERROR and nan))
+    return ignored or (nan_mode == NAN_OMIT and nan), invalid
 
 
 @scalar(SUM_FLAGS)
@@ -144,10 +146,8 @@ def block_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out
     for i in range(n):
         xv = np.float64(x[i])
         yv = np.float64(y[i])
-        skip = left_out(xv, yv, ignore, has_ignore, nan_mode)
-        ignored = has_ignore and yv == ignore
-        nan = (xv != xv) | (yv != yv)
-        n_bad += (not ignored) and ((yv < 0.0) | (yv > 1.0) | (nan_mode == NAN_ERROR and nan))
+        skip, bad = element_flags(xv, yv, ignore, has_ignore, nan_mode)
+        n_bad += bad
         c = 0.0 if skip else 1.0
         s_loss += 0.0 if skip else lbuf[i]
         s_count += c
@@ -156,8 +156,9 @@ def block_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out
         s_cor += c if (xv > 0.0) == (yv >= 0.5) else 0.0
     if write_out:
         for i in range(n):
-            out[i] = np.nan if left_out(np.float64(x[i]), np.float64(y[i]), ignore, has_ignore,
-                                        nan_mode) else lbuf[i]
+            skip, _ = element_flags(np.float64(x[i]), np.float64(y[i]), ignore, has_ignore,
+                                    nan_mode)
+            out[i] = np.nan if skip else lbuf[i]
     return s_loss, s_count, s_pos, s_neg, s_cor, n_bad
 
 
@@ -266,10 +267,8 @@ def row_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out, 
     for c in range(x.size):
         xv = np.float64(x[c])
         yv = np.float64(y[c])
-        skip = left_out(xv, yv, ignore, has_ignore, nan_mode)
-        ignored = has_ignore and yv == ignore
-        nan = (xv != xv) | (yv != yv)
-        n_bad += (not ignored) and ((yv < 0.0) | (yv > 1.0) | (nan_mode == NAN_ERROR and nan))
+        skip, bad = element_flags(xv, yv, ignore, has_ignore, nan_mode)
+        n_bad += bad
         k = 0.0 if skip else 1.0
         acc[LOSS, c] += 0.0 if skip else lbuf[c]
         acc[COUNT, c] += k

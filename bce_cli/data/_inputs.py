@@ -528,18 +528,21 @@ def _check_array_shapes(lv, tv):
         )
 
 
+def _open_array(res, explicit, defaults, role, closers):
+    """The one array a .npy holds, or the ``role`` array of a .npz (its only one, if so)."""
+    if res.fmt == "npy":
+        return open_npy(res, default_array_name(res))
+    z = NpzArchive(res)
+    closers.append(z.close)
+    return z.array(z.pick(explicit, defaults, 0 if len(z.names) == 1 else None, role))
+
+
 def _side(spec, res, src, role, explicit, exclude, feeds, closers, wcol):
     """Open one side of a two-file input: returns (_Role, weight_role_or_None)."""
     br, order, pol = spec.batch_rows, spec.order, spec.nan_policy
     if res.fmt in _ARRAY_FORMATS:
-        if res.fmt == "npy":
-            h = open_npy(res, default_array_name(res))
-        else:
-            z = NpzArchive(res)
-            closers.append(z.close)
-            defaults = LOGIT_NAMES if role == "logits" else TARGET_NAMES
-            name = z.pick(explicit, defaults, 0 if len(z.names) == 1 else None, role)
-            h = z.array(name)
+        defaults = LOGIT_NAMES if role == "logits" else TARGET_NAMES
+        h = _open_array(res, explicit, defaults, role, closers)
         view = ArrayView(h, spec.class_dim, role)
         feed = _ArrayFeed({role: view}, br, order)
         feeds.append(feed)
@@ -834,13 +837,7 @@ def open_targets(
     br, order = spec.batch_rows, spec.order
     try:
         if res.fmt in _ARRAY_FORMATS:
-            if res.fmt == "npy":
-                h = open_npy(res, default_array_name(res))
-            else:
-                z = NpzArchive(res)
-                closers.append(z.close)
-                name = z.pick(targets, TARGET_NAMES, 0 if len(z.names) == 1 else None, "targets")
-                h = z.array(name)
+            h = _open_array(res, targets, TARGET_NAMES, "targets", closers)
             view = ArrayView(h, spec.class_dim, "targets")
             feed = _ArrayFeed({"targets": view}, br, order)
             role = _array_role(feed, "targets", view)
