@@ -113,15 +113,21 @@ class BCEAccumulator:
         wvec, wfull = self.weight, None
         if weight is not None:
             w = np.asarray(weight, dtype=np.float64)
-            per_class = w.size in (1, self.n_classes) and (
-                w.ndim <= 1 or (w.shape[0] == 1 and w.ndim <= x.ndim and
-                                all(n == 1 for n in w.shape[2:])))
-            if per_class:
-                wvec = self._per_class(w, "weight") * (1.0 if wvec is None else wvec)
+            try:  # NumPy broadcasting against the batch, trailing axes first
+                fits = w.ndim <= x.ndim and np.broadcast_shapes(w.shape, x.shape) == x.shape
+            except ValueError:
+                fits = False
+            if not fits:
+                raise BCEInputError(f"weight of shape {w.shape} does not broadcast to the batch "
+                                    f"shape {x.shape}")
+            if np.isnan(w).any():
+                raise BCEInputError("weight contains NaN")
+            w = w.reshape((1,) * (x.ndim - w.ndim) + w.shape)
+            if all(n == 1 for i, n in enumerate(w.shape) if i != 1):  # varies by class only
+                wvec = np.broadcast_to(w.reshape(-1), (self.n_classes,)) * (
+                    1.0 if wvec is None else wvec)
             else:
                 wfull = w
-                if np.isnan(w).any():
-                    raise BCEInputError("weight contains NaN")
         stats, out = class_stats(x, y, class_axis=1, wvec=wvec, pvec=self.pos_weight,
                                  wfull=wfull, ignore=self.ignore_value,
                                  smooth=self.label_smoothing, nan_policy=self.nan_policy,

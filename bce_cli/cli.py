@@ -97,6 +97,9 @@ def _guard(debug: bool):
                 traceback.print_exc()
             if isinstance(err, BCEInputError):
                 raise _fail(_escape(str(err)), EXIT_INPUT) from None
+            if isinstance(err, OSError):  # the environment (disk full, permissions), not a bug
+                where = f"{err.filename}: " if err.filename else ""
+                raise _fail(_escape(f"{where}{err.strerror or err}"), EXIT_INPUT) from None
             if isinstance(err, KeyboardInterrupt):
                 raise
             raise _fail(f"internal error: {type(err).__name__}: {_escape(str(err))}\n"
@@ -112,20 +115,37 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-def _write_atomic(path: str, text: str) -> None:
-    target = Path(path)
-    if not target.parent.is_dir():
-        from .errors import BCEInputError
+def check_writable(path: str | None) -> None:
+    """Fail early (exit 2) for an output path that cannot be written, before any work."""
+    if path is None:
+        return
+    from .errors import BCEInputError
 
+    target = Path(path)
+    if target.is_dir():
+        raise BCEInputError("is a directory, not a file to write", file=path)
+    if not target.parent.is_dir():
         raise BCEInputError("the output's directory does not exist", file=path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    if not os.access(target.parent, os.W_OK):
+        raise BCEInputError("the output's directory is not writable", file=path)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    from .errors import BCEInputError
+
+    target = Path(path)
+    check_writable(path)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as err:
+        raise BCEInputError(f"cannot write: {err.strerror or err}", file=path) from None
+    finally:
+        if tmp is not None and Path(tmp).exists():
+            Path(tmp).unlink()
 
 
 def _version(value: bool):
@@ -151,6 +171,8 @@ TargetsOpt = Annotated[str | None, typer.Option(
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
 BatchRowsOpt = Annotated[int, typer.Option("--batch-rows", min=1,
                                            help="Rows read per batch (bounds memory).")]
+ClassDimOpt = Annotated[int, typer.Option("--class-dim", min=1,
+                                          help="Class axis of N-D arrays.")]
 
 
 @app.command("eval", epilog="""[bold]Examples[/]
@@ -189,8 +211,7 @@ def eval_command(
     nan_policy: Annotated[NanPolicy, typer.Option(
         "--nan-policy", help="NaN (and Arrow nulls): error, omit, or propagate.")
     ] = NanPolicy.error,
-    class_dim: Annotated[int, typer.Option("--class-dim", min=1,
-                                           help="Class axis of N-D arrays.")] = 1,
+    class_dim: ClassDimOpt = 1,
     fmt: Annotated[EvalFormat, typer.Option("--format", help="Report format on stdout.")
                    ] = EvalFormat.table,
     report: Annotated[str | None, typer.Option("--report",
@@ -228,12 +249,19 @@ def eval_command(
                            from_probs=from_probs, output=output, threads=threads,
                            max_loss=max_loss, max_class_loss=max_class_loss, baseline=baseline,
                            max_increase=max_increase)
+        check_writable(report)
+        check_writable(output)
         show = err.is_terminal if progress is None else progress
         with _progress(err, show) as (advance, set_total):
             result = evaluate(spec, opts, warn=lambda m: err.print(f"[yellow]warning:[/] {m}"),
                               progress=advance, total=set_total)
         if report:
-            _write_atomic(report, to_json(result) + "\n")
+            try:
+                _write_atomic(report, to_json(result) + "\n")
+            except BaseException:
+                if output:  # all or nothing: no loss file without its report
+                    Path(output).unlink(missing_ok=True)
+                raise
         if fmt is EvalFormat.table:
             print_eval_table(result, _stdout())
         else:
@@ -285,6 +313,7 @@ def suggest_pos_weight_command(
     fmt: Annotated[PWFormat, typer.Option("--format", help="Output format on stdout.")
                    ] = PWFormat.table,
     output: Annotated[str | None, typer.Option("--output", help="Write the JSON here.")] = None,
+    class_dim: ClassDimOpt = 1,
     batch_rows: BatchRowsOpt = 65536,
     debug: DebugOpt = False,
 ):
@@ -294,8 +323,9 @@ def suggest_pos_weight_command(
         from .report import pos_weight_csv, print_pos_weight_table, to_json
 
         err = _stderr()
+        check_writable(output)
         result = suggest(labels, targets=targets, method=method.value, beta=beta,
-                         clip_max=clip_max, batch_rows=batch_rows,
+                         clip_max=clip_max, batch_rows=batch_rows, class_dim=class_dim,
                          warn=lambda m: err.print(f"[yellow]warning:[/] {m}"))
         if output:
             _write_atomic(output, to_json(result) + "\n")

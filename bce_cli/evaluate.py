@@ -41,7 +41,7 @@ def probs_to_logits(p: np.ndarray) -> np.ndarray:
     bad = (p < 0) | (p > 1)
     if bad.any():
         index = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), p.shape))
-        raise InvalidValueError(f"probability {p[index]!r} is outside [0, 1]", index=index,
+        raise InvalidValueError(f"probability {float(p[index])!r} is outside [0, 1]", index=index,
                                 class_index=index[1] if len(index) > 1 else 0,
                                 hint="drop --from-probs if the predictions are logits")
     with np.errstate(divide="ignore"):
@@ -65,6 +65,9 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
     from .data import open_inputs, parse_pos_weight
 
     set_threads(opts.threads)
+    if opts.ignore_value is not None and math.isnan(opts.ignore_value):
+        raise BCEInputError("--ignore-value nan matches nothing; use --nan-policy omit to leave "
+                            "NaN targets out")
     baseline = load_baseline(opts.baseline) if opts.baseline else None
     if (opts.baseline is None) != (opts.max_increase is None):
         raise BCEInputError("--baseline and --max-increase go together")
@@ -119,6 +122,12 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
         warn(f"{len(no_pos)} class(es) have no positive targets ({_brief(no_pos)}): their "
              "suggested pos_weight is null")
     failures = check_gates(report, opts, baseline)
+    if baseline is not None:
+        known = {str(c.get("name")) for c in baseline.get("classes", [])}
+        new = [c["name"] for c in report["classes"] if c["name"] not in known]
+        if new:
+            warn(f"{len(new)} class(es) are not in the baseline and are not compared: "
+                 f"{_brief(new)}")
     report["gates"] = {k: v for k, v in (("max_loss", opts.max_loss),
                                           ("max_class_loss", opts.max_class_loss),
                                           ("baseline", opts.baseline),
@@ -156,8 +165,8 @@ def build_report(result, inp, opts: EvalOptions, n_rows: int) -> dict:
         classes.append({
             "name": str(name),
             "loss": _num(result.class_loss[i]),
-            "n_pos": n_pos,
-            "n_neg": n_neg,
+            "n_pos": _num(n_pos),  # NaN only with --nan-policy propagate: null
+            "n_neg": _num(n_neg),
             "suggested_pos_weight": _num(result.suggested_pos_weight[i]),
             "count": int(result.count[i]),
             "positive_rate": _num(rate),
@@ -200,6 +209,20 @@ def load_baseline(path: str) -> dict:
     return base
 
 
+def check_baseline_matches(report: dict, baseline: dict, path: str) -> None:
+    """A baseline must be comparable: same reduction, and classes that match by name."""
+    red = baseline.get("reduction", "mean")
+    if (red == "sum") != (report["reduction"] == "sum"):
+        raise BCEInputError(f"the baseline's losses are {red!r} reductions but this run's are "
+                            f"{report['reduction']!r}: they cannot be compared", file=path)
+    names = [c["name"] for c in report["classes"]]
+    base_names = [str(c.get("name")) for c in baseline.get("classes", [])]
+    if base_names and not set(names) & set(base_names):
+        raise BCEInputError(f"no class of this run ({_brief(names)}) is in the baseline "
+                            f"({_brief(base_names)})", file=path,
+                            hint="make the baseline from the same kind of input")
+
+
 def _exceeds(value, limit) -> bool:
     return value is None or value > limit
 
@@ -216,6 +239,7 @@ def check_gates(report: dict, opts: EvalOptions, baseline: dict | None) -> list[
                 failures.append(f"class {c['name']}: loss {_fmt(c['loss'])} > "
                                 f"--max-class-loss {opts.max_class_loss:g}")
     if baseline is not None:
+        check_baseline_matches(report, baseline, opts.baseline)
         limit = opts.max_increase
         base_loss = baseline.get("loss")
         if base_loss is not None and _exceeds(None if loss is None else loss - base_loss, limit):
@@ -238,13 +262,14 @@ def _fmt(v) -> str:
 
 def suggest(labels: str, *, targets: str | None = None, method: str = "ratio",
             beta: float = 0.999, clip_max: float | None = None, batch_rows: int = 65536,
-            warn: Callable[[str], None] = lambda msg: None) -> dict:
+            class_dim: int = 1, warn: Callable[[str], None] = lambda msg: None) -> dict:
     """`bce suggest-pos-weight`: per-class pos_weight from streamed class counts."""
     from .data import open_targets
     from .functional import pos_weight_from_counts
 
     n_pos = n_neg = None
-    with open_targets(labels, targets=targets, batch_rows=batch_rows) as inp:
+    with open_targets(labels, targets=targets, batch_rows=batch_rows,
+                      class_dim=class_dim) as inp:
         for batch in inp.batches():
             y = np.asarray(batch.targets)
             yf = y.astype(np.float64) if y.dtype != np.bool_ else y

@@ -203,13 +203,16 @@ def suggest_pos_weight(target, method: str = "ratio", beta: float = 0.999,
                        clip_max: float | None = None) -> np.ndarray:
     """Per-class pos_weight (classes along the last axis) from the targets' counts.
 
+    A 1-D target is one class (one value per example), as ``bce`` reads a
+    1-D array.
+
     >>> suggest_pos_weight(np.array([[1, 0], [0, 0], [0, 1], [0, 1]]))
     array([3., 1.])
     """
     y = np.asarray(target)
     if y.size == 0:
         raise BCEInputError(f"target has no elements (shape {y.shape})")
-    yf = y.astype(np.float64).reshape(-1, y.shape[-1] if y.ndim else 1)
+    yf = y.astype(np.float64).reshape(-1, y.shape[-1] if y.ndim > 1 else 1)
     if np.isnan(yf).any():
         raise BCEInputError("target contains NaN")
     bad = (yf < 0) | (yf > 1)

@@ -27,7 +27,10 @@ class LossWriter:
         parent = self.path.parent
         if not parent.is_dir():
             raise BCEInputError("the output's directory does not exist", file=path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent)
+        except OSError as err:
+            raise BCEInputError(f"cannot write: {err.strerror or err}", file=path) from None
         os.close(fd)
         self.tmp = Path(tmp)
         self.done = False
@@ -63,16 +66,45 @@ class LossWriter:
 
 
 class NpyLossWriter(LossWriter):
-    """One array in the input's layout: (N,) for one class, (N, C), or (N, C, ...)."""
+    """One array in the input's layout: (N,) for one class, (N, C), or (N, C, ...).
+
+    Streamed to disk batch by batch when the row count is known up front and
+    the batches are already in the file's element order (tables, and arrays
+    with classes on axis 1); otherwise (standard input, CSV, classes on
+    another axis) the losses are gathered in memory and reordered at the end.
+    """
 
     def __init__(self, path, inp):
         super().__init__(path, inp)
-        self.chunks = []
+        shape = getattr(inp, "array_shape", None)
+        in_order = shape is None or len(shape) <= 2 or inp.class_dim == 1
+        self.streaming = inp.n_rows is not None and in_order
+        self.chunks = None if self.streaming else []
+        self.fh = None
+        self.rows = 0
 
     def write(self, losses):
-        self.chunks.append(np.array(losses, copy=True))
+        if not self.streaming:
+            self.chunks.append(np.array(losses, copy=True))
+            return
+        if self.fh is None:
+            shape = self.inp.array_shape or (self.inp.n_rows, *losses.shape[1:])
+            self.fh = open(self.tmp, "wb")  # noqa: SIM115 - closed in _finish
+            np.lib.format.write_array_header_2_0(self.fh, {
+                "descr": np.lib.format.dtype_to_descr(losses.dtype),
+                "fortran_order": False, "shape": tuple(int(n) for n in shape)})
+        self.fh.write(np.ascontiguousarray(losses).tobytes())
+        self.rows += losses.shape[0]
 
     def _finish(self):
+        if self.streaming:
+            if self.fh is not None:
+                self.fh.close()
+                self.fh = None
+                if not self.done and self.rows != self.inp.n_rows:
+                    raise BCEInputError(f"the input had {self.rows} rows, not the "
+                                        f"{self.inp.n_rows} it announced", file=str(self.path))
+            return
         if self.chunks is None:
             return
         chunks, self.chunks = self.chunks, None

@@ -23,6 +23,7 @@ def to_json(report: dict) -> str:
     return json.dumps(report, indent=2, allow_nan=False)
 
 
+OVERALL_ROW = "(overall)"  # the CSV's last row: the overall loss and counts
 EVAL_COLUMNS = ("name", "loss", "prior_loss", "n_pos", "n_neg", "positive_rate", "accuracy",
                 "suggested_pos_weight", "count")
 
@@ -33,6 +34,10 @@ def eval_csv(report: dict) -> str:
     w.writerow(EVAL_COLUMNS)
     for c in report["classes"]:
         w.writerow(["" if c[k] is None else c[k] for k in EVAL_COLUMNS])
+    total = {"name": OVERALL_ROW, "loss": report["loss"], "count": report["n_elements"],
+             "n_pos": sum(c["n_pos"] or 0.0 for c in report["classes"]),
+             "n_neg": sum(c["n_neg"] or 0.0 for c in report["classes"])}
+    w.writerow(["" if total.get(k) is None else total[k] for k in EVAL_COLUMNS])
     return buf.getvalue()
 
 

@@ -206,3 +206,17 @@ def test_row_layouts_with_every_option(rng, n_classes, order, options):
     np.testing.assert_array_equal(res.count, keep.sum(axis=0))
     np.testing.assert_allclose(res.loss_sum, np.where(keep, want, 0).sum(axis=0), rtol=1e-9)
     np.testing.assert_allclose(res.n_pos, np.where(keep, y, 0).sum(axis=0))
+
+
+@pytest.mark.parametrize("wshape", [(4,), (3, 1), (1, 3, 1), (5, 1, 1), (1, 1, 4), (5, 3, 4), ()])
+def test_batch_weight_broadcasts_like_numpy(rng, wshape):
+    x, y = _batch(rng, 5, 3, extra=(4,))
+    w = rng.random(wshape) + 0.5
+    res = BCEAccumulator(3).update(x, y, w).compute()
+    want = ref.elementwise(x, y, weight=np.broadcast_to(w, x.shape)).astype(float)
+    np.testing.assert_allclose(res.class_loss, want.mean(axis=(0, 2)), rtol=1e-9)
+
+
+def test_batch_weight_that_does_not_broadcast():
+    with pytest.raises(ValueError, match=r"weight of shape \(2,\) does not broadcast"):
+        BCEAccumulator(3).update(np.zeros((4, 3)), np.zeros((4, 3)), np.ones(2))

@@ -203,8 +203,8 @@ def test_csv_and_markdown_and_table(parquet_pair, arrays):
     per = ref.elementwise(x, y).astype(np.float64).mean(0)
     res = invoke("eval", *parquet_pair, "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
-    assert [r["name"] for r in rows] == ["cat", "dog", "bird"]
-    np.testing.assert_allclose([float(r["loss"]) for r in rows], per, rtol=1e-12)
+    assert [r["name"] for r in rows] == ["cat", "dog", "bird", "(overall)"]
+    np.testing.assert_allclose([float(r["loss"]) for r in rows[:3]], per, rtol=1e-12)
     md = invoke("eval", *parquet_pair, "--format", "markdown").stdout
     assert md.startswith("### bce eval") and "| cat |" in md and "|---|" in md
     table = invoke("eval", *parquet_pair).stdout
@@ -331,3 +331,83 @@ def test_help_imports_neither_numba_nor_pyarrow():
 def test_version():
     res = invoke("--version")
     assert res.exit_code == 0 and res.stdout.startswith("bce ")
+
+
+# ---------------------------------------------------------------- review findings
+def test_nan_targets_kept_by_propagate_give_null_counts(tmp_path, arrays):
+    x, y = arrays
+    yn = y.astype(np.float64)
+    yn[3, 0] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", yn)
+    res = invoke("eval", tmp_path / "x.npy", tmp_path / "y.npy", "--nan-policy", "propagate",
+                 "--format", "json", "--report", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["classes"][0]["n_pos"] is None and report["classes"][1]["n_pos"] == y[:, 1].sum()
+    assert json.loads((tmp_path / "r.json").read_text()) == report
+
+
+def test_baseline_must_be_comparable(npy_pair, parquet_pair, tmp_path):
+    base = tmp_path / "base.json"
+    assert invoke("eval", *npy_pair, "--report", base).exit_code == 0
+    res = invoke("eval", *parquet_pair, "--baseline", base, "--max-increase", "0.01")
+    assert res.exit_code == 2 and "no class of this run" in res.stderr
+    res = invoke("eval", *npy_pair, "--reduction", "sum", "--baseline", base,
+                 "--max-increase", "0.01")
+    assert res.exit_code == 2 and "cannot be compared" in res.stderr
+    partial = json.loads(base.read_text())
+    partial["classes"] = partial["classes"][:2]
+    base.write_text(json.dumps(partial))
+    res = invoke("eval", *npy_pair, "--baseline", base, "--max-increase", "0.01")
+    assert res.exit_code == 0 and "not in the baseline" in res.stderr
+
+
+@pytest.mark.parametrize("where", ["missing-dir", "is-a-dir", "proc"])
+def test_unwritable_outputs_exit_2_before_any_work(npy_pair, tmp_path, where):
+    target = {"missing-dir": tmp_path / "nope" / "r.json", "is-a-dir": tmp_path,
+              "proc": Path("/proc/bce-report.json")}[where]
+    for option in ("--report", "--output"):
+        extra = ["--reduction", "none"] if option == "--output" else []
+        res = _subprocess("eval", *npy_pair, *extra, option, target)
+        assert res.returncode == 2, res.stderr
+        assert "Traceback" not in res.stderr and str(target) in res.stderr
+    res = _subprocess("suggest-pos-weight", npy_pair[1], "--output", target)
+    assert res.returncode == 2
+
+
+def test_no_loss_file_without_its_report(npy_pair, tmp_path, monkeypatch):
+    import bce_cli.cli
+
+    def fail(path, text):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(bce_cli.cli, "_write_atomic", fail)
+    out = tmp_path / "losses.npy"
+    res = invoke("eval", *npy_pair, "--reduction", "none", "--output", out,
+                 "--report", tmp_path / "r.json")
+    assert res.exit_code == 2 and "No space left" in res.stderr
+    assert not out.exists()
+
+
+def test_suggest_pos_weight_class_dim(tmp_path, rng):
+    y = rng.random((50, 4, 3)) < np.array([0.2, 0.5, 0.7])  # classes on axis 2
+    np.save(tmp_path / "y.npy", y)
+    res = invoke("suggest-pos-weight", tmp_path / "y.npy", "--class-dim", "2", "--format", "json")
+    assert res.exit_code == 0, res.output
+    n_pos = y.sum(axis=(0, 1))
+    np.testing.assert_allclose(json.loads(res.stdout)["pos_weight"], (y[..., 0].size - n_pos)
+                               / n_pos)
+
+
+def test_csv_ends_with_the_overall_row(npy_pair, arrays):
+    x, y = arrays
+    rows = list(csv.DictReader(io.StringIO(invoke("eval", *npy_pair, "--format", "csv").stdout)))
+    assert rows[-1]["name"] == "(overall)"
+    assert float(rows[-1]["loss"]) == pytest.approx(float(ref.bce(x, y)), rel=1e-12)
+    assert int(rows[-1]["count"]) == x.size
+
+
+def test_ignore_value_nan_is_refused(npy_pair):
+    res = invoke("eval", *npy_pair, "--ignore-value", "nan")
+    assert res.exit_code == 2 and "--nan-policy omit" in res.stderr

@@ -35,3 +35,7 @@ def test_effective_number_tends_to_ratio():
 def test_soft_labels_count_fractionally():
     y = np.array([[0.25], [0.75], [0.0]])
     assert suggest_pos_weight(y)[0] == pytest.approx(2.0 / 1.0)
+
+
+def test_one_dimensional_targets_are_one_class():
+    assert suggest_pos_weight(np.array([1, 0, 0, 0])).tolist() == [3.0]
