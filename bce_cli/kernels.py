@@ -249,7 +249,10 @@ def transpose_into(src, dst):
 
 @scalar(SUM_FLAGS)
 def row_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out, acc):
-    """Add one row of (N, C) data into the per-class ``acc`` (N_STATS, C); returns n_bad."""
+    """Add one row of (N, C) data into the per-class ``acc`` (N_STATS, C); returns n_bad.
+
+    In the common case (not ``general``) COUNT and NEG are left to the caller.
+    """
     n_bad = 0
     if not general:
         for c in range(x.size):
@@ -259,7 +262,6 @@ def row_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out, 
             acc[POS, c] += yv
             acc[CORRECT, c] += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
             n_bad += (yv < 0.0) | (yv > 1.0) | (xv != xv) | (yv != yv)
-            acc[COUNT, c] += 1.0
         if write_out:
             for c in range(x.size):
                 out[c] = lbuf[c]
@@ -322,9 +324,10 @@ def rows_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
                 bad_count += row_sums(x[r], y[r], lbuf, general, ignore, has_ignore,
                                       nan_mode, out[r] if write_out else out.reshape(-1)[0:0],
                                       write_out, acc)
-            if not general:
+            if not general:  # every element counted: counts follow from the row count
                 for c in range(c_count):
-                    acc[NEG, c] = acc[COUNT, c] - acc[POS, c]
+                    acc[COUNT, c] = m
+                    acc[NEG, c] = m - acc[POS, c]
             partials[k] = acc
         else:
             xt = np.empty((c_count, rows), dtype=x.dtype)
