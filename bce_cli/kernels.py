@@ -7,18 +7,20 @@ and call these.  Two kernels cover every layout (classes on one axis):
 * ``planes_kernel``: ``x`` of shape ``(A, C, B)``, C-contiguous; each class's
                      elements come in contiguous runs along ``B`` (1-D data is
                      ``(1, 1, N)``, masks ``[B, C, H, W]`` are ``(B, C, H*W)``).
-* ``rows_kernel``:   ``x`` of shape ``(N, C)``, C-contiguous, ``C > 1``; blocks
-                     of rows are transposed in cache into per-class runs.
+* ``rows_kernel``:   ``x`` of shape ``(N, C)``, C-contiguous, ``C > 1``; the
+                     element math runs over blocks of rows as flat memory, then
+                     per-class sums are taken row by row.
 
-Both reduce to ``run_stats`` over contiguous runs, which works in blocks of
-``BLOCK`` elements with two simple loops that LLVM vectorises:
+Both work in blocks of about ``BLOCK`` elements with two simple loops that
+LLVM vectorises:
 
 1. ``block_losses`` (element flags, no ``reassoc``): the per-element loss into
    a float64 scratch buffer.  The transcendental is inlined here, so its
    compensation terms keep their meaning.
-2. ``block_sums`` (sum flags, with ``reassoc``): float64 sums of losses,
-   counts, targets and correct predictions, plus the count of invalid
-   elements (validation fused into the pass).
+2. ``block_sums`` (planes) / ``rows_sums`` (rows) (sum flags, with
+   ``reassoc``): float64 sums of losses, counts, targets and correct
+   predictions, plus the count of invalid elements (validation fused into
+   the pass).
 
 Work is split in fixed-size chunks whose float64 partials are returned and
 added in order by the caller, so results never depend on the thread count.
@@ -239,52 +241,44 @@ def planes_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
     return partials, n_bad
 
 
-@scalar(ELEMENT_FLAGS)
-def transpose_into(src, dst):
-    """dst[c, r] = src[r, c] for the rows of ``src`` (dst has at least as many columns)."""
-    for c in range(src.shape[1]):
-        for r in range(src.shape[0]):
-            dst[c, r] = src[r, c]
-
-
 @scalar(SUM_FLAGS)
-def row_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out, acc):
-    """Add one row of (N, C) data into the per-class ``acc`` (N_STATS, C); returns n_bad.
+def rows_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out, acc):
+    """Add a block of rows, (r, C) arrays, into the per-class ``acc`` (N_STATS, C).
 
-    In the common case (not ``general``) COUNT and NEG are left to the caller.
+    Returns n_bad.  In the common case (not ``general``) COUNT and NEG are left
+    to the caller.
     """
     n_bad = 0
+    rows, c_count = x.shape
     if not general:
-        for c in range(x.size):
-            xv = np.float64(x[c])
-            yv = np.float64(y[c])
-            acc[LOSS, c] += lbuf[c]
-            acc[POS, c] += yv
-            acc[CORRECT, c] += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
-            n_bad += (yv < 0.0) | (yv > 1.0) | (xv != xv) | (yv != yv)
+        for r in range(rows):
+            for c in range(c_count):
+                xv = np.float64(x[r, c])
+                yv = np.float64(y[r, c])
+                acc[LOSS, c] += lbuf[r, c]
+                acc[POS, c] += yv
+                acc[CORRECT, c] += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
+                n_bad += (yv < 0.0) | (yv > 1.0) | (xv != xv) | (yv != yv)
         if write_out:
-            for c in range(x.size):
-                out[c] = lbuf[c]
+            for r in range(rows):
+                for c in range(c_count):
+                    out[r, c] = lbuf[r, c]
         return n_bad
-    for c in range(x.size):
-        xv = np.float64(x[c])
-        yv = np.float64(y[c])
-        skip, bad = element_flags(xv, yv, ignore, has_ignore, nan_mode)
-        n_bad += bad
-        k = 0.0 if skip else 1.0
-        acc[LOSS, c] += 0.0 if skip else lbuf[c]
-        acc[COUNT, c] += k
-        acc[POS, c] += 0.0 if skip else yv
-        acc[NEG, c] += 0.0 if skip else 1.0 - yv
-        acc[CORRECT, c] += k if (xv > 0.0) == (yv >= 0.5) else 0.0
-        if write_out:
-            out[c] = np.nan if skip else lbuf[c]
+    for r in range(rows):
+        for c in range(c_count):
+            xv = np.float64(x[r, c])
+            yv = np.float64(y[r, c])
+            skip, bad = element_flags(xv, yv, ignore, has_ignore, nan_mode)
+            n_bad += bad
+            k = 0.0 if skip else 1.0
+            acc[LOSS, c] += 0.0 if skip else lbuf[r, c]
+            acc[COUNT, c] += k
+            acc[POS, c] += 0.0 if skip else yv
+            acc[NEG, c] += 0.0 if skip else 1.0 - yv
+            acc[CORRECT, c] += k if (xv > 0.0) == (yv >= 0.5) else 0.0
+            if write_out:
+                out[r, c] = np.nan if skip else lbuf[r, c]
     return n_bad
-
-
-# Below this many classes, rows are transposed into per-class runs; above it,
-# the loops run along the row (long enough to vectorise on their own).
-WIDE_ROWS = 64
 
 
 @kernel(flags=SUM_FLAGS)
@@ -292,67 +286,59 @@ def rows_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
                 smooth, ignore, has_ignore, nan_mode, out, write_out):
     """Per-class partials for ``x``/``y`` of shape (N, C), C-contiguous, C > 1.
 
-    A chunk is a block of rows.  With fewer than ``WIDE_ROWS`` classes it is
-    transposed in cache so that each class's values are contiguous, then
-    reduced like ``planes_kernel``; with more, the loops run along each row
-    with per-class accumulators.  Returns ``(partials, n_bad)`` with
+    A chunk is a block of rows, taken in sub-blocks of about ``BLOCK``
+    elements: the element losses of a sub-block are computed over its flat,
+    contiguous memory (per-class weights repeated along it), then added into
+    per-class sums row by row.  Returns ``(partials, n_bad)`` with
     ``partials`` of shape (n_chunks, N_STATS, C).
     """
     n, c_count = x.shape
     general = has_ignore or nan_mode != NAN_ERROR
-    rows = 4 * BLOCK if c_count < WIDE_ROWS else max(1, CHUNK // c_count)
+    sub_rows = max(1, BLOCK // c_count)
+    rows = sub_rows * max(1, CHUNK // (sub_rows * c_count))
     n_chunks = (n + rows - 1) // rows
     partials = np.zeros((n_chunks, N_STATS, c_count), dtype=np.float64)
     n_bad = np.zeros(n_chunks, dtype=np.int64)
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    wf = wfull.reshape(-1)
+    pf = pfull.reshape(-1)
+    size = sub_rows * c_count
+    w_rep = np.empty(size, dtype=np.float64)  # per-class factors repeated along a sub-block
+    p_rep = np.empty(size, dtype=np.float64)
+    for r in range(sub_rows):
+        w_rep[r * c_count:(r + 1) * c_count] = wvec
+        p_rep[r * c_count:(r + 1) * c_count] = pvec
     for k in prange(n_chunks):
-        start = k * rows
-        m = min(n, start + rows) - start
+        acc = np.zeros((N_STATS, c_count), dtype=np.float64)
+        lbuf = np.empty(size, dtype=np.float64)
+        w_el = np.empty(size if use_wfull else 0, dtype=np.float64)
+        p_el = np.empty(size if use_pfull else 0, dtype=np.float64)
         bad_count = 0
-        if c_count >= WIDE_ROWS:
-            acc = np.zeros((N_STATS, c_count), dtype=np.float64)
-            lbuf = np.empty(c_count, dtype=np.float64)
-            w_row = wvec.copy()
-            p_row = pvec.copy()
-            for r in range(start, start + m):
-                if use_wfull:
-                    for c in range(c_count):
-                        w_row[c] = wvec[c] * wfull[r, c]
-                if use_pfull:
-                    for c in range(c_count):
-                        p_row[c] = pvec[c] * pfull[r, c]
-                block_losses(x[r], y[r], w_row, p_row, True, True, 1.0, 1.0, smooth, lbuf)
-                bad_count += row_sums(x[r], y[r], lbuf, general, ignore, has_ignore,
-                                      nan_mode, out[r] if write_out else out.reshape(-1)[0:0],
-                                      write_out, acc)
-            if not general:  # every element counted: counts follow from the row count
-                for c in range(c_count):
-                    acc[COUNT, c] = m
-                    acc[NEG, c] = m - acc[POS, c]
-            partials[k] = acc
-        else:
-            xt = np.empty((c_count, rows), dtype=x.dtype)
-            yt = np.empty((c_count, rows), dtype=y.dtype)
-            wt = np.empty((c_count, rows if use_wfull else 0), dtype=wfull.dtype)
-            pt = np.empty((c_count, rows if use_pfull else 0), dtype=pfull.dtype)
-            ot = np.empty((c_count, rows if write_out else 0), dtype=out.dtype)
-            transpose_into(x[start:start + m], xt)
-            transpose_into(y[start:start + m], yt)
+        stop = min(n, (k + 1) * rows)
+        for r0 in range(k * rows, stop, sub_rows):
+            m = min(stop, r0 + sub_rows) - r0
+            lo = r0 * c_count
+            hi = lo + m * c_count
+            e = hi - lo
+            ws = w_rep[:e]
+            ps = p_rep[:e]
             if use_wfull:
-                transpose_into(wfull[start:start + m], wt)
+                for i in range(e):
+                    w_el[i] = w_rep[i] * wf[lo + i]
+                ws = w_el[:e]
             if use_pfull:
-                transpose_into(pfull[start:start + m], pt)
-            lbuf = np.empty(BLOCK, dtype=np.float64)
-            acc1 = np.zeros(N_STATS, dtype=np.float64)
+                for i in range(e):
+                    p_el[i] = p_rep[i] * pf[lo + i]
+                ps = p_el[:e]
+            block_losses(xf[lo:hi], yf[lo:hi], ws, ps, True, True, 1.0, 1.0, smooth, lbuf[:e])
+            bad_count += rows_sums(x[r0:r0 + m], y[r0:r0 + m], lbuf[:e].reshape(m, c_count),
+                                   general, ignore, has_ignore, nan_mode,
+                                   out[r0:r0 + m] if write_out else out[0:0], write_out, acc)
+        if not general:  # every element counted: counts follow from the row count
             for c in range(c_count):
-                acc1[:] = 0.0
-                bad_count += run_stats(xt[c, :m], yt[c, :m],
-                                       wt[c, :m] if use_wfull else wt[c, 0:0],
-                                       pt[c, :m] if use_pfull else pt[c, 0:0], use_wfull,
-                                       use_pfull, wvec[c], pvec[c], smooth, ignore, has_ignore,
-                                       nan_mode, ot[c, :m] if write_out else ot[c, 0:0],
-                                       write_out, lbuf, acc1)
-                partials[k, :, c] = acc1
-            if write_out:
-                transpose_into(ot[:, :m], out[start:start + m])
+                acc[COUNT, c] = stop - k * rows
+                acc[NEG, c] = acc[COUNT, c] - acc[POS, c]
+        partials[k] = acc
         n_bad[k] = bad_count
     return partials, n_bad
