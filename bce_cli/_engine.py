@@ -178,9 +178,16 @@ def _vector(v, n: int) -> np.ndarray:
     return v
 
 
+def as_weight(a) -> np.ndarray:
+    """float32 or float64 weights as they are (no conversion pass), anything else as float64."""
+    a = np.asarray(a)
+    if a.dtype in (np.float32, np.float64) and a.dtype.isnative:
+        return a
+    return a.astype(np.float64)
+
+
 def _full(a, shape) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    return np.ascontiguousarray(np.broadcast_to(a, shape))
+    return np.ascontiguousarray(np.broadcast_to(as_weight(a), shape))
 
 
 def _first_invalid(x, y, class_axis, ignore, mode) -> InvalidValueError:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import stats as S
-from ._engine import class_stats
+from ._engine import as_weight, class_stats
 from .errors import BCEInputError
 from .functional import REDUCTIONS, pos_weight_from_counts
 
@@ -112,7 +112,7 @@ class BCEAccumulator:
             return None if return_losses else self
         wvec, wfull = self.weight, None
         if weight is not None:
-            w = np.asarray(weight, dtype=np.float64)
+            w = as_weight(weight)
             try:  # NumPy broadcasting against the batch, trailing axes first
                 fits = w.ndim <= x.ndim and np.broadcast_shapes(w.shape, x.shape) == x.shape
             except ValueError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._engine import as_logits, class_stats
+from ._engine import as_logits, as_weight, class_stats
 from .errors import BCEInputError
 from .stats import LOSS
 
@@ -41,7 +41,7 @@ def _check_pair(input, target):
 
 def _factor(value, shape, name):
     """A weight aligned to ``shape``: (array with ndim == len(shape), varying axes)."""
-    a = np.asarray(value, dtype=np.float64)
+    a = as_weight(value)
     try:
         result = np.broadcast_shapes(a.shape, shape)
     except ValueError:
