@@ -76,11 +76,15 @@ def _block_losses_for(softplus_core):
                 pi = p * ps[i] if use_ps else p
                 lbuf[i] = element_loss(xv, np.float64(y[i]) * keep + half, wi, pi,
                                        softplus_core(abs(xv)))
+        elif use_ps and use_ws:
+            for i in range(n):
+                xv = np.float64(x[i])
+                lbuf[i] = element_loss(xv, np.float64(y[i]), w * ws[i], p * ps[i],
+                                       softplus_core(abs(xv)))
         elif use_ps:
             for i in range(n):
                 xv = np.float64(x[i])
-                wi = w * ws[i] if use_ws else w
-                lbuf[i] = element_loss(xv, np.float64(y[i]), wi, p * ps[i],
+                lbuf[i] = element_loss(xv, np.float64(y[i]), w, p * ps[i],
                                        softplus_core(abs(xv)))
         elif use_ws:
             for i in range(n):
