@@ -23,6 +23,9 @@ from .stats import (
     NAN_OMIT,
     NAN_POLICIES,
     NEG,
+    OUT_NONE,
+    OUT_ONLY,
+    OUT_WITH_STATS,
     POS,
 )
 
@@ -64,13 +67,15 @@ def as_targets(y, like: np.dtype) -> np.ndarray:
 
 def class_stats(x, y, *, class_axis: int | None, wvec=None, pvec=None, wfull=None,
                 pfull=None, ignore=None, smooth: float = 0.0, nan_policy: str = "error",
-                want_out: bool = False):
+                want_out: bool = False, want_stats: bool = True):
     """Per-class statistics ``(N_STATS, C)`` and, with ``want_out``, per-element losses.
 
     ``x`` and ``y`` have the same shape; ``class_axis`` is the axis holding the
     classes (``None``: one class, everything pooled).  ``wvec``/``pvec`` are
     per-class float64 vectors of length C (or None); ``wfull``/``pfull`` are
     arrays broadcastable to ``x``'s shape (or None), multiplied with the vectors.
+    ``want_stats=False`` (with ``want_out``) lets the kernels skip the sums:
+    the input is still validated, but the statistics returned are meaningless.
     """
     x, y = np.asarray(x), np.asarray(y)
     if (x.ndim == 2 and class_axis == 1 and x.flags.f_contiguous
@@ -83,7 +88,7 @@ def class_stats(x, y, *, class_axis: int | None, wvec=None, pvec=None, wfull=Non
                                      wfull=None if wfull is None else t(np.asarray(wfull)),
                                      pfull=None if pfull is None else t(np.asarray(pfull)),
                                      ignore=ignore, smooth=smooth, nan_policy=nan_policy,
-                                     want_out=want_out)
+                                     want_out=want_out, want_stats=want_stats)
         except InvalidValueError:  # report the first bad element in row order
             raise _first_invalid(as_logits(x), as_targets(y, np.float64), 1, ignore,
                                  NAN_POLICIES[nan_policy]) from None
@@ -125,7 +130,8 @@ def class_stats(x, y, *, class_axis: int | None, wvec=None, pvec=None, wfull=Non
     run = kernels.rows_kernel if rows else kernels.planes_kernel
     partials, n_bad = run(x.reshape(canon), y.reshape(canon), wvec, pvec, wf, pf,
                           wfull is not None, pfull is not None, float(smooth),
-                          ignore_value, has_ignore, mode, out, want_out)
+                          ignore_value, has_ignore, mode, out,
+                          OUT_NONE if not want_out else OUT_WITH_STATS if want_stats else OUT_ONLY)
     if n_bad.any():
         raise _first_invalid(x.reshape(shape), y.reshape(shape), class_axis, ignore, mode)
     stats = partials.sum(axis=0) if rows else partials.sum(axis=(0, 2)).T

@@ -73,12 +73,12 @@ def _plan(shape, weight, pos_weight):
                   for n, (a, ax) in factors.items()}
 
 
-def _stats(x, y, weight, pos_weight, want_out):
+def _stats(x, y, weight, pos_weight, want_out, want_stats=True):
     axis, parts = _plan(x.shape, weight, pos_weight)
     wvec, wfull = parts.get("weight", (None, None))
     pvec, pfull = parts.get("pos_weight", (None, None))
     return class_stats(x, y, class_axis=axis, wvec=wvec, pvec=pvec, wfull=wfull, pfull=pfull,
-                       want_out=want_out)
+                       want_out=want_out, want_stats=want_stats)
 
 
 def bce_with_logits(input, target, weight=None, size_average=None, reduce=None,
@@ -99,7 +99,8 @@ def bce_with_logits(input, target, weight=None, size_average=None, reduce=None,
     """
     red = legacy_reduction(size_average, reduce, reduction)
     x, y = _check_pair(input, target)
-    stats, out = _stats(x, y, weight, pos_weight, want_out=red == "none")
+    stats, out = _stats(x, y, weight, pos_weight, want_out=red == "none",
+                        want_stats=red != "none")
     if red == "none":
         return out.astype(x.dtype) if x.dtype == np.float16 else out
     total = float(stats[LOSS].sum())

@@ -34,7 +34,7 @@ from numba.extending import overload
 
 from ._fastmath import log1p_exp_neg, log1p_exp_neg_f32
 from ._jit import ELEMENT_FLAGS, SUM_FLAGS, inline, inline_copy, kernel, scalar
-from .stats import CORRECT, COUNT, LOSS, N_STATS, NAN_ERROR, NAN_OMIT, NEG, POS
+from .stats import CORRECT, COUNT, LOSS, N_STATS, NAN_ERROR, NAN_OMIT, NEG, OUT_ONLY, POS
 
 # Elements per chunk (one float64 partial per statistic and class), and per
 # scratch block inside a chunk (fits in L1 with its inputs).
@@ -137,6 +137,13 @@ def block_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out
     s_cor = 0.0
     n_bad = 0
     n = x.size
+    if not general and write_out == OUT_ONLY:  # losses only: just validate and copy
+        for i in range(n):
+            xv = np.float64(x[i])
+            yv = np.float64(y[i])
+            out[i] = lbuf[i]
+            n_bad += (yv < 0.0) | (yv > 1.0) | (xv != xv) | (yv != yv)
+        return s_loss, s_count, s_pos, s_neg, s_cor, n_bad
     if not general:  # every element counts; NaN and targets outside [0, 1] are invalid
         for i in range(n):
             xv = np.float64(x[i])
@@ -206,8 +213,8 @@ def planes_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
     it over axes 0 and 2 in a fixed order; ``n_bad[task]`` counts invalid
     elements.  ``wfull``/``pfull`` (same shape as ``x`` when used) multiply the
     per-class ``wvec``/``pvec``.  ``out`` (same shape as ``x``) receives
-    per-element losses when ``write_out``; elements left out (ignored or
-    omitted) get NaN.
+    per-element losses when ``write_out`` (OUT_WITH_STATS, or OUT_ONLY when the
+    statistics are not wanted); elements left out (ignored or omitted) get NaN.
     """
     a_count, c_count, b_count = x.shape
     xf = x.reshape(-1)
@@ -254,6 +261,14 @@ def rows_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out,
     """
     n_bad = 0
     rows, c_count = x.shape
+    if not general and write_out == OUT_ONLY:  # losses only: just validate and copy
+        for r in range(rows):
+            for c in range(c_count):
+                xv = np.float64(x[r, c])
+                yv = np.float64(y[r, c])
+                out[r, c] = lbuf[r, c]
+                n_bad += (yv < 0.0) | (yv > 1.0) | (xv != xv) | (yv != yv)
+        return n_bad
     if not general:
         for r in range(rows):
             for c in range(c_count):

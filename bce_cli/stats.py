@@ -12,3 +12,8 @@ STAT_NAMES = ("loss_sum", "count", "n_pos", "n_neg", "n_correct")
 
 NAN_ERROR, NAN_OMIT, NAN_PROPAGATE = 0, 1, 2
 NAN_POLICIES = {"error": NAN_ERROR, "omit": NAN_OMIT, "propagate": NAN_PROPAGATE}
+
+# What a kernel writes to ``out``: nothing, per-element losses as well as the
+# statistics, or only the losses (the statistics then hold no sums, only the
+# validation runs).
+OUT_NONE, OUT_WITH_STATS, OUT_ONLY = 0, 1, 2

@@ -73,3 +73,17 @@ def test_suggest_pos_weight_rejects_bad_targets():
 def test_errors_are_value_errors():
     assert issubclass(BCEInputError, ValueError)
     assert issubclass(InvalidValueError, BCEInputError)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("shape", [(3000,), (1000, 3)])  # planes and rows kernels
+def test_validation_also_runs_when_only_losses_are_wanted(reduction, shape):
+    y = np.zeros(shape)
+    y.reshape(-1)[2500] = 1.25
+    pw = np.ones(shape[-1]) * 2.0
+    with pytest.raises(InvalidValueError, match="target 1.25 is outside"):
+        bce_with_logits(np.zeros(shape), y, pos_weight=pw, reduction=reduction)
+    x = np.zeros(shape)
+    x.reshape(-1)[2999] = np.nan
+    with pytest.raises(InvalidValueError, match="logit is NaN"):
+        bce_with_logits(x, np.zeros(shape), pos_weight=pw, reduction=reduction)
