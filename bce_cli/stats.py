@@ -8,7 +8,6 @@ part, ``POS``/``NEG`` the sums of y and 1 - y, ``CORRECT`` the elements with
 
 LOSS, COUNT, POS, NEG, CORRECT = range(5)
 N_STATS = 5
-STAT_NAMES = ("loss_sum", "count", "n_pos", "n_neg", "n_correct")
 
 NAN_ERROR, NAN_OMIT, NAN_PROPAGATE = 0, 1, 2
 NAN_POLICIES = {"error": NAN_ERROR, "omit": NAN_OMIT, "propagate": NAN_PROPAGATE}
