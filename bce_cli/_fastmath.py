@@ -10,10 +10,8 @@ Public functions (float64 in, float64 out; ``a`` must be ``>= 0`` or NaN):
 - ``log1p_exp_neg(a)``: T(a), measured max error 0.89 ulp over [0, inf].
 - ``log1p_exp_neg_f32(a)``: T(a) for float32 logits: relative error 4.3e-11
   (shorter polynomials, no compensation, ~2.7x faster); exactly 0.0 for ``a > 708``.
-- ``exp_neg(a)``: exp(-a), measured max 0.64 ulp (0.80 ulp for subnormal results).
-- ``sigmoid(x)``: 1 / (1 + exp(-x)) for any x, no overflow, measured max 1.07 ulp.
 
-NaN gives NaN; ``a = +inf`` gives 0.0 (sigmoid: +-inf gives 1.0/0.0).  Errors are
+NaN gives NaN; ``a = +inf`` gives 0.0.  Errors are
 measured by ``tests/test_fastmath.py`` against x87 long double, with callers
 compiled under both flag sets.  Polynomial coefficients are discrete Remez fits
 (mpmath, 60 digits) rounded to float64; each comment gives the fit's own error.
@@ -99,14 +97,6 @@ def _exp_neg_parts(a):
 
 
 @_scalar
-def exp_neg(a):
-    """exp(-a) for a >= 0, full float64 precision (subnormal results too)."""
-    a = A_MAX if a > A_MAX else a  # NaN passes
-    hi, lo, k = _exp_neg_parts(a)
-    return _scale(hi + lo, k)
-
-
-@_scalar
 def log1p_exp_neg(a):
     """log1p(exp(-a)) for a >= 0 in float64, measured max error 0.89 ulp.
 
@@ -153,24 +143,3 @@ def log1p_exp_neg_f32(a):
          + z * (0.1428405130277295 + z * (0.1115293930945003 + z * (0.08558256232622283
          + z * 0.10939338135121426))))))
     return 0.0 if a > A32_MAX else v
-
-
-@_scalar
-def sigmoid(x):
-    """1 / (1 + exp(-x)) for any float64 x (no overflow), measured max error 1.07 ulp.
-
-    q = num / d with num = 1 or e, d = 1 + e; the low parts of e and d correct q,
-    scaled by 1/d, which is q or 1 - q.
-    """
-    a = abs(x)
-    a = A_MAX if a > A_MAX else a  # NaN passes
-    hi, lo, k = _exp_neg_parts(a)
-    e = _scale(hi, k)
-    e_lo = _scale(lo, k)
-    d = 1.0 + e
-    d_lo = ((1.0 - d) + e) + e_lo  # Fast2Sum: 1 >= e
-    neg = x < 0.0
-    q = (e if neg else 1.0) / d
-    num_lo = e_lo if neg else 0.0
-    rcp = 1.0 - q if neg else q
-    return q + (num_lo - q * d_lo) * rcp

@@ -121,13 +121,12 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
     if no_pos:
         warn(f"{len(no_pos)} class(es) have no positive targets ({_brief(no_pos)}): their "
              "suggested pos_weight is null")
-    failures = check_gates(report, opts, baseline)
     if baseline is not None:
-        known = {str(c.get("name")) for c in baseline.get("classes", [])}
-        new = [c["name"] for c in report["classes"] if c["name"] not in known]
+        new = check_baseline_matches(report, baseline, opts.baseline)
         if new:
             warn(f"{len(new)} class(es) are not in the baseline and are not compared: "
                  f"{_brief(new)}")
+    failures = check_gates(report, opts, baseline)
     report["gates"] = {k: v for k, v in (("max_loss", opts.max_loss),
                                           ("max_class_loss", opts.max_class_loss),
                                           ("baseline", opts.baseline),
@@ -161,7 +160,7 @@ def build_report(result, inp, opts: EvalOptions, n_rows: int) -> dict:
     classes = []
     for i, name in enumerate(inp.class_names):
         n_pos, n_neg = float(result.n_pos[i]), float(result.n_neg[i])
-        rate = n_pos / (n_pos + n_neg) if n_pos + n_neg > 0 else float("nan")
+        rate = float(result.positive_rate[i])
         classes.append({
             "name": str(name),
             "loss": _num(result.class_loss[i]),
@@ -209,8 +208,10 @@ def load_baseline(path: str) -> dict:
     return base
 
 
-def check_baseline_matches(report: dict, baseline: dict, path: str) -> None:
-    """A baseline must be comparable: same reduction, and classes that match by name."""
+def check_baseline_matches(report: dict, baseline: dict, path: str) -> list[str]:
+    """A baseline must be comparable: same reduction, and classes that match by name.
+
+    Returns the names of this run's classes that the baseline lacks."""
     red = baseline.get("reduction", "mean")
     if (red == "sum") != (report["reduction"] == "sum"):
         raise BCEInputError(f"the baseline's losses are {red!r} reductions but this run's are "
@@ -221,6 +222,8 @@ def check_baseline_matches(report: dict, baseline: dict, path: str) -> None:
         raise BCEInputError(f"no class of this run ({_brief(names)}) is in the baseline "
                             f"({_brief(base_names)})", file=path,
                             hint="make the baseline from the same kind of input")
+    known = set(base_names)
+    return [n for n in names if n not in known]
 
 
 def _exceeds(value, limit) -> bool:
@@ -239,7 +242,6 @@ def check_gates(report: dict, opts: EvalOptions, baseline: dict | None) -> list[
                 failures.append(f"class {c['name']}: loss {_fmt(c['loss'])} > "
                                 f"--max-class-loss {opts.max_class_loss:g}")
     if baseline is not None:
-        check_baseline_matches(report, baseline, opts.baseline)
         limit = opts.max_increase
         base_loss = baseline.get("loss")
         if base_loss is not None and _exceeds(None if loss is None else loss - base_loss, limit):

@@ -238,9 +238,6 @@ class Inputs:
     def column_of(self, class_index: int, which: str = "targets") -> str:
         return self._role(which).shown(int(class_index))
 
-    def file_of(self, which: str = "targets") -> str:
-        return self._role(which).file
-
     def locate(self, row: int, class_index: int | None = None, which: str = "targets"):
         """``(file, column, row_in_file)`` for a global row (already read) and class."""
         role = self._role(which)
