@@ -179,7 +179,18 @@ def test_fortran_order_error_names_first_row(rng):
         BCEAccumulator(3).update(np.asfortranarray(x), y)
 
 
-@pytest.mark.parametrize("n_classes", [3, 70])  # transposed blocks / loops along the row
+def test_rows_kernel_lines_are_whole_rows():
+    from bce_cli.kernels import LINE_MAX, LINE_MIN, line_length
+
+    for c in range(1, 2 * LINE_MAX):
+        length = line_length(c)
+        assert length % c == 0, c
+        assert length == c if c >= LINE_MIN else LINE_MIN <= length <= LINE_MAX, c
+
+
+# rows kernel lines of 64 rows (C=3, last line partial), 6 rows (C=70, several chunks),
+# one row (C=300)
+@pytest.mark.parametrize("n_classes", [3, 70, 300])
 @pytest.mark.parametrize("order", ["C", "F"])
 @pytest.mark.parametrize("options", [{}, {"ignore_value": -1.0}, {"label_smoothing": 0.2},
                                      {"nan_policy": "omit"}])

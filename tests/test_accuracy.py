@@ -27,42 +27,62 @@ def logit_grid(dtype):
     return np.concatenate([mags, -mags])
 
 
+def losses(x, y, layout, pos_weight=1.0):
+    """Per-element losses of 1-D ``x``, computed 1-D ("flat", the planes kernel) or
+    as (n, 5) rows with a per-class pos_weight ("rows", the rows kernel)."""
+    if layout == "flat":
+        p = None if pos_weight == 1.0 else np.array([pos_weight], x.dtype)
+        return bce_with_logits(x, y, pos_weight=p, reduction="none")
+    n = x.size
+    pad = -n % 5
+    x2 = np.concatenate([x, np.zeros(pad, x.dtype)]).reshape(-1, 5)
+    y2 = np.concatenate([y, np.zeros(pad, y.dtype)]).reshape(-1, 5)
+    p = np.full(5, pos_weight, x.dtype)
+    return bce_with_logits(x2, y2, pos_weight=p, reduction="none").reshape(-1)[:n]
+
+
+LAYOUTS = pytest.mark.parametrize("layout", ["flat", "rows"])
+
+
+@LAYOUTS
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("target", [0.0, 1.0])
-def test_hard_targets_within_4_ulp(dtype, target):
+def test_hard_targets_within_4_ulp(dtype, target, layout):
     x = logit_grid(dtype)
     y = np.full_like(x, target)
-    got = bce_with_logits(x, y, reduction="none")
+    got = losses(x, y, layout)
     assert got.dtype == dtype
     err = ref.ulp_error(got, ref.elementwise(x, y), dtype)
     worst = int(np.argmax(err))
-    print(f"\n{np.dtype(dtype).name} y={target}: worst {err.max():.3f} ulp at x={x[worst]!r}")
+    print(f"\n{layout} {np.dtype(dtype).name} y={target}: worst {err.max():.3f} ulp "
+          f"at x={x[worst]!r}")
     assert err.max() <= 4, (x[worst], got[worst])
 
 
+@LAYOUTS
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_hard_targets_with_pos_weight_within_4_ulp(dtype):
+def test_hard_targets_with_pos_weight_within_4_ulp(dtype, layout):
     x = logit_grid(dtype)
     y = np.tile(np.array([0.0, 1.0], dtype), x.size // 2 + 1)[: x.size]
-    p = np.array([3.0], dtype)
-    got = bce_with_logits(x, y, pos_weight=p, reduction="none")
-    err = ref.ulp_error(got, ref.elementwise(x, y, pos_weight=p), dtype)
-    print(f"\n{np.dtype(dtype).name} pos_weight=3: worst {err.max():.3f} ulp")
+    got = losses(x, y, layout, pos_weight=3.0)
+    err = ref.ulp_error(got, ref.elementwise(x, y, pos_weight=np.array([3.0], dtype)), dtype)
+    print(f"\n{layout} {np.dtype(dtype).name} pos_weight=3: worst {err.max():.3f} ulp")
     assert err.max() <= 4
 
 
+@LAYOUTS
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_soft_targets_within_8_ulp_of_scale(dtype, rng):
+def test_soft_targets_within_8_ulp_of_scale(dtype, rng, layout):
     x = logit_grid(dtype)
     x = x[np.abs(x) < np.finfo(dtype).max / 4]  # keep |x| + loss representable
     y = rng.random(x.size).astype(dtype)
-    got = bce_with_logits(x, y, reduction="none").astype(np.longdouble)
+    got = losses(x, y, layout).astype(np.longdouble)
     want = ref.elementwise(x, y)
     scale = np.abs(x.astype(np.longdouble)) + want
     with np.errstate(over="ignore"):
         spacing = np.spacing(scale.astype(dtype)).astype(np.longdouble)
     err = np.asarray(np.abs(got - want) / spacing, dtype=np.float64)
-    print(f"\n{np.dtype(dtype).name} soft targets: worst {err.max():.3f} ulp of |x|+loss")
+    print(f"\n{layout} {np.dtype(dtype).name} soft targets: worst {err.max():.3f} ulp of |x|+loss")
     assert err.max() <= 8
 
 
