@@ -31,14 +31,18 @@ except ImportError:  # the torch columns are skipped with a note
     torch = None
 
 
-def best(fn, repeat):
-    fn()  # warm-up (compiles on first call)
-    times = []
+def best(fns, repeat):
+    """Best time of each function, calling them in turn (round robin), so that a
+    change in the machine's load hits all of them alike and the ratios hold."""
+    for fn in fns:
+        fn()  # warm-up (compiles on first call)
+    times = [[] for _ in fns]
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for fn, ts in zip(fns, times, strict=True):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [min(ts) for ts in times]
 
 
 def numpy_loss(x, y, w=None, p=None, reduction="mean", axis=None):
@@ -69,7 +73,7 @@ def cases(n, rng):
         False
     yield "1-D", np.float64, "mean", "-", (n,), False, False, False
     yield "1-D", np.float64, "none", "-", (n,), False, False, False
-    for c in (1, 20, 1000):
+    for c in (1, 3, 20, 1000):
         yield f"(N,{c}) per class", np.float32, "mean", "pos_weight[C]", (n // c, c), False, \
             True, True
 
@@ -90,19 +94,21 @@ def run_case(label, dtype, reduction, weights, shape, with_w, with_p, per_class,
     else:
         def ours():
             return bce_with_logits(x, y, weight=w, pos_weight=p, reduction=reduction)
-    t_ours = best(ours, repeat)
-    t_np = best(lambda: numpy_loss(x, y, w, p, reduction, axis=0 if per_class else None),
-                repeat)
-    t_torch = None
+    fns = [ours, lambda: numpy_loss(x, y, w, p, reduction, axis=0 if per_class else None)]
     if torch is not None:
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
         wt = None if w is None else torch.from_numpy(w)
         pt = None if p is None else torch.from_numpy(p)
-        t_torch = best(lambda: torch_loss(xt, yt, wt, pt, reduction, per_class), repeat)
+        fns.append(lambda: torch_loss(xt, yt, wt, pt, reduction, per_class))
+    if per_class:  # the same elements as one flat class, for the per-element comparison
+        xf, yf, pf = x.reshape(-1), y.reshape(-1), p[:1]
+        fns.append(lambda: bce_with_logits(xf, yf, pos_weight=pf))
+    times = best(fns, repeat)
     return {
         "case": label, "dtype": np.dtype(dtype).name, "reduction": reduction,
-        "weights": weights, "bce": n / t_ours, "numpy": n / t_np,
-        "torch": None if t_torch is None else n / t_torch,
+        "weights": weights, "bce": n / times[0], "numpy": n / times[1],
+        "torch": n / times[2] if torch is not None else None,
+        "flat": n / times[-1] if per_class else None,
     }
 
 
@@ -170,8 +176,10 @@ def main() -> None:
     head = ("case", "dtype", "reduction", "weights", "bce", "PyTorch", "NumPy", "vs PyTorch",
             "vs NumPy")
     rows = []
+    results = []
     for case in cases(args.n, rng):
         r = run_case(*case, rng=rng, repeat=args.repeat)
+        results.append(r)
         rows.append((r["case"], r["dtype"], r["reduction"], r["weights"], fmt_rate(r["bce"]),
                      fmt_rate(r["torch"]), fmt_rate(r["numpy"]), fmt_ratio(r["bce"], r["torch"]),
                      fmt_ratio(r["bce"], r["numpy"])))
@@ -183,6 +191,9 @@ def main() -> None:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
         print(line(row))
+    print("\nper class against 1-D on the same elements (1-D mean loss timed in turn with "
+          "each case): " + ", ".join(f"{r['case'].split()[0]} {r['bce'] / r['flat']:.0%}"
+                                     for r in results if r["flat"]))
     if not args.skip_startup:
         print("\nstart-up (seconds, best of 3 runs in fresh processes)")
         with tempfile.TemporaryDirectory() as tmp:
