@@ -71,43 +71,60 @@ def element_loss(x, y, w, p, t):
     return loss if w != 0.0 else 0.0
 
 
+@inline()
+def invalid(x, y):
+    """1 for an element that is an error under the default options: a NaN, or a
+    target outside [0, 1] (in float64, as the kernels see them)."""
+    return (y < 0.0) | (y > 1.0) | (x != x) | (y != y)
+
+
 def _block_losses_for(softplus_core):
     """The per-element loss loops, with ``softplus_core`` = log1p(exp(-a)) inlined."""
 
     def block_losses(x, y, ws, ps, use_ws, use_ps, w, p, smooth, lbuf):
         n = x.size
+        n_bad = 0
         if smooth != 0.0:
             keep = 1.0 - smooth
             half = 0.5 * smooth
             for i in range(n):
                 xv = np.float64(x[i])
+                yv = np.float64(y[i])
                 wi = w * ws[i] if use_ws else w
                 pi = p * ps[i] if use_ps else p
-                lbuf[i] = element_loss(xv, np.float64(y[i]) * keep + half, wi, pi,
-                                       softplus_core(abs(xv)))
+                lbuf[i] = element_loss(xv, yv * keep + half, wi, pi, softplus_core(abs(xv)))
+                n_bad += invalid(xv, yv)
         elif use_ps and use_ws:
             for i in range(n):
                 xv = np.float64(x[i])
-                lbuf[i] = element_loss(xv, np.float64(y[i]), w * ws[i], p * ps[i],
-                                       softplus_core(abs(xv)))
+                yv = np.float64(y[i])
+                lbuf[i] = element_loss(xv, yv, w * ws[i], p * ps[i], softplus_core(abs(xv)))
+                n_bad += invalid(xv, yv)
         elif use_ps:
             for i in range(n):
                 xv = np.float64(x[i])
-                lbuf[i] = element_loss(xv, np.float64(y[i]), w, p * ps[i],
-                                       softplus_core(abs(xv)))
+                yv = np.float64(y[i])
+                lbuf[i] = element_loss(xv, yv, w, p * ps[i], softplus_core(abs(xv)))
+                n_bad += invalid(xv, yv)
         elif use_ws:
             for i in range(n):
                 xv = np.float64(x[i])
-                lbuf[i] = element_loss(xv, np.float64(y[i]), w * ws[i], p,
-                                       softplus_core(abs(xv)))
+                yv = np.float64(y[i])
+                lbuf[i] = element_loss(xv, yv, w * ws[i], p, softplus_core(abs(xv)))
+                n_bad += invalid(xv, yv)
         elif w == 1.0 and p == 1.0:  # unweighted: constant factors fold away (~15% faster)
             for i in range(n):
                 xv = np.float64(x[i])
-                lbuf[i] = element_loss(xv, np.float64(y[i]), 1.0, 1.0, softplus_core(abs(xv)))
+                yv = np.float64(y[i])
+                lbuf[i] = element_loss(xv, yv, 1.0, 1.0, softplus_core(abs(xv)))
+                n_bad += invalid(xv, yv)
         else:
             for i in range(n):
                 xv = np.float64(x[i])
-                lbuf[i] = element_loss(xv, np.float64(y[i]), w, p, softplus_core(abs(xv)))
+                yv = np.float64(y[i])
+                lbuf[i] = element_loss(xv, yv, w, p, softplus_core(abs(xv)))
+                n_bad += invalid(xv, yv)
+        return n_bad
 
     return block_losses
 
@@ -118,7 +135,8 @@ _BLOCK_LOSSES = {32: _block_losses_for(inline_copy(log1p_exp_neg_f32)),
 
 def block_losses(x, y, ws, ps, use_ws, use_ps, w, p, smooth, lbuf):
     """lbuf[i] = loss of element i (lbuf: float64 scratch, or the output array itself,
-    rounded once); options are decided outside the loops.
+    rounded once); returns the number of ``invalid`` elements.  Options are
+    decided outside the loops.
 
     Float32 logits take the shorter polynomial (relative error 4e-11: float32
     results round correctly and float64 sums stay within 1e-10), float64
@@ -143,8 +161,10 @@ def element_flags(x, y, ignore, has_ignore, nan_mode):
 
 @scalar(SUM_FLAGS)
 def block_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out):
-    """(loss, count, n_pos, n_neg, n_correct, n_bad) of one block; writes ``out``
-    (except for losses only in the common case, which ``run_stats`` writes directly)."""
+    """(loss, count, n_pos, n_neg, n_correct, n_bad) of one block; writes ``out``.
+
+    n_bad is counted here only under the general options (``block_losses``
+    counts it otherwise)."""
     s_loss = 0.0
     s_count = 0.0
     s_pos = 0.0
@@ -152,20 +172,13 @@ def block_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out
     s_cor = 0.0
     n_bad = 0
     n = x.size
-    if not general and write_out == OUT_ONLY:  # losses already in ``out``: just validate
-        for i in range(n):
-            xv = np.float64(x[i])
-            yv = np.float64(y[i])
-            n_bad += (yv < 0.0) | (yv > 1.0) | (xv != xv) | (yv != yv)
-        return s_loss, s_count, s_pos, s_neg, s_cor, n_bad
-    if not general:  # every element counts; NaN and targets outside [0, 1] are invalid
+    if not general:  # every element counts
         for i in range(n):
             xv = np.float64(x[i])
             yv = np.float64(y[i])
             s_loss += lbuf[i]
             s_pos += yv
             s_cor += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
-            n_bad += (yv < 0.0) | (yv > 1.0) | (xv != xv) | (yv != yv)
         if write_out:
             for i in range(n):
                 out[i] = lbuf[i]
@@ -198,19 +211,16 @@ def run_stats(x, y, ws, ps, use_ws, use_ps, w, p, smooth, ignore, has_ignore, na
     ``w``/``p``: the class's weight and pos_weight; ``lbuf``: BLOCK floats of scratch.
     """
     general = has_ignore or nan_mode != NAN_ERROR
-    direct = write_out == OUT_ONLY and not general  # losses straight into ``out``
+    if write_out == OUT_ONLY and not general:  # losses only: straight into ``out``, one pass
+        return block_losses(x, y, ws, ps, use_ws, use_ps, w, p, smooth, out)
     n = x.size
     n_bad = 0
     for lo in range(0, n, BLOCK):
         hi = min(n, lo + BLOCK)
         buf = lbuf[: hi - lo]
-        if direct:
-            block_losses(x[lo:hi], y[lo:hi], ws[lo:hi] if use_ws else ws[0:0],
-                         ps[lo:hi] if use_ps else ps[0:0], use_ws, use_ps, w, p, smooth,
-                         out[lo:hi])
-        else:
-            block_losses(x[lo:hi], y[lo:hi], ws[lo:hi] if use_ws else ws[0:0],
-                         ps[lo:hi] if use_ps else ps[0:0], use_ws, use_ps, w, p, smooth, buf)
+        bad = block_losses(x[lo:hi], y[lo:hi], ws[lo:hi] if use_ws else ws[0:0],
+                           ps[lo:hi] if use_ps else ps[0:0], use_ws, use_ps, w, p, smooth, buf)
+        n_bad += 0 if general else bad
         s = block_sums(x[lo:hi], y[lo:hi], buf, general, ignore, has_ignore, nan_mode,
                        out[lo:hi] if write_out else out[0:0], write_out)
         acc[LOSS] += s[0]
@@ -353,7 +363,7 @@ def _rows_chunk_for(softplus_core):
                     a_loss[j] += loss
                     a_pos[j] += yv
                     a_cor[j] += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
-                    n_bad += (yv < 0.0) | (yv > 1.0) | (xv != xv) | (yv != yv)
+                    n_bad += invalid(xv, yv)
             elif unit:  # unweighted: constant factors fold away
                 for j in range(m):
                     xv = np.float64(xs[j])
@@ -362,7 +372,7 @@ def _rows_chunk_for(softplus_core):
                     a_loss[j] += loss
                     a_pos[j] += yv
                     a_cor[j] += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
-                    n_bad += (yv < 0.0) | (yv > 1.0) | (xv != xv) | (yv != yv)
+                    n_bad += invalid(xv, yv)
             else:
                 for j in range(m):
                     xv = np.float64(xs[j])
@@ -372,7 +382,7 @@ def _rows_chunk_for(softplus_core):
                     a_loss[j] += loss
                     a_pos[j] += yv
                     a_cor[j] += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
-                    n_bad += (yv < 0.0) | (yv > 1.0) | (xv != xv) | (yv != yv)
+                    n_bad += invalid(xv, yv)
         stats = np.zeros((N_STATS, c_count), dtype=np.float64)
         for s in range(N_STATS):
             for q in range(width // c_count):

@@ -27,22 +27,31 @@ def test_weights_that_do_not_broadcast(name):
         bce_with_logits(np.zeros(3), np.zeros(3), **{name: np.ones((2, 3))})
 
 
-def test_target_out_of_range_names_first_index():
+REDUCTIONS = pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+# per-class weights put (n, C) data through the rows kernel, else it is one flat class
+LAYOUTS = pytest.mark.parametrize("pos_weight", [None, [1.0, 2.0, 3.0]], ids=["flat", "rows"])
+
+
+@REDUCTIONS
+@LAYOUTS
+def test_target_out_of_range_names_first_index(reduction, pos_weight):
     y = np.zeros((4, 3))
     y[2, 1] = 1.5
     y[3, 0] = -2
     msg = r"target 1.5 is outside \[0, 1\] at index \(2, 1\)"
     with pytest.raises(InvalidValueError, match=msg):
-        bce_with_logits(np.zeros((4, 3)), y)
+        bce_with_logits(np.zeros((4, 3)), y, pos_weight=pos_weight, reduction=reduction)
 
 
+@REDUCTIONS
+@LAYOUTS
 @pytest.mark.parametrize("which", ["logit", "target"])
-def test_nan_is_an_error(which):
-    x, y = np.zeros(10), np.zeros(10)
-    (x if which == "logit" else y)[7] = np.nan
-    with pytest.raises(InvalidValueError, match=f"{which} is NaN at index 7") as info:
-        bce_with_logits(x, y)
-    assert info.value.index == (7,)
+def test_nan_is_an_error(which, reduction, pos_weight):
+    x, y = np.zeros((4, 3)), np.zeros((4, 3))
+    (x if which == "logit" else y)[2, 1] = np.nan
+    with pytest.raises(InvalidValueError, match=rf"{which} is NaN at index \(2, 1\)") as info:
+        bce_with_logits(x, y, pos_weight=pos_weight, reduction=reduction)
+    assert info.value.index == (2, 1)
 
 
 def test_empty_input():
