@@ -127,11 +127,17 @@ def class_stats(x, y, *, class_axis: int | None, wvec=None, pvec=None, wfull=Non
 
     has_ignore = ignore is not None
     ignore_value = float(ignore) if has_ignore else 0.0
-    run = kernels.rows_kernel if rows else kernels.planes_kernel
-    partials, n_bad = run(x.reshape(canon), y.reshape(canon), wvec, pvec, wf, pf,
-                          wfull is not None, pfull is not None, float(smooth),
-                          ignore_value, has_ignore, mode, out,
-                          OUT_NONE if not want_out else OUT_WITH_STATS if want_stats else OUT_ONLY)
+    write = OUT_NONE if not want_out else OUT_WITH_STATS if want_stats else OUT_ONLY
+    general = has_ignore or mode != NAN_ERROR
+    use_wf, use_pf = wfull is not None, pfull is not None
+    if rows:
+        run = kernels.rows_kernel
+        form = kernels.rows_form(wvec, pvec, use_wf, use_pf, general, write)
+    else:
+        run = kernels.planes_kernel
+        form = kernels.planes_form(wvec, pvec, use_wf, use_pf, smooth, general, write)
+    partials, n_bad = run(x.reshape(canon), y.reshape(canon), wvec, pvec, wf, pf, use_wf, use_pf,
+                          float(smooth), ignore_value, has_ignore, mode, out, write, form)
     if n_bad.any():
         raise _first_invalid(x.reshape(shape), y.reshape(shape), class_axis, ignore, mode)
     stats = partials.sum(axis=0) if rows else partials.sum(axis=(0, 2)).T

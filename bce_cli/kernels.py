@@ -33,7 +33,7 @@ added in order by the caller, so results never depend on the thread count.
 from __future__ import annotations
 
 import numpy as np
-from numba import prange, types
+from numba import literally, prange, types
 from numba.extending import overload
 
 from ._fastmath import log1p_exp_neg, log1p_exp_neg_f32
@@ -44,6 +44,14 @@ from .stats import CORRECT, COUNT, LOSS, N_STATS, NAN_ERROR, NAN_OMIT, NEG, OUT_
 # scratch block inside a chunk (fits in L1 with its inputs).
 CHUNK = 1 << 15
 BLOCK = 1 << 10
+# Forms: which loss loop a kernel runs, a compile-time constant (``form`` is
+# passed as a literal), so a first call compiles one loop, not all of them.
+# Planes kernel: the factors the loop multiplies in, plus DIRECT (losses only,
+# written straight into ``out``).
+UNIT, SCALAR, WS, PS, WSPS, SMOOTH = range(6)
+DIRECT = 8
+# Rows kernel: unweighted sums, weighted sums, sums and losses, general options.
+ROWS_UNIT, ROWS_WEIGHTED, ROWS_WRITE, ROWS_GENERAL = range(4)
 # Rows kernel: lines of LINE_MIN..LINE_MAX elements (see line_length); chunks of at
 # least CHUNK_ROWS rows, so that partials stay small next to the data.
 LINE_MIN = 128
@@ -78,13 +86,14 @@ def invalid(x, y):
     return (y < 0.0) | (y > 1.0) | (x != x) | (y != y)
 
 
-def _block_losses_for(softplus_core):
-    """The per-element loss loops, with ``softplus_core`` = log1p(exp(-a)) inlined."""
+def _block_losses_for(softplus_core, loop):
+    """The per-element loss loop of one form, with ``softplus_core`` =
+    log1p(exp(-a)) inlined (``loop`` is a constant: the other loops are pruned)."""
 
-    def block_losses(x, y, ws, ps, use_ws, use_ps, w, p, smooth, lbuf):
+    def block_losses(x, y, ws, ps, use_ws, use_ps, w, p, smooth, lbuf, form):
         n = x.size
         n_bad = 0
-        if smooth != 0.0:
+        if loop == SMOOTH:  # per-element factors decided at run time: a rare option
             keep = 1.0 - smooth
             half = 0.5 * smooth
             for i in range(n):
@@ -94,25 +103,25 @@ def _block_losses_for(softplus_core):
                 pi = p * ps[i] if use_ps else p
                 lbuf[i] = element_loss(xv, yv * keep + half, wi, pi, softplus_core(abs(xv)))
                 n_bad += invalid(xv, yv)
-        elif use_ps and use_ws:
+        elif loop == WSPS:
             for i in range(n):
                 xv = np.float64(x[i])
                 yv = np.float64(y[i])
                 lbuf[i] = element_loss(xv, yv, w * ws[i], p * ps[i], softplus_core(abs(xv)))
                 n_bad += invalid(xv, yv)
-        elif use_ps:
+        elif loop == PS:
             for i in range(n):
                 xv = np.float64(x[i])
                 yv = np.float64(y[i])
                 lbuf[i] = element_loss(xv, yv, w, p * ps[i], softplus_core(abs(xv)))
                 n_bad += invalid(xv, yv)
-        elif use_ws:
+        elif loop == WS:
             for i in range(n):
                 xv = np.float64(x[i])
                 yv = np.float64(y[i])
                 lbuf[i] = element_loss(xv, yv, w * ws[i], p, softplus_core(abs(xv)))
                 n_bad += invalid(xv, yv)
-        elif w == 1.0 and p == 1.0:  # unweighted: constant factors fold away (~15% faster)
+        elif loop == UNIT:  # constant factors fold away (~15% faster)
             for i in range(n):
                 xv = np.float64(x[i])
                 yv = np.float64(y[i])
@@ -129,25 +138,34 @@ def _block_losses_for(softplus_core):
     return block_losses
 
 
-_BLOCK_LOSSES = {32: _block_losses_for(inline_copy(log1p_exp_neg_f32)),
-                 64: _block_losses_for(inline_copy(log1p_exp_neg))}
+_CORES = {32: inline_copy(log1p_exp_neg_f32), 64: inline_copy(log1p_exp_neg)}
+_BLOCK_LOSSES = {(bits, loop): _block_losses_for(core, loop)
+                 for bits, core in _CORES.items() for loop in range(SMOOTH + 1)}
 
 
-def block_losses(x, y, ws, ps, use_ws, use_ps, w, p, smooth, lbuf):
+def _bits(x):
+    return 32 if x.dtype == types.float32 else 64
+
+
+def block_losses(x, y, ws, ps, use_ws, use_ps, w, p, smooth, lbuf, form):
     """lbuf[i] = loss of element i (lbuf: float64 scratch, or the output array itself,
-    rounded once); returns the number of ``invalid`` elements.  Options are
-    decided outside the loops.
+    rounded once); returns the number of ``invalid`` elements.
 
-    Float32 logits take the shorter polynomial (relative error 4e-11: float32
-    results round correctly and float64 sums stay within 1e-10), float64
-    logits the full-precision one; chosen at compile time from ``x``'s type.
+    ``form`` (a literal) picks the loop: the factors are the class's ``w``/``p``
+    times, per form, the per-element ``ws``/``ps``.  Float32 logits take the
+    shorter polynomial (relative error 4e-11: float32 results round correctly
+    and float64 sums stay within 1e-10), float64 logits the full-precision
+    one; chosen at compile time from ``x``'s type.
     """
     raise NotImplementedError("only callable from compiled code")
 
 
-@overload(block_losses, jit_options={"fastmath": set(ELEMENT_FLAGS), "error_model": "numpy"})
-def _block_losses(x, y, ws, ps, use_ws, use_ps, w, p, smooth, lbuf):
-    return _BLOCK_LOSSES[32 if x.dtype == types.float32 else 64]
+@overload(block_losses, prefer_literal=True,
+          jit_options={"fastmath": set(ELEMENT_FLAGS), "error_model": "numpy"})
+def _block_losses(x, y, ws, ps, use_ws, use_ps, w, p, smooth, lbuf, form):
+    if isinstance(form, types.IntegerLiteral):
+        return _BLOCK_LOSSES[_bits(x), form.literal_value & ~DIRECT]
+    return None
 
 
 @inline()
@@ -202,24 +220,34 @@ def block_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out
     return s_loss, s_count, s_pos, s_neg, s_cor, n_bad
 
 
-@scalar(SUM_FLAGS)
 def run_stats(x, y, ws, ps, use_ws, use_ps, w, p, smooth, ignore, has_ignore, nan_mode,
-              out, write_out, lbuf, acc):
+              out, write_out, lbuf, acc, form):
     """Add the statistics of one contiguous run of one class into ``acc``; returns n_bad.
 
     ``ws``/``ps``: per-element weight factors (when ``use_ws``/``use_ps``);
-    ``w``/``p``: the class's weight and pos_weight; ``lbuf``: BLOCK floats of scratch.
+    ``w``/``p``: the class's weight and pos_weight; ``lbuf``: BLOCK floats of
+    scratch; ``form`` (a literal): the loss loop, with DIRECT for losses only
+    (written straight into ``out`` in one pass; nothing added to ``acc``).
     """
+    raise NotImplementedError("only callable from compiled code")
+
+
+def _run_direct(x, y, ws, ps, use_ws, use_ps, w, p, smooth, ignore, has_ignore, nan_mode,
+                out, write_out, lbuf, acc, form):
+    return block_losses(x, y, ws, ps, use_ws, use_ps, w, p, smooth, out, form)
+
+
+def _run_blocks(x, y, ws, ps, use_ws, use_ps, w, p, smooth, ignore, has_ignore, nan_mode,
+                out, write_out, lbuf, acc, form):
     general = has_ignore or nan_mode != NAN_ERROR
-    if write_out == OUT_ONLY and not general:  # losses only: straight into ``out``, one pass
-        return block_losses(x, y, ws, ps, use_ws, use_ps, w, p, smooth, out)
     n = x.size
     n_bad = 0
     for lo in range(0, n, BLOCK):
         hi = min(n, lo + BLOCK)
         buf = lbuf[: hi - lo]
         bad = block_losses(x[lo:hi], y[lo:hi], ws[lo:hi] if use_ws else ws[0:0],
-                           ps[lo:hi] if use_ps else ps[0:0], use_ws, use_ps, w, p, smooth, buf)
+                           ps[lo:hi] if use_ps else ps[0:0], use_ws, use_ps, w, p, smooth, buf,
+                           form)
         n_bad += 0 if general else bad
         s = block_sums(x[lo:hi], y[lo:hi], buf, general, ignore, has_ignore, nan_mode,
                        out[lo:hi] if write_out else out[0:0], write_out)
@@ -232,9 +260,18 @@ def run_stats(x, y, ws, ps, use_ws, use_ps, w, p, smooth, ignore, has_ignore, na
     return n_bad
 
 
+@overload(run_stats, prefer_literal=True,
+          jit_options={"fastmath": set(SUM_FLAGS), "error_model": "numpy"})
+def _run_stats(x, y, ws, ps, use_ws, use_ps, w, p, smooth, ignore, has_ignore, nan_mode,
+               out, write_out, lbuf, acc, form):
+    if isinstance(form, types.IntegerLiteral):
+        return _run_direct if form.literal_value & DIRECT else _run_blocks
+    return None
+
+
 @kernel(flags=SUM_FLAGS)
 def planes_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
-                  smooth, ignore, has_ignore, nan_mode, out, write_out):
+                  smooth, ignore, has_ignore, nan_mode, out, write_out, form):
     """Per-class partials for ``x``/``y`` of shape (A, C, B), C-contiguous.
 
     A task covers one class and about ``CHUNK`` elements: a block of B when B
@@ -245,7 +282,9 @@ def planes_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
     per-class ``wvec``/``pvec``.  ``out`` (same shape as ``x``) receives
     per-element losses when ``write_out`` (OUT_WITH_STATS, or OUT_ONLY when the
     statistics are not wanted); elements left out (ignored or omitted) get NaN.
+    ``form``: the loss loop (``planes_form``), compiled for its value alone.
     """
+    literally(form)
     a_count, c_count, b_count = x.shape
     xf = x.reshape(-1)
     yf = y.reshape(-1)
@@ -276,7 +315,8 @@ def planes_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
             bad_count += run_stats(xf[lo:hi], yf[lo:hi], wf[lo:hi] if use_wfull else wf[0:0],
                                    pf[lo:hi] if use_pfull else pf[0:0], use_wfull, use_pfull,
                                    wvec[c], pvec[c], smooth, ignore, has_ignore, nan_mode,
-                                   of[lo:hi] if write_out else of[0:0], write_out, lbuf, acc)
+                                   of[lo:hi] if write_out else of[0:0], write_out, lbuf, acc,
+                                   form)
         partials[ablk, c, blk, :] = acc
         n_bad[task] = bad_count
     return partials, n_bad
@@ -301,12 +341,13 @@ def line_length(c_count):
     return best_len
 
 
-def _rows_chunk_for(softplus_core):
+def _rows_chunk_for(softplus_core, loop):
     """The fused per-element loss and per-position sums of the rows kernel, with
-    ``softplus_core`` = log1p(exp(-a)) inlined."""
+    ``softplus_core`` = log1p(exp(-a)) inlined (``loop`` is a constant: the
+    other loops are pruned)."""
 
     def rows_chunk(x, y, w_line, p_line, wf, pf, use_wf, use_pf, keep, half, general,
-                   ignore, has_ignore, nan_mode, out, write_out, c_count):
+                   ignore, has_ignore, nan_mode, out, write_out, c_count, form):
         width = w_line.size
         n = x.size
         acc = np.zeros((N_STATS, width), dtype=np.float64)
@@ -319,9 +360,6 @@ def _rows_chunk_for(softplus_core):
         wbuf = np.empty(width if use_wf else 0, dtype=np.float64)
         pbuf = np.empty(width if use_pf else 0, dtype=np.float64)
         n_bad = 0
-        unit = not use_wf and not use_pf
-        for j in range(width):
-            unit = unit and w_line[j] == 1.0 and p_line[j] == 1.0
         for lo in range(0, n, width):
             m = min(n, lo + width) - lo
             xs = x[lo:lo + m]
@@ -336,7 +374,7 @@ def _rows_chunk_for(softplus_core):
                 for j in range(m):
                     pbuf[j] = p_line[j] * pf[lo + j]
                 ps = pbuf
-            if general:
+            if loop == ROWS_GENERAL:
                 dst = out[lo:lo + m] if write_out else scratch
                 for j in range(m):
                     xv = np.float64(xs[j])
@@ -352,7 +390,7 @@ def _rows_chunk_for(softplus_core):
                     a_neg[j] += 0.0 if skip else 1.0 - yv
                     a_cor[j] += k if (xv > 0.0) == (yv >= 0.5) else 0.0
                     n_bad += bad
-            elif write_out:
+            elif loop == ROWS_WRITE:
                 dst = out[lo:lo + m]
                 for j in range(m):
                     xv = np.float64(xs[j])
@@ -364,7 +402,7 @@ def _rows_chunk_for(softplus_core):
                     a_pos[j] += yv
                     a_cor[j] += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
                     n_bad += invalid(xv, yv)
-            elif unit:  # unweighted: constant factors fold away
+            elif loop == ROWS_UNIT:  # constant factors fold away
                 for j in range(m):
                     xv = np.float64(xs[j])
                     yv = np.float64(ys[j])
@@ -397,12 +435,12 @@ def _rows_chunk_for(softplus_core):
     return rows_chunk
 
 
-_ROWS_CHUNK = {32: _rows_chunk_for(inline_copy(log1p_exp_neg_f32)),
-               64: _rows_chunk_for(inline_copy(log1p_exp_neg))}
+_ROWS_CHUNK = {(bits, loop): _rows_chunk_for(core, loop)
+               for bits, core in _CORES.items() for loop in range(ROWS_GENERAL + 1)}
 
 
 def rows_chunk(x, y, w_line, p_line, wf, pf, use_wf, use_pf, keep, half, general,
-               ignore, has_ignore, nan_mode, out, write_out, c_count):
+               ignore, has_ignore, nan_mode, out, write_out, c_count, form):
     """Statistics ``(N_STATS, c_count)`` and n_bad of whole rows given as flat memory.
 
     The rows are taken in lines of ``len(w_line)`` elements (a whole number of
@@ -417,22 +455,27 @@ def rows_chunk(x, y, w_line, p_line, wf, pf, use_wf, use_pf, keep, half, general
     raise NotImplementedError("only callable from compiled code")
 
 
-@overload(rows_chunk, jit_options={"fastmath": set(ELEMENT_FLAGS), "error_model": "numpy"})
+@overload(rows_chunk, prefer_literal=True,
+          jit_options={"fastmath": set(ELEMENT_FLAGS), "error_model": "numpy"})
 def _rows_chunk(x, y, w_line, p_line, wf, pf, use_wf, use_pf, keep, half, general,
-                ignore, has_ignore, nan_mode, out, write_out, c_count):
-    return _ROWS_CHUNK[32 if x.dtype == types.float32 else 64]
+                ignore, has_ignore, nan_mode, out, write_out, c_count, form):
+    if isinstance(form, types.IntegerLiteral):
+        return _ROWS_CHUNK[_bits(x), form.literal_value]
+    return None
 
 
 @kernel()  # no sums of its own: rows_chunk's loops carry the element flags
 def rows_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
-                smooth, ignore, has_ignore, nan_mode, out, write_out):
+                smooth, ignore, has_ignore, nan_mode, out, write_out, form):
     """Per-class partials for ``x``/``y`` of shape (N, C), C-contiguous, C > 1.
 
     A chunk is a block of at least ``CHUNK`` elements and ``CHUNK_ROWS`` rows
     (so that partials stay small next to the data), a whole number of lines
     (see ``line_length``), computed by ``rows_chunk``.  Returns
     ``(partials, n_bad)`` with ``partials`` of shape (n_chunks, N_STATS, C).
+    ``form``: the loop (``rows_form``), compiled for its value alone.
     """
+    literally(form)
     n, c_count = x.shape
     general = has_ignore or nan_mode != NAN_ERROR
     width = line_length(c_count)
@@ -461,7 +504,32 @@ def rows_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
                                 wf[lo:hi] if use_wfull else wf[0:0],
                                 pf[lo:hi] if use_pfull else pf[0:0], use_wfull, use_pfull,
                                 keep, half, general, ignore, has_ignore, nan_mode,
-                                of[lo:hi] if write_out else of[0:0], write_out, c_count)
+                                of[lo:hi] if write_out else of[0:0], write_out, c_count,
+                                form)
         partials[k] = stats
         n_bad[k] = bad
     return partials, n_bad
+
+
+def planes_form(wvec, pvec, use_wfull, use_pfull, smooth, general, write_out) -> int:
+    """The ``form`` of ``planes_kernel`` for these options (plain Python)."""
+    if smooth != 0.0:
+        loop = SMOOTH
+    elif use_wfull or use_pfull:
+        loop = WSPS if use_wfull and use_pfull else WS if use_wfull else PS
+    elif np.all(wvec == 1.0) and np.all(pvec == 1.0):
+        loop = UNIT
+    else:
+        loop = SCALAR
+    return loop | (DIRECT if write_out == OUT_ONLY and not general else 0)
+
+
+def rows_form(wvec, pvec, use_wfull, use_pfull, general, write_out) -> int:
+    """The ``form`` of ``rows_kernel`` for these options (plain Python)."""
+    if general:
+        return ROWS_GENERAL
+    if write_out:
+        return ROWS_WRITE
+    if not use_wfull and not use_pfull and np.all(wvec == 1.0) and np.all(pvec == 1.0):
+        return ROWS_UNIT
+    return ROWS_WEIGHTED
