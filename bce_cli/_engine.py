@@ -136,8 +136,9 @@ def class_stats(x, y, *, class_axis: int | None, wvec=None, pvec=None, wfull=Non
     else:
         run = kernels.planes_kernel
         form = kernels.planes_form(wvec, pvec, use_wf, use_pf, smooth, general, write)
-    partials, n_bad = run(x.reshape(canon), y.reshape(canon), wvec, pvec, wf, pf, use_wf, use_pf,
-                          float(smooth), ignore_value, has_ignore, mode, out, write, form)
+    partials, n_bad = kernels.call(run, (x.reshape(canon), y.reshape(canon), wvec, pvec, wf, pf,
+                                         use_wf, use_pf, float(smooth), ignore_value, has_ignore,
+                                         mode, out, write), form)
     if n_bad.any():
         raise _first_invalid(x.reshape(shape), y.reshape(shape), class_axis, ignore, mode)
     stats = partials.sum(axis=0) if rows else partials.sum(axis=(0, 2)).T

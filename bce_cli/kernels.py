@@ -33,7 +33,7 @@ added in order by the caller, so results never depend on the thread count.
 from __future__ import annotations
 
 import numpy as np
-from numba import literally, prange, types
+from numba import literally, prange, typeof, types
 from numba.extending import overload
 
 from ._fastmath import log1p_exp_neg, log1p_exp_neg_f32
@@ -533,3 +533,25 @@ def rows_form(wvec, pvec, use_wfull, use_pfull, general, write_out) -> int:
     if not use_wfull and not use_pfull and np.all(wvec == 1.0) and np.all(pvec == 1.0):
         return ROWS_UNIT
     return ROWS_WEIGHTED
+
+
+_ENTRY_POINTS: dict = {}
+
+
+def call(kernel, args, form):
+    """``kernel(*args, form)`` without numba's per-call cost for a literal argument.
+
+    A dispatcher matches a plain int against no compiled signature (they hold
+    ``Literal[int]``) and goes through its typing machinery again on every call,
+    ~20 ms.  The first call with given types compiles (or loads from the cache)
+    as usual; later calls go straight to the compiled entry point.
+    """
+    key = (kernel, tuple(typeof(a) for a in args), form)
+    entry = _ENTRY_POINTS.get(key)
+    if entry is not None:
+        return entry(*args, form)
+    result = kernel(*args, form)
+    compiled = kernel.overloads.get((*key[1], types.literal(form)))
+    if compiled is not None:
+        _ENTRY_POINTS[key] = compiled.entry_point
+    return result

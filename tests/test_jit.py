@@ -34,3 +34,28 @@ def test_other_errors_are_not_swallowed(monkeypatch):
     monkeypatch.setattr(_jit.numba, "njit", njit)
     with pytest.raises(RuntimeError, match="something else"):
         _jit.scalar()(lambda a: a)
+
+
+def test_kernel_calls_go_straight_to_the_compiled_form():
+    """Kernels take their form as a literal; numba re-types such a call every time
+    (~20 ms), so bce keeps the compiled entry point of each form and calls it."""
+    import numpy as np
+
+    from bce_cli import bce_with_logits, kernels
+
+    x = np.linspace(-5, 5, 100_000)
+    y = (x > 0.3).astype(np.float64)
+    kernels._ENTRY_POINTS.clear()
+    first = bce_with_logits(x, y, reduction="sum")
+    assert len(kernels._ENTRY_POINTS) == 1
+    (entry,) = kernels._ENTRY_POINTS.values()
+    calls = []
+
+    def spy(*args):
+        calls.append(args[-1])
+        return entry(*args)
+
+    key = next(iter(kernels._ENTRY_POINTS))
+    kernels._ENTRY_POINTS[key] = spy
+    assert bce_with_logits(x, y, reduction="sum") == first
+    assert calls == [key[-1]]
