@@ -11,6 +11,7 @@ there).
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numba
 
@@ -76,3 +77,29 @@ def scalar(flags=ELEMENT_FLAGS):
     instruction keeps its own flags) and the caller's loop still vectorises.
     """
     return _njit(error_model="numpy", fastmath=set(flags))
+
+
+# The modules whose code ends up inside the compiled kernels.
+KERNEL_SOURCES = ("kernels.py", "_fastmath.py", "_jit.py", "stats.py")
+
+
+def drop_stale_cache(package_dir: Path = Path(__file__).parent) -> int:
+    """Delete this package's numba cache files that are older than a kernel source.
+
+    numba checks only the file that defines a cached function, but the
+    kernels inline code from ``_fastmath`` (and constants from ``stats``):
+    after an edit there, a cached kernel would silently keep the old code.
+    An installed release rewrites every file at once, so this matters to a
+    working copy; the tests and benchmarks call it first.  Returns the number
+    of files removed.
+    """
+    newest = max(package_dir.joinpath(name).stat().st_mtime for name in KERNEL_SOURCES)
+    removed = 0
+    for path in package_dir.joinpath("__pycache__").glob("*.nb[ic]"):
+        try:
+            if path.stat().st_mtime < newest:
+                path.unlink()
+                removed += 1
+        except OSError:  # gone already (another process), or not ours to delete
+            pass
+    return removed

@@ -53,10 +53,14 @@ DIRECT = 8
 # Rows kernel: unweighted sums, weighted sums, sums and losses, general options.
 ROWS_UNIT, ROWS_WEIGHTED, ROWS_WRITE, ROWS_GENERAL = range(4)
 # Rows kernel: lines of LINE_MIN..LINE_MAX elements (see line_length); chunks of at
-# least CHUNK_ROWS rows, so that partials stay small next to the data.
+# least CHUNK elements and, for wide C, CHUNK_ROWS rows (partials, 5 floats per class
+# and chunk, stay small next to the data), unless that leaves fewer than CHUNKS_WANTED
+# chunks: then down to MIN_CHUNK_ROWS rows, so that many threads still have work.
 LINE_MIN = 128
 LINE_MAX = 512
 CHUNK_ROWS = 256
+MIN_CHUNK_ROWS = 16
+CHUNKS_WANTED = 64
 
 
 @inline()
@@ -469,9 +473,9 @@ def rows_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
                 smooth, ignore, has_ignore, nan_mode, out, write_out, form):
     """Per-class partials for ``x``/``y`` of shape (N, C), C-contiguous, C > 1.
 
-    A chunk is a block of at least ``CHUNK`` elements and ``CHUNK_ROWS`` rows
-    (so that partials stay small next to the data), a whole number of lines
-    (see ``line_length``), computed by ``rows_chunk``.  Returns
+    A chunk is a block of rows (see ``CHUNK_ROWS``; the sizes depend on N and
+    C only, never on the thread count), a whole number of lines (see
+    ``line_length``), computed by ``rows_chunk``.  Returns
     ``(partials, n_bad)`` with ``partials`` of shape (n_chunks, N_STATS, C).
     ``form``: the loop (``rows_form``), compiled for its value alone.
     """
@@ -480,7 +484,7 @@ def rows_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
     general = has_ignore or nan_mode != NAN_ERROR
     width = line_length(c_count)
     line_rows = width // c_count
-    rows = max(CHUNK // c_count, CHUNK_ROWS)
+    rows = max(CHUNK // c_count, min(CHUNK_ROWS, max(MIN_CHUNK_ROWS, n // CHUNKS_WANTED)))
     rows = line_rows * ((rows + line_rows - 1) // line_rows)
     n_chunks = (n + rows - 1) // rows
     partials = np.zeros((n_chunks, N_STATS, c_count), dtype=np.float64)
@@ -544,7 +548,10 @@ def call(kernel, args, form):
     A dispatcher matches a plain int against no compiled signature (they hold
     ``Literal[int]``) and goes through its typing machinery again on every call,
     ~20 ms.  The first call with given types compiles (or loads from the cache)
-    as usual; later calls go straight to the compiled entry point.
+    as usual; later calls go straight to the compiled entry point.  The entry
+    point unboxes its arguments without checking their types, so the key holds
+    the full numba type of every argument (dtype, ndim, layout, read-only,
+    alignment) and an entry is stored only for the exact signature compiled.
     """
     key = (kernel, tuple(typeof(a) for a in args), form)
     entry = _ENTRY_POINTS.get(key)

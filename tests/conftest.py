@@ -1,6 +1,10 @@
 import numpy as np
 import pytest
 
+from bce_cli._jit import drop_stale_cache
+
+drop_stale_cache()  # a kernel cached before an edit to _fastmath.py would test old code
+
 
 @pytest.fixture
 def rng():

@@ -59,3 +59,25 @@ def test_kernel_calls_go_straight_to_the_compiled_form():
     kernels._ENTRY_POINTS[key] = spy
     assert bce_with_logits(x, y, reduction="sum") == first
     assert calls == [key[-1]]
+
+
+def test_stale_kernel_cache_is_dropped(tmp_path):
+    """A cache file older than any kernel source goes; newer ones and other files stay."""
+    import os
+
+    for name in _jit.KERNEL_SOURCES:
+        (tmp_path / name).write_text("")
+    cache = tmp_path / "__pycache__"
+    cache.mkdir()
+    files = {name: cache / name for name in
+             ("kernels.f-1.py311.nbi", "kernels.f-1.py311.1.nbc", "kernels.g-9.py311.nbi",
+              "kernels.cpython-311.pyc")}
+    for path in files.values():
+        path.write_text("")
+    edited = os.stat(tmp_path / "_fastmath.py").st_mtime
+    for name in ("kernels.f-1.py311.nbi", "kernels.f-1.py311.1.nbc", "kernels.cpython-311.pyc"):
+        os.utime(files[name], (edited - 60, edited - 60))  # cached before the edit
+    os.utime(files["kernels.g-9.py311.nbi"], (edited + 60, edited + 60))
+    assert _jit.drop_stale_cache(tmp_path) == 2
+    assert sorted(p.name for p in cache.iterdir()) == ["kernels.cpython-311.pyc",
+                                                       "kernels.g-9.py311.nbi"]
