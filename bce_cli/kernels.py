@@ -125,7 +125,7 @@ def _block_losses_for(softplus_core, loop):
                 yv = np.float64(y[i])
                 lbuf[i] = element_loss(xv, yv, w * ws[i], p, softplus_core(abs(xv)))
                 n_bad += invalid(xv, yv)
-        elif loop == UNIT:  # constant factors fold away (~15% faster)
+        elif loop == UNIT:  # constant factors fold away (1-D float32 mean: 9% faster)
             for i in range(n):
                 xv = np.float64(x[i])
                 yv = np.float64(y[i])
@@ -360,7 +360,7 @@ def _rows_chunk_for(softplus_core, loop):
         a_pos = acc[POS]
         a_neg = acc[NEG]
         a_cor = acc[CORRECT]
-        scratch = np.empty(width, dtype=out.dtype)
+        scratch = np.empty(width if loop == ROWS_GENERAL else 0, dtype=out.dtype)
         wbuf = np.empty(width if use_wf else 0, dtype=np.float64)
         pbuf = np.empty(width if use_pf else 0, dtype=np.float64)
         n_bad = 0
