@@ -1,42 +1,31 @@
-"""Normalise arrays at the boundary and run the kernels.
+"""Normalise arrays at the boundary and run them through a tier.
 
 Everything that computes losses goes through :func:`class_stats`, so dtype,
 byte order and contiguity are normalised in one place (each distinct array
 type is another numba compile) and invalid values are reported the same way.
-
-Small inputs (at most ``NUMPY_MAX_ELEMENTS``) take a float64 NumPy path with
-the same semantics instead: numba's first call in a process costs ~0.4 s of
-imports even with its cache warm, far more than such an input takes.
+``bce_cli._tiers`` picks the tier: vectorised NumPy (``_vectorised``), or a
+compiled kernel form (``kernels``) when it pays.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from . import _tiers, _vectorised
+from ._forms import planes_form, planes_geometry, rows_form, rows_geometry
 from .errors import BCEInputError, InvalidValueError
 from .stats import (
-    CORRECT,
-    COUNT,
-    LOSS,
     N_STATS,
     NAN_ERROR,
-    NAN_OMIT,
     NAN_POLICIES,
-    NEG,
     OUT_NONE,
     OUT_ONLY,
     OUT_WITH_STATS,
-    POS,
 )
-
-NUMPY_MAX_ELEMENTS = 1 << 16
 
 NAN_HINT = "skip NaN elements with nan_policy='omit' (--nan-policy omit), or clean the data"
 RANGE_HINT = ("targets must lie in [0, 1]; leave unlabelled elements out with "
               "ignore_value (--ignore-value)")
-
-_EMPTY3 = np.zeros((0, 0, 0), dtype=np.float64)
-_EMPTY2 = np.zeros((0, 0), dtype=np.float64)
 
 
 def as_logits(x) -> np.ndarray:
@@ -67,7 +56,8 @@ def as_targets(y, like: np.dtype) -> np.ndarray:
 
 def class_stats(x, y, *, class_axis: int | None, wvec=None, pvec=None, wfull=None,
                 pfull=None, ignore=None, smooth: float = 0.0, nan_policy: str = "error",
-                want_out: bool = False, want_stats: bool = True):
+                want_out: bool = False, want_stats: bool = True,
+                job_elements: int | None = None):
     """Per-class statistics ``(N_STATS, C)`` and, with ``want_out``, per-element losses.
 
     ``x`` and ``y`` have the same shape; ``class_axis`` is the axis holding the
@@ -76,6 +66,8 @@ def class_stats(x, y, *, class_axis: int | None, wvec=None, pvec=None, wfull=Non
     arrays broadcastable to ``x``'s shape (or None), multiplied with the vectors.
     ``want_stats=False`` (with ``want_out``) lets the kernels skip the sums:
     the input is still validated, but the statistics returned are meaningless.
+    ``job_elements``: the size of the whole job this call is part of (streaming),
+    for the choice of tier.
     """
     x, y = np.asarray(x), np.asarray(y)
     if (x.ndim == 2 and class_axis == 1 and x.flags.f_contiguous
@@ -88,7 +80,8 @@ def class_stats(x, y, *, class_axis: int | None, wvec=None, pvec=None, wfull=Non
                                      wfull=None if wfull is None else t(np.asarray(wfull)),
                                      pfull=None if pfull is None else t(np.asarray(pfull)),
                                      ignore=ignore, smooth=smooth, nan_policy=nan_policy,
-                                     want_out=want_out, want_stats=want_stats)
+                                     want_out=want_out, want_stats=want_stats,
+                                     job_elements=job_elements)
         except InvalidValueError:  # report the first bad element in row order
             raise _first_invalid(as_logits(x), as_targets(y, np.float64), 1, ignore,
                                  NAN_POLICIES[nan_policy]) from None
@@ -104,82 +97,59 @@ def class_stats(x, y, *, class_axis: int | None, wvec=None, pvec=None, wfull=Non
         b_count = int(np.prod(shape[class_axis + 1:], dtype=np.int64))
     wvec = _vector(wvec, c_count)
     pvec = _vector(pvec, c_count)
-    rows = b_count == 1 and c_count > 1
-    canon = (a_count, c_count) if rows else (a_count, c_count, b_count)
-    empty = _EMPTY2 if rows else _EMPTY3
-    wf = empty if wfull is None else _full(wfull, shape).reshape(canon)
-    pf = empty if pfull is None else _full(pfull, shape).reshape(canon)
-    out = np.empty(canon if want_out else (0,) * len(canon), dtype=x.dtype)
+    canon = (a_count, c_count, b_count)
+    wf = None if wfull is None else _full(wfull, shape).reshape(canon)
+    pf = None if pfull is None else _full(pfull, shape).reshape(canon)
     mode = NAN_POLICIES[nan_policy]
-    if x.size <= NUMPY_MAX_ELEMENTS:
-        x3, y3 = x.reshape(a_count, c_count, b_count), y.reshape(a_count, c_count, b_count)
-        stats, losses = _numpy_stats(x3, y3, wvec, pvec,
-                                     None if wfull is None else wf.reshape(x3.shape),
-                                     None if pfull is None else pf.reshape(x3.shape),
-                                     smooth, ignore, mode)
+    has_ignore = ignore is not None
+    general = has_ignore or mode != NAN_ERROR
+    write = OUT_NONE if not want_out else OUT_WITH_STATS if want_stats else OUT_ONLY
+    rows = b_count == 1 and c_count > 1
+    bits = 32 if x.dtype == np.float32 else 64
+    if rows:
+        form = rows_form(bits, wvec, pvec, wf is not None, pf is not None, general, write)
+    else:
+        form = planes_form(bits, wvec, pvec, wf is not None, pf is not None, smooth, general,
+                           write)
+    out = np.empty(canon, dtype=x.dtype) if want_out else None
+    if _tiers.choose(x.size, form, job_elements) == "numpy":
+        stats = _vectorised.class_stats(x.reshape(canon), y.reshape(canon), wvec, pvec, wf, pf,
+                                        smooth, ignore, mode, out, want_stats)
         if stats is None:
             raise _first_invalid(x.reshape(shape), y.reshape(shape), class_axis, ignore, mode)
-        if not want_out:
-            return stats, None
-        with np.errstate(over="ignore"):  # a loss beyond float32's range is inf there
-            return stats, losses.astype(x.dtype).reshape(shape)
-    from . import kernels  # numba: only for inputs worth compiling for
-
-    has_ignore = ignore is not None
-    ignore_value = float(ignore) if has_ignore else 0.0
-    write = OUT_NONE if not want_out else OUT_WITH_STATS if want_stats else OUT_ONLY
-    general = has_ignore or mode != NAN_ERROR
-    use_wf, use_pf = wfull is not None, pfull is not None
-    if rows:
-        run = kernels.rows_kernel
-        form = kernels.rows_form(wvec, pvec, use_wf, use_pf, general, write)
     else:
-        run = kernels.planes_kernel
-        form = kernels.planes_form(wvec, pvec, use_wf, use_pf, smooth, general, write)
-    partials, n_bad = kernels.call(run, (x.reshape(canon), y.reshape(canon), wvec, pvec, wf, pf,
-                                         use_wf, use_pf, float(smooth), ignore_value, has_ignore,
-                                         mode, out, write), form)
+        stats = _compiled_stats(form, x, y, canon, wvec, pvec, wf, pf, smooth, ignore, mode,
+                                out, write)
+        if stats is None:
+            raise _first_invalid(x.reshape(shape), y.reshape(shape), class_axis, ignore, mode)
+    return stats, (out.reshape(shape) if want_out else None)
+
+
+def _compiled_stats(form, x, y, canon, wvec, pvec, wf, pf, smooth, ignore, mode, out, write):
+    """Run a compiled kernel form over flat views; None when an element is invalid."""
+    from . import kernels  # numba: only when the compiled tier pays (bce_cli._tiers)
+
+    a_count, c_count, b_count = canon
+    if form.kernel == "rows":
+        geom, n_tasks = rows_geometry(a_count, c_count)
+        part_shape = (N_STATS, c_count)
+    else:
+        geom, n_tasks = planes_geometry(a_count, c_count, b_count)
+        part_shape = (N_STATS,)
+    empty = np.zeros(0, dtype=np.float64)
+    partials, n_bad = kernels.run(
+        form, geom, n_tasks, x.reshape(-1), y.reshape(-1), wvec, pvec,
+        empty if wf is None else wf.reshape(-1), empty if pf is None else pf.reshape(-1),
+        smooth, 0.0 if ignore is None else ignore, ignore is not None, mode,
+        out.reshape(-1) if out is not None else np.zeros(0, dtype=x.dtype), write != OUT_NONE,
+        part_shape, parallel=False, pool=_tiers.pool() if _tiers.threads() > 1 else None)
     if n_bad.any():
-        raise _first_invalid(x.reshape(shape), y.reshape(shape), class_axis, ignore, mode)
-    stats = partials.sum(axis=0) if rows else partials.sum(axis=(0, 2)).T
-    return np.ascontiguousarray(stats), (out.reshape(shape) if want_out else None)
-
-
-def _numpy_stats(x, y, wvec, pvec, wfull, pfull, smooth, ignore, mode):
-    """The kernels' statistics for (A, C, B) arrays in plain float64 NumPy.
-
-    Returns ``(stats, losses)``, or ``(None, None)`` when an element is invalid.
-    Same formula as the kernels (``bce_cli.kernels.element_loss``) with libm's
-    exp and log1p, so both paths are checked against the same reference.
-    """
-    xf = x.astype(np.float64)
-    yf = y.astype(np.float64)
-    nan = np.isnan(xf) | np.isnan(yf)
-    ignored = (yf == ignore) if ignore is not None else np.zeros(x.shape, dtype=bool)
-    with np.errstate(invalid="ignore"):
-        bad = ~ignored & ((yf < 0.0) | (yf > 1.0) | (nan if mode == NAN_ERROR else False))
-    if bad.any():
-        return None, None
-    skip = ignored | (nan if mode == NAN_OMIT else False)
-    w = wvec[None, :, None] * (1.0 if wfull is None else wfull)
-    p = pvec[None, :, None] * (1.0 if pfull is None else pfull)
-    ys = yf * (1.0 - smooth) + 0.5 * smooth
-    t = np.log1p(np.exp(-np.abs(xf)))
-    with np.errstate(invalid="ignore", over="ignore"):
-        pos_coef = p * ys
-        neg_coef = 1.0 - ys
-        pos_term = np.where(pos_coef != 0.0, pos_coef * (np.maximum(-xf, 0.0) + t), 0.0)
-        neg_term = np.where(neg_coef != 0.0, neg_coef * (np.maximum(xf, 0.0) + t), 0.0)
-        loss = np.where(w != 0.0, w * (pos_term + neg_term), 0.0)
-    loss = np.where(skip, np.nan, loss)
-    keep = ~skip
-    stats = np.zeros((N_STATS, x.shape[1]), dtype=np.float64)
-    stats[LOSS] = np.where(keep, loss, 0.0).sum(axis=(0, 2))
-    stats[COUNT] = keep.sum(axis=(0, 2))
-    stats[POS] = np.where(keep, yf, 0.0).sum(axis=(0, 2))
-    stats[NEG] = np.where(keep, 1.0 - yf, 0.0).sum(axis=(0, 2))
-    stats[CORRECT] = (keep & ((xf > 0.0) == (yf >= 0.5))).sum(axis=(0, 2))
-    return stats, loss
+        return None
+    if form.kernel == "rows":
+        return np.ascontiguousarray(partials.sum(axis=0))
+    n_ablocks = n_tasks // (c_count * geom[4])
+    return np.ascontiguousarray(
+        partials.reshape(n_ablocks, c_count, geom[4], N_STATS).sum(axis=(0, 2)).T)
 
 
 def _vector(v, n: int) -> np.ndarray:

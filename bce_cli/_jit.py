@@ -1,4 +1,4 @@
-"""The one place that holds the JIT options of every kernel.
+"""The one place that holds the JIT options of every kernel, and where kernels are cached.
 
 Never blanket ``fastmath=True``: it implies ``nnan``/``ninf`` and folds
 ``np.isnan`` to False.  ``ELEMENT_FLAGS`` lets LLVM contract multiply-adds and
@@ -6,47 +6,38 @@ vectorise branch-free code while keeping NaN and inf semantics; ``SUM_FLAGS``
 adds ``reassoc`` for loops whose only job is a float64 sum (reassociation
 would silently delete compensation terms in element math, so it never goes
 there).
+
+Caching: each kernel form (``bce_cli._forms``) is compiled on first use and
+saved as ``kernels.<form>.pyXY.nbi`` (numba's index) plus data files in the
+first of these directories that holds it already, or else the first writable
+one (``bce_cli._cache_dirs``): ``$NUMBA_CACHE_DIR/bce_cli``, the package's
+``__pycache__``, ``~/.cache/bce``.  A directory that cannot be written (a CI
+cache restored read-only, a Docker layer) is still read.  The cache entry is
+stamped with a hash of every source that ends up in the kernels, so an edit to
+any of them, not only to ``kernels.py``, invalidates it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import warnings
-from pathlib import Path
 
 import numba
+from numba.core import caching
+
+from ._cache_dirs import KERNEL_SOURCES, PACKAGE_DIR, cache_dirs, index_name
 
 ELEMENT_FLAGS = frozenset({"nsz", "arcp", "contract"})
 SUM_FLAGS = ELEMENT_FLAGS | {"reassoc"}
-
 
 _cache_warned = False
 
 
 def _njit(**options):
-    """``numba.njit(cache=True, ...)``, falling back to no cache (said once) when
-    numba finds no writable cache directory, instead of failing at import."""
-
-    def decorate(fn):
-        global _cache_warned
-        try:
-            return numba.njit(cache=True, **options)(fn)
-        except RuntimeError as err:
-            if "cannot cache" not in str(err):
-                raise
-            if not _cache_warned:
-                _cache_warned = True
-                warnings.warn("bce: no writable numba cache directory, so kernels are compiled "
-                              "anew in each process (set NUMBA_CACHE_DIR to a writable "
-                              "directory to keep them)", RuntimeWarning, stacklevel=2)
-            return numba.njit(cache=False, **options)(fn)
-
-    return decorate
-
-
-def kernel(*, parallel: bool = True, flags=ELEMENT_FLAGS):
-    """Decorator for a compiled, cached kernel (a pure function over arrays)."""
-    return _njit(parallel=parallel, nogil=True, error_model="numpy",
-                      fastmath=set(flags))
+    """``numba.njit`` without a disk cache: helpers are compiled into the form
+    kernels that call them, and only those are cached."""
+    return numba.njit(cache=False, **options)
 
 
 def inline():
@@ -68,38 +59,112 @@ def inline_copy(dispatcher):
     return _njit(inline="always", error_model="numpy")(dispatcher.py_func)
 
 
-def scalar(flags=ELEMENT_FLAGS):
-    """Decorator for scalar element math called from the kernels.
+def scalar(flags=ELEMENT_FLAGS, *, python: bool = False):
+    """Decorator for scalar element math and serial loops called from the kernels.
+
+    Without ``python`` the function is callable from compiled code only: numba
+    then builds no CPython or C wrapper for it, a sizeable share of a compile.
 
     A plain call, not numba's ``inline="always"``: numba-level inlining would
     compile the body with the caller's flags, and a summing kernel's
     ``reassoc`` deletes compensation terms.  LLVM still inlines the call (each
     instruction keeps its own flags) and the caller's loop still vectorises.
     """
-    return _njit(error_model="numpy", fastmath=set(flags))
+    return _njit(error_model="numpy", nogil=True, fastmath=set(flags),
+                 no_cpython_wrapper=not python, no_cfunc_wrapper=True)
 
 
-# The modules whose code ends up inside the compiled kernels.
-KERNEL_SOURCES = ("kernels.py", "_fastmath.py", "_jit.py", "stats.py")
+def _source_stamp() -> str:
+    h = hashlib.sha256()
+    for name in KERNEL_SOURCES:
+        h.update(PACKAGE_DIR.joinpath(name).read_bytes())
+    return h.hexdigest()
 
 
-def drop_stale_cache(package_dir: Path = Path(__file__).parent) -> int:
-    """Delete this package's numba cache files that are older than a kernel source.
+class _Locator(caching._CacheLocator):
+    """One directory of ``cache_dirs``; it may be read-only."""
 
-    numba checks only the file that defines a cached function, but the
-    kernels inline code from ``_fastmath`` (and constants from ``stats``):
-    after an edit there, a cached kernel would silently keep the old code.
-    An installed release rewrites every file at once, so this matters to a
-    working copy; the tests and benchmarks call it first.  Returns the number
-    of files removed.
-    """
-    newest = max(package_dir.joinpath(name).stat().st_mtime for name in KERNEL_SOURCES)
-    removed = 0
-    for path in package_dir.joinpath("__pycache__").glob("*.nb[ic]"):
+    def __init__(self, py_file, path, writable):
+        self._py_file = py_file
+        self._path = path
+        self._writable = writable
+
+    def ensure_cache_path(self):
+        if not self._writable:
+            raise PermissionError(f"{self._path} is read-only here")
+        super().ensure_cache_path()
+
+    def get_cache_path(self):
+        return self._path
+
+    def get_source_stamp(self):
+        return _source_stamp()
+
+    def get_disambiguator(self):
+        return ""
+
+    @classmethod
+    def for_form(cls, name, py_file):
+        """The first directory that holds this form's index (it may be read-only) or
+        can be written."""
+        for path in cache_dirs():
+            if os.path.exists(os.path.join(path, index_name(name))):
+                return cls(py_file, path, os.access(path, os.W_OK))
+            if os.path.isdir(path) and not os.access(path, os.W_OK):
+                continue
+            locator = cls(py_file, path, True)
+            try:
+                locator.ensure_cache_path()
+            except OSError:
+                continue
+            return locator
+        return None
+
+
+class _FormCacheImpl(caching.CompileResultCacheImpl):
+    def __init__(self, py_func):  # numba's looks for a locator by the source file
+        self._lineno = py_func.__code__.co_firstlineno
+        self._locator = py_func._bce_locator
+        self._filename_base = index_name(py_func._bce_form)[: -len(".nbi")]
+
+
+class _FormCache(caching.FunctionCache):
+    """numba's function cache, keyed by the form's name instead of by pickled
+    closure contents (closures hold dispatchers, whose pickles differ in every
+    process), and never failing a compile when the directory is read-only."""
+
+    _impl_class = _FormCacheImpl
+
+    def _index_key(self, sig, codegen):
+        code = hashlib.sha256(self._py_func.__code__.co_code).hexdigest()
+        return sig, codegen.magic_tuple(), (code, self._py_func._bce_form)
+
+    def save_overload(self, sig, data):
         try:
-            if path.stat().st_mtime < newest:
-                path.unlink()
-                removed += 1
-        except OSError:  # gone already (another process), or not ours to delete
+            super().save_overload(sig, data)
+        except OSError:  # read-only (a restored cache) or full: the kernel still runs
             pass
-    return removed
+
+
+def form_kernel(name: str, *, parallel: bool, flags=ELEMENT_FLAGS):
+    """Decorator for the compiled entry point of one kernel form, cached as ``name``."""
+
+    def decorate(fn):
+        global _cache_warned
+        fn.__qualname__ = fn.__name__ = name
+        fn._bce_form = name
+        disp = numba.njit(parallel=parallel, nogil=True, error_model="numpy",
+                          fastmath=set(flags), no_cfunc_wrapper=True)(fn)
+        locator = _Locator.for_form(name, fn.__code__.co_filename)
+        if locator is None:
+            if not _cache_warned:
+                _cache_warned = True
+                warnings.warn("bce: no writable cache directory for compiled kernels, so they "
+                              "are compiled anew in each process (set NUMBA_CACHE_DIR to a "
+                              "writable directory to keep them)", RuntimeWarning, stacklevel=2)
+            return disp
+        fn._bce_locator = locator
+        disp._cache = _FormCache(fn)
+        return disp
+
+    return decorate

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import __version__
+from . import __version__, _tiers
 from .accumulator import BCEAccumulator
 from .errors import BCEInputError, InvalidValueError
 from .outputs import LossWriter
@@ -48,23 +48,13 @@ def probs_to_logits(p: np.ndarray) -> np.ndarray:
         return np.log(p) - np.log1p(-p)
 
 
-def set_threads(threads: int | None) -> None:
-    if threads is None:
-        return
-    import numba
-
-    if threads < 1:
-        raise BCEInputError(f"--threads must be at least 1, got {threads}")
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-
-
 def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda msg: None,
              progress: Callable[[int], None] | None = None, total: Callable[[int | None], None]
              | None = None) -> dict:
     """Run one evaluation and return the report (a JSON-ready dict)."""
     from .data import open_inputs, parse_pos_weight
 
-    set_threads(opts.threads)
+    _tiers.set_threads(opts.threads)
     if opts.ignore_value is not None and math.isnan(opts.ignore_value):
         raise BCEInputError("--ignore-value nan matches nothing; use --nan-policy omit to leave "
                             "NaN targets out")

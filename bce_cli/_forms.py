@@ -1,0 +1,141 @@
+"""Which compiled loop a call runs, its name, and how its work is cut into tasks (no numba).
+
+Two kernels cover every layout (classes on one axis):
+
+* planes: ``x`` of shape ``(A, C, B)``, C-contiguous; each class's elements come
+  in contiguous runs along ``B`` (1-D data is ``(1, 1, N)``, masks ``[B, C, H, W]``
+  are ``(B, C, H*W)``).  A task is one class and about ``CHUNK`` elements.
+* rows: ``x`` of shape ``(N, C)``, C-contiguous, ``C > 1``; a task is a block of
+  whole rows taken as flat memory, in lines of ``line_length(C)`` elements.
+
+A *form* is one loss loop of one kernel with its options frozen at compile time
+(which factors it multiplies in, whether it writes losses, the float width of
+the logits): each form is its own compiled function, so a call compiles only
+the loop it runs, and the form's name is also the name of its cache file.
+Task sizes depend on the shape only, never on the thread count, and the
+per-task float64 partials are added in task order: results are bit-identical
+on any number of threads.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .stats import OUT_ONLY
+
+# Elements per task (one float64 partial per statistic and class), and per
+# scratch block inside a planes task (fits in L1 with its inputs).
+CHUNK = 1 << 15
+BLOCK = 1 << 10
+# Planes loops: the factors the loop multiplies in; DIRECT (a flag) writes
+# losses only, straight into ``out``.
+UNIT, SCALAR, WS, PS, WSPS, SMOOTH = range(6)
+PLANES_LOOPS = ("unit", "scalar", "ws", "ps", "wsps", "smooth")
+# Rows loops: unweighted sums, weighted sums, sums and losses, general options.
+ROWS_UNIT, ROWS_WEIGHTED, ROWS_WRITE, ROWS_GENERAL = range(4)
+ROWS_LOOPS = ("unit", "weighted", "write", "general")
+# Rows kernel: lines of LINE_MIN..LINE_MAX elements (see line_length); tasks of at
+# least CHUNK elements and, for wide C, CHUNK_ROWS rows (partials, 5 floats per class
+# and task, stay small next to the data), unless that leaves fewer than CHUNKS_WANTED
+# tasks: then down to MIN_CHUNK_ROWS rows, so that many threads still have work.
+LINE_MIN = 128
+LINE_MAX = 512
+CHUNK_ROWS = 256
+MIN_CHUNK_ROWS = 16
+CHUNKS_WANTED = 64
+
+
+class Form(NamedTuple):
+    """One compiled loop: ``kernel`` is "planes" or "rows"; ``loop`` an index into
+    PLANES_LOOPS / ROWS_LOOPS; ``bits`` 32 or 64 (the logits' float width picks
+    the polynomial); ``direct``: planes only, losses written without sums."""
+
+    kernel: str
+    loop: int
+    bits: int
+    direct: bool = False
+
+    @property
+    def name(self) -> str:
+        loops = PLANES_LOOPS if self.kernel == "planes" else ROWS_LOOPS
+        return (f"{self.kernel}_{loops[self.loop]}_f{self.bits}"
+                f"{'_direct' if self.direct else ''}")
+
+
+def _constant_ones(wvec, pvec) -> bool:
+    return bool(np.all(wvec == 1.0) and np.all(pvec == 1.0))
+
+
+def planes_form(bits, wvec, pvec, use_wfull, use_pfull, smooth, general, write_out) -> Form:
+    """The planes form for these options."""
+    if smooth != 0.0:
+        loop = SMOOTH
+    elif use_wfull or use_pfull:
+        loop = WSPS if use_wfull and use_pfull else WS if use_wfull else PS
+    elif _constant_ones(wvec, pvec):
+        loop = UNIT
+    else:
+        loop = SCALAR
+    return Form("planes", loop, bits, write_out == OUT_ONLY and not general)
+
+
+def rows_form(bits, wvec, pvec, use_wfull, use_pfull, general, write_out) -> Form:
+    """The rows form for these options (label smoothing is a run-time factor here)."""
+    if general:
+        loop = ROWS_GENERAL
+    elif write_out:
+        loop = ROWS_WRITE
+    elif not use_wfull and not use_pfull and _constant_ones(wvec, pvec):
+        loop = ROWS_UNIT
+    else:
+        loop = ROWS_WEIGHTED
+    return Form("rows", loop, bits)
+
+
+def all_forms() -> list[Form]:
+    """Every form there is (what ``bce warmup`` compiles)."""
+    forms = [Form("planes", loop, bits, direct) for bits in (32, 64)
+             for loop in range(len(PLANES_LOOPS)) for direct in (False, True)]
+    forms += [Form("rows", loop, bits) for bits in (32, 64) for loop in range(len(ROWS_LOOPS))]
+    return forms
+
+
+def planes_geometry(a_count: int, c_count: int, b_count: int):
+    """``(geom, n_tasks)`` of the planes kernel: a task covers one class and about
+    CHUNK elements, a block of B when B is long, else a block of whole rows of A.
+    ``geom`` = (A, C, B, rows of A per task, blocks of B, B per block)."""
+    if b_count >= CHUNK:
+        a_per_task, n_bblocks, b_step = 1, -(-b_count // CHUNK), CHUNK
+    else:
+        a_per_task, n_bblocks, b_step = max(1, CHUNK // max(b_count, 1)), 1, b_count
+    n_ablocks = -(-a_count // a_per_task)
+    geom = (a_count, c_count, b_count, a_per_task, n_bblocks, b_step)
+    return geom, n_ablocks * c_count * n_bblocks
+
+
+def line_length(c_count: int) -> int:
+    """Elements per line of the rows kernel: ``k * c_count`` for the whole number
+    of rows ``k`` that gives a line of LINE_MIN..LINE_MAX elements with the
+    fewest left over from multiples of 32 (the vector loop's step); one row
+    when C >= LINE_MIN.  Short lines keep the per-position sums in L1 (measured:
+    lines of 1024 elements ran 10-30% slower than lines of 128-512)."""
+    if c_count >= LINE_MIN:
+        return c_count
+    best_len, best_rest = 0, 1.0
+    for k in range(1, LINE_MAX // c_count + 1):
+        length = k * c_count
+        if length >= LINE_MIN and (length % 32) / length < best_rest:
+            best_len, best_rest = length, (length % 32) / length
+    return best_len
+
+
+def rows_geometry(n: int, c_count: int):
+    """``(geom, n_tasks)`` of the rows kernel: ``geom`` = (N, C, line length, rows per
+    task); a task is a whole number of lines (see the constants above)."""
+    width = line_length(c_count)
+    line_rows = width // c_count
+    rows = max(CHUNK // c_count, min(CHUNK_ROWS, max(MIN_CHUNK_ROWS, n // CHUNKS_WANTED)))
+    rows = line_rows * -(-rows // line_rows)
+    return (n, c_count, width, rows), -(-n // rows)

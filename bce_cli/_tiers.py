@@ -1,0 +1,110 @@
+"""Which tier computes a call, and the threads both tiers run on (no numba).
+
+Two tiers compute the same statistics with the same semantics:
+
+* ``numpy``: vectorised float64 NumPy over cache-sized blocks on a thread pool
+  (``bce_cli._vectorised``).  Nothing to compile, nothing to load.
+* ``compiled``: the numba kernels (``bce_cli.kernels``), 5-8x faster per
+  element, but a process pays about 0.7 s to import numba and start its CPU
+  target before the first kernel runs, plus ~0.05 s to load a cached form or
+  1-2 s to compile one.
+
+``auto`` (the default) takes the compiled tier when it pays for the whole job:
+a form compiled in this process already; else when the time it saves over the
+job's elements exceeds what numba would cost to start, load or compile.  On
+the 2-core development machine that is above ~2e8 elements with the form
+cached and ~1e9 without, so a first run on a fresh machine never waits for a
+compiler, and ``bce warmup`` (which fills the cache) is what makes the
+compiled tier available to large jobs.  ``BCE_TIER=numpy`` or
+``BCE_TIER=compiled`` forces a tier.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from ._cache_dirs import is_cached
+
+TIERS = ("auto", "numpy", "compiled")
+TIER_ENV = "BCE_TIER"
+# At most this many elements always take the NumPy tier.
+SMALL = 1 << 16
+# The cost model, measured on the 2-core development machine (see README,
+# "Performance"): numba's start in a fresh process (import and CPU target),
+# loading one cached form, compiling one form (seconds); elements per second
+# per thread of each tier.
+NUMBA_START_S = 0.7
+LOAD_S = 0.05
+COMPILE_S = 2.0
+NUMPY_RATE = 120e6
+COMPILED_RATE = 800e6
+
+_threads: int | None = None
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_forced: str | None = None  # tests: set_tier()
+
+
+def set_threads(n: int | None) -> None:
+    """Threads for both tiers (``--threads``); None: NUMBA_NUM_THREADS, else every core."""
+    global _threads
+    if n is not None and n < 1:
+        from .errors import BCEInputError
+
+        raise BCEInputError(f"--threads must be at least 1, got {n}")
+    _threads = n
+
+
+def threads() -> int:
+    if _threads is not None:
+        return _threads
+    env = os.environ.get("NUMBA_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else (os.cpu_count() or 1)
+
+
+def pool() -> ThreadPoolExecutor:
+    """The shared worker threads of the NumPy tier (NumPy releases the GIL in its loops)."""
+    global _pool, _pool_size
+    n = threads()
+    if _pool is None or _pool_size != n:
+        if _pool is not None:
+            _pool.shutdown(wait=False)
+        _pool, _pool_size = ThreadPoolExecutor(n, thread_name_prefix="bce"), n
+    return _pool
+
+
+def set_tier(tier: str | None) -> None:
+    """Force a tier in this process (None: back to ``BCE_TIER`` / auto)."""
+    global _forced
+    if tier is not None and tier not in TIERS:
+        raise ValueError(f"tier must be one of {', '.join(TIERS)}, got {tier!r}")
+    _forced = tier
+
+
+def requested() -> str:
+    tier = _forced or os.environ.get(TIER_ENV, "auto") or "auto"
+    if tier not in TIERS:
+        from .errors import BCEInputError
+
+        raise BCEInputError(f"{TIER_ENV} must be one of {', '.join(TIERS)}, got {tier!r}")
+    return tier
+
+
+def choose(n_elements: int, form, job_elements: int | None = None) -> str:
+    """"numpy" or "compiled" for a call over ``n_elements`` that is part of a job of
+    ``job_elements`` (streaming: the whole input) and would run ``form``."""
+    tier = requested()
+    if tier != "auto":
+        return tier
+    if n_elements <= SMALL:
+        return "numpy"
+    kernels = sys.modules.get("bce_cli.kernels")
+    if kernels is not None and kernels.is_compiled(form):
+        return "compiled"
+    started = kernels is not None and kernels.any_compiled()
+    fixed = (0.0 if started else NUMBA_START_S) + (LOAD_S if is_cached(form.name) else COMPILE_S)
+    work = max(n_elements, job_elements or 0)
+    saved = work / (NUMPY_RATE * threads()) - work / (COMPILED_RATE * threads())
+    return "compiled" if saved > fixed else "numpy"

@@ -1,0 +1,204 @@
+"""The NumPy tier: the kernels' statistics in vectorised float64 NumPy, on threads.
+
+Same formula and semantics as ``bce_cli.kernels`` (``element_loss``), with
+NumPy's exp and log1p (SIMD, < 1 ulp): nothing to compile or load, so it is
+what a fresh process runs (``bce_cli._tiers`` decides).
+
+Arrays of shape ``(A, C, B)`` are cut into blocks of about ``BLOCK`` elements
+(whole classes, rows of A, runs of B); each block is computed in per-thread
+float64 scratch buffers that stay in cache (fresh temporaries would cost a
+page fault per 4 KiB, more than the arithmetic) and gives float64 partials
+``(N_STATS, C)``, added in block order: results do not depend on the number
+of threads.  A block under the default options takes the fast path, whose
+products may give 0 * inf = NaN for an infinite logit; a NaN sum sends the
+block to the careful path, which applies the exact zero-coefficient rules,
+the general options (ignore value, NaN policies) and validation.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from . import _tiers
+from .stats import CORRECT, COUNT, LOSS, N_STATS, NAN_ERROR, NAN_OMIT, NEG, POS
+
+BLOCK = 1 << 16
+# Below this many elements the blocks run on the calling thread.
+THREADED_MIN = 1 << 18
+
+_local = threading.local()
+
+
+def _scratch(n: int):
+    """Six float64 and two bool buffers of at least ``n`` elements, per thread."""
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None or bufs[0].size < n:
+        bufs = _local.bufs = ([np.empty(n) for _ in range(6)]
+                              + [np.empty(n, dtype=bool) for _ in range(2)])
+    return bufs
+
+
+def class_sums(u) -> np.ndarray:
+    """Sums of float64 ``u`` of shape (A, C, B) over A and B.  ``einsum``: 2.2x
+    NumPy's axis reductions here, with no BLAS call (OpenBLAS called from two
+    threads at once ran slower than from one)."""
+    if u.shape[0] == 1:
+        return u.reshape(u.shape[1], u.shape[2]).sum(axis=1)  # contiguous runs: pairwise
+    return np.einsum("ijk->j", u)
+
+
+def geometry(shape):
+    """Blocks of ``(A, C, B)``: (rows of A per block, B per block)."""
+    a_count, c_count, b_count = shape
+    plane = c_count * b_count
+    if plane >= BLOCK:
+        return 1, max(1, min(b_count, BLOCK // max(c_count, 1)))
+    return max(1, BLOCK // max(plane, 1)), b_count
+
+
+def class_stats(x, y, wvec, pvec, wfull, pfull, smooth, ignore, mode, out, want_stats=True):
+    """Statistics ``(N_STATS, C)`` of ``x``/``y`` of shape (A, C, B), or None when an
+    element is invalid.  ``wvec``/``pvec``: float64 per class; ``wfull``/``pfull``:
+    None or arrays of x's shape; ``out``: None or an array of x's shape and dtype
+    that receives per-element losses (NaN where left out)."""
+    a_count, _, b_count = x.shape
+    a_step, b_step = geometry(x.shape)
+    blocks = [(a, b) for a in range(0, a_count, a_step) for b in range(0, b_count, b_step)]
+    general = ignore is not None or mode != NAN_ERROR
+    w3 = wvec[None, :, None]
+    p3 = pvec[None, :, None]
+    unit = not np.any(wvec != 1.0) and not np.any(pvec != 1.0)
+
+    def one(block):
+        a, b = block
+        sl = (slice(a, a + a_step), slice(None), slice(b, b + b_step))
+        wf = None if wfull is None else wfull[sl]
+        pf = None if pfull is None else pfull[sl]
+        ob = None if out is None else out[sl]
+        if not general:
+            stats = _fast_block(x[sl], y[sl], w3, p3, unit, wf, pf, smooth, ob, want_stats)
+            if stats is not None:
+                return stats
+        return _careful_block(x[sl], y[sl], w3, p3, wf, pf, smooth, ignore, mode, ob)
+
+    n_threads = _tiers.threads()
+    if len(blocks) > 1 and x.size >= THREADED_MIN and n_threads > 1:
+        step = -(-len(blocks) // n_threads)  # one run of consecutive blocks per thread
+        runs = _tiers.pool().map(lambda i: [one(b) for b in blocks[i:i + step]],
+                                 range(0, len(blocks), step))
+        parts = [part for run in runs for part in run]
+    else:
+        parts = [one(block) for block in blocks]
+    if any(p is None for p in parts):
+        return None
+    stats = np.zeros((N_STATS, x.shape[1]))
+    for part in parts:  # in block order
+        stats += part
+    return stats
+
+
+def _fast_block(xb, yb, w3, p3, unit, wf, pf, smooth, ob, want_stats):
+    """Statistics of one block under the default options, or None when its loss sum
+    is NaN (a NaN input, or 0 * inf from an infinite logit) or a target lies
+    outside [0, 1]: the careful path then decides."""
+    if yb.dtype != np.uint8 and yb.size and (yb.min() < 0 or yb.max() > 1):
+        return None
+    with np.errstate(invalid="ignore", over="ignore"):  # 0 * inf: the careful path decides
+        return _fast_losses(xb, yb, w3, p3, unit, wf, pf, smooth, ob, want_stats)
+
+
+def _fast_losses(xb, yb, w3, p3, unit, wf, pf, smooth, ob, want_stats):
+    """The loss as ``(1-y) * sp(x) + p*y * sp(-x)`` with ``sp(x) = t + m``,
+    ``sp(-x) = t + (m - x)``, ``t = log1p(exp(-|x|))``, ``m = max(x, 0)``
+    (``m - x`` is exact).  Unweighted it is ``t + (m - y*x)``: for hard targets
+    ``y*x`` and ``m - y*x`` are exact, so each loss is rounded once, as in the
+    kernels; for soft targets the error stays below an ulp of |x|."""
+    shape = xb.shape
+    n = xb.size
+    xf, yf, t, m, u, ys, m1, m2 = (buf[:n].reshape(shape) for buf in _scratch(n))
+    np.copyto(xf, xb)
+    np.copyto(yf, yb)
+    np.abs(xf, out=t)
+    np.negative(t, out=t)
+    np.exp(t, out=t)
+    np.log1p(t, out=t)  # t = log1p(exp(-|x|))
+    np.maximum(xf, 0.0, out=m)
+    if smooth:
+        np.multiply(yf, 1.0 - smooth, out=ys)
+        ys += 0.5 * smooth
+    else:
+        ys = yf
+    if unit and pf is None:
+        np.multiply(ys, xf, out=u)
+        np.subtract(m, u, out=u)
+        u += t
+    else:  # (1-y) * (t + m) + p*y * (t + (m - x))
+        np.subtract(m, xf, out=u)
+        u += t
+        u *= ys
+        if not unit:
+            u *= p3
+        if pf is not None:
+            u *= pf
+        m += t
+        np.subtract(1.0, ys, out=t)
+        m *= t
+        u += m
+    if not unit:
+        u *= w3
+    if wf is not None:
+        u *= wf
+    stats = np.zeros((N_STATS, shape[1]))
+    stats[LOSS] = class_sums(u)
+    if np.isnan(stats[LOSS]).any():
+        return None
+    if want_stats:
+        stats[COUNT] = shape[0] * shape[2]
+        stats[POS] = class_sums(yf)
+        stats[NEG] = stats[COUNT] - stats[POS]
+        np.greater(xf, 0.0, out=m1)
+        np.greater_equal(yf, 0.5, out=m2)
+        np.equal(m1, m2, out=m1)
+        np.copyto(t, m1)
+        stats[CORRECT] = class_sums(t)
+    if ob is not None:  # a loss beyond float32's range is inf there
+        np.copyto(ob, u, casting="unsafe")
+    return stats
+
+
+def _careful_block(xb, yb, w3, p3, wf, pf, smooth, ignore, mode, ob):
+    """Statistics of one block with the exact zero-coefficient rules and every option,
+    or None when an element is invalid; writes ``ob`` (NaN where left out)."""
+    xf = xb.astype(np.float64)
+    yf = yb.astype(np.float64)
+    nan = np.isnan(xf) | np.isnan(yf)
+    ignored = (yf == ignore) if ignore is not None else np.zeros(xf.shape, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        bad = ~ignored & ((yf < 0.0) | (yf > 1.0) | (nan if mode == NAN_ERROR else False))
+    if bad.any():
+        return None
+    skip = ignored | (nan if mode == NAN_OMIT else False)
+    w = w3 * (1.0 if wf is None else wf)
+    p = p3 * (1.0 if pf is None else pf)
+    ys = yf * (1.0 - smooth) + 0.5 * smooth
+    t = np.log1p(np.exp(-np.abs(xf)))
+    with np.errstate(invalid="ignore", over="ignore"):
+        pos_coef = p * ys
+        neg_coef = 1.0 - ys
+        pos_term = np.where(pos_coef != 0.0, pos_coef * (np.maximum(-xf, 0.0) + t), 0.0)
+        neg_term = np.where(neg_coef != 0.0, neg_coef * (np.maximum(xf, 0.0) + t), 0.0)
+        loss = np.where(w != 0.0, w * (pos_term + neg_term), 0.0)
+    loss = np.where(skip, np.nan, loss)
+    keep = ~skip
+    stats = np.zeros((N_STATS, xf.shape[1]))
+    stats[LOSS] = np.where(keep, loss, 0.0).sum(axis=(0, 2))
+    stats[COUNT] = keep.sum(axis=(0, 2))
+    stats[POS] = np.where(keep, yf, 0.0).sum(axis=(0, 2))
+    stats[NEG] = np.where(keep, 1.0 - yf, 0.0).sum(axis=(0, 2))
+    stats[CORRECT] = (keep & ((xf > 0.0) == (yf >= 0.5))).sum(axis=(0, 2))
+    if ob is not None:
+        with np.errstate(over="ignore"):
+            np.copyto(ob, loss, casting="unsafe")
+    return stats

@@ -1,0 +1,89 @@
+"""Which tier runs a call: small and first runs never wait for numba."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bce_cli import _tiers
+from bce_cli._forms import Form
+
+FORM = Form("planes", 0, 32)
+
+
+@pytest.fixture(autouse=True)
+def auto(monkeypatch):
+    monkeypatch.delenv(_tiers.TIER_ENV, raising=False)
+    _tiers.set_tier(None)
+    yield
+    _tiers.set_tier(None)
+
+
+def test_small_inputs_take_numpy():
+    assert _tiers.choose(_tiers.SMALL, FORM) == "numpy"
+
+
+def test_uncached_form_is_compiled_only_for_jobs_that_repay_it(monkeypatch):
+    monkeypatch.setattr(_tiers, "is_cached", lambda name: False)
+    monkeypatch.setitem(sys.modules, "bce_cli.kernels", None)  # numba not started
+    assert _tiers.choose(2 * 10**7, FORM) == "numpy"
+    assert _tiers.choose(2 * 10**7, FORM, job_elements=10**8) == "numpy"
+    assert _tiers.choose(2 * 10**7, FORM, job_elements=10**11) == "compiled"
+
+
+def test_cached_form_pays_sooner(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bce_cli.kernels", None)
+    monkeypatch.setattr(_tiers, "is_cached", lambda name: False)
+    sizes = [int(n) for n in np.geomspace(1e6, 1e12, 120)]
+    uncached = next(n for n in sizes if _tiers.choose(n, FORM) == "compiled")
+    monkeypatch.setattr(_tiers, "is_cached", lambda name: True)
+    cached = next(n for n in sizes if _tiers.choose(n, FORM) == "compiled")
+    assert cached < uncached / 2
+
+
+def test_form_compiled_in_this_process_is_used():
+    from bce_cli import bce_with_logits, kernels
+
+    x = np.linspace(-3, 3, 100_000)
+    _tiers.set_tier("compiled")
+    bce_with_logits(x, (x > 0).astype(np.float64))
+    _tiers.set_tier(None)
+    form = Form("planes", 0, 64)
+    assert kernels.is_compiled(form)
+    assert _tiers.choose(100_000, form) == "compiled"
+
+
+def test_environment_forces_a_tier(monkeypatch):
+    monkeypatch.setenv(_tiers.TIER_ENV, "compiled")
+    assert _tiers.choose(10, FORM) == "compiled"
+    monkeypatch.setenv(_tiers.TIER_ENV, "numpy")
+    assert _tiers.choose(10**12, FORM) == "numpy"
+    monkeypatch.setenv(_tiers.TIER_ENV, "fastest")
+    with pytest.raises(ValueError, match="BCE_TIER must be one of"):
+        _tiers.choose(10, FORM)
+
+
+def test_first_run_of_bce_eval_does_not_start_numba(tmp_path):
+    """A fresh process on 2e6 elements with an empty cache: no compile, no numba import."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((100_000, 20)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", x > 0.5)
+    code = ("import sys; from bce_cli.cli import main; sys.argv = ['bce', 'eval', "
+            f"{str(tmp_path / 'x.npy')!r}, {str(tmp_path / 'y.npy')!r}, '--format', 'json']\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('numba' in sys.modules, file=sys.stderr)")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop(_tiers.TIER_ENV, None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    assert out.stderr.split()[-1:] == ["False"], out.stderr
+    assert '"loss"' in out.stdout
+    assert not (tmp_path / "cache").exists()
+
+
+def test_threads_must_be_positive():
+    with pytest.raises(ValueError, match="at least 1"):
+        _tiers.set_threads(0)
