@@ -139,7 +139,8 @@ def _compiled_stats(form, x, y, canon, wvec, pvec, wf, pf, smooth, ignore, mode,
     empty = np.zeros(0, dtype=np.float64)
     partials, n_bad = kernels.run(
         form, geom, n_tasks, x.reshape(-1), y.reshape(-1), wvec, pvec,
-        empty if wf is None else wf.reshape(-1), empty if pf is None else pf.reshape(-1),
+        empty if wf is None else wf.reshape(-1).astype(np.float64, copy=False),
+        empty if pf is None else pf.reshape(-1).astype(np.float64, copy=False),
         smooth, 0.0 if ignore is None else ignore, ignore is not None, mode,
         out.reshape(-1) if out is not None else np.zeros(0, dtype=x.dtype), write != OUT_NONE,
         part_shape, parallel=False, pool=_tiers.pool() if _tiers.threads() > 1 else None)

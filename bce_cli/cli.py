@@ -337,5 +337,37 @@ def suggest_pos_weight_command(
             sys.stdout.flush()
 
 
+@app.command("warmup", epilog="""[bold]Examples[/]
+
+  bce warmup                                   # into the package's __pycache__
+
+  NUMBA_CACHE_DIR=/opt/bce-cache bce warmup    # a directory a CI cache step keeps
+""")
+def warmup_command(debug: DebugOpt = False):
+    """Compile every kernel form into the cache, so that large inputs can take the
+    compiled kernels without waiting for a compiler (a Docker image layer, a CI
+    cache step).  Small and mid-size inputs never need it."""
+    with _guard(debug):
+        import time
+
+        from . import kernels
+
+        err = _stderr()
+        start = time.perf_counter()
+        times = {}
+
+        def report(form, seconds):
+            times[form.name] = seconds
+            err.print(f"  {form.name:<24} {seconds:5.2f} s")
+
+        forms = kernels.warmup(report)
+        slowest = max(times, key=times.get)
+        where = sorted({kernels.cache_path(f) or "nowhere (no writable cache directory: set "
+                        "NUMBA_CACHE_DIR)" for f in forms})
+        typer.echo(f"bce warmup: {len(forms)} kernel forms ready in "
+                   f"{time.perf_counter() - start:.1f} s (slowest {slowest}, "
+                   f"{times[slowest]:.2f} s), cached in {', '.join(where)}")
+
+
 def main() -> None:
     app()

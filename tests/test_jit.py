@@ -72,7 +72,7 @@ CHILD = textwrap.dedent("""
     from bce_cli import bce_with_logits
     x = np.linspace(-4, 4, 200_000, dtype=np.float32)
     loss = bce_with_logits(x, (x > 0.5).astype(np.float32))
-    fn = kernels.entry(kernels.Form("planes", 0, 32), parallel=False)
+    fn = kernels.entry(kernels.Form("planes", 0, 32))
     print(json.dumps({"loss": loss, "hits": sum(fn.stats.cache_hits.values()),
                       "misses": sum(fn.stats.cache_misses.values())}))
 """)
@@ -91,7 +91,7 @@ def test_cache_is_written_then_used_read_only(tmp_path):
     """A cache restored read-only (CI cache, Docker layer) is used, not recompiled."""
     first = _child("write", tmp_path)
     assert first["misses"] == 1 and first["hits"] == 0
-    name = _cache_dirs.index_name("planes_unit_f32_serial")
+    name = _cache_dirs.index_name("planes_unit_f32")
     index = tmp_path / "bce_cli" / name
     assert index.exists()
     before = sorted((p.name, p.stat().st_mtime_ns) for p in index.parent.iterdir())
@@ -116,3 +116,26 @@ def test_cache_stamp_covers_every_kernel_source(monkeypatch, tmp_path):
     stamp = _jit._source_stamp()
     (tmp_path / "_fastmath.py").write_text("edited")
     assert _jit._source_stamp() != stamp
+
+
+def test_warmup_fills_the_cache_for_the_forms_it_names(tmp_path, monkeypatch):
+    """``bce warmup`` compiles each form into the cache; the tier model then sees it."""
+    from typer.testing import CliRunner
+
+    from bce_cli import _forms, kernels
+    from bce_cli.cli import app
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    forms = [Form("planes", 3, 64), Form("rows", 1, 64)]  # ps, weighted
+    monkeypatch.setattr(_forms, "all_forms", lambda: forms)
+    for form in forms:  # built afresh, so that they pick the new cache directory
+        monkeypatch.delitem(kernels._ENTRIES, (form, False), raising=False)
+    indexes = [tmp_path / "bce_cli" / _cache_dirs.index_name(f.name) for f in forms]
+    assert not any(i.exists() for i in indexes)
+    result = CliRunner().invoke(app, ["warmup"])
+    assert result.exit_code == 0, result.output
+    assert "2 kernel forms ready" in result.output and str(tmp_path) in result.output
+    assert all(i.exists() for i in indexes)
+    assert all(_cache_dirs.is_cached(f.name) for f in forms)
+    for form in forms:
+        monkeypatch.delitem(kernels._ENTRIES, (form, False))
