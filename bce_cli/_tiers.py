@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 from ._cache_dirs import is_cached
 
@@ -42,7 +41,7 @@ NUMPY_RATE = 120e6
 COMPILED_RATE = 800e6
 
 _threads: int | None = None
-_pool: ThreadPoolExecutor | None = None
+_pool = None  # a concurrent.futures.ThreadPoolExecutor
 _pool_size = 0
 _forced: str | None = None  # tests: set_tier()
 
@@ -64,8 +63,10 @@ def threads() -> int:
     return int(env) if env.isdigit() and int(env) > 0 else (os.cpu_count() or 1)
 
 
-def pool() -> ThreadPoolExecutor:
-    """The shared worker threads of the NumPy tier (NumPy releases the GIL in its loops)."""
+def pool():
+    """The shared worker threads of both tiers (NumPy and the kernels release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     global _pool, _pool_size
     n = threads()
     if _pool is None or _pool_size != n:

@@ -70,6 +70,9 @@ class BCEAccumulator:
         self.nan_policy = nan_policy
         self.state = np.zeros((S.N_STATS, self.n_classes), dtype=np.float64)
         self.n_rows = 0
+        # Elements the whole stream will hold, when known: the choice between the
+        # NumPy and compiled tiers is made for the job, not for each batch.
+        self.job_elements: int | None = None
 
     def _per_class(self, v, name):
         if v is None:
@@ -131,7 +134,7 @@ class BCEAccumulator:
         stats, out = class_stats(x, y, class_axis=1, wvec=wvec, pvec=self.pos_weight,
                                  wfull=wfull, ignore=self.ignore_value,
                                  smooth=self.label_smoothing, nan_policy=self.nan_policy,
-                                 want_out=return_losses)
+                                 want_out=return_losses, job_elements=self.job_elements)
         self.state += stats
         self.n_rows += x.shape[0]
         return out.reshape(np.shape(logits)) if return_losses else self

@@ -557,6 +557,14 @@ class TableFeed:
         if not self.segments or self.segments[-1][1] != file:
             self.segments.append((global_row, file, row0))
 
+    @property
+    def n_rows(self):
+        return self.source.n_rows
+
+    @property
+    def source_name(self):
+        return self.source.display
+
     def locate(self, row):
         """(file, row_in_file) of a global row already read."""
         best = (0, self.source.file_names[0], 0)

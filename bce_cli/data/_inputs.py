@@ -3,22 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
+from bce_cli._lazy import lazy
 from bce_cli.errors import BCEInputError
 
-from . import _select
-from ._arrow import (
-    MemorySource,
-    RoleSel,
-    TableFeed,
-    column_kind,
-    first_list_length,
-    is_list,
-    np_dtype,
-    open_table_source,
-)
 from ._numpy import (
     LOGIT_NAMES,
     TARGET_NAMES,
@@ -31,6 +19,12 @@ from ._numpy import (
 from ._paths import resolve
 from ._spec import Batch, InputSpec
 from ._weights import parse_weight
+
+# Tables only: an array input never imports pyarrow.
+pa = lazy("pyarrow")
+pc = lazy("pyarrow.compute")
+_arrow = lazy("bce_cli.data._arrow")
+_select = lazy("bce_cli.data._select")
 
 _ARRAY_FORMATS = ("npy", "npz")
 
@@ -85,20 +79,10 @@ class _ArrayFeed:
             yield out
 
 
-class _TableFeedN(TableFeed):
-    @property
-    def n_rows(self):
-        return self.source.n_rows
-
-    @property
-    def source_name(self):
-        return self.source.display
-
-
 def _check_numeric(schema, cols, file, role):
     for c in cols:
         t = schema.field(c).type
-        if column_kind(t) is None:
+        if _arrow.column_kind(t) is None:
             raise BCEInputError(
                 f"column of type {t} is not numeric, bool or a list of numbers; it cannot hold "
                 f"{role}",
@@ -107,12 +91,12 @@ def _check_numeric(schema, cols, file, role):
             )
 
 
-def _table_sel(source, cols, role, file) -> RoleSel:
+def _table_sel(source, cols, role, file):
     schema = source.schema
     _check_numeric(schema, cols, file, role)
-    lists = [c for c in cols if is_list(schema.field(c).type)]
+    lists = [c for c in cols if _arrow.is_list(schema.field(c).type)]
     types = [schema.field(c).type for c in cols]
-    dtype = np.result_type(*[np_dtype(t) for t in types])
+    dtype = np.result_type(*[_arrow.np_dtype(t) for t in types])
     if role != "targets" and dtype.kind in "biu":
         dtype = np.dtype(np.float64)
     if lists:
@@ -126,12 +110,12 @@ def _table_sel(source, cols, role, file) -> RoleSel:
         if hasattr(t, "list_size"):
             k = t.list_size
         else:
-            k = first_list_length(source, cols[0], cols[0])
-        return RoleSel("list", cols, dtype, k=k)
-    return RoleSel("wide", cols, dtype)
+            k = _arrow.first_list_length(source, cols[0], cols[0])
+        return _arrow.RoleSel("list", cols, dtype, k=k)
+    return _arrow.RoleSel("wide", cols, dtype)
 
 
-def _table_role(feed, key, sel: RoleSel, file):
+def _table_role(feed, key, sel, file):
     if sel.kind == "list":
         col = sel.shown[0]
         names = [f"{col}[{i}]" for i in range(sel.k)]
@@ -329,7 +313,7 @@ class Inputs:
 def _open(res, spec):
     if res.fmt in _ARRAY_FORMATS:
         return res
-    return open_table_source(res, keep_types=(spec.on,) if spec.on else ())
+    return _arrow.open_table_source(res, keep_types=(spec.on,) if spec.on else ())
 
 
 def open_inputs(spec: InputSpec, *, stdin=None) -> Inputs:
@@ -480,7 +464,7 @@ def _one_file(spec, res, src, exclude, wcol, feeds, closers):
     if wcol is not None and _has_column(src, wcol):
         wrole_sel = _weight_sel(src, wcol, file, max(lsel0.n_classes, 1))
         roles["weight"] = wrole_sel[0]
-    feed = _TableFeedN(src, roles, br, pol, order)
+    feed = _arrow.TableFeed(src, roles, br, pol, order)
     feeds.append(feed)
     wrole = None
     if wrole_sel is not None:
@@ -506,7 +490,7 @@ def _weight_sel(src, wsel, file, C):
     cols = _select.explicit(wsel, names, file, "weight")
     sel = _table_sel(src, cols, "weight", file)
     if sel.kind == "wide" and len(cols) == 1:
-        return RoleSel("row", cols, sel.dtype), "row"
+        return _arrow.RoleSel("row", cols, sel.dtype), "row"
     if sel.n_classes != C:
         raise BCEInputError(
             f"weight selection {cols} gives {sel.n_classes} values per row for {C} classes",
@@ -564,7 +548,7 @@ def _side(spec, res, src, role, explicit, exclude, feeds, closers, wcol):
         wsel, mode = _weight_sel(src, wcol, file, sel.n_classes)
         roles["weight"] = wsel
         wrole = ("pending", mode)
-    feed = _TableFeedN(src, roles, br, pol, order)
+    feed = _arrow.TableFeed(src, roles, br, pol, order)
     feeds.append(feed)
     if wrole is not None:
         wrole = (_Role(feed, "weight", file, lambda i: wcol, "wide", 1), wrole[1])
@@ -591,8 +575,8 @@ def _two_files(spec, res_p, src_p, res_l, src_l, exclude, wcol, feeds, closers):
         if (
             lcols
             and tcols
-            and not any(is_list(src_p.schema.field(c).type) for c in lcols)
-            and not any(is_list(src_l.schema.field(c).type) for c in tcols)
+            and not any(_arrow.is_list(src_p.schema.field(c).type) for c in lcols)
+            and not any(_arrow.is_list(src_l.schema.field(c).type) for c in tcols)
         ):
             lcols, tcols, dropped = _select.common_subset(lcols, tcols, not lexp, not texp)
             if dropped:
@@ -701,7 +685,7 @@ def _join(spec, res_p, src_p, res_l, src_l, exclude, wcol):
         for t, res in ((tp, res_p), (tl, res_l)):
             for name in t.column_names:
                 col = t.column(name)
-                if name != on and col.null_count and column_kind(col.type):
+                if name != on and col.null_count and _arrow.column_kind(col.type):
                     row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
                     raise BCEInputError(
                         "missing value (null)",
@@ -712,8 +696,8 @@ def _join(spec, res_p, src_p, res_l, src_l, exclude, wcol):
                     )
     tl = tl.take(idx)
     return (
-        MemorySource(res_p, tp, res_p.display + " (joined)"),
-        MemorySource(res_l, tl, res_l.display + f" (joined on {on})"),
+        _arrow.MemorySource(res_p, tp, res_p.display + " (joined)"),
+        _arrow.MemorySource(res_l, tl, res_l.display + f" (joined on {on})"),
     )
 
 
@@ -839,7 +823,7 @@ def open_targets(
             feed = _ArrayFeed({"targets": view}, br, order)
             role = _array_role(feed, "targets", view)
         else:
-            src = open_table_source(res)
+            src = _arrow.open_table_source(res)
             file = res.display
             names = list(src.schema.names)
             if targets:
@@ -854,7 +838,7 @@ def open_targets(
                         hint="choose with --targets COLS",
                     )
             sel = _table_sel(src, cols, "targets", file)
-            feed = _TableFeedN(src, {"targets": sel}, br, spec.nan_policy, order)
+            feed = _arrow.TableFeed(src, {"targets": sel}, br, spec.nan_policy, order)
             role = _table_role(feed, "targets", sel, file)
         feeds.append(feed)
         if feed.n_rows == 0:

@@ -255,16 +255,29 @@ class ArrayView:
         return f"{self.h.name}[class {i} on axis {self.cdim}]"
 
     def blocks(self, batch_rows, order):
+        """Batches ``(n, C)`` or ``(n, C, S)``: views of the file's own memory where its
+        dtype and layout allow (a C-ordered ``.npy`` is read without a copy; the
+        engine takes either memory order), else copies in ``order``."""
         for blk in self.h.blocks(batch_rows):
             n = blk.shape[0]
+            same = blk.dtype == self.dtype
             if self.cdim is None:
+                if same:
+                    yield blk.reshape(n, 1)
+                    continue
                 out = np.empty((n, 1), dtype=self.dtype, order=order)
                 out[:, 0] = blk
             elif self.S is None:
+                if same and (blk.flags.c_contiguous or blk.flags.f_contiguous):
+                    yield blk
+                    continue
                 out = np.empty((n, self.C), dtype=self.dtype, order=order)
                 out[...] = blk
             else:
                 moved = np.moveaxis(blk, self.cdim, 1)
+                if same and self.cdim == 1 and blk.flags.c_contiguous:
+                    yield blk.reshape(n, self.C, self.S)
+                    continue
                 out = np.empty((n, self.C, self.S), dtype=self.dtype)
                 out.reshape(moved.shape)[...] = moved
             yield out

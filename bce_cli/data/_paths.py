@@ -17,10 +17,11 @@ import os
 import sys
 from dataclasses import dataclass
 
-import pyarrow as pa
-import pyarrow.fs as pafs
-
+from bce_cli._lazy import lazy
 from bce_cli.errors import BCEInputError
+
+pa = lazy("pyarrow")  # local files are found and sniffed without pyarrow
+pafs = lazy("pyarrow.fs")
 
 EXTENSIONS = {
     ".parquet": "parquet",
