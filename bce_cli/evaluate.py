@@ -63,6 +63,7 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
              | None = None) -> dict:
     """Run one evaluation and return the report (a JSON-ready dict)."""
     from .data import open_inputs, parse_pos_weight
+    from .data._readahead import read_ahead
 
     _tiers.set_threads(opts.threads)
     if opts.ignore_value is not None and math.isnan(opts.ignore_value):
@@ -89,7 +90,7 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
         writer = LossWriter.for_path(opts.output, inp) if opts.output else None
         lo, hi = math.inf, -math.inf
         try:
-            for batch in inp.batches():
+            for batch in read_ahead(inp.batches()):
                 x = batch.logits
                 try:
                     if opts.from_probs:
