@@ -22,6 +22,7 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench_e2e.py --data .bench-data
 
 # The main job on the bundled sample data: class counts and pos_weight, then the evaluation.
 demo: install

@@ -1,0 +1,213 @@
+"""The user's whole job, from a cold start: ``bce eval`` against the scripts it replaces.
+
+    make bench                      # runs this after bench.py
+    python benchmarks/bench_e2e.py [--data DIR] [--repeat 3] [--max-elements 1e8] [--skip-warmup]
+
+Every figure is the best wall time of ``--repeat`` fresh processes, side by side in
+one run on the same files:
+
+* bce eval with an empty kernel cache (a fresh CI machine), and again with the
+  cache that run left behind (warm), plus the compiled tier forced after
+  ``bce warmup`` (``BCE_TIER=compiled``);
+* the five-line PyTorch and NumPy scripts a user would write instead;
+* the bare cost: importing numpy, pyarrow, typer and rich and reading the inputs
+  (``np.load`` / ``pq.read_table``) in a fresh process;
+* fixed costs from 1e3 to ``--max-elements`` elements: warm ``bce eval`` / bare;
+* ``bce warmup``: compile time of every kernel form.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+PY = sys.executable
+BCE = str(Path(sys.executable).parent / "bce")
+
+TORCH_NPY = """
+import sys, numpy as np, torch, torch.nn.functional as F
+x = torch.from_numpy(np.load(sys.argv[1])); y = torch.from_numpy(np.load(sys.argv[2]))
+per_class = F.binary_cross_entropy_with_logits(x, y, reduction="none").mean(0)
+print(per_class.mean().item())
+"""
+NUMPY_NPY = """
+import sys, numpy as np
+x = np.load(sys.argv[1]); y = np.load(sys.argv[2])
+loss = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
+print(loss.mean(axis=0, dtype=np.float64).mean())
+"""
+TORCH_PQ = """
+import sys, numpy as np, torch, torch.nn.functional as F, pyarrow.parquet as pq
+tx = pq.read_table(sys.argv[1]); ty = pq.read_table(sys.argv[2])
+x = torch.from_numpy(np.column_stack([c.to_numpy() for c in tx.columns]))
+y = torch.from_numpy(np.column_stack([c.to_numpy(zero_copy_only=False)
+                                      for c in ty.columns]).astype(np.float32))
+print(F.binary_cross_entropy_with_logits(x, y, reduction="none").mean(0).mean().item())
+"""
+BARE_NPY = ("import sys, numpy, pyarrow, typer, rich; numpy.load(sys.argv[1]); "
+            "numpy.load(sys.argv[2])")
+BARE_PQ = ("import sys, numpy, pyarrow.parquet as pq, typer, rich; pq.read_table(sys.argv[1]); "
+           "pq.read_table(sys.argv[2])")
+
+
+def cpu() -> str:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = re.search(r"model name\s*:\s*(.*)", text)
+    flags = set(re.search(r"flags\s*:\s*(.*)", text).group(1).split()) if text else set()
+    width = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
+    return f"{model.group(1) if model else 'unknown CPU'}, {os.cpu_count()} cores, {width}"
+
+
+def run(cmd, env=None) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of one fresh process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(map(str, cmd))}\n{err}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def best(cmd, repeat, env=None, fresh_cache=None):
+    """Best wall time and its peak RSS; ``fresh_cache``: a new empty cache dir per run."""
+    results = []
+    for _ in range(repeat):
+        e = dict(env or os.environ)
+        if fresh_cache is not None:
+            e["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(dir=fresh_cache)
+        results.append(run(cmd, e))
+    return min(results)
+
+
+# Inputs are made in child processes: this process stays small, because a child
+# forked from it starts with its resident memory counted in its peak RSS.
+MAKE_NPY = """
+import sys, numpy as np
+rows, cols = int(sys.argv[3]), int(sys.argv[4])
+rng = np.random.default_rng(0)
+x = rng.standard_normal((rows, cols), dtype=np.float32) * 3
+np.save(sys.argv[1], x)
+np.save(sys.argv[2], (x + rng.standard_normal((rows, cols), dtype=np.float32) > 0)
+        .astype(np.float32))
+"""
+MAKE_PQ = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from bench_streaming import generate
+generate(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+"""
+
+
+def make_npy(d: Path, rows: int, cols: int, tag: str):
+    x_path, y_path = d / f"x_{tag}.npy", d / f"y_{tag}.npy"
+    if not x_path.exists():
+        subprocess.run([PY, "-c", MAKE_NPY, x_path, y_path, str(rows), str(cols)], check=True)
+    return str(x_path), str(y_path)
+
+
+def make_parquet(d: Path, rows: int, row_group: int):
+    subprocess.run([PY, "-c", MAKE_PQ, str(HERE), str(d), str(rows), str(row_group)], check=True)
+    return (str(d / f"preds_{rows}x25.parquet"), str(d / f"labels_{rows}x25.parquet"))
+
+
+def job_rows(title, inputs, repeat, tmp, scripts, bare):
+    env = dict(os.environ)
+    env.pop("BCE_TIER", None)
+    cache = tempfile.mkdtemp(dir=tmp)
+    cold = best([BCE, "eval", *inputs], repeat, env, fresh_cache=tmp)
+    warm_env = dict(env, NUMBA_CACHE_DIR=cache)
+    run([BCE, "eval", *inputs], warm_env)  # leaves its cache behind (if it made one)
+    warm = best([BCE, "eval", *inputs], repeat, warm_env)
+    rows = [("bce eval, empty cache (first run)", cold), ("bce eval, warm", warm)]
+    rows += [(name, best([PY, "-c", code, *inputs], repeat, env)) for name, code in scripts]
+    bare_t, bare_rss = best([PY, "-c", bare, *inputs], repeat, env)
+    rows.append(("bare: imports + read", (bare_t, bare_rss)))
+    print(f"\n{title}")
+    for name, (t, rss) in rows:
+        print(f"  {name:<40} {t:6.2f} s  {rss:7.0f} MB   {t / bare_t:5.2f}x bare")
+    print(f"  first run / warm: {cold[0] / warm[0]:.2f}")
+    return cold, warm
+
+
+def compiled_row(inputs, repeat, cache):
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache, BCE_TIER="compiled")
+    t, rss = best([BCE, "eval", *inputs], repeat, env)
+    print(f"  {'bce eval, BCE_TIER=compiled after warmup':<40} {t:6.2f} s  {rss:7.0f} MB")
+
+
+def fixed_costs(d: Path, repeat, max_elements):
+    print("\nfixed costs: warm bce eval / bare (imports numpy, pyarrow, typer, rich + np.load), "
+          "(n/10, 10) float32 .npy pairs")
+    n = 1000
+    while n <= max_elements:
+        x, y = make_npy(d, n // 10, 10, f"fixed{n}")
+        bce_t = best([BCE, "eval", x, y], repeat)[0]
+        bare_t = best([PY, "-c", BARE_NPY, x, y], repeat)[0]
+        print(f"  {n:>11,} elements: bce {bce_t:5.2f} s, bare {bare_t:5.2f} s, "
+              f"ratio {bce_t / bare_t:4.2f}")
+        n *= 10
+
+
+def warmup(cache) -> None:
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+    out = subprocess.run([BCE, "warmup"], env=env, capture_output=True, text=True, check=True)
+    times = [float(m.group(1)) for m in re.finditer(r"\s([\d.]+) s$", out.stderr, re.M)]
+    print(f"\nbce warmup, empty cache: {out.stdout.strip()}")
+    print(f"  per form (two argument types each): median {statistics.median(times):.2f} s, "
+          f"max {max(times):.2f} s (the first includes numba's start)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", help="directory for the generated inputs (kept between runs)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--max-elements", type=float, default=1e8)
+    ap.add_argument("--skip-warmup", action="store_true", help="skip bce warmup (90 s)")
+    args = ap.parse_args()
+    subprocess.run([PY, "-m", "compileall", "-q", str(HERE.parent / "bce_cli")], check=True)
+    data = Path(args.data or tempfile.mkdtemp(prefix="bce-e2e-"))
+    data.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {cpu()}; python {sys.version.split()[0]}; best of {args.repeat} fresh "
+          f"processes; data in {data}")
+    have_torch = subprocess.run([PY, "-c", "import torch"], capture_output=True).returncode == 0
+    if not have_torch:
+        print("note: torch is not installed; the PyTorch scripts are skipped")
+    with tempfile.TemporaryDirectory() as tmp:
+        npy = make_npy(data, 1_000_000, 20, "1Mx20")
+        scripts = ([("PyTorch script", TORCH_NPY)] if have_torch else []) + \
+            [("NumPy script", NUMPY_NPY)]
+        job_rows("bce eval x.npy y.npy, 1M x 20 float32", npy, args.repeat, tmp, scripts,
+                 BARE_NPY)
+        pq_in = make_parquet(data / "pq256k", 4_000_000, 256 * 1024)
+        scripts = [("PyTorch script", TORCH_PQ)] if have_torch else []
+        job_rows("bce eval preds.parquet labels.parquet, 4M x 25 float32 + bool, 256k-row groups",
+                 pq_in, args.repeat, tmp, scripts, BARE_PQ)
+        pq1m = make_parquet(data / "pq1m", 4_000_000, 1 << 20)
+        t, rss = best([BCE, "eval", *pq1m], args.repeat)
+        t8, rss8 = best([BCE, "eval", *pq_in, "--batch-rows", "8192"], args.repeat)
+        base, _ = best([BCE, "eval", *pq_in], args.repeat)
+        print(f"  1M-row groups: {t:.2f} s, {rss:.0f} MB peak; --batch-rows 8192 (256k groups): "
+              f"{t8:.2f} s = {t8 / base:.2f}x the default, {rss8:.0f} MB")
+        if not args.skip_warmup:
+            cache = tempfile.mkdtemp(dir=tmp)
+            warmup(cache)
+            print("\ncompiled tier, forced, cache filled by bce warmup")
+            compiled_row(npy, args.repeat, cache)
+            compiled_row(pq_in, args.repeat, cache)
+        fixed_costs(data, args.repeat, args.max_elements)
+
+
+if __name__ == "__main__":
+    main()
