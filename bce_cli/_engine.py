@@ -136,12 +136,10 @@ def _compiled_stats(form, x, y, canon, wvec, pvec, wf, pf, smooth, ignore, mode,
     else:
         geom, n_tasks = planes_geometry(a_count, c_count, b_count)
         part_shape = (N_STATS,)
-    empty = np.zeros(0, dtype=np.float64)
     partials, n_bad = kernels.run(
         form, geom, n_tasks, x.reshape(-1), y.reshape(-1), wvec, pvec,
-        empty if wf is None else wf.reshape(-1).astype(np.float64, copy=False),
-        empty if pf is None else pf.reshape(-1).astype(np.float64, copy=False),
-        smooth, 0.0 if ignore is None else ignore, ignore is not None, mode,
+        _factor_for(wf, x.dtype), _factor_for(pf, x.dtype), smooth,
+        0.0 if ignore is None else ignore, ignore is not None, mode,
         out.reshape(-1) if out is not None else np.zeros(0, dtype=x.dtype), write != OUT_NONE,
         part_shape, parallel=False, pool=_tiers.pool() if _tiers.threads() > 1 else None)
     if n_bad.any():
@@ -151,6 +149,15 @@ def _compiled_stats(form, x, y, canon, wvec, pvec, wf, pf, smooth, ignore, mode,
     n_ablocks = n_tasks // (c_count * geom[4])
     return np.ascontiguousarray(
         partials.reshape(n_ablocks, c_count, geom[4], N_STATS).sum(axis=(0, 2)).T)
+
+
+def _factor_for(f, dtype) -> np.ndarray:
+    """A per-element factor as the kernels take it: flat, in the logits' dtype when it
+    has it (no copy), else float64; empty (of the logits' dtype) when unused.  So
+    the common cases share the signatures that ``bce warmup`` compiles."""
+    if f is None:
+        return np.zeros(0, dtype=dtype)
+    return f.reshape(-1) if f.dtype == dtype else f.reshape(-1).astype(np.float64)
 
 
 def _vector(v, n: int) -> np.ndarray:

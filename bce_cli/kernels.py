@@ -390,8 +390,8 @@ def run(form: Form, geom, n_tasks: int, x, y, wvec, pvec, wf, pf, smooth, ignore
 
     The serial entry point runs runs of consecutive tasks on ``pool``'s threads
     (it releases the GIL; the partials do not depend on which thread ran a
-    task); ``parallel`` runs the ``prange`` entry point instead.  ``wf``/``pf``
-    are float64 (empty when unused)."""
+    task); ``parallel`` runs the ``prange`` entry point instead.  ``wf``/``pf``:
+    per-element factors (empty when unused)."""
     partials = np.zeros((n_tasks, *partials_shape), dtype=np.float64)
     n_bad = np.zeros(n_tasks, dtype=np.int64)
     fn = entry(form, parallel)
@@ -409,7 +409,8 @@ def run(form: Form, geom, n_tasks: int, x, y, wvec, pvec, wf, pf, smooth, ignore
 
 def warmup(report=lambda form, seconds: None) -> list[Form]:
     """Compile (or load) every form for the argument types ``bce_cli._engine`` passes:
-    float32 and float64 logits with bool targets or targets of the logits' type.
+    float32 and float64 logits with bool targets or targets of the logits' type,
+    weights of the logits' type.
     Returns the forms; ``report(form, seconds)`` after each."""
     import time
 
@@ -428,7 +429,7 @@ def warmup(report=lambda form, seconds: None) -> list[Form]:
                 (geom, n_tasks), c = planes_geometry(1, 1, 64), 1
                 part = (N_STATS,)
             full = form.loop in (WS, PS, WSPS, SMOOTH) or form.kernel == "rows"
-            weights = np.ones(64 if full else 0)
+            weights = np.ones(64 if full else 0, dtype=dtype)
             run(form, geom, n_tasks, x, y, np.ones(c), np.ones(c), weights, weights, 0.0, 0.0,
                 False, 0, np.zeros(64, dtype=dtype), True, part)
         report(form, time.perf_counter() - start)

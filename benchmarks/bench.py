@@ -2,10 +2,12 @@
 
     make bench                # or: python benchmarks/bench.py [--n 20000000] [--repeat 5]
 
-Prints elements/s (best of --repeat) for each case and the ratio to PyTorch
-CPU and to the NumPy expression a user would write, then the start-up costs:
-cold compile (empty numba cache), warm start, ``bce --help`` and a warm
-``bce eval`` on a tiny file against the bare imports.
+Prints elements/s (best of --repeat) for each case: bce's compiled kernels
+(the compiled tier, forced), the ratio to PyTorch CPU and to the NumPy
+expression a user would write, and bce's vectorised NumPy tier (what a fresh
+process runs until the compiled tier pays, see bce_cli/_tiers.py); then the
+start-up costs: the compiled tier cold (empty cache) and warm, ``bce --help``
+and a warm ``bce eval`` on a tiny file against the bare imports.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from bce_cli import BCEAccumulator, bce_with_logits
+from bce_cli import BCEAccumulator, _tiers, bce_with_logits
 
 try:
     import torch
@@ -43,6 +45,17 @@ def best(fns, repeat):
             fn()
             ts.append(time.perf_counter() - t0)
     return [min(ts) for ts in times]
+
+
+def tiered(tier, fn):
+    """``fn`` run on one tier (bce_cli._tiers): "compiled" kernels or vectorised "numpy"."""
+    def run():
+        _tiers.set_tier(tier)
+        try:
+            return fn()
+        finally:
+            _tiers.set_tier(None)
+    return run
 
 
 def numpy_loss(x, y, w=None, p=None, reduction="mean", axis=None):
@@ -94,7 +107,9 @@ def run_case(label, dtype, reduction, weights, shape, with_w, with_p, per_class,
     else:
         def ours():
             return bce_with_logits(x, y, weight=w, pos_weight=p, reduction=reduction)
-    fns = [ours, lambda: numpy_loss(x, y, w, p, reduction, axis=0 if per_class else None)]
+    fns = [tiered("compiled", ours),
+           lambda: numpy_loss(x, y, w, p, reduction, axis=0 if per_class else None),
+           tiered("numpy", ours)]
     if torch is not None:
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
         wt = None if w is None else torch.from_numpy(w)
@@ -102,12 +117,12 @@ def run_case(label, dtype, reduction, weights, shape, with_w, with_p, per_class,
         fns.append(lambda: torch_loss(xt, yt, wt, pt, reduction, per_class))
     if per_class:  # the same elements as one flat class, for the per-element comparison
         xf, yf, pf = x.reshape(-1), y.reshape(-1), p[:1]
-        fns.append(lambda: bce_with_logits(xf, yf, pos_weight=pf))
+        fns.append(tiered("compiled", lambda: bce_with_logits(xf, yf, pos_weight=pf)))
     times = best(fns, repeat)
     return {
         "case": label, "dtype": np.dtype(dtype).name, "reduction": reduction,
-        "weights": weights, "bce": n / times[0], "numpy": n / times[1],
-        "torch": n / times[2] if torch is not None else None,
+        "weights": weights, "bce": n / times[0], "numpy": n / times[1], "tier": n / times[2],
+        "torch": n / times[3] if torch is not None else None,
         "flat": n / times[-1] if per_class else None,
     }
 
@@ -130,18 +145,19 @@ def startup(tmp: Path) -> list[tuple[str, float]]:
         return min(ts)
 
     cache = tempfile.mkdtemp(dir=tmp)
-    # 1e5 elements: above the NumPy path's limit, so the numba kernel runs
+    # the compiled tier forced: what numba costs to start, compile and load one form
     small = ("import numpy as np; from bce_cli import bce_with_logits; "
              "x = np.zeros(100_000, np.float32); bce_with_logits(x, x)")
-    cold = timed([py, "-c", small], {"NUMBA_CACHE_DIR": cache}, repeat=1)
-    warm = timed([py, "-c", small], {"NUMBA_CACHE_DIR": cache})
+    forced = {"NUMBA_CACHE_DIR": cache, "BCE_TIER": "compiled"}
+    cold = timed([py, "-c", small], forced, repeat=1)
+    warm = timed([py, "-c", small], forced)
     imports = timed([py, "-c", "import numpy, numba, pyarrow, typer, rich"])
     help_t = timed([bce, "--help"])
     timed([bce, "eval", str(tmp / "x.npy"), str(tmp / "y.npy")], repeat=1)  # fill the cache
     eval_t = timed([bce, "eval", str(tmp / "x.npy"), str(tmp / "y.npy")])
     return [
-        ("kernel, cold: import + compile + run 1e5 float32, empty cache", cold),
-        ("kernel, warm: the same with numba's cache filled", warm),
+        ("compiled tier, cold: import + compile + run 1e5 float32", cold),
+        ("compiled tier, warm: the same with the form cached", warm),
         ("bare imports: numpy, numba, pyarrow, typer, rich", imports),
         ("bce --help", help_t),
         ("bce eval on a 100x3 .npy pair (warm)", eval_t),
@@ -174,7 +190,7 @@ def main() -> None:
     print(f"{args.n:,} elements per case, 30% positives, logits ~ N(0, 3); "
           f"M elements/s, best of {args.repeat}\n")
     head = ("case", "dtype", "reduction", "weights", "bce", "PyTorch", "NumPy", "vs PyTorch",
-            "vs NumPy")
+            "vs NumPy", "bce NumPy tier")
     rows = []
     results = []
     for case in cases(args.n, rng):
@@ -182,7 +198,7 @@ def main() -> None:
         results.append(r)
         rows.append((r["case"], r["dtype"], r["reduction"], r["weights"], fmt_rate(r["bce"]),
                      fmt_rate(r["torch"]), fmt_rate(r["numpy"]), fmt_ratio(r["bce"], r["torch"]),
-                     fmt_ratio(r["bce"], r["numpy"])))
+                     fmt_ratio(r["bce"], r["numpy"]), fmt_rate(r["tier"])))
     widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(len(head))]
 
     def line(row):
