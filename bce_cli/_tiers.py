@@ -11,11 +11,12 @@ Two tiers compute the same statistics with the same semantics:
 
 ``auto`` (the default) takes the compiled tier when it pays for the whole job:
 a form compiled in this process already; else when the time it saves over the
-job's elements exceeds what numba would cost to start, load or compile.  On
-the 2-core development machine that is above ~2e8 elements with the form
-cached and ~1e9 without, so a first run on a fresh machine never waits for a
-compiler, and ``bce warmup`` (which fills the cache) is what makes the
-compiled tier available to large jobs.  ``BCE_TIER=numpy`` or
+job's elements exceeds what numba would cost to start, load or compile.  With
+the constants below (measured by ``make bench`` on the 2-core development
+machine) that is above ~2.4e8 elements with the form cached and ~9e8
+without, so a first run on a fresh machine never waits for a compiler, and
+``bce warmup`` (which fills the cache) is what makes the compiled tier
+available to large jobs.  ``BCE_TIER=numpy`` or
 ``BCE_TIER=compiled`` forces a tier.
 """
 
@@ -30,15 +31,17 @@ TIERS = ("auto", "numpy", "compiled")
 TIER_ENV = "BCE_TIER"
 # At most this many elements always take the NumPy tier.
 SMALL = 1 << 16
-# The cost model, measured on the 2-core development machine (see README,
-# "Performance"): numba's start in a fresh process (import and CPU target),
-# loading one cached form, compiling one form (seconds); elements per second
-# per thread of each tier.
+# The cost model, measured by ``make bench`` on the 2-core development machine
+# (see README, "Performance"): numba's start in a fresh process (import and CPU
+# target: the compiled tier's warm start, 0.86 s, less Python and NumPy), loading
+# one cached form, compiling one form (the cold start less the warm one), in
+# seconds; elements per second per thread of each tier (2 threads: 230-300 M/s
+# vectorised, about 1,000 M/s compiled, float32).
 NUMBA_START_S = 0.7
 LOAD_S = 0.05
-COMPILE_S = 2.0
+COMPILE_S = 2.2
 NUMPY_RATE = 120e6
-COMPILED_RATE = 800e6
+COMPILED_RATE = 500e6
 
 _threads: int | None = None
 _pool = None  # a concurrent.futures.ThreadPoolExecutor
