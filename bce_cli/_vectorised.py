@@ -27,6 +27,8 @@ from .stats import CORRECT, COUNT, LOSS, N_STATS, NAN_ERROR, NAN_OMIT, NEG, POS
 BLOCK = 1 << 16
 # Below this many elements the blocks run on the calling thread.
 THREADED_MIN = 1 << 18
+# Elements per line when summing rows of few classes (see class_sums).
+LINE = 256
 
 _local = threading.local()
 
@@ -41,11 +43,23 @@ def _scratch(n: int):
 
 
 def class_sums(u) -> np.ndarray:
-    """Sums of float64 ``u`` of shape (A, C, B) over A and B.  ``einsum``: 2.2x
-    NumPy's axis reductions here, with no BLAS call (OpenBLAS called from two
-    threads at once ran slower than from one)."""
-    if u.shape[0] == 1:
-        return u.reshape(u.shape[1], u.shape[2]).sum(axis=1)  # contiguous runs: pairwise
+    """Sums of float64 ``u`` of shape (A, C, B) over A and B, in an order that depends on
+    the shape only.  Rows of few classes are summed as lines of ``k`` whole rows
+    (about 256 elements: vectorised adds across the line, folded into classes at
+    the end), 2-3x faster than NumPy's axis reduction over a short row; else
+    ``einsum`` (2.2x NumPy's axis reduction; BLAS called from two threads at
+    once ran slower than from one)."""
+    a_count, c_count, b_count = u.shape
+    if a_count == 1:
+        return u.reshape(c_count, b_count).sum(axis=1)  # contiguous runs: pairwise
+    if b_count == 1 and c_count < LINE:
+        k = LINE // c_count
+        full = a_count - a_count % k
+        sums = u[:full].reshape(full // k, k * c_count).sum(axis=0)
+        sums = sums.reshape(k, c_count).sum(axis=0)
+        if full < a_count:
+            sums += u[full:].reshape(a_count - full, c_count).sum(axis=0)
+        return sums
     return np.einsum("ijk->j", u)
 
 

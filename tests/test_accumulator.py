@@ -229,3 +229,17 @@ def test_batch_weight_broadcasts_like_numpy(rng, wshape):
 def test_batch_weight_that_does_not_broadcast():
     with pytest.raises(ValueError, match=r"weight of shape \(2,\) does not broadcast"):
         BCEAccumulator(3).update(np.zeros((4, 3)), np.zeros((4, 3)), np.ones(2))
+
+
+@pytest.mark.parametrize("shape", [(5000, 3, 1), (4099, 7, 1), (300, 200, 1), (1, 4, 9000),
+                                   (17, 5, 33)])
+def test_class_sums_of_the_numpy_tier(rng, shape):
+    """Per-class sums over rows and runs, against math.fsum (exactly rounded)."""
+    import math
+
+    from bce_cli._vectorised import class_sums
+
+    u = rng.standard_normal(shape) * 10
+    got = class_sums(u)
+    want = [math.fsum(u[:, c, :].ravel()) for c in range(shape[1])]
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-9)
