@@ -47,7 +47,7 @@ from ._forms import (
     WSPS,
     Form,
 )
-from ._jit import SUM_FLAGS, form_kernel, inline, inline_copy, scalar
+from ._jit import ELEMENT_FLAGS, SUM_FLAGS, form_kernel, inline, inline_copy, scalar
 from .stats import CORRECT, COUNT, LOSS, N_STATS, NAN_ERROR, NAN_OMIT, NEG, POS
 
 
@@ -183,43 +183,44 @@ def _planes_task_for(block_losses, direct):
     """
 
     def task(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out, write_out,
-             geom, k, partials, n_bad):
-        a_count, c_count, b_count, a_per_task, n_bblocks, b_step = geom
-        blk = k % n_bblocks
-        ac = k // n_bblocks
-        c = ac % c_count
-        ablk = ac // c_count
-        b_lo = blk * b_step
-        b_len = min(b_count, b_lo + b_step) - b_lo
-        general = has_ignore or nan_mode != NAN_ERROR
-        w = wvec[c]
-        p = pvec[c]
-        acc = partials[k]
-        lbuf = np.empty(0 if direct else BLOCK, dtype=np.float64)
-        bad_count = 0
-        for a in range(ablk * a_per_task, min(a_count, (ablk + 1) * a_per_task)):
-            lo = (a * c_count + c) * b_count + b_lo
-            hi = lo + b_len
-            if direct:
-                bad_count += block_losses(x[lo:hi], y[lo:hi], wf[lo:hi], pf[lo:hi], w, p,
-                                          smooth, out[lo:hi])
-                continue
-            for blo in range(lo, hi, BLOCK):
-                bhi = min(hi, blo + BLOCK)
-                buf = lbuf[: bhi - blo]
-                bad = block_losses(x[blo:bhi], y[blo:bhi], wf[blo:bhi], pf[blo:bhi], w, p,
-                                   smooth, buf)
-                s = block_sums(x[blo:bhi], y[blo:bhi], buf, general, ignore, has_ignore,
-                               nan_mode, out[blo:bhi] if write_out else out[0:0], write_out)
-                acc[LOSS] += s[0]
-                acc[COUNT] += s[1]
-                acc[POS] += s[2]
-                acc[NEG] += s[3]
-                acc[CORRECT] += s[4]
-                bad_count += s[5] + (0 if general else bad)
-        n_bad[k] = bad_count
+             geom, partials, n_bad, k0, k1):
+        for k in range(k0, k1):
+            a_count, c_count, b_count, a_per_task, n_bblocks, b_step = geom
+            blk = k % n_bblocks
+            ac = k // n_bblocks
+            c = ac % c_count
+            ablk = ac // c_count
+            b_lo = blk * b_step
+            b_len = min(b_count, b_lo + b_step) - b_lo
+            general = has_ignore or nan_mode != NAN_ERROR
+            w = wvec[c]
+            p = pvec[c]
+            acc = partials[k]
+            lbuf = np.empty(0 if direct else BLOCK, dtype=np.float64)
+            bad_count = 0
+            for a in range(ablk * a_per_task, min(a_count, (ablk + 1) * a_per_task)):
+                lo = (a * c_count + c) * b_count + b_lo
+                hi = lo + b_len
+                if direct:
+                    bad_count += block_losses(x[lo:hi], y[lo:hi], wf[lo:hi], pf[lo:hi], w, p,
+                                              smooth, out[lo:hi])
+                    continue
+                for blo in range(lo, hi, BLOCK):
+                    bhi = min(hi, blo + BLOCK)
+                    buf = lbuf[: bhi - blo]
+                    bad = block_losses(x[blo:bhi], y[blo:bhi], wf[blo:bhi], pf[blo:bhi], w, p,
+                                       smooth, buf)
+                    s = block_sums(x[blo:bhi], y[blo:bhi], buf, general, ignore, has_ignore,
+                                   nan_mode, out[blo:bhi] if write_out else out[0:0], write_out)
+                    acc[LOSS] += s[0]
+                    acc[COUNT] += s[1]
+                    acc[POS] += s[2]
+                    acc[NEG] += s[3]
+                    acc[CORRECT] += s[4]
+                    bad_count += s[5] + (0 if general else bad)
+            n_bad[k] = bad_count
 
-    return scalar(SUM_FLAGS)(task)
+    return task, SUM_FLAGS
 
 
 def _rows_task_for(softplus_core, loop):
@@ -237,110 +238,114 @@ def _rows_task_for(softplus_core, loop):
     unit = loop == ROWS_UNIT  # constant factors fold away
 
     def task(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out, write_out,
-             geom, k, partials, n_bad):
-        n_rows, c_count, width, rows = geom
-        lo_all = k * rows * c_count
-        hi_all = min(n_rows, (k + 1) * rows) * c_count
-        use_wf = wf.size > 0
-        use_pf = pf.size > 0
-        general = has_ignore or nan_mode != NAN_ERROR
-        keep = 1.0 - smooth
-        half = 0.5 * smooth
-        w_line = np.empty(width, dtype=np.float64)
-        p_line = np.empty(width, dtype=np.float64)
-        for j in range(width):
-            w_line[j] = wvec[j % c_count]
-            p_line[j] = pvec[j % c_count]
-        acc = np.zeros((N_STATS, width), dtype=np.float64)
-        a_loss = acc[LOSS]
-        a_count = acc[COUNT]
-        a_pos = acc[POS]
-        a_neg = acc[NEG]
-        a_cor = acc[CORRECT]
-        scratch = np.empty(width if general_loop else 0, dtype=out.dtype)
-        wbuf = np.empty(width if use_wf else 0, dtype=np.float64)
-        pbuf = np.empty(width if use_pf else 0, dtype=np.float64)
-        bad_count = 0
-        for lo in range(lo_all, hi_all, width):
-            m = min(hi_all, lo + width) - lo
-            xs = x[lo:lo + m]
-            ys = y[lo:lo + m]
-            ws = w_line
-            ps = p_line
-            if use_wf:
-                for j in range(m):
-                    wbuf[j] = w_line[j] * wf[lo + j]
-                ws = wbuf
-            if use_pf:
-                for j in range(m):
-                    pbuf[j] = p_line[j] * pf[lo + j]
-                ps = pbuf
-            if general_loop:
-                dst = out[lo:lo + m] if write_out else scratch
-                for j in range(m):
-                    xv = np.float64(xs[j])
-                    yv = np.float64(ys[j])
-                    skip, bad = element_flags(xv, yv, ignore, has_ignore, nan_mode)
-                    loss = element_loss(xv, yv * keep + half, ws[j], ps[j],
-                                        softplus_core(abs(xv)))
-                    one = 0.0 if skip else 1.0
-                    dst[j] = np.nan if skip else loss
-                    a_loss[j] += 0.0 if skip else loss
-                    a_count[j] += one
-                    a_pos[j] += 0.0 if skip else yv
-                    a_neg[j] += 0.0 if skip else 1.0 - yv
-                    a_cor[j] += one if (xv > 0.0) == (yv >= 0.5) else 0.0
-                    bad_count += bad
-            else:
-                dst = out[lo:lo + m] if write_loop else out[0:0]
-                for j in range(m):
-                    xv = np.float64(xs[j])
-                    yv = np.float64(ys[j])
-                    if unit:
-                        loss = element_loss(xv, yv * keep + half, 1.0, 1.0,
-                                            softplus_core(abs(xv)))
-                    else:
+             geom, partials, n_bad, k0, k1):
+        for k in range(k0, k1):
+            n_rows, c_count, width, rows = geom
+            lo_all = k * rows * c_count
+            hi_all = min(n_rows, (k + 1) * rows) * c_count
+            use_wf = wf.size > 0
+            use_pf = pf.size > 0
+            general = has_ignore or nan_mode != NAN_ERROR
+            keep = 1.0 - smooth
+            half = 0.5 * smooth
+            w_line = np.empty(width, dtype=np.float64)
+            p_line = np.empty(width, dtype=np.float64)
+            for j in range(width):
+                w_line[j] = wvec[j % c_count]
+                p_line[j] = pvec[j % c_count]
+            acc = np.zeros((N_STATS, width), dtype=np.float64)
+            a_loss = acc[LOSS]
+            a_count = acc[COUNT]
+            a_pos = acc[POS]
+            a_neg = acc[NEG]
+            a_cor = acc[CORRECT]
+            scratch = np.empty(width if general_loop else 0, dtype=out.dtype)
+            wbuf = np.empty(width if use_wf else 0, dtype=np.float64)
+            pbuf = np.empty(width if use_pf else 0, dtype=np.float64)
+            bad_count = 0
+            for lo in range(lo_all, hi_all, width):
+                m = min(hi_all, lo + width) - lo
+                xs = x[lo:lo + m]
+                ys = y[lo:lo + m]
+                ws = w_line
+                ps = p_line
+                if use_wf:
+                    for j in range(m):
+                        wbuf[j] = w_line[j] * wf[lo + j]
+                    ws = wbuf
+                if use_pf:
+                    for j in range(m):
+                        pbuf[j] = p_line[j] * pf[lo + j]
+                    ps = pbuf
+                if general_loop:
+                    dst = out[lo:lo + m] if write_out else scratch
+                    for j in range(m):
+                        xv = np.float64(xs[j])
+                        yv = np.float64(ys[j])
+                        skip, bad = element_flags(xv, yv, ignore, has_ignore, nan_mode)
                         loss = element_loss(xv, yv * keep + half, ws[j], ps[j],
                                             softplus_core(abs(xv)))
-                    if write_loop:
-                        dst[j] = loss
-                    a_loss[j] += loss
-                    a_pos[j] += yv
-                    a_cor[j] += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
-                    bad_count += invalid(xv, yv)
-        stats = partials[k]
-        for s in range(N_STATS):
-            for q in range(width // c_count):
+                        one = 0.0 if skip else 1.0
+                        dst[j] = np.nan if skip else loss
+                        a_loss[j] += 0.0 if skip else loss
+                        a_count[j] += one
+                        a_pos[j] += 0.0 if skip else yv
+                        a_neg[j] += 0.0 if skip else 1.0 - yv
+                        a_cor[j] += one if (xv > 0.0) == (yv >= 0.5) else 0.0
+                        bad_count += bad
+                else:
+                    dst = out[lo:lo + m] if write_loop else out[0:0]
+                    for j in range(m):
+                        xv = np.float64(xs[j])
+                        yv = np.float64(ys[j])
+                        if unit:
+                            loss = element_loss(xv, yv * keep + half, 1.0, 1.0,
+                                                softplus_core(abs(xv)))
+                        else:
+                            loss = element_loss(xv, yv * keep + half, ws[j], ps[j],
+                                                softplus_core(abs(xv)))
+                        if write_loop:
+                            dst[j] = loss
+                        a_loss[j] += loss
+                        a_pos[j] += yv
+                        a_cor[j] += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
+                        bad_count += invalid(xv, yv)
+            stats = partials[k]
+            for s in range(N_STATS):
+                for q in range(width // c_count):
+                    for c in range(c_count):
+                        stats[s, c] += acc[s, q * c_count + c]
+            if not general:  # every element counted: counts follow from the row count
                 for c in range(c_count):
-                    stats[s, c] += acc[s, q * c_count + c]
-        if not general:  # every element counted: counts follow from the row count
-            for c in range(c_count):
-                stats[COUNT, c] = (hi_all - lo_all) // c_count
-                stats[NEG, c] = stats[COUNT, c] - stats[POS, c]
-        n_bad[k] = bad_count
+                    stats[COUNT, c] = (hi_all - lo_all) // c_count
+                    stats[NEG, c] = stats[COUNT, c] - stats[POS, c]
+            n_bad[k] = bad_count
 
-    return scalar()(task)
+    return task, ELEMENT_FLAGS
 
 
-def _entry_for(task, form: Form, parallel: bool):
-    """The form's compiled entry point: ``task`` for tasks ``k0 <= k < k1``, under
-    ``prange`` (``parallel``) or in order (callers that bring their own threads)."""
+def _entry_for(form: Form, parallel: bool):
+    """The form's compiled entry point over tasks ``k0 <= k < k1``: the serial task
+    loop itself (callers that bring their own threads: bce's pool, a Dask
+    worker), or with ``parallel`` a ``prange`` over it.  The serial loop is
+    compiled as one function: LLVM optimises the vectorised loops it inlines
+    once, not again in a wrapper (0.3-0.4 s less per form)."""
+    core = _CORES[form.bits]
+    if form.kernel == "planes":
+        task, flags = _planes_task_for(_block_losses_for(core, form.loop), form.direct)
+    else:
+        task, flags = _rows_task_for(core, form.loop)
+    if not parallel:
+        return form_kernel(form.name, parallel=False, flags=flags)(task)
+    serial = scalar(flags)(task)
 
     def run_tasks(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out,
                   write_out, geom, partials, n_bad, k0, k1):
         for k in prange(k0, k1):
-            task(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out,
-                 write_out, geom, k, partials, n_bad)
+            serial(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out,
+                   write_out, geom, partials, n_bad, k, k + 1)
 
-    name = f"{form.name}_prange" if parallel else form.name
-    return form_kernel(name, parallel=parallel)(run_tasks)
-
-
-def _task_for(form: Form):
-    core = _CORES[form.bits]
-    if form.kernel == "planes":
-        return _planes_task_for(_block_losses_for(core, form.loop), form.direct)
-    return _rows_task_for(core, form.loop)
+    return form_kernel(f"{form.name}_prange", parallel=True)(run_tasks)
 
 
 _ENTRIES: dict = {}
@@ -352,7 +357,7 @@ def entry(form: Form, parallel: bool = False):
     key = (form, parallel)
     fn = _ENTRIES.get(key)
     if fn is None:
-        fn = _ENTRIES[key] = _entry_for(_task_for(form), form, parallel)
+        fn = _ENTRIES[key] = _entry_for(form, parallel)
     return fn
 
 
