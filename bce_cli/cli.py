@@ -62,9 +62,15 @@ class Method(str, Enum):
 
 
 def _stderr():
+    """A console for people (warnings, progress, errors), made when there is something
+    to say: a run that says nothing on stderr (``--format json``) never imports rich."""
     from rich.console import Console
 
     return Console(stderr=True, highlight=False)
+
+
+def _warn(message: str) -> None:
+    _stderr().print(f"[yellow]warning:[/] {message}")
 
 
 def _stdout():
@@ -240,7 +246,6 @@ def eval_command(
         from .evaluate import EvalOptions, evaluate
         from .report import eval_csv, eval_markdown, print_eval_table, to_json
 
-        err = _stderr()
         spec = InputSpec(preds=preds, labels=labels, logits=logits, targets=targets, on=on,
                          weight=weight, class_dim=class_dim, batch_rows=batch_rows,
                          nan_policy=nan_policy.value, from_probs=from_probs)
@@ -251,10 +256,9 @@ def eval_command(
                            max_increase=max_increase)
         check_writable(report)
         check_writable(output)
-        show = err.is_terminal if progress is None else progress
-        with _progress(err, show) as (advance, set_total):
-            result = evaluate(spec, opts, warn=lambda m: err.print(f"[yellow]warning:[/] {m}"),
-                              progress=advance, total=set_total)
+        show = sys.stderr.isatty() if progress is None else progress
+        with _progress(show) as (advance, set_total):
+            result = evaluate(spec, opts, warn=_warn, progress=advance, total=set_total)
         if report:
             try:
                 _write_atomic(report, to_json(result) + "\n")
@@ -271,11 +275,11 @@ def eval_command(
             sys.stdout.flush()
     if not result["passed"]:
         for f in result["failures"]:
-            err.print(f"[bold red]gate failed:[/] {_escape(f)}")
+            _stderr().print(f"[bold red]gate failed:[/] {_escape(f)}")
         raise typer.Exit(EXIT_GATE)
 
 
-def _progress(console, show: bool):
+def _progress(show: bool):
     from contextlib import contextmanager
 
     @contextmanager
@@ -286,7 +290,7 @@ def _progress(console, show: bool):
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         with Progress(TextColumn("reading"), BarColumn(), TextColumn("{task.completed} rows"),
-                      TimeRemainingColumn(), console=console, transient=True,
+                      TimeRemainingColumn(), console=_stderr(), transient=True,
                       redirect_stdout=False, redirect_stderr=False) as p:
             task = p.add_task("rows", total=None)
             yield (lambda n: p.advance(task, n), lambda t: p.update(task, total=t))
@@ -322,11 +326,10 @@ def suggest_pos_weight_command(
         from .evaluate import suggest
         from .report import pos_weight_csv, print_pos_weight_table, to_json
 
-        err = _stderr()
         check_writable(output)
         result = suggest(labels, targets=targets, method=method.value, beta=beta,
                          clip_max=clip_max, batch_rows=batch_rows, class_dim=class_dim,
-                         warn=lambda m: err.print(f"[yellow]warning:[/] {m}"))
+                         warn=_warn)
         if output:
             _write_atomic(output, to_json(result) + "\n")
         if fmt is PWFormat.table:

@@ -67,7 +67,7 @@ def test_environment_forces_a_tier(monkeypatch):
 
 def test_first_run_of_bce_eval_does_not_start_numba(tmp_path):
     """A fresh process on 2e6 elements with an empty cache: no compile, no numba import,
-    and no pyarrow for .npy inputs."""
+    no pyarrow for .npy inputs, no rich for a JSON report with nothing to warn about."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((100_000, 20)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
@@ -75,12 +75,14 @@ def test_first_run_of_bce_eval_does_not_start_numba(tmp_path):
     code = ("import sys; from bce_cli.cli import main; sys.argv = ['bce', 'eval', "
             f"{str(tmp_path / 'x.npy')!r}, {str(tmp_path / 'y.npy')!r}, '--format', 'json']\n"
             "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "print('numba' in sys.modules, 'pyarrow' in sys.modules, file=sys.stderr)")
+            "print('numba' in sys.modules, 'pyarrow' in sys.modules, 'rich' in sys.modules, "
+            "file=sys.stderr)")
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
     env.pop(_tiers.TIER_ENV, None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True)
-    assert out.stderr.split()[-2:] == ["False", "False"], out.stderr  # .npy: no pyarrow
+    # .npy: no pyarrow; JSON and nothing to warn about: no rich
+    assert out.stderr.split()[-3:] == ["False", "False", "False"], out.stderr
     assert '"loss"' in out.stdout
     assert not (tmp_path / "cache").exists()
 
