@@ -13,7 +13,7 @@ Two tiers compute the same statistics with the same semantics:
 a form compiled in this process already; else when the time it saves over the
 job's elements exceeds what numba would cost to start, load or compile.  With
 the constants below (measured by ``make bench`` on the 2-core development
-machine) that is above ~2.4e8 elements with the form cached and ~9e8
+machine) that is above ~2e8 elements with the form cached and ~7e8
 without, so a first run on a fresh machine never waits for a compiler, and
 ``bce warmup`` (which fills the cache) is what makes the compiled tier
 available to large jobs.  ``BCE_TIER=numpy`` or
@@ -33,14 +33,14 @@ TIER_ENV = "BCE_TIER"
 SMALL = 1 << 16
 # The cost model, measured by ``make bench`` on the 2-core development machine
 # (see README, "Performance"): numba's start in a fresh process (import and CPU
-# target: the compiled tier's warm start, 0.86 s, less Python and NumPy), loading
-# one cached form, compiling one form (the cold start less the warm one), in
-# seconds; elements per second per thread of each tier (2 threads: 230-300 M/s
+# target: the compiled tier's warm start, 0.69 s, less Python and NumPy), loading
+# one cached form, compiling one form (the cold start less the warm one, 1.47 s),
+# in seconds; elements per second per thread of each tier (2 threads: 210-290 M/s
 # vectorised, about 1,000 M/s compiled, float32).
-NUMBA_START_S = 0.7
+NUMBA_START_S = 0.55
 LOAD_S = 0.05
-COMPILE_S = 2.2
-NUMPY_RATE = 120e6
+COMPILE_S = 1.5
+NUMPY_RATE = 130e6
 COMPILED_RATE = 500e6
 
 _threads: int | None = None
