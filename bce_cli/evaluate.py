@@ -66,6 +66,11 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
     from .data._readahead import read_ahead
 
     _tiers.set_threads(opts.threads)
+    for flag, limit in (("--max-loss", opts.max_loss), ("--max-class-loss", opts.max_class_loss),
+                        ("--max-increase", opts.max_increase)):
+        if limit is not None and math.isnan(limit):
+            raise BCEInputError(f"{flag} is NaN: a gate needs a number (NaN would pass every "
+                                "loss)")
     if opts.ignore_value is not None and math.isnan(opts.ignore_value):
         raise BCEInputError("--ignore-value nan matches nothing; use --nan-policy omit to leave "
                             "NaN targets out")
@@ -206,6 +211,10 @@ def load_baseline(path: str) -> dict:
     if not isinstance(base, dict) or "loss" not in base:
         raise BCEInputError("not a bce JSON report (no 'loss' key)", file=path,
                             hint="write one with: bce eval ... --report PATH")
+    loss = base["loss"]
+    if isinstance(loss, float) and math.isnan(loss):  # json.load reads NaN literally
+        raise BCEInputError("the baseline's loss is NaN: nothing can be compared with it",
+                            file=path)
     return base
 
 

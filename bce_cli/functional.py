@@ -117,6 +117,8 @@ def bce_with_logits_grad(input, target, weight=None, size_average=None, reduce=N
 
     >>> bce_with_logits_grad(np.array([0.0]), np.array([1.0]))
     array([-0.5])
+    >>> bce_with_logits_grad(np.array(0.0), np.array(1.0))  # as PyTorch: a 0-d result
+    array(-0.5)
     """
     red = legacy_reduction(size_average, reduce, reduction)
     x, y = _check_pair(input, target)
@@ -135,7 +137,7 @@ def bce_with_logits_grad(input, target, weight=None, size_average=None, reduce=N
     if red == "mean":
         grad = grad / x.size
     out_dtype = x.dtype if x.dtype.kind == "f" else np.float64
-    return grad.astype(out_dtype)
+    return np.asarray(grad, dtype=out_dtype).reshape(x.shape)  # 0-d input: a 0-d array
 
 
 class BCEWithLogitsLoss:

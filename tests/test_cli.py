@@ -411,3 +411,24 @@ def test_csv_ends_with_the_overall_row(npy_pair, arrays):
 def test_ignore_value_nan_is_refused(npy_pair):
     res = invoke("eval", *npy_pair, "--ignore-value", "nan")
     assert res.exit_code == 2 and "--nan-policy omit" in res.stderr
+
+
+@pytest.mark.parametrize("gate", [["--max-loss", "nan"], ["--max-class-loss", "nan"],
+                                  ["--baseline", "BASE", "--max-increase", "nan"]])
+def test_nan_gate_thresholds_are_refused(npy_pair, tmp_path, gate):
+    """NaN compares false with every loss, so a NaN gate would pass anything."""
+    base = tmp_path / "base.json"
+    run_json(*npy_pair, "--report", base)
+    args = [str(base) if a == "BASE" else a for a in gate]
+    res = invoke("eval", *npy_pair, *args)
+    assert res.exit_code == 2, res.output
+    assert "is NaN" in res.stderr and "Traceback" not in res.output
+    assert len(res.stderr.strip().splitlines()) <= 2
+
+
+def test_baseline_with_nan_loss_is_an_input_error(npy_pair, tmp_path):
+    base = tmp_path / "base.json"
+    base.write_text('{"loss": NaN, "reduction": "mean", "classes": []}')
+    res = invoke("eval", *npy_pair, "--baseline", base, "--max-increase", "0.01")
+    assert res.exit_code == 2, res.output
+    assert "baseline's loss is NaN" in res.stderr

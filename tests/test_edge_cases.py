@@ -52,3 +52,14 @@ def test_single_element():
     assert bce_with_logits(np.float32(0.0), np.float32(1.0)) == pytest.approx(np.log(2), rel=1e-10)
     out = bce_with_logits(np.array(2.0), np.array(0.0), reduction="none")
     assert out.shape == () and float(out) == pytest.approx(float(ref.bce(2.0, 0.0)), rel=1e-15)
+
+
+def test_grad_of_a_0d_input_is_a_0d_array():
+    """PyTorch returns a 0-d tensor for a 0-d input; bce a 0-d ndarray of its dtype."""
+    from bce_cli import bce_with_logits_grad
+
+    for dtype in (np.float32, np.float64):
+        g = bce_with_logits_grad(np.array(0.3, dtype=dtype), np.array(1.0, dtype=dtype))
+        assert isinstance(g, np.ndarray) and g.shape == () and g.dtype == dtype
+        want = float(ref.grad(np.array([0.3]), np.array([1.0]))[0])
+        assert float(g) == pytest.approx(want, rel=1e-6)
