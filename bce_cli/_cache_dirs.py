@@ -7,6 +7,8 @@ loads anything.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -35,19 +37,33 @@ def index_name(form: str) -> str:
     return f"kernels.{form}.{tag}.nbi"
 
 
-def is_cached(form: str) -> bool:
-    """Whether a cache directory holds this form, saved after the last edit of a
-    kernel source.  (It may still have been compiled for another CPU; numba
-    then compiles it again.)"""
-    name = index_name(form)
+def stamp_name(form: str) -> str:
+    """A form's stamp file: the hash of the sources it was compiled from, written
+    beside numba's index once the form is saved (readable without numba)."""
+    return index_name(form)[: -len(".nbi")] + ".stamp"
+
+
+@functools.cache
+def source_stamp() -> str:
+    """A hash of every source that is compiled into the kernels."""
+    h = hashlib.sha256()
+    for name in KERNEL_SOURCES:
+        h.update(PACKAGE_DIR.joinpath(name).read_bytes())
+    return h.hexdigest()
+
+
+def holds(path: str, form: str) -> bool:
+    """Whether directory ``path`` holds ``form`` compiled from the current sources."""
     try:
-        newest = max(PACKAGE_DIR.joinpath(s).stat().st_mtime for s in KERNEL_SOURCES)
-    except OSError:
-        newest = 0.0
-    for path in cache_dirs():
-        try:
-            if os.stat(os.path.join(path, name)).st_mtime >= newest:
-                return True
-        except OSError:
-            continue
-    return False
+        with open(os.path.join(path, stamp_name(form)), encoding="ascii") as fh:
+            stamp = fh.read().strip()
+    except (OSError, ValueError):
+        return False
+    return stamp == source_stamp() and os.path.exists(os.path.join(path, index_name(form)))
+
+
+def is_cached(form: str) -> bool:
+    """Whether a cache directory holds this form compiled from the current sources.
+    (It may have been compiled for another CPU or argument types; numba then
+    compiles it again.)"""
+    return any(holds(path, form) for path in cache_dirs())

@@ -141,7 +141,8 @@ def _compiled_stats(form, x, y, canon, wvec, pvec, wf, pf, smooth, ignore, mode,
         _factor_for(wf, x.dtype), _factor_for(pf, x.dtype), smooth,
         0.0 if ignore is None else ignore, ignore is not None, mode,
         out.reshape(-1) if out is not None else np.zeros(0, dtype=x.dtype), write != OUT_NONE,
-        part_shape, parallel=False, pool=_tiers.pool() if _tiers.threads() > 1 else None)
+        part_shape, parallel=False, pool=_tiers.pool() if _tiers.threads() > 1 else None,
+        workers=_tiers.threads())
     if n_bad.any():
         return None
     if form.kernel == "rows":

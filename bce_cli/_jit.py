@@ -19,6 +19,7 @@ any of them, not only to ``kernels.py``, invalidates it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import warnings
@@ -26,7 +27,7 @@ import warnings
 import numba
 from numba.core import caching
 
-from ._cache_dirs import KERNEL_SOURCES, PACKAGE_DIR, cache_dirs, index_name
+from ._cache_dirs import cache_dirs, holds, index_name, source_stamp, stamp_name
 
 ELEMENT_FLAGS = frozenset({"nsz", "arcp", "contract"})
 SUM_FLAGS = ELEMENT_FLAGS | {"reassoc"}
@@ -74,13 +75,6 @@ def scalar(flags=ELEMENT_FLAGS, *, python: bool = False):
                  no_cpython_wrapper=not python, no_cfunc_wrapper=True)
 
 
-def _source_stamp() -> str:
-    h = hashlib.sha256()
-    for name in KERNEL_SOURCES:
-        h.update(PACKAGE_DIR.joinpath(name).read_bytes())
-    return h.hexdigest()
-
-
 class _Locator(caching._CacheLocator):
     """One directory of ``cache_dirs``; it may be read-only."""
 
@@ -98,19 +92,21 @@ class _Locator(caching._CacheLocator):
         return self._path
 
     def get_source_stamp(self):
-        return _source_stamp()
+        return source_stamp()
 
     def get_disambiguator(self):
         return ""
 
     @classmethod
     def for_form(cls, name, py_file):
-        """The first directory that holds this form's index (it may be read-only) or
-        can be written."""
+        """The first directory that holds this form compiled from the current sources
+        (it may be read-only) or can be written.  A read-only directory with a stale
+        entry is passed over, so that the form is saved where it can be."""
         for path in cache_dirs():
-            if os.path.exists(os.path.join(path, index_name(name))):
-                return cls(py_file, path, os.access(path, os.W_OK))
-            if os.path.isdir(path) and not os.access(path, os.W_OK):
+            writable = os.access(path, os.W_OK)
+            if holds(path, name):
+                return cls(py_file, path, writable)
+            if os.path.isdir(path) and not writable:
                 continue
             locator = cls(py_file, path, True)
             try:
@@ -140,10 +136,36 @@ class _FormCache(caching.FunctionCache):
         return sig, codegen.magic_tuple(), (code, self._py_func._bce_form)
 
     def save_overload(self, sig, data):
+        path = self._cache_path
         try:
-            super().save_overload(sig, data)
+            os.makedirs(path, exist_ok=True)
+            with _locked(path):  # numba's index update is read-modify-write
+                super().save_overload(sig, data)
+                stamp = os.path.join(path, stamp_name(self._py_func._bce_form))
+                tmp = f"{stamp}.{os.getpid()}.tmp"
+                with open(tmp, "w", encoding="ascii") as fh:
+                    fh.write(source_stamp())
+                os.replace(tmp, stamp)
         except OSError:  # read-only (a restored cache) or full: the kernel still runs
             pass
+
+
+@contextlib.contextmanager
+def _locked(path):
+    """An exclusive lock on ``path``'s ``.lock`` file: two processes saving forms into
+    one cache (parallel CI jobs after ``bce warmup``) would otherwise interleave
+    numba's index updates and leave an entry pointing at another signature's data."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(os.path.join(path, ".bce.lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def form_kernel(name: str, *, parallel: bool, flags=ELEMENT_FLAGS):

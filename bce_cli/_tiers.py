@@ -102,13 +102,16 @@ def choose(n_elements: int, form, job_elements: int | None = None) -> str:
     tier = requested()
     if tier != "auto":
         return tier
-    if n_elements <= SMALL:
-        return "numpy"
     kernels = sys.modules.get("bce_cli.kernels")
     if kernels is not None and kernels.is_compiled(form):
         return "compiled"
+    if n_elements <= SMALL:
+        return "numpy"
     started = kernels is not None and kernels.any_compiled()
     fixed = (0.0 if started else NUMBA_START_S) + (LOAD_S if is_cached(form.name) else COMPILE_S)
     work = max(n_elements, job_elements or 0)
-    saved = work / (NUMPY_RATE * threads()) - work / (COMPILED_RATE * threads())
+    # The machine's cores, not --threads: the tier (and so the last bits of a result)
+    # must not depend on the number of threads asked for.
+    cores = os.cpu_count() or 1
+    saved = work / (NUMPY_RATE * cores) - work / (COMPILED_RATE * cores)
     return "compiled" if saved > fixed else "numpy"

@@ -126,9 +126,10 @@ def _fast_block(xb, yb, w3, p3, unit, wf, pf, smooth, ob, want_stats):
 def _fast_losses(xb, yb, w3, p3, unit, wf, pf, smooth, ob, want_stats):
     """The loss as ``(1-y) * sp(x) + p*y * sp(-x)`` with ``sp(x) = t + m``,
     ``sp(-x) = t + (m - x)``, ``t = log1p(exp(-|x|))``, ``m = max(x, 0)``
-    (``m - x`` is exact).  Unweighted it is ``t + (m - y*x)``: for hard targets
-    ``y*x`` and ``m - y*x`` are exact, so each loss is rounded once, as in the
-    kernels; for soft targets the error stays below an ulp of |x|."""
+    (``m - x`` is exact).  Unweighted, with float32 or bool inputs, it is
+    ``t + (m - y*x)`` (3 passes fewer): ``y*x`` is exact in float64 then, so
+    ``m - y*x`` is rounded once.  Float64 soft targets take the full form: there
+    ``y*x`` rounds, and ``m - y*x`` would cancel (320 ulp at x=30, y=0.999)."""
     shape = xb.shape
     n = xb.size
     xf, yf, t, m, u, ys, m1, m2 = (buf[:n].reshape(shape) for buf in _scratch(n))
@@ -144,11 +145,12 @@ def _fast_losses(xb, yb, w3, p3, unit, wf, pf, smooth, ob, want_stats):
         ys += 0.5 * smooth
     else:
         ys = yf
-    if unit and pf is None:
+    if unit and pf is None and not smooth and xb.dtype.itemsize <= 4 and yb.dtype.itemsize <= 4:
+        # float32 (or bool) inputs: y*x is exact in float64, so m - y*x is rounded once
         np.multiply(ys, xf, out=u)
         np.subtract(m, u, out=u)
         u += t
-    else:  # (1-y) * (t + m) + p*y * (t + (m - x))
+    else:  # (1-y) * (t + m) + p*y * (t + (m - x)): no cancellation for soft targets
         np.subtract(m, xf, out=u)
         u += t
         u *= ys

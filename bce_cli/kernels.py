@@ -389,11 +389,12 @@ def _read_only(a: np.ndarray) -> np.ndarray:
 
 
 def run(form: Form, geom, n_tasks: int, x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore,
-        nan_mode, out, write_out, partials_shape, parallel: bool = False, pool=None):
+        nan_mode, out, write_out, partials_shape, parallel: bool = False, pool=None,
+        workers: int = 1):
     """Run ``form`` over flat arrays; returns ``(partials, n_bad)`` with ``partials`` of
     shape ``(n_tasks, *partials_shape)`` (summed in order by the caller).
 
-    The serial entry point runs runs of consecutive tasks on ``pool``'s threads
+    The serial entry point runs runs of consecutive tasks on ``pool``'s ``workers`` threads
     (it releases the GIL; the partials do not depend on which thread ran a
     task); ``parallel`` runs the ``prange`` entry point instead.  ``wf``/``pf``:
     per-element factors (empty when unused)."""
@@ -406,7 +407,7 @@ def run(form: Form, geom, n_tasks: int, x, y, wvec, pvec, wf, pf, smooth, ignore
     if pool is None or parallel:
         fn(*args, 0, n_tasks)
     else:
-        step = max(1, -(-n_tasks // (4 * pool._max_workers)))
+        step = max(1, -(-n_tasks // (4 * workers)))
         list(pool.map(lambda k0: fn(*args, k0, min(n_tasks, k0 + step)),
                       range(0, n_tasks, step)))
     return partials, n_bad

@@ -130,7 +130,9 @@ def test_merge_rejects_other_class_counts():
         BCEAccumulator(2).merge(BCEAccumulator(3))
 
 
-@pytest.mark.parametrize("shape", [(3 * CHUNK + 17,), (CHUNK // 3, 7), (5, 3, CHUNK + 5)])
+# large enough for the NumPy tier's threads too (more than 2**18 elements, several blocks)
+@pytest.mark.parametrize("shape", [(3 * CHUNK + 17,), (CHUNK // 3, 7), (5, 3, CHUNK + 5),
+                                   (9 * CHUNK + 3,), (60_001, 7)])
 def test_result_does_not_depend_on_thread_count(rng, shape):
     x = (rng.standard_normal(shape) * 3).astype(np.float32)
     y = (rng.random(shape) < 0.3).astype(np.float32)

@@ -93,3 +93,16 @@ def test_mean_of_20_million_within_1e9_of_exact_sum(rng):
     got = bce_with_logits(x, y)
     exact = math.fsum(ref.elementwise(x, y).astype(np.float64).tolist()) / n
     assert abs(got - exact) <= 1e-9 * exact
+
+
+def test_float64_soft_targets_are_exact_on_both_tiers(engine):
+    """Large logits with targets near 1: y*x rounds in float64, and x - y*x would
+    cancel (the NumPy tier once lost 320 ulp at x=30, y=0.999)."""
+    from bce_cli import bce_with_logits
+
+    rng = np.random.default_rng(7)
+    x = np.concatenate([[30.0, 1e8, -40.0], rng.uniform(-40, 40, 20_000)])
+    y = np.concatenate([[0.999, 1 - 1e-8, 1e-9], rng.uniform(0, 1, 20_000)])
+    got = bce_with_logits(x, y, reduction="none")
+    err = ref.ulp_error(got, ref.elementwise(x, y), np.float64)
+    assert err.max() <= 2.0, (engine, float(err.max()))

@@ -21,7 +21,9 @@ def auto(monkeypatch):
     _tiers.set_tier(None)
 
 
-def test_small_inputs_take_numpy():
+def test_small_inputs_take_numpy(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bce_cli.kernels", None)  # numba not started
+    monkeypatch.setattr(_tiers, "is_cached", lambda name: True)
     assert _tiers.choose(_tiers.SMALL, FORM) == "numpy"
 
 
@@ -90,3 +92,19 @@ def test_first_run_of_bce_eval_does_not_start_numba(tmp_path):
 def test_threads_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         _tiers.set_threads(0)
+
+
+def test_choice_does_not_depend_on_the_thread_count(monkeypatch):
+    """The tier decides the last bits of a result: --threads must not change it."""
+    monkeypatch.setitem(sys.modules, "bce_cli.kernels", None)
+    monkeypatch.setattr(_tiers, "is_cached", lambda name: True)
+    sizes = [int(n) for n in np.geomspace(1e5, 1e11, 60)]
+    try:
+        choices = []
+        for threads in (1, 2, 7):
+            _tiers.set_threads(threads)
+            choices.append([_tiers.choose(n, FORM) for n in sizes])
+    finally:
+        _tiers.set_threads(None)
+    assert choices[0] == choices[1] == choices[2]
+    assert "numpy" in choices[0] and "compiled" in choices[0]
