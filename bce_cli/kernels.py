@@ -6,12 +6,13 @@ inputs (flat, C-contiguous, native float32/float64 logits) and calls
 ``bce_cli._forms``.
 
 Every form is built from one loop body with its options frozen as constants
-(the factories below), as two compiled functions: a serial ``task`` that
-computes one task's partials, and its entry point, a ``prange`` over the
-tasks.  A form is compiled (or loaded from the cache) on its first use only,
-with no literal dispatch, so the first call of a form costs one small
-compile.  The serial task is also what a caller with threads of its own
-(a Dask worker) can run.
+(the factories below).  Its compiled entry point is the serial loop over a
+run of tasks ``k0 <= k < k1``, each writing its own float64 partials; bce
+runs runs of tasks on its thread pool (the entry point releases the GIL), and
+a caller with threads of its own (a Dask worker) can do the same.  A
+``prange`` entry point over the same loop exists for numba's own threads.  A
+form is compiled (or loaded from the cache) on its first use only, with no
+literal dispatch, so the first call of a form costs one small compile.
 
 Planes tasks work in blocks of ``BLOCK`` elements with two simple loops that
 LLVM vectorises:
