@@ -276,6 +276,8 @@ def suggest(labels: str, *, targets: str | None = None, method: str = "ratio",
             beta: float = 0.999, clip_max: float | None = None, batch_rows: int = 65536,
             class_dim: int = 1, warn: Callable[[str], None] = lambda msg: None) -> dict:
     """`bce suggest-pos-weight`: per-class pos_weight from streamed class counts."""
+    if clip_max is not None and not clip_max > 0:  # also NaN
+        raise BCEInputError(f"--clip-max must be a number > 0, got {clip_max}")
     from .data import open_targets
     from .functional import pos_weight_from_counts
 

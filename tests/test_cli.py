@@ -432,3 +432,21 @@ def test_baseline_with_nan_loss_is_an_input_error(npy_pair, tmp_path):
     res = invoke("eval", *npy_pair, "--baseline", base, "--max-increase", "0.01")
     assert res.exit_code == 2, res.output
     assert "baseline's loss is NaN" in res.stderr
+
+
+@pytest.mark.parametrize("option", [["--pos-weight", "-1"], ["--pos-weight", "1,inf,1"],
+                                    ["--pos-weight", "nan"], ["--weight", "-1"],
+                                    ["--weight", "1,-2,1"]])
+def test_negative_or_infinite_weights_are_refused(npy_pair, option):
+    """--weight -1 --max-loss 0 used to pass: every loss was negative."""
+    res = invoke("eval", *npy_pair, *option, "--max-loss", "0")
+    assert res.exit_code == 2, res.output
+    assert "must be finite and >= 0" in res.stderr
+    assert len(res.stderr.strip().splitlines()) <= 2
+
+
+@pytest.mark.parametrize("clip", ["-1", "0", "nan"])
+def test_clip_max_must_be_positive(npy_pair, clip):
+    res = invoke("suggest-pos-weight", npy_pair[1], "--clip-max", clip)
+    assert res.exit_code == 2, res.output
+    assert "--clip-max must be a number > 0" in res.stderr

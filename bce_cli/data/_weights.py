@@ -18,6 +18,22 @@ def _number(text):
         return None
 
 
+def checked_factors(values, flag, names=None, file=None) -> np.ndarray:
+    """``values`` as float64, refusing NaN, infinite and negative factors: PyTorch
+    accepts negative weights, but no evaluation means them, and one NaN or inf
+    would make the whole loss NaN or inf."""
+    arr = np.asarray(values, dtype=np.float64)
+    bad = ~np.isfinite(arr) | (arr < 0)
+    if bad.any():
+        i = int(np.argmax(bad.reshape(-1)))
+        where = "" if arr.size == 1 else (
+            f" for class {names[i]!r}" if names is not None and i < len(names) else
+            f" at position {i}")
+        raise BCEInputError(f"{flag} must be finite and >= 0; got "
+                            f"{float(arr.reshape(-1)[i])!r}{where}", file=file)
+    return arr
+
+
 @dataclass
 class WeightSpec:
     """kind: 'const' (value: float64 array (1,)), 'per_class' (float64 (C,) or None
@@ -43,7 +59,7 @@ def parse_weight(spec_str, class_names=None) -> WeightSpec | None:
         raise BCEInputError("empty --weight")
     v = _number(text)
     if v is not None:
-        return WeightSpec("const", np.array([v], dtype=np.float64), text)
+        return WeightSpec("const", checked_factors([v], "--weight"), text)
     if "," in text:
         parts = [p.strip() for p in text.split(",")]
         vals = [_number(p) for p in parts]
@@ -54,7 +70,8 @@ def parse_weight(spec_str, class_names=None) -> WeightSpec | None:
                     f"--weight gives {len(arr)} numbers for {len(class_names)} classes "
                     f"({', '.join(map(str, class_names))})"
                 )
-            return WeightSpec("per_class", arr, text)
+            return WeightSpec("per_class", checked_factors(arr, "--weight", class_names),
+                              text)
     if (
         text.lower().endswith(".npy")
         or (os.sep in text or text.startswith("."))
@@ -79,6 +96,15 @@ def _load_npy(path):
 
 
 def parse_pos_weight(spec_str, class_names) -> np.ndarray:
+    """``--pos-weight`` as float64, one finite value >= 0 per class (see
+    :func:`_parse_pos_weight`)."""
+    text = str(spec_str).strip()
+    file = text if os.path.exists(text) else None
+    return checked_factors(_parse_pos_weight(spec_str, class_names), "--pos-weight",
+                           [str(n) for n in class_names], file=file)
+
+
+def _parse_pos_weight(spec_str, class_names) -> np.ndarray:
     """``--pos-weight`` as a float64 array with one value per class.
 
     Accepts a number (all classes), ``C`` comma-separated numbers, a ``.npy`` file
