@@ -90,4 +90,3 @@ def test_one_dimensional_and_single_element(rng):
         x, y = _data(rng, np.float32, shape=shape)
         want = F.binary_cross_entropy_with_logits(_t(x), _t(y)).item()
         assert bce_with_logits(x, y) == pytest.approx(want, rel=2e-6)
-
