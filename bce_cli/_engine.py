@@ -115,13 +115,11 @@ def class_stats(x, y, *, class_axis: int | None, wvec=None, pvec=None, wfull=Non
     if _tiers.choose(x.size, form, job_elements) == "numpy":
         stats = _vectorised.class_stats(x.reshape(canon), y.reshape(canon), wvec, pvec, wf, pf,
                                         smooth, ignore, mode, out, want_stats)
-        if stats is None:
-            raise _first_invalid(x.reshape(shape), y.reshape(shape), class_axis, ignore, mode)
     else:
         stats = _compiled_stats(form, x, y, canon, wvec, pvec, wf, pf, smooth, ignore, mode,
                                 out, write)
-        if stats is None:
-            raise _first_invalid(x.reshape(shape), y.reshape(shape), class_axis, ignore, mode)
+    if stats is None:  # an invalid element: find the first one (slow path, only on error)
+        raise _first_invalid(x.reshape(shape), y.reshape(shape), class_axis, ignore, mode)
     return stats, (out.reshape(shape) if want_out else None)
 
 

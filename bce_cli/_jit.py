@@ -8,13 +8,13 @@ would silently delete compensation terms in element math, so it never goes
 there).
 
 Caching: each kernel form (``bce_cli._forms``) is compiled on first use and
-saved as ``kernels.<form>.pyXY.nbi`` (numba's index) plus data files in the
-first of these directories that holds it already, or else the first writable
-one (``bce_cli._cache_dirs``): ``$NUMBA_CACHE_DIR/bce_cli``, the package's
-``__pycache__``, ``~/.cache/bce``.  A directory that cannot be written (a CI
-cache restored read-only, a Docker layer) is still read.  The cache entry is
-stamped with a hash of every source that ends up in the kernels, so an edit to
-any of them, not only to ``kernels.py``, invalidates it.
+saved as ``kernels.<form>.pyXY.nbi`` (numba's index), data files and a
+``.stamp`` file, in the first of these directories (``bce_cli._cache_dirs``)
+that holds the form compiled from the current sources or can be written:
+``$NUMBA_CACHE_DIR/bce_cli``, the package's ``__pycache__``, ``~/.cache/bce``.
+A directory that cannot be written (a CI cache restored read-only, a Docker
+layer) is still read.  The stamp is a hash of every source that ends up in the
+kernels, so an edit to any of them, not only to ``kernels.py``, invalidates it.
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@ Two tiers compute the same statistics with the same semantics:
 
 * ``numpy``: vectorised float64 NumPy over cache-sized blocks on a thread pool
   (``bce_cli._vectorised``).  Nothing to compile, nothing to load.
-* ``compiled``: the numba kernels (``bce_cli.kernels``), 5-8x faster per
-  element, but a process pays about 0.7 s to import numba and start its CPU
+* ``compiled``: the numba kernels (``bce_cli.kernels``), 3-5x faster per
+  element, but a process pays about 0.55 s to import numba and start its CPU
   target before the first kernel runs, plus ~0.05 s to load a cached form or
-  1-2 s to compile one.
+  ~1.5 s to compile one (the constants below).
 
 ``auto`` (the default) takes the compiled tier when it pays for the whole job:
 a form compiled in this process already; else when the time it saves over the
