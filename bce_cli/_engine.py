@@ -197,12 +197,10 @@ def _first_invalid(x, y, class_axis, ignore, mode) -> InvalidValueError:
     cls = 0 if class_axis is None else index[class_axis]
     where = f"at index {index}" if len(index) != 1 else f"at index {index[0]}"
     if y_nan.reshape(-1)[flat]:
-        msg = f"target is NaN {where}"
-        hint = NAN_HINT
+        what, hint = "target is NaN", NAN_HINT
     elif x_nan.reshape(-1)[flat]:
-        msg = f"logit is NaN {where}"
-        hint = NAN_HINT
+        what, hint = "logit is NaN", NAN_HINT
     else:
-        msg = f"target {float(yf.reshape(-1)[flat])!r} is outside [0, 1] {where}"
-        hint = RANGE_HINT
-    return InvalidValueError(msg, index=index, class_index=cls, hint=hint)
+        what, hint = f"target {float(yf.reshape(-1)[flat])!r} is outside [0, 1]", RANGE_HINT
+    return InvalidValueError(f"{what} {where}", what=what, index=index, class_index=cls,
+                             hint=hint)

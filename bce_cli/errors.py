@@ -54,9 +54,12 @@ class InvalidValueError(BCEInputError):
     ``index`` is the element's index in the array that was passed in and
     ``class_index`` its position along the class axis, so that a caller that
     streams batches can translate them into a file row and a column name.
+    ``what`` is the message without the index, for a caller that states the
+    position its own way (a row in a file) and must not mix in batch indices.
     """
 
-    def __init__(self, message: str, *, index=None, class_index=None, **context):
+    def __init__(self, message: str, *, index=None, class_index=None, what=None, **context):
         self.index = index
         self.class_index = class_index
+        self.what = message if what is None else what
         super().__init__(message, **context)

@@ -41,7 +41,8 @@ def probs_to_logits(p: np.ndarray) -> np.ndarray:
     bad = (p < 0) | (p > 1)
     if bad.any():
         index = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), p.shape))
-        raise InvalidValueError(f"probability {float(p[index])!r} is outside [0, 1]", index=index,
+        what = f"probability {float(p[index])!r} is outside [0, 1]"
+        raise InvalidValueError(f"{what} at index {index}", what=what, index=index,
                                 class_index=index[1] if len(index) > 1 else 0,
                                 hint="drop --from-probs if the predictions are logits")
     with np.errstate(divide="ignore"):
@@ -107,8 +108,10 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
                 except InvalidValueError as err:
                     which = "logits" if ("logit" in err.reason or "probab" in err.reason) \
                         else "targets"
-                    raise inp.error_at(err.reason, batch.row_offset + err.index[0],
-                                       err.class_index, which=which, hint=err.hint) from None
+                    index = err.index
+                    raise inp.error_at(err.what, batch.row_offset + index[0], err.class_index,
+                                       which=which, hint=err.hint,
+                                       flat=index[2] if len(index) > 2 else None) from None
                 if writer is not None:
                     writer.write(losses)
                 if progress is not None:
@@ -293,7 +296,8 @@ def suggest(labels: str, *, targets: str | None = None, method: str = "ratio",
                 value = float(yf[index])
                 reason = "target is NaN" if value != value else \
                     f"target {value!r} is outside [0, 1]"
-                raise inp.error_at(reason, batch.row_offset + int(index[0]), int(index[1]))
+                raise inp.error_at(reason, batch.row_offset + int(index[0]), int(index[1]),
+                                   flat=int(index[2]) if len(index) > 2 else None)
             axes = (0,) if y.ndim == 2 else (0, 2)
             pos = yf.sum(axis=axes, dtype=np.float64)
             neg = y.shape[0] * (1 if y.ndim == 2 else y.shape[2]) - pos

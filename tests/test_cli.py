@@ -271,6 +271,39 @@ def test_bad_target_names_file_column_row_and_leaves_no_output(parquet_pair, tmp
     assert list(tmp_path.glob(".losses*")) == []
 
 
+@pytest.mark.parametrize("class_dim", [1, 2])
+@pytest.mark.parametrize("command", ["eval", "suggest-pos-weight"])
+def test_bad_element_is_placed_by_file_row_only(tmp_path, class_dim, command):
+    """One position in a message: the row in the file (and the element inside an N-D
+    row, in the file's own axes), never an index relative to a batch."""
+    shape = (300, 3, 4)
+    y = np.zeros(shape, np.float32)
+    y[257, 2, 3] = np.nan
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "x.npy", np.zeros(shape, np.float32))
+    args = ["eval", tmp_path / "x.npy", tmp_path / "y.npy"] if command == "eval" else \
+        ["suggest-pos-weight", tmp_path / "y.npy"]
+    res = invoke(*args, "--batch-rows", "100", "--class-dim", class_dim)
+    assert res.exit_code == 2, res.output
+    first = res.stderr.splitlines()[0]
+    cls = 2 if class_dim == 1 else 3
+    assert f"class {cls} on axis {class_dim}" in first and "row 257:" in first, first
+    assert "element [2, 3] of the row" in first and "index" not in first, first
+    assert "(57" not in first
+
+
+def test_bad_element_of_2d_input_names_row_and_column_only(tmp_path):
+    y = np.zeros((300, 8), np.float32)
+    y[257, 7] = 2.0
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "x.npy", np.zeros((300, 8), np.float32))
+    res = invoke("eval", tmp_path / "x.npy", tmp_path / "y.npy", "--batch-rows", "100")
+    assert res.exit_code == 2
+    first = res.stderr.splitlines()[0]
+    assert first.endswith("row 257: target 2.0 is outside [0, 1]"), first
+    assert "[:, 7]" in first
+
+
 def test_usage_errors_exit_2(npy_pair, tmp_path):
     assert invoke("eval", *npy_pair, "--reduction", "avg").exit_code == 2
     res = invoke("eval", *npy_pair, "--output", tmp_path / "o.npy")
