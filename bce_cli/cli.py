@@ -18,11 +18,12 @@ import typer
 from . import __version__
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as shells report it
 
 app = typer.Typer(
     name="bce",
     help="Exact, fast binary cross-entropy with logits (PyTorch's BCEWithLogitsLoss) over files.",
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
@@ -173,7 +174,8 @@ def _root(
 
 # Options shared by both commands, declared once.
 TargetsOpt = Annotated[str | None, typer.Option(
-    "--targets", help="Target columns: comma list or globs ([cyan]label_*[/]); .npz: array name.")]
+    "--targets", metavar="COLUMNS",
+    help="Target columns: comma list or globs ([cyan]label_*[/]); .npz: array name.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
 BatchRowsOpt = Annotated[int, typer.Option("--batch-rows", min=1,
                                            help="Rows read per batch (bounds memory).")]
@@ -181,33 +183,39 @@ ClassDimOpt = Annotated[int, typer.Option("--class-dim", min=1,
                                           help="Class axis of N-D arrays.")]
 
 
-@app.command("eval", epilog="""[bold]Examples[/]
+@app.command("eval", epilog=(
+    "[bold]Examples[/]\n\n"
+    "  bce eval preds.parquet labels.parquet --max-loss 0.35 --format json\n\n"
+    "  bce suggest-pos-weight sample_data/digits_labels.parquet --output pos_weight.json\n\n"
+    "  bce eval sample_data/digits_preds.parquet sample_data/digits_labels.parquet "
+    "--pos-weight pos_weight.json --report report.json\n\n"
+    "  bce eval logits.npy targets.npy --reduction none --output losses.npy\n"))
 
-  bce eval preds.parquet labels.parquet --max-loss 0.35 --format json
-
-  bce eval sample_data/digits.parquet --pos-weight pos_weight.json --report report.json
-
-  bce eval logits.npy targets.npy --reduction none --output losses.npy
-""")
 def eval_command(
-    preds: Annotated[str, typer.Argument(help="Predictions: Parquet file/dir/glob, Arrow, .npy, "
-                                               ".npz, CSV, or - for stdin.")],
-    labels: Annotated[str | None, typer.Argument(help="Targets, if not in PREDS (rows aligned, "
-                                                      "or joined with --on).")] = None,
+    preds: Annotated[str, typer.Argument(
+        metavar="PREDS",
+        help="Predictions: Parquet file/dir/glob, Arrow, .npy, .npz, CSV, or - for stdin.")],
+    labels: Annotated[str | None, typer.Argument(
+        metavar="[LABELS]",
+        help="Targets, if not in PREDS (rows aligned, or joined with --on).")] = None,
     logits: Annotated[str | None, typer.Option(
-        "--logits", help="Logit columns: comma list or globs ([cyan]logit_*[/]).")] = None,
+        "--logits", metavar="COLUMNS",
+        help="Logit columns: comma list or globs ([cyan]logit_*[/]).")] = None,
     targets: TargetsOpt = None,
-    on: Annotated[str | None, typer.Option("--on", help="Join PREDS and LABELS on this key "
-                                                        "column.")] = None,
+    on: Annotated[str | None, typer.Option(
+        "--on", metavar="COLUMN", help="Join PREDS and LABELS on this key column.")] = None,
     weight: Annotated[str | None, typer.Option(
-        "--weight", help="Element weight: a column, a number, C numbers, or a .npy file.")] = None,
+        "--weight", metavar="WEIGHT",
+        help="Element weight: a column, a number, C numbers, or a .npy file.")] = None,
     pos_weight: Annotated[str | None, typer.Option(
-        "--pos-weight", help="A number, C numbers, a .npy file, or the JSON of "
-                             "[cyan]bce suggest-pos-weight[/].")] = None,
+        "--pos-weight", metavar="POS_WEIGHT",
+        help="A number, C numbers, a .npy file, or the JSON of [cyan]bce suggest-pos-weight[/]."
+    )] = None,
     reduction: Annotated[Reduction, typer.Option("--reduction", help="mean (sum / elements), "
                                                  "sum, or none (with --output).")] = Reduction.mean,
     output: Annotated[str | None, typer.Option(
-        "--output", help="With --reduction none: per-element losses (.parquet or .npy).")] = None,
+        "--output", metavar="PATH",
+        help="With --reduction none: per-element losses (.parquet or .npy).")] = None,
     label_smoothing: Annotated[float, typer.Option(
         "--label-smoothing", min=0.0, max=1.0, help="Targets become y*(1-A) + A/2.")] = 0.0,
     ignore_value: Annotated[float | None, typer.Option(
@@ -220,14 +228,15 @@ def eval_command(
     class_dim: ClassDimOpt = 1,
     fmt: Annotated[EvalFormat, typer.Option("--format", help="Report format on stdout.")
                    ] = EvalFormat.table,
-    report: Annotated[str | None, typer.Option("--report",
+    report: Annotated[str | None, typer.Option("--report", metavar="PATH",
                                                help="Also write the JSON report here.")] = None,
     max_loss: Annotated[float | None, typer.Option(
         "--max-loss", help="Gate: fail (exit 1) if the overall loss exceeds this.")] = None,
     max_class_loss: Annotated[float | None, typer.Option(
         "--max-class-loss", help="Gate: fail if any class's loss exceeds this.")] = None,
     baseline: Annotated[str | None, typer.Option(
-        "--baseline", help="Gate: a previous JSON report to compare with.")] = None,
+        "--baseline", metavar="REPORT",
+        help="Gate: a previous JSON report to compare with.")] = None,
     max_increase: Annotated[float | None, typer.Option(
         "--max-increase", help="With --baseline: allowed absolute increase of any loss.")
     ] = None,
@@ -305,7 +314,8 @@ def _progress(show: bool):
   bce suggest-pos-weight labels.npy --method sqrt --clip-max 50 --format csv
 """)
 def suggest_pos_weight_command(
-    labels: Annotated[str, typer.Argument(help="Targets: Parquet, Arrow, .npy, .npz, CSV, or -.")],
+    labels: Annotated[str, typer.Argument(
+        metavar="LABELS", help="Targets: Parquet, Arrow, .npy, .npz, CSV, or -.")],
     targets: TargetsOpt = None,
     method: Annotated[Method, typer.Option(
         "--method", help="ratio = n_neg/n_pos; sqrt of it; effective-number (with --beta).")
@@ -316,7 +326,8 @@ def suggest_pos_weight_command(
                         ] = None,
     fmt: Annotated[PWFormat, typer.Option("--format", help="Output format on stdout.")
                    ] = PWFormat.table,
-    output: Annotated[str | None, typer.Option("--output", help="Write the JSON here.")] = None,
+    output: Annotated[str | None, typer.Option("--output", metavar="PATH",
+                                                      help="Write the JSON here.")] = None,
     class_dim: ClassDimOpt = 1,
     batch_rows: BatchRowsOpt = 65536,
     debug: DebugOpt = False,
@@ -372,5 +383,33 @@ def warmup_command(debug: DebugOpt = False):
                    f"{times[slowest]:.2f} s), cached in {', '.join(where)}")
 
 
+def _usage_error(err) -> None:
+    """A usage error in two lines, like every other error (not Typer's framed box)."""
+    ctx = getattr(err, "ctx", None)
+    where = ctx.command_path if ctx is not None else "bce"
+    message = err.format_message().replace("Value error, ", "")
+    _stderr().print(f"[bold red]{_escape(where)}: error:[/] {_escape(message)}", soft_wrap=True)
+    if ctx is not None:
+        _stderr().print(f"Try '{_escape(where)} -h' for help.", soft_wrap=True)
+
+
+def _click_error_class():
+    """Click's ClickException as Typer raises it (Typer vendors Click in recent versions;
+    its public BadParameter derives from UsageError, which derives from ClickException)."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main() -> None:
-    app()
+    click_error = _click_error_class()
+    try:
+        code = app(prog_name="bce", standalone_mode=False)
+    except click_error as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # bare `bce`: the help, exit 2
+            err.show()
+        else:
+            _usage_error(err)
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        sys.stderr.write("bce: aborted\n")
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
