@@ -116,11 +116,16 @@ class NpyLossWriter(LossWriter):
 
 
 class ParquetLossWriter(LossWriter):
-    """Wide layout: one loss column per class; list layout: one ``loss`` list column."""
+    """Wide layout: one loss column per class; list layout: one ``loss`` list column.
+
+    Inputs joined with ``--on KEY`` come in PREDS's row order; the key column
+    comes first, so that the losses can be joined back to anything else.
+    """
 
     def __init__(self, path, inp):
         super().__init__(path, inp)
         self.writer = None
+        self.rows = 0
 
     def write(self, losses):
         import pyarrow as pa
@@ -129,12 +134,18 @@ class ParquetLossWriter(LossWriter):
         if losses.ndim != 2:
             raise BCEInputError("per-element losses of N-D arrays go to .npy, not Parquet",
                                 file=str(self.path))
+        columns = {}
+        if self.inp.key is not None:  # joined with --on: each row keeps its key
+            name, values = self.inp.key
+            columns[name] = values.slice(self.rows, losses.shape[0])
         if self.inp.layout == "list":
             flat = pa.array(np.ascontiguousarray(losses).reshape(-1))
-            table = pa.table({"loss": pa.FixedSizeListArray.from_arrays(flat, losses.shape[1])})
+            columns["loss"] = pa.FixedSizeListArray.from_arrays(flat, losses.shape[1])
         else:
-            names = [str(n) for n in self.inp.class_names]
-            table = pa.table({n: losses[:, i] for i, n in enumerate(names)})
+            for i, n in enumerate(self.inp.class_names):
+                columns[str(n)] = losses[:, i]
+        table = pa.table(columns)
+        self.rows += losses.shape[0]
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.tmp, table.schema)
         self.writer.write_table(table)

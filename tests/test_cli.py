@@ -483,3 +483,32 @@ def test_clip_max_must_be_positive(npy_pair, clip):
     res = invoke("suggest-pos-weight", npy_pair[1], "--clip-max", clip)
     assert res.exit_code == 2, res.output
     assert "--clip-max must be a number > 0" in res.stderr
+
+
+@pytest.mark.parametrize("layout", ["wide", "list"])
+def test_per_element_output_of_a_join_keeps_the_key(tmp_path, rng, layout):
+    """--on KEY --reduction none: the Parquet output's rows carry their key, so the
+    losses join back to the labels however the two files were ordered."""
+    n, names = 300, ["cat", "dog"]
+    x = rng.standard_normal((n, 2))
+    y = (rng.random((n, 2)) < 0.4).astype(np.float64)
+    ids = np.array([f"ex{i:04d}" for i in range(n)])
+    perm = rng.permutation(n)
+    if layout == "wide":
+        preds = pa.table({"id": ids, **{c: x[:, i] for i, c in enumerate(names)}})
+        labels = pa.table({"id": ids[perm], **{c: y[perm, i] for i, c in enumerate(names)}})
+    else:
+        preds = pa.table({"id": ids, "logits": list(x)})
+        labels = pa.table({"id": ids[perm], "targets": list(y[perm])})
+    pq.write_table(preds, tmp_path / "p.parquet")
+    pq.write_table(labels, tmp_path / "l.parquet")
+    out = tmp_path / "losses.parquet"
+    res = invoke("eval", tmp_path / "p.parquet", tmp_path / "l.parquet", "--on", "id",
+                 "--reduction", "none", "--output", out, "--batch-rows", "64")
+    assert res.exit_code == 0, res.output
+    got = pq.read_table(out)
+    assert got.column_names[0] == "id"
+    assert got.column("id").to_pylist() == ids.tolist()
+    losses = (np.column_stack([got.column(c).to_numpy() for c in names]) if layout == "wide"
+              else np.array(got.column("loss").to_pylist()))
+    np.testing.assert_allclose(losses, ref.bce(x, y, reduction="none"), rtol=1e-12)

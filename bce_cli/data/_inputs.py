@@ -177,6 +177,9 @@ class Inputs:
                 self.n_rows = f.n_rows
                 break
         self.elements_per_row = targets.C * (targets.S or 1)
+        # ``(name, values)`` of the join key (``on``) in batch order, else None: a
+        # per-element output keeps it so that its rows can be matched again.
+        self.key = None
 
     def to_input_layout(self, losses):
         """Per-element values (``losses``: the per-batch ``(n, C)`` / ``(n, C, S)``
@@ -408,7 +411,10 @@ def open_inputs(spec: InputSpec, *, stdin=None) -> Inputs:
         layout=logits.layout,
         unpaired=unpaired,
     )
-    return Inputs(spec, feeds, logits, targets, weight, sources, closers)
+    inputs = Inputs(spec, feeds, logits, targets, weight, sources, closers)
+    if spec.on and src_l is not None:  # joined: rows come in PREDS's order, with its keys
+        inputs.key = (spec.on, logits.feed.source.table.column(spec.on))
+    return inputs
 
 
 def _files(res):
