@@ -8,6 +8,7 @@ the state is a ``(N_STATS, C)`` float64 array and ``merge`` is addition.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -32,7 +33,7 @@ class BCEResult:
     suggested_pos_weight: np.ndarray  # n_neg / n_pos (NaN without positives)
     n_elements: int = field(default=0)
 
-    @property
+    @cached_property
     def positive_rate(self) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             return self.n_pos / (self.n_pos + self.n_neg)
