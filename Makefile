@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint bench demo clean
+.PHONY: install test lint bench fuzz demo clean
 
 install: $(STAMP)
 
@@ -24,10 +24,16 @@ bench: install
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/bench_e2e.py --data .bench-data
 
+# Malformed and adversarial inputs through the command line for FUZZ_SECONDS (failures are
+# kept in .fuzz-failures/); tests/test_fuzz.py runs a fixed handful of cases in `make test`.
+FUZZ_SECONDS ?= 120
+fuzz: install
+	$(BIN)/python -m tests.fuzz --seconds $(FUZZ_SECONDS)
+
 # The main job on the bundled sample data: class counts and pos_weight, then the evaluation.
 demo: install
 	$(BIN)/bce suggest-pos-weight sample_data/digits_labels.parquet
 	$(BIN)/bce eval sample_data/digits_preds.parquet sample_data/digits_labels.parquet --max-loss 0.35
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .fuzz-failures

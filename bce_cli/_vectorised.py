@@ -187,8 +187,9 @@ def _fast_losses(xb, yb, w3, p3, unit, wf, pf, smooth, ob, want_stats):
 def _careful_block(xb, yb, w3, p3, wf, pf, smooth, ignore, mode, ob):
     """Statistics of one block with the exact zero-coefficient rules and every option,
     or None when an element is invalid; writes ``ob`` (NaN where left out)."""
-    xf = xb.astype(np.float64)
-    yf = yb.astype(np.float64)
+    with np.errstate(invalid="ignore"):  # a signalling NaN is "invalid" to cast: it is a NaN
+        xf = xb.astype(np.float64)
+        yf = yb.astype(np.float64)
     nan = np.isnan(xf) | np.isnan(yf)
     ignored = (yf == ignore) if ignore is not None else np.zeros(xf.shape, dtype=bool)
     with np.errstate(invalid="ignore"):

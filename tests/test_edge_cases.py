@@ -63,3 +63,25 @@ def test_grad_of_a_0d_input_is_a_0d_array():
         assert isinstance(g, np.ndarray) and g.shape == () and g.dtype == dtype
         want = float(ref.grad(np.array([0.3]), np.array([1.0]))[0])
         assert float(g) == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["error", "omit", "propagate"])
+@pytest.mark.parametrize("where", ["logits", "targets"])
+def test_signalling_nan_is_a_nan_without_a_warning(policy, where):
+    """A bit-flipped float32 can be a signalling NaN; casting one to float64 raises
+    numpy's 'invalid value' warning, which must not reach the user (warnings are
+    errors in this suite)."""
+    from bce_cli import BCEAccumulator, InvalidValueError
+
+    x = np.linspace(-3, 3, 30, dtype=np.float32).reshape(10, 3)
+    y = np.zeros((10, 3), np.float32)
+    (x if where == "logits" else y).view(np.uint32)[3, 1] = 0x7FA00000  # quiet bit clear
+    acc = BCEAccumulator(3, nan_policy=policy)
+    if policy == "error":
+        with pytest.raises(InvalidValueError, match="NaN"):
+            acc.update(x, y)
+        return
+    acc.update(x, y, return_losses=True)
+    r = acc.compute()
+    assert np.isnan(r.class_loss[1]) == (policy == "propagate")
+    assert r.count[1] == (10 if policy == "propagate" else 9)
