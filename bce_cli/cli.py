@@ -83,15 +83,66 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised in the main thread like Ctrl-C's KeyboardInterrupt, so that
+    the same cleanup runs (``finally`` blocks, removing temporary files).  A BaseException,
+    so that no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _signals_as_exceptions():
+    """While a command runs, turn SIGTERM (what CI cancellation and ``docker stop`` send) and
+    SIGHUP into :class:`_Terminated`; restore the previous handlers afterwards.
+
+    Only signals still at their default action are taken over: under ``nohup`` SIGHUP
+    stays ignored.  Installed by the command line only, never by the library, and only
+    from the main thread (where Python runs signal handlers).  A second signal during
+    the cleanup is ignored rather than interrupting it (SIGKILL remains, and the next
+    writer removes what it leaves: :func:`bce_cli._safe_write.remove_stale`).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = []
+
+    def handler(signum, frame):
+        if not fired:
+            fired.append(signum)
+            raise _Terminated(signum)
+
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is not None and signal.getsignal(signum) is signal.SIG_DFL:
+            previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
 def _guard(debug: bool):
-    """Map exceptions to exit codes: input errors 2, bugs 3 (Typer would give 1 = failed gate)."""
+    """Map exceptions to exit codes: input errors 2, bugs 3 (Typer would give 1 = failed gate);
+    SIGTERM and SIGHUP 128 + the signal's number, as Typer gives 130 for Ctrl-C (SIGINT),
+    quietly, after the same cleanup."""
 
     @contextmanager
     def guard():
         try:
-            yield
+            with _signals_as_exceptions():
+                yield
         except typer.Exit:
             raise
+        except _Terminated as stop:
+            raise typer.Exit(128 + stop.signum) from None
         except Exception as err:  # noqa: BLE001 - the one place that turns errors into codes
             from .errors import BCEInputError
 
