@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
+from contextlib import contextmanager
 from enum import Enum
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -85,16 +84,66 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised in the main thread like Ctrl-C's KeyboardInterrupt, so that
+    the same cleanup runs (``finally`` blocks, removing temporary files).  A BaseException,
+    so that no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _signals_as_exceptions():
+    """While a command runs, turn SIGTERM (what CI cancellation and ``docker stop`` send) and
+    SIGHUP into :class:`_Terminated`; restore the previous handlers afterwards.
+
+    Only signals still at their default action are taken over: under ``nohup`` SIGHUP
+    stays ignored.  Installed by the command line only, never by the library, and only
+    from the main thread (where Python runs signal handlers).  A second signal during
+    the cleanup is ignored rather than interrupting it (SIGKILL remains, and the next
+    writer removes what it leaves: :func:`bce_cli._safe_write.remove_stale`).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = []
+
+    def handler(signum, frame):
+        if not fired:
+            fired.append(signum)
+            raise _Terminated(signum)
+
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is not None and signal.getsignal(signum) is signal.SIG_DFL:
+            previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
 def _guard(debug: bool):
-    """Map exceptions to exit codes: input errors 2, bugs 3 (Typer would give 1 = failed gate)."""
-    from contextlib import contextmanager
+    """Map exceptions to exit codes: input errors 2, bugs 3 (Typer would give 1 = failed gate);
+    SIGTERM and SIGHUP 128 + the signal's number, as Typer gives 130 for Ctrl-C (SIGINT),
+    quietly, after the same cleanup."""
 
     @contextmanager
     def guard():
         try:
-            yield
+            with _signals_as_exceptions():
+                yield
         except typer.Exit:
             raise
+        except _Terminated as stop:
+            raise typer.Exit(128 + stop.signum) from None
         except Exception as err:  # noqa: BLE001 - the one place that turns errors into codes
             from .errors import BCEInputError
 
@@ -122,37 +171,50 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-def check_writable(path: str | None) -> None:
-    """Fail early (exit 2) for an output path that cannot be written, before any work."""
-    if path is None:
-        return
+def check_outputs(outputs: dict[str, str | None], inputs: dict[str, str | None]) -> None:
+    """Fail early (exit 2), before any work, for an output (``{option: path}``) that cannot
+    or must not be written: a path that cannot be written, two options naming one file
+    (one would silently replace the other), or one of the ``inputs`` (``{name: spec}``;
+    overwriting an input is never meant, and ``--report`` over ``--baseline`` would
+    compare the next run with a report that failed its gate).  Devices, FIFOs and
+    ``/dev/stdout`` are written into, so two outputs may share ``/dev/null``."""
+    from ._safe_write import resolve_target, same_file
     from .errors import BCEInputError
 
-    target = Path(path)
-    if target.is_dir():
-        raise BCEInputError("is a directory, not a file to write", file=path)
-    if not target.parent.is_dir():
-        raise BCEInputError("the output's directory does not exist", file=path)
-    if not os.access(target.parent, os.W_OK):
-        raise BCEInputError("the output's directory is not writable", file=path)
+    checked: dict[str, str] = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        if resolve_target(path).kind != "file":
+            continue
+        for other, other_path in checked.items():
+            if same_file(path, other_path):
+                raise BCEInputError(f"{other} and {option} name the same file; give each its "
+                                    "own path", file=path)
+        for name, spec in inputs.items():
+            if _is_input(path, spec):
+                raise BCEInputError(f"{option} would overwrite the input {name}; write it "
+                                    "elsewhere", file=path)
+        checked[option] = path
 
 
-def _write_atomic(path: str, text: str) -> None:
-    from .errors import BCEInputError
+def _is_input(path: str, spec: str | None) -> bool:
+    """Whether writing ``path`` would overwrite a local file that ``spec`` (a file, a
+    directory or a glob of files; a column name or a number matches nothing) reads."""
+    import glob
 
-    target = Path(path)
-    check_writable(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-    except OSError as err:
-        raise BCEInputError(f"cannot write: {err.strerror or err}", file=path) from None
-    finally:
-        if tmp is not None and Path(tmp).exists():
-            Path(tmp).unlink()
+    from ._safe_write import same_file
+
+    if not spec or spec == "-" or "://" in spec:
+        return False
+    if os.path.isdir(spec):
+        real, folder = os.path.realpath(path), os.path.realpath(spec)
+        return os.path.isfile(real) and os.path.commonpath([real, folder]) == folder
+    if os.path.exists(spec):
+        return same_file(path, spec)
+    if set("*?[") & set(spec):
+        return any(same_file(path, f) for f in glob.glob(spec, recursive=True))
+    return False
 
 
 def _version(value: bool):
@@ -261,21 +323,16 @@ def eval_command(
                          nan_policy=nan_policy.value, from_probs=from_probs)
         opts = EvalOptions(reduction=reduction.value, pos_weight=pos_weight,
                            label_smoothing=label_smoothing, ignore_value=ignore_value,
-                           from_probs=from_probs, output=output, threads=threads,
+                           from_probs=from_probs, output=output, report=report,
+                           threads=threads,
                            max_loss=max_loss, max_class_loss=max_class_loss, baseline=baseline,
                            max_increase=max_increase)
-        check_writable(report)
-        check_writable(output)
+        check_outputs({"--output": output, "--report": report},
+                      {"PREDS": preds, "LABELS": labels, "--weight": weight,
+                       "--pos-weight": pos_weight, "--baseline": baseline})
         show = sys.stderr.isatty() if progress is None else progress
-        with _progress(show) as (advance, set_total):
+        with _progress(show) as (advance, set_total):  # also writes --output and --report
             result = evaluate(spec, opts, warn=_warn, progress=advance, total=set_total)
-        if report:
-            try:
-                _write_atomic(report, to_json(result) + "\n")
-            except BaseException:
-                if output:  # all or nothing: no loss file without its report
-                    Path(output).unlink(missing_ok=True)
-                raise
         if fmt is EvalFormat.table:
             print_eval_table(result, _stdout())
         else:
@@ -290,8 +347,6 @@ def eval_command(
 
 
 def _progress(show: bool):
-    from contextlib import contextmanager
-
     @contextmanager
     def bar():
         if not show:
@@ -338,12 +393,14 @@ def suggest_pos_weight_command(
         from .evaluate import suggest
         from .report import pos_weight_csv, print_pos_weight_table, to_json
 
-        check_writable(output)
+        check_outputs({"--output": output}, {"LABELS": labels})
         result = suggest(labels, targets=targets, method=method.value, beta=beta,
                          clip_max=clip_max, batch_rows=batch_rows, class_dim=class_dim,
                          warn=_warn)
         if output:
-            _write_atomic(output, to_json(result) + "\n")
+            from ._safe_write import write_bytes
+
+            write_bytes(output, (to_json(result) + "\n").encode())
         if fmt is PWFormat.table:
             print_pos_weight_table(result, _stdout())
         else:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import __version__, _tiers
+from ._safe_write import SafeFile
 from .accumulator import BCEAccumulator
 from .errors import BCEInputError, InvalidValueError
 from .outputs import LossWriter
@@ -28,6 +29,7 @@ class EvalOptions:
     ignore_value: float | None = None
     from_probs: bool = False
     output: str | None = None
+    report: str | None = None  # the JSON report is also written here
     threads: int | None = None
     max_loss: float | None = None
     max_class_loss: float | None = None
@@ -62,7 +64,12 @@ def _nan_max(x) -> float:
 def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda msg: None,
              progress: Callable[[int], None] | None = None, total: Callable[[int | None], None]
              | None = None) -> dict:
-    """Run one evaluation and return the report (a JSON-ready dict)."""
+    """Run one evaluation and return the report (a JSON-ready dict).
+
+    With ``opts.output`` / ``opts.report``, the per-element losses and the JSON
+    report are also written: both whole before either is put in place, so an
+    error leaves neither (see :mod:`bce_cli._safe_write`).
+    """
     from .data import open_inputs, parse_pos_weight
     from .data._readahead import read_ahead
 
@@ -80,22 +87,23 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
         raise BCEInputError("--baseline and --max-increase go together")
     if opts.output and opts.reduction != "none":
         raise BCEInputError("--output receives per-element losses: use it with --reduction none")
-    with open_inputs(spec) as inp:
-        pos_weight = (None if opts.pos_weight is None
-                      else parse_pos_weight(opts.pos_weight, inp.class_names))
-        acc = BCEAccumulator(inp.n_classes, pos_weight=pos_weight,
-                             ignore_value=opts.ignore_value,
-                             label_smoothing=opts.label_smoothing, nan_policy=spec.nan_policy)
-        if inp.n_rows:
-            acc.job_elements = inp.n_rows * inp.elements_per_row
-        unpaired = inp.sources.get("unpaired")
-        if unpaired:
-            warn(f"columns without a partner are left out: {_brief(unpaired)}")
-        if total is not None:
-            total(inp.n_rows)
-        writer = LossWriter.for_path(opts.output, inp) if opts.output else None
-        lo, hi = math.inf, -math.inf
-        try:
+    writer = report_file = None
+    try:
+        with open_inputs(spec) as inp:
+            pos_weight = (None if opts.pos_weight is None
+                          else parse_pos_weight(opts.pos_weight, inp.class_names))
+            acc = BCEAccumulator(inp.n_classes, pos_weight=pos_weight,
+                                 ignore_value=opts.ignore_value,
+                                 label_smoothing=opts.label_smoothing, nan_policy=spec.nan_policy)
+            if inp.n_rows:
+                acc.job_elements = inp.n_rows * inp.elements_per_row
+            unpaired = inp.sources.get("unpaired")
+            if unpaired:
+                warn(f"columns without a partner are left out: {_brief(unpaired)}")
+            if total is not None:
+                total(inp.n_rows)
+            writer = LossWriter.for_path(opts.output, inp) if opts.output else None
+            lo, hi = math.inf, -math.inf
             for batch in read_ahead(inp.batches()):
                 x = batch.logits
                 try:
@@ -121,27 +129,41 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
                      "logits; pass --from-probs if they are")
             result = acc.compute("mean" if opts.reduction == "none" else opts.reduction)
             if writer is not None:
-                writer.commit()
-        finally:
-            if writer is not None:
-                writer.abort()
-        report = build_report(result, inp, opts, acc.n_rows)
-    no_pos = [c["name"] for c in report["classes"] if c["n_pos"] == 0]
-    if no_pos:
-        warn(f"{len(no_pos)} class(es) have no positive targets ({_brief(no_pos)}): their "
-             "suggested pos_weight is null")
-    if baseline is not None:
-        new = check_baseline_matches(report, baseline, opts.baseline)
-        if new:
-            warn(f"{len(new)} class(es) are not in the baseline and are not compared: "
-                 f"{_brief(new)}")
-    failures = check_gates(report, opts, baseline)
-    report["gates"] = {k: v for k, v in (("max_loss", opts.max_loss),
-                                          ("max_class_loss", opts.max_class_loss),
-                                          ("baseline", opts.baseline),
-                                          ("max_increase", opts.max_increase)) if v is not None}
-    report["passed"] = not failures
-    report["failures"] = failures
+                writer.finish()
+            report = build_report(result, inp, opts, acc.n_rows)
+        no_pos = [c["name"] for c in report["classes"] if c["n_pos"] == 0]
+        if no_pos:
+            warn(f"{len(no_pos)} class(es) have no positive targets ({_brief(no_pos)}): their "
+                 "suggested pos_weight is null")
+        if baseline is not None:
+            new = check_baseline_matches(report, baseline, opts.baseline)
+            if new:
+                warn(f"{len(new)} class(es) are not in the baseline and are not compared: "
+                     f"{_brief(new)}")
+        failures = check_gates(report, opts, baseline)
+        report["gates"] = {k: v for k, v in (("max_loss", opts.max_loss),
+                                              ("max_class_loss", opts.max_class_loss),
+                                              ("baseline", opts.baseline),
+                                              ("max_increase", opts.max_increase))
+                           if v is not None}
+        report["passed"] = not failures
+        report["failures"] = failures
+        if opts.report:
+            from .report import to_json
+
+            report_file = SafeFile(opts.report)
+            report_file.write((to_json(report) + "\n").encode())
+            report_file.finish()
+        # both files are whole and synced before either is put in place: all or nothing
+        if writer is not None:
+            writer.commit()
+        if report_file is not None:
+            report_file.commit()
+    finally:
+        if writer is not None:
+            writer.abort()
+        if report_file is not None:
+            report_file.abort()
     return report
 
 

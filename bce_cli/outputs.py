@@ -1,38 +1,30 @@
 """Per-element losses (``--reduction none --output PATH``), written atomically.
 
-Batches stream into a temporary file beside the target; ``commit`` renames it
-into place, ``abort`` (also called after ``commit``, as a no-op) removes it, so
-a failed run never leaves a partial file.
+Batches stream into a :class:`~bce_cli._safe_write.SafeFile` (a temporary file
+beside the target; a device or FIFO is written into); ``finish`` writes what
+is left and syncs it, ``commit`` puts it in place, ``abort`` (a no-op after
+``commit``) removes it, so a failed run never leaves a partial file.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ._safe_write import SafeFile
 from .errors import BCEInputError
 
 SUFFIXES = (".npy", ".parquet", ".pq")
 
 
 class LossWriter:
-    """Base: the temporary file and its atomic rename."""
+    """Base: the output file, written safely."""
 
     def __init__(self, path: str, inp):
         self.path = Path(path)
         self.inp = inp
-        parent = self.path.parent
-        if not parent.is_dir():
-            raise BCEInputError("the output's directory does not exist", file=path)
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent)
-        except OSError as err:
-            raise BCEInputError(f"cannot write: {err.strerror or err}", file=path) from None
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self.file = SafeFile(path)
         self.done = False
 
     @staticmethod
@@ -49,11 +41,16 @@ class LossWriter:
         raise NotImplementedError
 
     def _finish(self) -> None:
-        """Flush and close the temporary file."""
+        """Write what is still held back and close the format's writer."""
+
+    def finish(self) -> None:
+        """Everything written and synced, not yet in place (:meth:`commit` does that)."""
+        self._finish()
+        self.file.finish()
 
     def commit(self) -> None:
-        self._finish()
-        os.replace(self.tmp, self.path)
+        self.finish()
+        self.file.commit()
         self.done = True
 
     def abort(self) -> None:
@@ -62,7 +59,7 @@ class LossWriter:
             try:
                 self._finish()
             finally:
-                self.tmp.unlink(missing_ok=True)
+                self.file.abort()
 
 
 class NpyLossWriter(LossWriter):
@@ -80,30 +77,30 @@ class NpyLossWriter(LossWriter):
         in_order = shape is None or len(shape) <= 2 or inp.class_dim == 1
         self.streaming = inp.n_rows is not None and in_order
         self.chunks = None if self.streaming else []
-        self.fh = None
+        self.header = False
         self.rows = 0
+
+    def _write(self, arr: np.ndarray, shape) -> None:
+        """Header (once), then raw bytes: unlike ``np.save``, this also works on a pipe."""
+        if not self.header:
+            self.header = True
+            np.lib.format.write_array_header_2_0(self.file, {
+                "descr": np.lib.format.dtype_to_descr(arr.dtype),
+                "fortran_order": False, "shape": tuple(int(n) for n in shape)})
+        self.file.write(np.ascontiguousarray(arr).data)
 
     def write(self, losses):
         if not self.streaming:
             self.chunks.append(np.array(losses, copy=True))
             return
-        if self.fh is None:
-            shape = self.inp.array_shape or (self.inp.n_rows, *losses.shape[1:])
-            self.fh = open(self.tmp, "wb")  # noqa: SIM115 - closed in _finish
-            np.lib.format.write_array_header_2_0(self.fh, {
-                "descr": np.lib.format.dtype_to_descr(losses.dtype),
-                "fortran_order": False, "shape": tuple(int(n) for n in shape)})
-        self.fh.write(np.ascontiguousarray(losses).tobytes())
+        self._write(losses, self.inp.array_shape or (self.inp.n_rows, *losses.shape[1:]))
         self.rows += losses.shape[0]
 
     def _finish(self):
         if self.streaming:
-            if self.fh is not None:
-                self.fh.close()
-                self.fh = None
-                if not self.done and self.rows != self.inp.n_rows:
-                    raise BCEInputError(f"the input had {self.rows} rows, not the "
-                                        f"{self.inp.n_rows} it announced", file=str(self.path))
+            if self.header and not self.done and self.rows != self.inp.n_rows:
+                raise BCEInputError(f"the input had {self.rows} rows, not the "
+                                    f"{self.inp.n_rows} it announced", file=str(self.path))
             return
         if self.chunks is None:
             return
@@ -111,8 +108,7 @@ class NpyLossWriter(LossWriter):
         if self.done:
             return
         out = self.inp.to_input_layout(np.concatenate(chunks, axis=0))
-        with open(self.tmp, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(out), allow_pickle=False)
+        self._write(out, out.shape)
 
 
 class ParquetLossWriter(LossWriter):
@@ -147,7 +143,7 @@ class ParquetLossWriter(LossWriter):
         table = pa.table(columns)
         self.rows += losses.shape[0]
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.tmp, table.schema)
+            self.writer = pq.ParquetWriter(self.file.fh, table.schema)
         self.writer.write_table(table)
 
     def _finish(self):

@@ -410,17 +410,22 @@ def test_unwritable_outputs_exit_2_before_any_work(npy_pair, tmp_path, where):
 
 
 def test_no_loss_file_without_its_report(npy_pair, tmp_path, monkeypatch):
-    import bce_cli.cli
+    import bce_cli.evaluate
+    from bce_cli._safe_write import SafeFile
 
-    def fail(path, text):
-        raise OSError(28, "No space left on device", str(path))
+    class DiskFull(SafeFile):  # the report (the last file written) hits a full disk
+        def write(self, data):
+            raise OSError(28, "No space left on device", self.name)
 
-    monkeypatch.setattr(bce_cli.cli, "_write_atomic", fail)
+    monkeypatch.setattr(bce_cli.evaluate, "SafeFile", DiskFull)
     out = tmp_path / "losses.npy"
+    out.write_bytes(b"the previous run's losses")
     res = invoke("eval", *npy_pair, "--reduction", "none", "--output", out,
                  "--report", tmp_path / "r.json")
     assert res.exit_code == 2 and "No space left" in res.stderr
-    assert not out.exists()
+    assert out.read_bytes() == b"the previous run's losses"  # all or nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logits.npy", "losses.npy",
+                                                         "targets.npy"]
 
 
 def test_suggest_pos_weight_class_dim(tmp_path, rng):
