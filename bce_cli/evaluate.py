@@ -155,13 +155,6 @@ def _num(v) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def prior_loss(rate: float) -> float:
-    """Mean loss of always predicting the positive rate: the entropy of the labels (nats)."""
-    if not 0.0 < rate < 1.0:
-        return 0.0
-    return -(rate * math.log(rate) + (1.0 - rate) * math.log1p(-rate))
-
-
 def build_report(result, inp, opts: EvalOptions, n_rows: int) -> dict:
     classes = []
     for i, name in enumerate(inp.class_names):
@@ -176,7 +169,7 @@ def build_report(result, inp, opts: EvalOptions, n_rows: int) -> dict:
             "count": int(result.count[i]),
             "positive_rate": _num(rate),
             "accuracy": _num(result.accuracy[i]),
-            "prior_loss": _num(prior_loss(rate)) if math.isfinite(rate) else None,
+            "prior_loss": _num(result.prior_loss[i]),
         })
     return {
         "loss": _num(result.loss),

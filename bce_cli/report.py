@@ -101,8 +101,9 @@ def print_eval_table(report: dict, console) -> None:
     used = [src[k]["path"] for k in ("preds", "labels") if src.get(k)]
     if used:
         console.print("inputs: " + ", ".join(used), highlight=False)
-    console.print("prior: loss of always predicting the class's positive rate (red loss: "
-                  "worse than that); acc.: accuracy at logit 0; "
+    console.print("prior: loss of the best constant prediction under the same options (the "
+                  "positive rate, unweighted; red loss: worse than that); acc.: accuracy at "
+                  "logit 0; "
                   "*suggested pos_weight = n_neg/n_pos", style="dim")
     gates = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in report.get("gates", {}).items())
     if report["failures"]:

@@ -1,0 +1,128 @@
+"""What the reports say, checked against independent references: the prior column,
+infinite losses, and tables that reach a CI log intact."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from bce_cli.cli import app
+
+from . import reference as ref
+
+runner = CliRunner()
+NAMES = ["cat", "dog", "bird"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def run_json(*args):
+    res = invoke("eval", *args, "--format", "json")
+    assert res.exit_code in (0, 1), res.output
+    return json.loads(res.stdout, parse_constant=_refuse), res
+
+
+def _refuse(name):
+    raise AssertionError(f"not strict JSON: {name}")
+
+
+# ------------------------------------------------------------------------ the prior
+@pytest.fixture
+def weighted_table(tmp_path, rng):
+    n = 300
+    x = rng.standard_normal((n, 3)) * 2 + np.array([1.0, -0.5, 0.0])
+    y = (rng.random((n, 3)) < np.array([0.15, 0.6, 0.35])).astype(np.float64)
+    y[rng.random((n, 3)) < 0.1] = -1.0  # not annotated: left out by --ignore-value -1
+    w = rng.uniform(0.1, 3.0, n)
+    table = {f"logit_{k}": x[:, i] for i, k in enumerate(NAMES)}
+    table |= {k: y[:, i] for i, k in enumerate(NAMES)}
+    table["w"] = w
+    pq.write_table(pa.table(table), tmp_path / "data.parquet")
+    return tmp_path / "data.parquet", x, y, w
+
+
+PRIOR_CASES = [
+    # pos_weight, weight, label smoothing, ignore -1, reduction
+    (None, None, 0.0, True, "mean"),
+    ("4,0.5,2", None, 0.0, True, "mean"),
+    (None, "w", 0.0, True, "mean"),
+    (None, None, 0.2, True, "mean"),
+    ("4,0.5,2", "w", 0.1, True, "mean"),
+    ("4,0.5,2", "w", 0.1, True, "sum"),
+    ("3", "0.5,2,1.5", 0.05, True, "sum"),
+    ("3", "w", 0.0, True, "none"),
+    ("0", "w", 0.0, True, "mean"),  # pos_weight 0: the best constant predicts 0, loss 0
+]
+
+
+@pytest.mark.parametrize(("pos_weight", "weight", "smoothing", "ignore", "reduction"),
+                         PRIOR_CASES)
+def test_prior_is_the_best_constant_under_the_same_options(weighted_table, pos_weight, weight,
+                                                           smoothing, ignore, reduction):
+    path, _, y, w = weighted_table
+    args = [path, "--logits", "logit_*", "--targets", ",".join(NAMES), "--reduction", reduction,
+            "--label-smoothing", smoothing, "--ignore-value", -1]
+    if pos_weight is not None:
+        args += ["--pos-weight", pos_weight]
+    if weight is not None:
+        args += ["--weight", weight]
+    report, _ = run_json(*args)
+    pw = np.ones(3) if pos_weight is None else np.array(
+        [float(v) for v in pos_weight.split(",")]) * np.ones(3)
+    for i, cls in enumerate(report["classes"]):
+        if weight is None:
+            wi = np.ones(len(y))
+        elif weight == "w":
+            wi = w
+        else:
+            wi = np.full(len(y), float(weight.split(",")[i]))
+        keep = y[:, i] != -1
+        want = ref.best_constant_loss(y[:, i], wi, pw[i], smoothing, keep, reduction)
+        assert cls["prior_loss"] == pytest.approx(want, rel=1e-9, abs=1e-12), cls["name"]
+
+
+def test_prior_without_options_is_the_entropy_of_the_labels(weighted_table):
+    path, _, y, _ = weighted_table
+    report, _ = run_json(path, "--logits", "logit_*", "--targets", ",".join(NAMES),
+                         "--ignore-value", -1)
+    for i, cls in enumerate(report["classes"]):
+        r = (y[:, i] == 1).sum() / (y[:, i] != -1).sum()
+        assert cls["prior_loss"] == pytest.approx(-(r * math.log(r) + (1 - r) * math.log1p(-r)),
+                                                  rel=1e-12)
+
+
+def test_prior_leaves_out_nan_omitted_elements(tmp_path, rng):
+    x = rng.standard_normal((200, 2))
+    y = (rng.random((200, 2)) < 0.3).astype(np.float64)
+    w = rng.uniform(0.5, 2.0, (200, 2))
+    x[::7, 0] = np.nan
+    y[::11, 1] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "w.npy", w)
+    report, _ = run_json(tmp_path / "x.npy", tmp_path / "y.npy", "--weight", tmp_path / "w.npy",
+                         "--pos-weight", "2.5", "--nan-policy", "omit")
+    for i, cls in enumerate(report["classes"]):
+        keep = ~(np.isnan(x[:, i]) | np.isnan(y[:, i]))
+        want = ref.best_constant_loss(np.nan_to_num(y[:, i]), w[:, i], 2.5, 0.0, keep, "mean")
+        assert cls["prior_loss"] == pytest.approx(want, rel=1e-9)
+
+
+def test_digits_with_the_suggested_pos_weight_are_better_than_their_prior(tmp_path):
+    labels = "sample_data/digits_labels.parquet"
+    assert invoke("suggest-pos-weight", labels, "--output", tmp_path / "pw.json").exit_code == 0
+    report, _ = run_json("sample_data/digits_preds.parquet", labels,
+                         "--pos-weight", tmp_path / "pw.json")
+    table = invoke("eval", "sample_data/digits_preds.parquet", labels,
+                   "--pos-weight", tmp_path / "pw.json")
+    for cls in report["classes"]:
+        assert cls["loss"] < cls["prior_loss"], cls
+    assert "worse" not in table.stdout.split("prior:")[0]
