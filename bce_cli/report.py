@@ -5,14 +5,40 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+
+# How a report says an infinite loss: strict JSON has no infinity, and null is kept
+# for a loss that is not a number (--nan-policy propagate).  float() reads it back.
+INF = "inf"
+
+
+def loss_value(v) -> float | str | None:
+    """A loss as the report holds it: a float, ``"inf"``, or None for NaN."""
+    v = float(v)
+    if v != v:
+        return None
+    if math.isinf(v):
+        return INF if v > 0 else "-" + INF
+    return v
+
+
+def loss_number(v) -> float | None:
+    """A loss of a report (this run's or a baseline read back) as a float or None."""
+    return None if v is None else float(v)
 
 
 def _g(v, digits: int = 6) -> str:
     if v is None:
         return "-"
+    if isinstance(v, str):  # an infinite loss
+        return v
     if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
         return str(int(v))
     return f"{v:.{digits}g}"
+
+
+def _loss(v, digits: int = 6) -> str:
+    return "NaN" if v is None else _g(v, digits)
 
 
 def _pct(v) -> str:
@@ -48,17 +74,17 @@ def _verdict(report: dict) -> str:
 def eval_markdown(report: dict) -> str:
     loss_head = "loss (sum)" if report["reduction"] == "sum" else "loss"
     lines = [
-        f"### bce eval: loss {_g(report['loss'])} — {_verdict(report)}",
+        f"### bce eval: loss {_loss(report['loss'])} — {_verdict(report)}",
         "",
         f"| class | {loss_head} | prior loss | n_pos | n_neg | pos. rate | accuracy "
         "| suggested pos_weight |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in report["classes"]:
-        lines.append(f"| {c['name']} | {_g(c['loss'])} | {_g(c['prior_loss'])} | "
+        lines.append(f"| {c['name']} | {_loss(c['loss'])} | {_g(c['prior_loss'])} | "
                      f"{_g(c['n_pos'])} | {_g(c['n_neg'])} | {_pct(c['positive_rate'])} | "
                      f"{_pct(c['accuracy'])} | {_g(c['suggested_pos_weight'], 4)} |")
-    lines += ["", f"Overall {report['reduction']} loss **{_g(report['loss'])}** over "
+    lines += ["", f"Overall {report['reduction']} loss **{_loss(report['loss'])}** over "
               f"{report['n_elements']} elements ({report['n_rows']} rows, "
               f"{report['n_classes']} classes)."]
     if report["failures"]:
@@ -83,9 +109,9 @@ def print_eval_table(report: dict, console) -> None:
     loss_head = "loss (sum)" if report["reduction"] == "sum" else "loss"
     rows = []
     for c in report["classes"]:
-        loss = _g(c["loss"], 5)
+        loss = _loss(c["loss"], 5)
         if (report["reduction"] != "sum" and c["loss"] is not None and c["prior_loss"]
-                and c["loss"] > c["prior_loss"]):
+                and loss_number(c["loss"]) > c["prior_loss"]):
             loss = f"[bold red]{loss}[/]"  # worse than predicting the positive rate
         rows.append((c["name"], loss, _g(c["prior_loss"], 4), _g(c["n_pos"]), _g(c["n_neg"]),
                      _pct(c["positive_rate"]), _pct(c["accuracy"]),
@@ -94,7 +120,7 @@ def print_eval_table(report: dict, console) -> None:
                ("n_pos", "right"), ("n_neg", "right"), ("pos %", "right"),
                ("acc.", "right"), ("pos_weight*", "right")]
     console.print(_rich_table("bce eval" + (" — per class" if many else ""), columns, rows))
-    console.print(f"overall {report['reduction']} loss: [bold]{_g(report['loss'])}[/]   "
+    console.print(f"overall {report['reduction']} loss: [bold]{_loss(report['loss'])}[/]   "
                   f"rows: {report['n_rows']}   elements: {report['n_elements']}   "
                   f"classes: {report['n_classes']}")
     src = report.get("inputs") or {}

@@ -126,3 +126,81 @@ def test_digits_with_the_suggested_pos_weight_are_better_than_their_prior(tmp_pa
     for cls in report["classes"]:
         assert cls["loss"] < cls["prior_loss"], cls
     assert "worse" not in table.stdout.split("prior:")[0]
+
+
+# ------------------------------------------------------------------ infinite losses
+@pytest.fixture(params=["probs", "logits"])
+def infinite_input(request, tmp_path):
+    """Class 0 has an infinite loss (a positive predicted with probability 0, or a
+    logit of -inf); class 1 a finite one."""
+    y = np.array([[1, 0], [1, 0], [0, 1]], dtype=np.float32)
+    if request.param == "probs":
+        p = np.array([[0.0, 0.4], [0.9, 0.2], [0.3, 0.6]])
+        np.save(tmp_path / "p.npy", p)
+        x, extra = np.log(np.where(p > 0, p, 1)) - np.log1p(-p), ["--from-probs"]
+        x[0, 0] = -np.inf
+    else:
+        x = np.array([[-np.inf, 1.0], [2.0, -1.0], [0.5, 0.3]])
+        np.save(tmp_path / "p.npy", x)
+        extra = []
+    np.save(tmp_path / "y.npy", y)
+    finite = float(ref.elementwise(x[:, 1], y[:, 1]).astype(np.float64).mean())
+    return [tmp_path / "p.npy", tmp_path / "y.npy", *extra], finite
+
+
+def test_infinite_loss_is_the_string_inf_in_strict_json(infinite_input, tmp_path):
+    args, finite = infinite_input
+    report, res = run_json(*args, "--report", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    assert report["loss"] == "inf" and float(report["loss"]) == math.inf
+    assert report["classes"][0]["loss"] == "inf"
+    assert report["classes"][1]["loss"] == pytest.approx(finite, rel=1e-12)
+    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=_refuse) == report
+    total, _ = run_json(*args, "--reduction", "sum")
+    assert total["loss"] == "inf" and total["classes"][0]["loss"] == "inf"
+
+
+def test_infinite_loss_reads_inf_in_every_format(infinite_input):
+    args, _ = infinite_input
+    table = invoke("eval", *args)
+    assert table.exit_code == 0, table.output
+    row0 = next(line for line in table.stdout.splitlines() if line.strip().startswith("0 "))
+    assert row0.split()[1] == "inf"
+    assert "overall mean loss: inf" in table.stdout
+    md = invoke("eval", *args, "--format", "markdown").stdout
+    assert "| 0 | inf |" in md and "loss inf" in md
+    rows = invoke("eval", *args, "--format", "csv").stdout.splitlines()
+    assert rows[1].split(",")[1] == "inf" and rows[-1].split(",")[1] == "inf"
+
+
+def test_gates_say_inf_for_an_infinite_loss(infinite_input):
+    args, _ = infinite_input
+    res = invoke("eval", *args, "--max-loss", 1, "--max-class-loss", 1, "--format", "json")
+    assert res.exit_code == 1
+    failures = json.loads(res.stdout)["failures"]
+    assert failures == ["overall loss inf > --max-loss 1", "class 0: loss inf > --max-class-loss 1"]
+    assert "NaN" not in res.stderr and "loss inf" in res.stderr
+
+
+def test_a_baseline_with_an_infinite_loss_is_compared(infinite_input, npy_like_baseline):
+    args, _ = infinite_input
+    base = npy_like_baseline(args)
+    same = invoke("eval", *args, "--baseline", base, "--max-increase", 0)
+    assert same.exit_code == 0, same.output  # inf is no rise over inf
+    report = json.loads(base.read_text())
+    report["loss"], report["classes"][0]["loss"] = 0.5, 0.5
+    base.write_text(json.dumps(report))
+    res = invoke("eval", *args, "--baseline", base, "--max-increase", 0.1, "--format", "json")
+    assert res.exit_code == 1
+    assert json.loads(res.stdout)["failures"] == [
+        "overall loss inf rose by more than 0.1 over the baseline's 0.5",
+        "class 0: loss inf rose by more than 0.1 over the baseline's 0.5"]
+
+
+@pytest.fixture
+def npy_like_baseline(tmp_path):
+    def make(args):
+        res = invoke("eval", *args, "--report", tmp_path / "base.json")
+        assert res.exit_code == 0, res.output
+        return tmp_path / "base.json"
+    return make
