@@ -125,7 +125,7 @@ def test_digits_with_the_suggested_pos_weight_are_better_than_their_prior(tmp_pa
                    "--pos-weight", tmp_path / "pw.json")
     for cls in report["classes"]:
         assert cls["loss"] < cls["prior_loss"], cls
-    assert "worse" not in table.stdout.split("prior:")[0]
+    assert "!" not in table.stdout and "red loss: above it" in table.stdout
 
 
 # ------------------------------------------------------------------ infinite losses
@@ -204,3 +204,88 @@ def npy_like_baseline(tmp_path):
         assert res.exit_code == 0, res.output
         return tmp_path / "base.json"
     return make
+
+
+# ------------------------------------------------------------- tables in CI logs
+LONG_NAMES = ["label_diabetes_type_1_at_first_visit", "label_diabetes_type_2_at_first_visit",
+              "label_hypertension"]
+
+
+@pytest.fixture
+def long_names(tmp_path, rng):
+    """Three classes with long names; the second is predicted backwards, so its
+    loss is worse than the prior."""
+    y = rng.random((500, 3)) < np.array([0.2, 0.3, 0.4])
+    x = np.where(y, 1.5, -1.5) + rng.standard_normal((500, 3))
+    x[:, 1] *= -1
+    pq.write_table(pa.table({f"logit_{n}": x[:, i] for i, n in enumerate(LONG_NAMES)}),
+                   tmp_path / "preds.parquet")
+    pq.write_table(pa.table({n: y[:, i] for i, n in enumerate(LONG_NAMES)}),
+                   tmp_path / "labels.parquet")
+    per = ref.elementwise(x, y).astype(np.float64)
+    return (tmp_path / "preds.parquet", tmp_path / "labels.parquet"), per
+
+
+def _row(text, name):
+    return next(line for line in text.splitlines() if line.strip().startswith(name + " "))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_piped_table_keeps_whole_names_and_says_worse_than_prior(long_names, monkeypatch,
+                                                                 reduction):
+    monkeypatch.setenv("COLUMNS", "80")
+    paths, per = long_names
+    res = invoke("eval", *paths, "--reduction", reduction)
+    assert res.exit_code == 0, res.output
+    assert "…" not in res.stdout and "..." not in res.stdout
+    for name in LONG_NAMES:
+        assert _row(res.stdout, name)  # whole, on one line
+    bad, good = _row(res.stdout, LONG_NAMES[1]), _row(res.stdout, LONG_NAMES[0])
+    want = per[:, 1].sum() if reduction == "sum" else per[:, 1].mean()
+    assert float(bad.split()[1]) == pytest.approx(want, rel=1e-4)
+    assert bad.split()[2] == "!" and "!" not in good  # marked with text, not only in red
+    assert "!: worse than the prior" in res.stdout  # the legend says what it means
+    md = invoke("eval", *paths, "--reduction", reduction, "--format", "markdown").stdout
+    assert "worse" in _row(md, "| " + LONG_NAMES[1]) and "worse" not in _row(md, "| "
+                                                                              + LONG_NAMES[0])
+
+
+def test_table_piped_from_a_real_process(long_names):
+    import os
+    import subprocess
+    import sys
+
+    paths, _ = long_names
+    res = subprocess.run([sys.executable, "-m", "bce_cli", "eval", *map(str, paths)],
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                         env={**os.environ, "COLUMNS": "80"}, check=False)
+    assert res.returncode == 0, res.stderr
+    assert all(name in res.stdout for name in LONG_NAMES) and "…" not in res.stdout
+    assert max(map(len, res.stdout.splitlines())) > 80
+
+
+def test_warnings_are_not_hard_wrapped(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "60")
+    np.save(tmp_path / "p.npy", np.full((10, 2), 0.3))
+    np.save(tmp_path / "y.npy", np.eye(2)[np.arange(10) % 2])
+    res = invoke("eval", tmp_path / "p.npy", tmp_path / "y.npy")
+    assert res.exit_code == 0, res.output
+    assert ("warning: the predictions all lie in [0, 1]: these look like probabilities, not "
+            "logits; pass --from-probs if they are") in res.stderr.splitlines()
+
+
+def test_names_fold_on_a_narrow_terminal_and_are_never_cut(long_names):
+    import io
+
+    from rich.console import Console
+
+    from bce_cli.report import print_eval_table
+
+    paths, _ = long_names
+    report, _ = run_json(*paths)
+    buf = io.StringIO()
+    print_eval_table(report, Console(file=buf, force_terminal=True, width=72, color_system=None))
+    lines = buf.getvalue().splitlines()
+    body = lines[lines.index(next(line for line in lines if "───" in line)) + 1:]
+    body = body[:body.index(next(line for line in body if not line.strip()))]
+    assert "".join(line.split()[0] for line in body) == "".join(LONG_NAMES)
