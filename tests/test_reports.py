@@ -289,3 +289,27 @@ def test_names_fold_on_a_narrow_terminal_and_are_never_cut(long_names):
     body = lines[lines.index(next(line for line in lines if "───" in line)) + 1:]
     body = body[:body.index(next(line for line in body if not line.strip()))]
     assert "".join(line.split()[0] for line in body) == "".join(LONG_NAMES)
+
+
+def test_prior_is_what_pytorch_scores_at_the_best_constant(weighted_table):
+    """PyTorch as a second reference: its loss of the constant logit that the prior
+    names equals the prior, and moving the constant either way scores more."""
+    torch = pytest.importorskip("torch")
+    path, _, y, w = weighted_table
+    report, _ = run_json(path, "--logits", "logit_*", "--targets", ",".join(NAMES),
+                         "--ignore-value", -1, "--weight", "w", "--pos-weight", "4,0.5,2",
+                         "--label-smoothing", 0.1)
+    for i, (cls, pw) in enumerate(zip(report["classes"], [4.0, 0.5, 2.0], strict=True)):
+        keep = y[:, i] != -1
+        ys = torch.tensor(y[keep, i] * 0.9 + 0.05, dtype=torch.float64)
+        wk = torch.tensor(w[keep], dtype=torch.float64)
+        a, b = float((wk * ys).sum()) * pw, float((wk * (1 - ys)).sum())
+        z = math.log(a / b)  # sigmoid(z) = a / (a + b)
+
+        fn = torch.nn.BCEWithLogitsLoss(weight=wk, pos_weight=torch.tensor(pw).double())
+
+        def loss(c, ys=ys, fn=fn):
+            return float(fn(torch.full_like(ys, c), ys))
+
+        assert cls["prior_loss"] == pytest.approx(loss(z), rel=1e-12)
+        assert loss(z - 0.01) > cls["prior_loss"] < loss(z + 0.01)
