@@ -191,9 +191,10 @@ def pos_weight_csv(report: dict) -> str:
 
 
 def print_pos_weight_table(report: dict, console) -> None:
-    rows = [(c["name"], _g(c["n_pos"]), _g(c["n_neg"]), _g(c["pos_weight"]))
+    from rich.text import Text
+
+    rows = [(Text(c["name"]), _g(c["n_pos"]), _g(c["n_neg"]), _g(c["pos_weight"]))
             for c in report["classes"]]
-    console.print(_rich_table(f"suggested pos_weight ({report['method']})",
-                              [("class", "left"), ("n_pos", "right"), ("n_neg", "right"),
-                               ("pos_weight", "right")], rows))
+    columns = [("class", "left"), ("n_pos", "right"), ("n_neg", "right"), ("pos_weight", "right")]
+    _print_table(console, _rich_table(f"suggested pos_weight ({report['method']})", columns, rows))
 

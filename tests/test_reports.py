@@ -313,3 +313,10 @@ def test_prior_is_what_pytorch_scores_at_the_best_constant(weighted_table):
 
         assert cls["prior_loss"] == pytest.approx(loss(z), rel=1e-12)
         assert loss(z - 0.01) > cls["prior_loss"] < loss(z + 0.01)
+
+
+def test_piped_pos_weight_table_keeps_whole_names(long_names, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")
+    res = invoke("suggest-pos-weight", long_names[0][1])
+    assert res.exit_code == 0, res.output
+    assert all(name in res.stdout for name in LONG_NAMES) and "…" not in res.stdout
