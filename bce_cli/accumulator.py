@@ -2,7 +2,8 @@
 
 One-shot calls, streaming over record batches, threads, the GPU and a
 distributed engine all reduce to "update partial state, merge, compute":
-the state is a ``(N_STATS, C)`` float64 array and ``merge`` is addition.
+the state is a ``(N_ACC_STATS, C)`` float64 array (see :mod:`bce_cli.stats`)
+and ``merge`` is addition.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class BCEResult:
     accuracy: np.ndarray        # per class: share with (logit > 0) == (target >= 0.5)
     suggested_pos_weight: np.ndarray  # n_neg / n_pos (NaN without positives)
     n_elements: int = field(default=0)
+    # per class: the loss of the best constant prediction under the same weights,
+    # pos_weight and label smoothing, reduced like class_loss (see prior_loss)
+    prior_loss: np.ndarray | None = None
 
     @cached_property
     def positive_rate(self) -> np.ndarray:
@@ -69,7 +73,7 @@ class BCEAccumulator:
         self.ignore_value = ignore_value
         self.label_smoothing = float(label_smoothing)
         self.nan_policy = nan_policy
-        self.state = np.zeros((S.N_STATS, self.n_classes), dtype=np.float64)
+        self.state = np.zeros((S.N_ACC_STATS, self.n_classes), dtype=np.float64)
         self.n_rows = 0
         # Elements the whole stream will hold, when known: the choice between the
         # NumPy and compiled tiers is made for the job, not for each batch.
@@ -136,9 +140,31 @@ class BCEAccumulator:
                                  wfull=wfull, ignore=self.ignore_value,
                                  smooth=self.label_smoothing, nan_policy=self.nan_policy,
                                  want_out=return_losses, job_elements=self.job_elements)
-        self.state += stats
+        self.state[:S.N_STATS] += stats
+        self.state[S.WPOS:] += self._weighted_counts(x, y, stats, wvec, wfull)
         self.n_rows += x.shape[0]
         return out.reshape(np.shape(logits)) if return_losses else self
+
+    def _weighted_counts(self, x, y, stats, wvec, wfull):
+        """Rows ``WPOS``, ``WNEG`` of a batch: the sums of w*y and w*(1 - y) over the
+        elements that count.  From the kernels' counts when the weight varies by
+        class only; one NumPy pass over the batch for per-element weights."""
+        if wfull is None:
+            w = 1.0 if wvec is None else wvec
+            return np.stack([w * stats[S.POS], w * stats[S.NEG]])
+        yf = y.astype(np.float64)
+        skip = np.zeros(yf.shape, dtype=bool)
+        if self.ignore_value is not None:
+            skip |= yf == self.ignore_value
+        if self.nan_policy == "omit":
+            skip |= np.isnan(yf) | np.isnan(x)
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        w = wfull if wvec is None else wfull * wvec.reshape(shape)
+        axes = (0, *range(2, x.ndim))
+        with np.errstate(invalid="ignore"):
+            wy = np.where(skip, 0.0, w * yf).sum(axis=axes)
+            wn = np.where(skip, 0.0, w * (1.0 - yf)).sum(axis=axes)
+        return np.stack([wy, wn])
 
     def merge(self, *others: BCEAccumulator) -> BCEAccumulator:
         """Add other accumulators' state into this one (the others are unchanged)."""
@@ -178,4 +204,34 @@ class BCEAccumulator:
             suggested_pos_weight=pos_weight_from_counts(s[S.POS], s[S.NEG],
                                                         method, beta, clip_max),
             n_elements=n_elements,
+            prior_loss=prior_loss(s[S.WPOS], s[S.WNEG], self.pos_weight,
+                                  self.label_smoothing, 1.0 if reduction == "sum" else count),
         )
+
+
+def prior_loss(wy, wn, pos_weight, smoothing: float, norm):
+    """The loss of the best constant prediction, per class, divided by ``norm``.
+
+    A constant logit z scores ``p*A*softplus(-z) + B*softplus(z)`` over a class's
+    elements, with ``A = sum w*y'``, ``B = sum w*(1 - y')`` (``y'`` the smoothed
+    target) and p its pos_weight.  The minimum lies at ``sigmoid(z) = p*A / (p*A + B)``
+    and is ``p*A*log1p(B / (p*A)) + B*log1p(p*A / B)``; without weights it is the
+    entropy of the labels: the loss of always predicting the positive rate.
+
+    One positive and three negatives: always predicting 1/4 scores the entropy; with
+    pos_weight 3 the best constant is 1/2, scoring (3*log 2 + 3*log 2) / 4.
+
+    >>> float(prior_loss(np.array([1.0]), np.array([3.0]), None, 0.0, 4.0)[0])
+    0.5623351446188083
+    >>> float(prior_loss(np.array([1.0]), np.array([3.0]), np.array([3.0]), 0.0, 4.0)[0])
+    1.0397207708399179
+    """
+    half = 0.5 * smoothing
+    a = (1.0 - half) * wy + half * wn  # sum of w*y', from sums of w*y and w*(1 - y)
+    b = half * wy + (1.0 - half) * wn
+    if pos_weight is not None:
+        a = pos_weight * a
+    with np.errstate(invalid="ignore", divide="ignore"):
+        total = (np.where(a == 0.0, 0.0, a * np.log1p(b / a))
+                 + np.where(b == 0.0, 0.0, b * np.log1p(a / b)))
+        return total / norm

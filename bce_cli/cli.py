@@ -70,7 +70,9 @@ def _stderr():
 
 
 def _warn(message: str) -> None:
-    _stderr().print(f"[yellow]warning:[/] {message}")
+    """One warning on stderr, never hard-wrapped (a log keeps it on one line to grep); the
+    message is plain text: names in it are not read as markup."""
+    _stderr().print(f"[yellow]warning:[/] {_escape(message)}", soft_wrap=True)
 
 
 def _stdout():

@@ -19,6 +19,7 @@ from ._safe_write import SafeFile
 from .accumulator import BCEAccumulator
 from .errors import BCEInputError, InvalidValueError
 from .outputs import LossWriter
+from .report import loss_number, loss_value
 
 
 @dataclass
@@ -180,13 +181,6 @@ def _num(v) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def prior_loss(rate: float) -> float:
-    """Mean loss of always predicting the positive rate: the entropy of the labels (nats)."""
-    if not 0.0 < rate < 1.0:
-        return 0.0
-    return -(rate * math.log(rate) + (1.0 - rate) * math.log1p(-rate))
-
-
 def build_report(result, inp, opts: EvalOptions, n_rows: int) -> dict:
     classes = []
     for i, name in enumerate(inp.class_names):
@@ -194,17 +188,17 @@ def build_report(result, inp, opts: EvalOptions, n_rows: int) -> dict:
         rate = float(result.positive_rate[i])
         classes.append({
             "name": str(name),
-            "loss": _num(result.class_loss[i]),
+            "loss": loss_value(result.class_loss[i]),
             "n_pos": _num(n_pos),  # NaN only with --nan-policy propagate: null
             "n_neg": _num(n_neg),
             "suggested_pos_weight": _num(result.suggested_pos_weight[i]),
             "count": int(result.count[i]),
             "positive_rate": _num(rate),
             "accuracy": _num(result.accuracy[i]),
-            "prior_loss": _num(prior_loss(rate)) if math.isfinite(rate) else None,
+            "prior_loss": loss_value(result.prior_loss[i]),
         })
     return {
-        "loss": _num(result.loss),
+        "loss": loss_value(result.loss),
         "reduction": opts.reduction,
         "n_rows": int(n_rows),
         "n_classes": len(classes),
@@ -265,35 +259,55 @@ def _exceeds(value, limit) -> bool:
     return value is None or value > limit
 
 
+def _rise(new, base):
+    """How much a loss rose over the baseline's (None: NaN); an infinite loss that
+    stays infinite did not rise."""
+    if new is None:
+        return None
+    return 0.0 if new == base else new - base
+
+
+def _baseline_loss(v, path: str, where: str) -> float | None:
+    """A baseline's loss as a float; None (not compared) for null or NaN."""
+    try:
+        v = loss_number(v)
+    except (TypeError, ValueError):
+        raise BCEInputError(f"the baseline's {where} loss {v!r} is not a number",
+                            file=path) from None
+    return None if v is None or math.isnan(v) else v
+
+
 def check_gates(report: dict, opts: EvalOptions, baseline: dict | None) -> list[str]:
     """The failed gates, one readable line each (empty: passed)."""
     failures = []
-    loss = report["loss"]
+    loss = loss_number(report["loss"])
     if opts.max_loss is not None and _exceeds(loss, opts.max_loss):
         failures.append(f"overall loss {_fmt(loss)} > --max-loss {opts.max_loss:g}")
     if opts.max_class_loss is not None:
         for c in report["classes"]:
-            if _exceeds(c["loss"], opts.max_class_loss):
+            if _exceeds(loss_number(c["loss"]), opts.max_class_loss):
                 failures.append(f"class {c['name']}: loss {_fmt(c['loss'])} > "
                                 f"--max-class-loss {opts.max_class_loss:g}")
     if baseline is not None:
         limit = opts.max_increase
-        base_loss = baseline.get("loss")
-        if base_loss is not None and _exceeds(None if loss is None else loss - base_loss, limit):
+        base_loss = _baseline_loss(baseline.get("loss"), opts.baseline, "overall")
+        if base_loss is not None and _exceeds(_rise(loss, base_loss), limit):
             failures.append(f"overall loss {_fmt(loss)} rose by more than {limit:g} over the "
                             f"baseline's {_fmt(base_loss)}")
         base_classes = {str(c.get("name")): c.get("loss") for c in baseline.get("classes", [])}
         for c in report["classes"]:
-            b = base_classes.get(c["name"])
+            b = _baseline_loss(base_classes.get(c["name"]), opts.baseline,
+                               f"class {c['name']}'s")
             if b is None:
                 continue
-            if _exceeds(None if c["loss"] is None else c["loss"] - b, limit):
+            if _exceeds(_rise(loss_number(c["loss"]), b), limit):
                 failures.append(f"class {c['name']}: loss {_fmt(c['loss'])} rose by more than "
                                 f"{limit:g} over the baseline's {_fmt(b)}")
     return failures
 
 
 def _fmt(v) -> str:
+    v = loss_number(v)
     return "NaN" if v is None else f"{v:.6g}"
 
 

@@ -5,14 +5,40 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+
+# How a report says an infinite loss: strict JSON has no infinity, and null is kept
+# for a loss that is not a number (--nan-policy propagate).  float() reads it back.
+INF = "inf"
+
+
+def loss_value(v) -> float | str | None:
+    """A loss as the report holds it: a float, ``"inf"``, or None for NaN."""
+    v = float(v)
+    if v != v:
+        return None
+    if math.isinf(v):
+        return INF if v > 0 else "-" + INF
+    return v
+
+
+def loss_number(v) -> float | None:
+    """A loss of a report (this run's or a baseline read back) as a float or None."""
+    return None if v is None else float(v)
 
 
 def _g(v, digits: int = 6) -> str:
     if v is None:
         return "-"
+    if isinstance(v, str):  # an infinite loss
+        return v
     if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
         return str(int(v))
     return f"{v:.{digits}g}"
+
+
+def _loss(v, digits: int = 6) -> str:
+    return "NaN" if v is None else _g(v, digits)
 
 
 def _pct(v) -> str:
@@ -45,72 +71,112 @@ def _verdict(report: dict) -> str:
     return "passed" if report["passed"] else f"FAILED ({len(report['failures'])} gate(s))"
 
 
+def worse_than_prior(c: dict) -> bool:
+    """A class whose loss is above its prior: worse than the best constant prediction
+    (a prior of 0, a class with one kind of target, marks nothing)."""
+    loss, prior = loss_number(c["loss"]), loss_number(c["prior_loss"])
+    return loss is not None and prior is not None and prior > 0 and loss > prior
+
+
+# A class worse than its prior is marked with text as well as colour (a CI log has
+# none): "!" beside its loss in the table, where columns are scarce, and "worse"
+# in markdown.
+WORSE_MARK = "!"
+PRIOR_LEGEND = ("prior: loss of the best constant prediction under the same options (the "
+                "positive rate, unweighted)")
+
+
 def eval_markdown(report: dict) -> str:
     loss_head = "loss (sum)" if report["reduction"] == "sum" else "loss"
+    mark = any(worse_than_prior(c) for c in report["classes"])
     lines = [
-        f"### bce eval: loss {_g(report['loss'])} — {_verdict(report)}",
+        f"### bce eval: loss {_loss(report['loss'])} — {_verdict(report)}",
         "",
         f"| class | {loss_head} | prior loss | n_pos | n_neg | pos. rate | accuracy "
-        "| suggested pos_weight |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| suggested pos_weight |" + (" vs prior |" if mark else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if mark else ""),
     ]
     for c in report["classes"]:
-        lines.append(f"| {c['name']} | {_g(c['loss'])} | {_g(c['prior_loss'])} | "
+        lines.append(f"| {c['name']} | {_loss(c['loss'])} | {_g(c['prior_loss'])} | "
                      f"{_g(c['n_pos'])} | {_g(c['n_neg'])} | {_pct(c['positive_rate'])} | "
-                     f"{_pct(c['accuracy'])} | {_g(c['suggested_pos_weight'], 4)} |")
-    lines += ["", f"Overall {report['reduction']} loss **{_g(report['loss'])}** over "
+                     f"{_pct(c['accuracy'])} | {_g(c['suggested_pos_weight'], 4)} |"
+                     + ((" **worse** |" if worse_than_prior(c) else " |") if mark else ""))
+    lines += ["", f"Overall {report['reduction']} loss **{_loss(report['loss'])}** over "
               f"{report['n_elements']} elements ({report['n_rows']} rows, "
               f"{report['n_classes']} classes)."]
+    if mark:
+        lines += ["", PRIOR_LEGEND + "; worse: a loss above the prior."]
     if report["failures"]:
         lines += ["", "Failed gates:", ""] + [f"- {f}" for f in report["failures"]]
     return "\n".join(lines) + "\n"
 
 
 def _rich_table(title, columns, rows):
+    """``columns``: (header, justify); the first column holds names: on a terminal too
+    narrow for the table they are folded onto more lines, never cut."""
     from rich import box
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
-    for name, justify in columns:
-        table.add_column(name, justify=justify)
+    for i, (name, justify) in enumerate(columns):
+        table.add_column(name, justify=justify, overflow="fold" if i == 0 else "ellipsis")
     for row in rows:
         table.add_row(*row)
     return table
 
 
+def _print_table(console, table) -> None:
+    """A table on a terminal fits it; in a pipe or a log (CI) it is as wide as it needs:
+    nothing is cut or folded, so names stay whole and greppable."""
+    if not console.is_terminal:
+        from rich.measure import Measurement
+
+        need = Measurement.get(console, console.options.update_width(1 << 16), table).maximum
+        if need > console.width:
+            console.width = need
+    console.print(table)
+
+
 def print_eval_table(report: dict, console) -> None:
+    from rich.markup import escape
+    from rich.text import Text
+
     many = len(report["classes"]) > 1
     loss_head = "loss (sum)" if report["reduction"] == "sum" else "loss"
+    mark = any(worse_than_prior(c) for c in report["classes"])
     rows = []
     for c in report["classes"]:
-        loss = _g(c["loss"], 5)
-        if (report["reduction"] != "sum" and c["loss"] is not None and c["prior_loss"]
-                and c["loss"] > c["prior_loss"]):
-            loss = f"[bold red]{loss}[/]"  # worse than predicting the positive rate
-        rows.append((c["name"], loss, _g(c["prior_loss"], 4), _g(c["n_pos"]), _g(c["n_neg"]),
-                     _pct(c["positive_rate"]), _pct(c["accuracy"]),
-                     _g(c["suggested_pos_weight"], 4)))
-    columns = [("class", "left"), (loss_head, "right"), ("prior", "right"),
-               ("n_pos", "right"), ("n_neg", "right"), ("pos %", "right"),
-               ("acc.", "right"), ("pos_weight*", "right")]
-    console.print(_rich_table("bce eval" + (" — per class" if many else ""), columns, rows))
-    console.print(f"overall {report['reduction']} loss: [bold]{_g(report['loss'])}[/]   "
+        loss, worse = _loss(c["loss"], 5), worse_than_prior(c)
+        row = [Text(c["name"]), f"[bold red]{loss}[/]" if worse else loss]
+        if mark:
+            row.append(f"[bold red]{WORSE_MARK}[/]" if worse else "")
+        rows.append(row + [_g(c["prior_loss"], 4), _g(c["n_pos"]), _g(c["n_neg"]),
+                           _pct(c["positive_rate"]), _pct(c["accuracy"]),
+                           _g(c["suggested_pos_weight"], 4)])
+    columns = [("class", "left"), (loss_head, "right")] + [("", "left")] * mark + [
+        ("prior", "right"), ("n_pos", "right"), ("n_neg", "right"), ("pos %", "right"),
+        ("acc.", "right"), ("pos_weight*", "right")]
+    _print_table(console, _rich_table("bce eval" + (" — per class" if many else ""), columns,
+                                      rows))
+    # Lines of prose: a terminal wraps them; a log keeps each on one line.
+    soft = not console.is_terminal
+    console.print(f"overall {report['reduction']} loss: [bold]{_loss(report['loss'])}[/]   "
                   f"rows: {report['n_rows']}   elements: {report['n_elements']}   "
-                  f"classes: {report['n_classes']}")
+                  f"classes: {report['n_classes']}", soft_wrap=soft)
     src = report.get("inputs") or {}
     used = [src[k]["path"] for k in ("preds", "labels") if src.get(k)]
     if used:
-        console.print("inputs: " + ", ".join(used), highlight=False)
-    console.print("prior: loss of always predicting the class's positive rate (red loss: "
-                  "worse than that); acc.: accuracy at logit 0; "
-                  "*suggested pos_weight = n_neg/n_pos", style="dim")
+        console.print("inputs: " + escape(", ".join(used)), highlight=False, soft_wrap=soft)
+    worse = f"; red loss, {WORSE_MARK}: worse than the prior" if mark else " (red loss: above it)"
+    console.print(f"{PRIOR_LEGEND}{worse}; acc.: accuracy at logit 0; "
+                  "*suggested pos_weight = n_neg/n_pos", style="dim", soft_wrap=soft)
     gates = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in report.get("gates", {}).items())
     if report["failures"]:
-        console.print(f"[bold red]FAILED[/] ({gates})")
+        console.print(f"[bold red]FAILED[/] ({escape(gates)})", soft_wrap=soft)
         for f in report["failures"]:
-            console.print(f"  - {f}", highlight=False)
+            console.print(f"  - {escape(f)}", highlight=False, soft_wrap=soft)
     elif gates:
-        console.print(f"[bold green]passed[/] ({gates})")
+        console.print(f"[bold green]passed[/] ({escape(gates)})", soft_wrap=soft)
 
 
 # ---------------------------------------------------------------- suggest-pos-weight
@@ -125,9 +191,10 @@ def pos_weight_csv(report: dict) -> str:
 
 
 def print_pos_weight_table(report: dict, console) -> None:
-    rows = [(c["name"], _g(c["n_pos"]), _g(c["n_neg"]), _g(c["pos_weight"]))
+    from rich.text import Text
+
+    rows = [(Text(c["name"]), _g(c["n_pos"]), _g(c["n_neg"]), _g(c["pos_weight"]))
             for c in report["classes"]]
-    console.print(_rich_table(f"suggested pos_weight ({report['method']})",
-                              [("class", "left"), ("n_pos", "right"), ("n_neg", "right"),
-                               ("pos_weight", "right")], rows))
+    columns = [("class", "left"), ("n_pos", "right"), ("n_neg", "right"), ("pos_weight", "right")]
+    _print_table(console, _rich_table(f"suggested pos_weight ({report['method']})", columns, rows))
 

@@ -43,6 +43,40 @@ def bce(x, y, weight=None, pos_weight=None, reduction="mean"):
     return reduce(elementwise(x, y, weight, pos_weight), reduction)
 
 
+def golden_min(f, lo=-60.0, hi=60.0, iters=200) -> float:
+    """The minimum of a convex function of one variable, by golden-section search."""
+    g = (math.sqrt(5) - 1) / 2
+    a, b = lo, hi
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(iters):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = f(d)
+    return min(fc, fd)
+
+
+def best_constant_loss(y, weight, pos_weight, smoothing=0.0, keep=None, reduction="mean"):
+    """The lowest loss any constant logit reaches on the elements ``keep`` of ``y``
+    (smoothed targets, the same weights): the prior a model should beat, found by
+    search rather than by formula."""
+    y = np.asarray(y, dtype=np.float64)
+    keep = np.ones(y.shape, dtype=bool) if keep is None else keep
+    ys = y[keep] * (1 - smoothing) + smoothing / 2
+    w = np.broadcast_to(np.asarray(weight, dtype=np.float64), y.shape)[keep]
+    norm = 1 if reduction == "sum" else keep.sum()
+
+    def loss(z):
+        return float(elementwise(np.full(ys.shape, z), ys, w, pos_weight).sum()) / norm
+
+    return golden_min(loss)
+
+
 def grad(x, y, weight=None, pos_weight=None, reduction="mean"):
     """d loss / d x = w * ((1-y) * sigmoid(x) - p*y*sigmoid(-x))."""
     x = np.asarray(x).astype(LD)

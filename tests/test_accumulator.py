@@ -245,3 +245,29 @@ def test_class_sums_of_the_numpy_tier(rng, shape):
     got = class_sums(u)
     want = [math.fsum(u[:, c, :].ravel()) for c in range(shape[1])]
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-9)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_prior_is_the_best_constant_over_streamed_batches(rng, reduction):
+    """Batches weighted three ways (per class, per element, not at all), with
+    pos_weight, label smoothing, ignored and NaN-omitted elements."""
+    n, c = 600, 3
+    x = rng.standard_normal((n, c, 2)) * 2
+    y = (rng.random((n, c, 2)) < np.array([0.2, 0.5, 0.7])[:, None]).astype(np.float64)
+    y[rng.random(y.shape) < 0.05] = -1
+    x[rng.random(x.shape) < 0.03] = np.nan
+    w = np.ones(y.shape)
+    w[:200] = np.array([0.5, 2.0, 1.5])[:, None]
+    w[200:400] = rng.uniform(0, 3, (200, c, 2))
+    pw, base_w = np.array([3.0, 0.25, 1.0]), np.array([1.0, 1.0, 2.0])
+    acc = BCEAccumulator(c, pos_weight=pw, weight=base_w, ignore_value=-1,
+                         label_smoothing=0.1, nan_policy="omit")
+    acc.update(x[:200], y[:200], np.array([0.5, 2.0, 1.5])[:, None])
+    acc.update(x[200:400], y[200:400], w[200:400])
+    acc.update(x[400:], y[400:])
+    res = acc.compute(reduction)
+    keep = (y != -1) & ~np.isnan(x)
+    for i in range(c):
+        want = ref.best_constant_loss(y[:, i], w[:, i] * base_w[i], pw[i], 0.1, keep[:, i],
+                                      reduction)
+        assert res.prior_loss[i] == pytest.approx(want, rel=1e-9)
