@@ -19,7 +19,7 @@ from ._safe_write import SafeFile
 from .accumulator import BCEAccumulator
 from .errors import BCEInputError, InvalidValueError
 from .outputs import LossWriter
-from .report import loss_number, loss_value
+from .report import finite_values, loss_number, loss_value, loss_values
 
 
 @dataclass
@@ -182,21 +182,17 @@ def _num(v) -> float | None:
 
 
 def build_report(result, inp, opts: EvalOptions, n_rows: int) -> dict:
-    classes = []
-    for i, name in enumerate(inp.class_names):
-        n_pos, n_neg = float(result.n_pos[i]), float(result.n_neg[i])
-        rate = float(result.positive_rate[i])
-        classes.append({
-            "name": str(name),
-            "loss": loss_value(result.class_loss[i]),
-            "n_pos": _num(n_pos),  # NaN only with --nan-policy propagate: null
-            "n_neg": _num(n_neg),
-            "suggested_pos_weight": _num(result.suggested_pos_weight[i]),
-            "count": int(result.count[i]),
-            "positive_rate": _num(rate),
-            "accuracy": _num(result.accuracy[i]),
-            "prior_loss": loss_value(result.prior_loss[i]),
-        })
+    # Whole arrays to lists in one pass each: per-class work stays linear and cheap
+    # (a million classes).  NaN counts (only with --nan-policy propagate) are null.
+    columns = zip([str(n) for n in inp.class_names], loss_values(result.class_loss),
+                  finite_values(result.n_pos), finite_values(result.n_neg),
+                  finite_values(result.suggested_pos_weight),
+                  result.count.astype(np.int64).tolist(), finite_values(result.positive_rate),
+                  finite_values(result.accuracy), loss_values(result.prior_loss), strict=True)
+    classes = [{"name": name, "loss": loss, "n_pos": n_pos, "n_neg": n_neg,
+                "suggested_pos_weight": spw, "count": count, "positive_rate": rate,
+                "accuracy": acc, "prior_loss": prior}
+               for name, loss, n_pos, n_neg, spw, count, rate, acc, prior in columns]
     return {
         "loss": loss_value(result.loss),
         "reduction": opts.reduction,

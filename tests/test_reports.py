@@ -320,3 +320,26 @@ def test_piped_pos_weight_table_keeps_whole_names(long_names, monkeypatch):
     res = invoke("suggest-pos-weight", long_names[0][1])
     assert res.exit_code == 0, res.output
     assert all(name in res.stdout for name in LONG_NAMES) and "…" not in res.stdout
+
+
+@pytest.mark.parametrize("names", [["cat", "dog"], ["a" * 90, "b"], ["猫", "犬の名前"], ["x"]])
+@pytest.mark.parametrize("mark", [False, True])
+def test_plain_table_is_the_text_rich_prints(names, mark):
+    """Pipes and large tables are laid out without Rich (linear time); the text must be
+    exactly what Rich prints for the same table when it need not fit a terminal."""
+    import io
+
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    from bce_cli.report import _rich_table, plain_table
+
+    columns = [("class", "left"), ("loss", "right")] + [("", "left")] * mark + [
+        ("n_pos", "right")]
+    rows = [[n, f"{0.1 * i:.4g}"] + (["!" if i % 2 else ""] if mark else []) + [str(10 ** i)]
+            for i, n in enumerate(names)]
+    table = _rich_table("bce eval — per class", columns, rows, red=set())
+    console = Console(file=io.StringIO(), width=1000, color_system=None)
+    console.width = Measurement.get(console, console.options, table).maximum
+    console.print(table)
+    assert plain_table("bce eval — per class", columns, rows) == console.file.getvalue()
