@@ -117,3 +117,125 @@ def test_feather_v1_is_still_read(tmp_path):
     res = invoke("eval", "-", "--nan-policy", "omit", "--format", "json", input=data)
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["loss"] == out[0]
+
+
+# ------------------------------------------------------------------ malformed headers
+@pytest.fixture
+def pair(tmp_path):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(12, 2)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", (x > 0).astype(np.float32))
+    return tmp_path / "x.npy", tmp_path / "y.npy"
+
+
+def _unclosed_header(path):
+    """A copy of a .npy whose header dict never closes its shape tuple."""
+    data = bytearray(path.read_bytes())
+    i = data.index(b"(12, 2)")
+    data[i : i + 7] = b"(12, 2 "
+    return bytes(data)
+
+
+@pytest.mark.parametrize("where", ["logits", "targets", "weight", "pos_weight", "suggest",
+                                   "npz"])
+def test_npy_header_with_unclosed_bracket(tmp_path, pair, where):
+    x, y = pair
+    bad = tmp_path / "bad.npy"
+    bad.write_bytes(_unclosed_header(x))
+    if where == "npz":
+        import zipfile
+
+        with zipfile.ZipFile(tmp_path / "bad.npz", "w") as z:
+            z.writestr("logits.npy", bad.read_bytes())
+            z.writestr("targets.npy", y.read_bytes())
+        args, name = ("eval", tmp_path / "bad.npz"), "bad.npz"
+    else:
+        args = {"logits": ("eval", bad, y), "targets": ("eval", x, bad),
+                "weight": ("eval", x, y, "--weight", bad),
+                "pos_weight": ("eval", x, y, "--pos-weight", bad),
+                "suggest": ("suggest-pos-weight", bad)}[where]
+        name = "bad.npy"
+    input_error(invoke(*args), name)
+
+
+@pytest.mark.parametrize("ext", [".parquet", ".csv"])
+def test_duplicate_column_names(tmp_path, ext):
+    p = tmp_path / f"dup{ext}"
+    if ext == ".csv":
+        p.write_text("logit_a,logit_a,target_a\n0.5,1.5,1\n-1,2,0\n")
+    else:
+        t = pa.Table.from_arrays([pa.array([0.5, -1.0]), pa.array([1.5, 2.0]),
+                                  pa.array([1.0, 0.0])], names=["logit_a", "logit_a", "target_a"])
+        pq.write_table(t, p)
+    text = input_error(invoke("eval", p), p.name, "'logit_a'")
+    assert "twice" in text
+
+
+def test_csv_header_not_utf8(tmp_path):
+    p = tmp_path / "latin1.csv"
+    p.write_bytes("logit_é,target_é\n".encode("latin-1") + b"0.5,1\n-1,0\n")
+    text = input_error(invoke("eval", p), p.name)
+    assert "UTF-8" in text
+
+
+# ------------------------------------------------------------------ malformed JSON inputs
+_DEEP = "[" * 100000 + "]" * 100000
+
+
+@pytest.mark.parametrize("doc", [
+    '{"pos_weight": ["a", "b"]}',
+    '{"pos_weight": [[1], [2]]}',
+    '{"pos_weight": [1, true]}',
+    '{"pos_weight": ' + _DEEP + "}",
+    _DEEP,
+    '{"pos_weight": [1, 2], "classes": [{"name": "0", "pos_weight": "x"},'
+    ' {"name": "1", "pos_weight": 1}]}',
+    '{"pos_weight": [1, 2], "classes": [{"name": "0", "pos_weight": [1]},'
+    ' {"name": "1", "pos_weight": 1}]}',
+])
+def test_malformed_pos_weight_json(tmp_path, pair, doc):
+    p = tmp_path / "pw.json"
+    p.write_text(doc)
+    input_error(invoke("eval", *pair, "--pos-weight", p), "pw.json")
+
+
+@pytest.mark.parametrize("doc", [
+    {"loss": 0.5, "classes": "x"},
+    {"loss": "0.5", "classes": []},
+    {"loss": [0.5]},
+    {"loss": True},
+    {"loss": 0.5, "classes": [1, "x"]},
+    {"loss": 0.5, "classes": [{"name": "0", "loss": "x"}]},
+    {"loss": 0.5, "classes": [{"name": "0", "loss": {"a": 1}}]},
+    {"loss": 0.5, "classes": [{"loss": 0.3}]},
+    {"loss": 0.5, "reduction": ["x"]},
+    {"loss": 0.5, "reduction": "median"},
+    "deep",
+])
+def test_malformed_baseline(tmp_path, pair, doc):
+    p = tmp_path / "base.json"
+    p.write_text('{"loss": ' + _DEEP + "}" if doc == "deep" else json.dumps(doc))
+    input_error(invoke("eval", *pair, "--baseline", p, "--max-increase", "0.1"), "base.json")
+
+
+def test_baseline_with_infinite_loss_spelled_as_string(tmp_path, pair):
+    base = tmp_path / "base.json"
+    res = invoke("eval", *pair, "--report", base)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(base.read_text())
+    doc["loss"] = "Infinity"
+    base.write_text(json.dumps(doc))
+    res = invoke("eval", *pair, "--baseline", base, "--max-increase", "0.1")
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("key", [pa.array([{"a": i} for i in range(6)]),
+                                 pa.array([[i] for i in range(6)]),
+                                 pa.array(np.arange(6, dtype=np.float16))])
+def test_join_on_nested_key(tmp_path, key):
+    pq.write_table(pa.table({"k": key, "logit": np.zeros(6)}), tmp_path / "p.parquet")
+    pq.write_table(pa.table({"k": key, "target": np.ones(6)}), tmp_path / "l.parquet")
+    text = input_error(invoke("eval", tmp_path / "p.parquet", tmp_path / "l.parquet", "--on", "k"),
+                       "p.parquet", "'k'")
+    assert "key" in text

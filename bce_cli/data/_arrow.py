@@ -44,6 +44,12 @@ def is_list(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
+def nested(t: pa.DataType) -> bool:
+    """A struct, list, map or union type (dictionary-decoded): no use as a join key."""
+    t = value_type(t)
+    return pa.types.is_nested(t) or pa.types.is_union(t)
+
+
 def column_kind(t: pa.DataType) -> str | None:
     """'scalar' | 'list' (of numbers) | None (anything else)."""
     if scalar_kind(t):
@@ -64,6 +70,24 @@ def np_dtype(t: pa.DataType) -> np.dtype:
 
 def describe_type(t: pa.DataType) -> str:
     return str(t)
+
+
+def check_names(schema: pa.Schema, file, hint=None) -> pa.Schema:
+    """Refuse column names that are not UTF-8 text, and a name used twice (columns
+    are chosen by name); return ``schema``."""
+    try:
+        names = schema.names
+    except UnicodeDecodeError as exc:
+        raise BCEInputError(f"a column name is not valid UTF-8 text ({exc.reason} at byte "
+                            f"{exc.start} of the name)", file=file, hint=hint) from None
+    if len(set(names)) != len(names):
+        first = {}
+        for i, n in enumerate(names):
+            if n in first:
+                raise BCEInputError(f"this name is used twice (columns {first[n]} and {i}); "
+                                    "give each column its own name", file=file, column=n)
+            first[n] = i
+    return schema
 
 
 # ---------------------------------------------------------------------------- sources
@@ -147,6 +171,7 @@ class ParquetSource(TableSource):
                     schema = md.schema.to_arrow_schema()
             except _READ_ERRORS as exc:
                 raise _open_error(exc, shown) from None
+            check_names(schema, shown)
             total += md.num_rows
             if first is None:
                 first = (shown, schema)
@@ -236,6 +261,7 @@ class IpcFileSource(TableSource):
                 self.n_rows = reader.count_rows()  # reads message headers only
         except _READ_ERRORS as exc:
             raise _open_error(exc, self.file_names[0]) from None
+        check_names(self.schema, self.file_names[0])
 
     def _raw(self, columns, batch_rows):
         shown = self.file_names[0]
@@ -255,6 +281,7 @@ class IpcStreamSource(TableSource):
                 self.schema = ipc.open_stream(f).schema
         except _READ_ERRORS as exc:
             raise _open_error(exc, self.file_names[0]) from None
+        check_names(self.schema, self.file_names[0])
         if res.buffer is not None or res.local:
             # cheap to count: the whole stream is in memory or memory-mappable
             # (memory-mapped, so only the message headers are touched)
@@ -284,7 +311,7 @@ class MemorySource(TableSource):
     def __init__(self, res: Resolved, table: pa.Table, file_shown: str | None = None):
         super().__init__(res)
         self.table = table
-        self.schema = table.schema
+        self.schema = check_names(table.schema, file_shown or res.display)
         self.n_rows = table.num_rows
         self._shown = file_shown or res.display
 
@@ -322,6 +349,8 @@ class CsvSource(TableSource):
                         break
         except _READ_ERRORS as exc:
             raise _open_error(exc, self.file_names[0]) from None
+        check_names(schema, self.file_names[0], hint="save the file as UTF-8 (e.g. iconv -f "
+                    "latin1 -t utf-8 in.csv > out.csv)")
         if first is None:
             raise BCEInputError("the input has no rows", file=self.file_names[0])
         types = {}

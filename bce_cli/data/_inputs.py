@@ -629,6 +629,13 @@ def _join(spec, res_p, src_p, res_l, src_l, exclude, wcol):
         src_l, res_l.display, _join_columns(spec.targets, src_l, res_l, on, exclude, wcol)
     )
     kp, kl = tp.column(on), tl.column(on)
+    for key, res in ((kp, res_p), (kl, res_l)):
+        if _arrow.nested(key.type):
+            raise BCEInputError(
+                f"a join key must hold plain values (numbers, strings, dates), not {key.type}",
+                file=res.display,
+                column=on,
+            )
     if not kp.type.equals(kl.type):
         try:
             if pa.types.is_integer(kp.type) and pa.types.is_integer(kl.type):
@@ -649,7 +656,13 @@ def _join(spec, res_p, src_p, res_l, src_l, exclude, wcol):
         if key.null_count:
             row = int(np.flatnonzero(key.is_null().to_numpy(zero_copy_only=False))[0])
             raise BCEInputError("missing join key (null)", file=res.display, column=on, row=row)
-        vc = pc.value_counts(key)
+        try:
+            vc = pc.value_counts(key)
+        except pa.ArrowNotImplementedError:
+            raise BCEInputError(
+                f"cannot join on a key of type {key.type}", file=res.display, column=on,
+                hint="use a column of integers or strings as the key",
+            ) from None
         counts = vc.field("counts").to_numpy(zero_copy_only=False)
         dup = np.flatnonzero(counts > 1)
         if dup.size:
@@ -659,7 +672,14 @@ def _join(spec, res_p, src_p, res_l, src_l, exclude, wcol):
                 file=res.display,
                 column=on,
             )
-    idx = pc.index_in(kp, value_set=kl.combine_chunks() if hasattr(kl, "combine_chunks") else kl)
+    try:
+        idx = pc.index_in(kp, value_set=kl.combine_chunks() if hasattr(kl, "combine_chunks")
+                          else kl)
+    except pa.ArrowNotImplementedError:
+        raise BCEInputError(
+            f"cannot join on a key of type {kp.type}", file=res_p.display, column=on,
+            hint="use a column of integers or strings as the key",
+        ) from None
     missing = np.flatnonzero(idx.is_null().to_numpy(zero_copy_only=False))
     if missing.size:
         vals = kp.take(pa.array(missing[:5])).to_pylist()
