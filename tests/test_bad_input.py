@@ -239,3 +239,42 @@ def test_join_on_nested_key(tmp_path, key):
     text = input_error(invoke("eval", tmp_path / "p.parquet", tmp_path / "l.parquet", "--on", "k"),
                        "p.parquet", "'k'")
     assert "key" in text
+
+
+# ------------------------------------------------------------------ bad weights
+@pytest.mark.parametrize("bad", [-1.0, np.inf, np.nan])
+def test_bad_value_in_weight_column(tmp_path, bad):
+    w = np.ones(300)
+    w[257] = bad
+    t = pa.table({"logit": np.zeros(300), "target": np.ones(300), "w": w})
+    pq.write_table(t, tmp_path / "w.parquet", row_group_size=100)
+    text = input_error(invoke("eval", tmp_path / "w.parquet", "--weight", "w",
+                              "--batch-rows", "64"), "w.parquet", "'w'", "row 257")
+    assert "finite and >= 0" in text
+
+
+def test_bad_weight_column_in_labels_file(tmp_path, pair):
+    pq.write_table(pa.table({"logit": np.zeros(10)}), tmp_path / "p.parquet")
+    pq.write_table(pa.table({"target": np.ones(10), "w": np.r_[np.ones(9), -2.0]}),
+                   tmp_path / "l.parquet")
+    input_error(invoke("eval", tmp_path / "p.parquet", tmp_path / "l.parquet", "--weight", "w"),
+                "l.parquet", "'w'", "row 9")
+
+
+@pytest.mark.parametrize("shape", ["rows", "elements", "classes", "one_row"])
+def test_bad_value_in_weight_file(tmp_path, pair, shape):
+    w = {"rows": np.ones(12), "elements": np.ones((12, 2)), "classes": np.ones(2),
+         "one_row": np.ones((1, 2))}[shape]
+    w.reshape(-1)[-1] = -0.5
+    np.save(tmp_path / "w.npy", w)
+    text = input_error(invoke("eval", *pair, "--weight", tmp_path / "w.npy", "--batch-rows", 5),
+                       "w.npy")
+    assert "finite and >= 0" in text and "-0.5" in text
+    if shape in ("rows", "elements"):
+        assert "row 11" in text
+
+
+def test_bad_value_in_pos_weight_file(tmp_path, pair):
+    np.save(tmp_path / "pw.npy", np.array([1.0, np.inf]))
+    text = input_error(invoke("eval", *pair, "--pos-weight", tmp_path / "pw.npy"), "pw.npy")
+    assert "finite and >= 0" in text

@@ -18,7 +18,7 @@ from ._numpy import (
 )
 from ._paths import resolve
 from ._spec import Batch, InputSpec
-from ._weights import parse_weight
+from ._weights import checked_factors, parse_weight
 
 # Tables only: an array input never imports pyarrow.
 pa = lazy("pyarrow")
@@ -259,11 +259,35 @@ class Inputs:
             n = ns.pop()
             logits = merged.get("logits")
             targets = merged["targets"]
+            if "weight" in merged:
+                self._check_weight(merged["weight"], offset)
             weight = self._batch_weight(merged, n, S)
             yield Batch(logits=logits, targets=targets, weight=weight, row_offset=offset)
             offset += n
         if offset == 0:
             raise BCEInputError("the input has no rows", file=self._main_file)
+
+    def _check_weight(self, arr, offset):
+        """Refuse a negative, infinite or NaN weight read from a column or file, naming
+        its file, column and row (one min and one max per batch when all is well)."""
+        if arr.dtype.kind == "b" or arr.size == 0:
+            return
+        lo = arr.min()
+        if arr.dtype.kind in "iu":
+            if lo >= 0:
+                return
+            bad = arr < 0
+        else:
+            if lo >= 0 and np.isfinite(arr.max()):  # a NaN makes lo >= 0 False
+                return
+            bad = ~np.isfinite(arr) | (arr < 0)
+        index = np.unravel_index(int(np.argmax(bad.reshape(-1))), arr.shape)
+        value = arr[index].item()
+        role = self._weight[1]
+        file, local = role.feed.locate(offset + int(index[0]))
+        column = role.shown(int(index[1]) if arr.ndim > 1 else 0)
+        raise BCEInputError(f"--weight must be finite and >= 0; got {value!r}", file=file,
+                            column=column, row=local)
 
     def _batch_weight(self, merged, n, S):
         w = self._weight
@@ -770,9 +794,11 @@ def _weight(spec, wspec, wrole, logits, targets, feeds, order, br):
     shape = h.shape
     n_rows = next((f.n_rows for f in feeds if f.n_rows is not None), None)
     if len(shape) == 1 and shape[0] == C and C > 1:
-        return ("const", np.asarray(h.arr, dtype=np.float64).reshape((1, C) + ((1,) if S else ())))
+        values = checked_factors(h.arr, "--weight", targets.class_names(), file=h.file)
+        return ("const", values.reshape((1, C) + ((1,) if S else ())))
     if h.arr.size == 1:
-        return ("const", np.full((1,) * nd, float(np.asarray(h.arr).reshape(-1)[0])))
+        value = checked_factors(np.asarray(h.arr).reshape(-1), "--weight", file=h.file)
+        return ("const", np.full((1,) * nd, value[0]))
     if shape[0] == 1:
         v = ArrayView(MemArray(h.file, "weight", np.asarray(h.arr)), spec.class_dim, "weight")
         blk = next(v.blocks(1, "C"))
@@ -790,7 +816,7 @@ def _weight(spec, wspec, wrole, logits, targets, feeds, order, br):
         )
     feed = _ArrayFeed({"weight": view}, br, order)
     feeds.append(feed)
-    return ("role", None, "element")
+    return ("role", _array_role(feed, "weight", view), "element")
 
 
 def _check_weight_block(blk, C, S, h):
@@ -800,7 +826,7 @@ def _check_weight_block(blk, C, S, h):
         raise BCEInputError(
             f"weight array of shape {h.shape} does not broadcast", file=h.file
         ) from None
-    return blk.astype(np.float64)
+    return checked_factors(blk, "--weight", file=h.file)
 
 
 # ---------------------------------------------------------------------- targets only
