@@ -278,3 +278,15 @@ def test_bad_value_in_pos_weight_file(tmp_path, pair):
     np.save(tmp_path / "pw.npy", np.array([1.0, np.inf]))
     text = input_error(invoke("eval", *pair, "--pos-weight", tmp_path / "pw.npy"), "pw.npy")
     assert "finite and >= 0" in text
+
+
+# ------------------------------------------------------------------ column matching
+def test_two_files_pair_names_with_commas_and_glob_characters(tmp_path):
+    names = ["a,b", "c[1]", "d*"]
+    rng = np.random.default_rng(2)
+    pq.write_table(pa.table({n: rng.normal(size=8) for n in names}), tmp_path / "p.parquet")
+    pq.write_table(pa.table({n: rng.random(8) < 0.5 for n in reversed(names)}),
+                   tmp_path / "l.parquet")
+    res = invoke("eval", tmp_path / "p.parquet", tmp_path / "l.parquet", "--format", "json")
+    assert res.exit_code == 0, res.output
+    assert [c["name"] for c in json.loads(res.stdout)["classes"]] == list(reversed(names))

@@ -632,12 +632,7 @@ class TableFeed:
         self.policy = policy
         self.order = order
         self.segments = []  # (global_row, file, row_in_file) where a file starts
-        cols = []
-        for sel in roles.values():
-            for c in sel.columns:
-                if c not in cols:
-                    cols.append(c)
-        self.columns = cols
+        self.columns = list(dict.fromkeys(c for sel in roles.values() for c in sel.columns))
 
     def _note(self, global_row, file, row0):
         if not self.segments or self.segments[-1][1] != file:

@@ -455,13 +455,15 @@ def _one_file(spec, res, src, exclude, wcol, feeds, closers):
     if spec.logits is None or spec.targets is None:
         dl, dt = _select.default_one_file(schema, exclude, file)
     lcols = _select.explicit(spec.logits, names, file, "logits") if spec.logits else dl
+    lset = set(lcols)
     tcols = (
         _select.explicit(spec.targets, names, file, "targets")
         if spec.targets
-        else [c for c in dt if c not in lcols]
+        else [c for c in dt if c not in lset]
     )
     if spec.logits is None and spec.targets is not None:
-        lcols = [c for c in lcols if c not in tcols]
+        tset = set(tcols)
+        lcols = [c for c in lcols if c not in tset]
     for role, cols, pats in (
         ("logits", lcols, _select.LOGIT_PATTERNS),
         ("targets", tcols, _select.TARGET_PATTERNS),
@@ -473,7 +475,8 @@ def _one_file(spec, res, src, exclude, wcol, feeds, closers):
                 file=file,
                 hint="choose with --logits COLS --targets COLS",
             )
-    both = [c for c in lcols if c in tcols]
+    tset = set(tcols)
+    both = [c for c in lcols if c in tset]
     if both:
         raise BCEInputError(
             "the same column is selected for logits and targets", file=file, column=both[0]
@@ -542,8 +545,10 @@ def _open_array(res, explicit, defaults, role, closers):
     return z.array(z.pick(explicit, defaults, 0 if len(z.names) == 1 else None, role))
 
 
-def _side(spec, res, src, role, explicit, exclude, feeds, closers, wcol):
-    """Open one side of a two-file input: returns (_Role, weight_role_or_None)."""
+def _side(spec, res, src, role, explicit, exclude, feeds, closers, wcol, chosen=None):
+    """Open one side of a two-file input: returns (_Role, weight_role_or_None).
+
+    ``chosen``: the table's columns for the role, already selected and paired."""
     br, order, pol = spec.batch_rows, spec.order, spec.nan_policy
     if res.fmt in _ARRAY_FORMATS:
         defaults = LOGIT_NAMES if role == "logits" else TARGET_NAMES
@@ -554,7 +559,9 @@ def _side(spec, res, src, role, explicit, exclude, feeds, closers, wcol):
         return _array_role(feed, role, view), None
     file = res.display
     names = list(src.schema.names)
-    if explicit:
+    if chosen is not None:
+        cols = chosen
+    elif explicit:
         cols = _select.explicit(explicit, names, file, role)
     else:
         cols = _select.default_all_numeric(src.schema, exclude, skip_keys=True)
@@ -585,6 +592,7 @@ def _two_files(spec, res_p, src_p, res_l, src_l, exclude, wcol, feeds, closers):
         src_p, src_l = _join(spec, res_p, src_p, res_l, src_l, exclude, wcol)
     # wide + wide: pair the column lists before building the feeds
     lexp, texp = spec.logits, spec.targets
+    lchosen = tchosen = None
     if res_p.fmt not in _ARRAY_FORMATS and res_l.fmt not in _ARRAY_FORMATS:
         lcols = (
             _select.explicit(lexp, list(src_p.schema.names), res_p.display, "logits")
@@ -612,23 +620,14 @@ def _two_files(spec, res_p, src_p, res_l, src_l, exclude, wcol, feeds, closers):
                     file=res_p.display,
                     hint="choose them with --logits COLS --targets COLS",
                 )
-            lcols, tcols, _ = _select.pair(lcols, tcols, res_p.display)
-            lexp, texp = ",".join(_esc(c) for c in lcols), ",".join(_esc(c) for c in tcols)
-    logits, wr_p = _side(spec, res_p, src_p, "logits", lexp, exclude, feeds, closers, wcol)
+            lchosen, tchosen, _ = _select.pair(lcols, tcols, res_p.display)
+    logits, wr_p = _side(spec, res_p, src_p, "logits", lexp, exclude, feeds, closers, wcol,
+                         lchosen)
     targets, wr_l = _side(
-        spec, res_l, src_l, "targets", texp, exclude, feeds, closers, None if wr_p else wcol
+        spec, res_l, src_l, "targets", texp, exclude, feeds, closers, None if wr_p else wcol,
+        tchosen,
     )
     return logits, targets, wr_p or wr_l, unpaired
-
-
-def _esc(name):
-    # names go back through explicit(); escape glob characters and refuse commas
-    if "," in name:
-        raise BCEInputError(f"column name {name!r} contains a comma; rename it")
-    out = []
-    for ch in name:
-        out.append(f"[{ch}]" if ch in "*?[" else ch)
-    return "".join(out)
 
 
 # ---------------------------------------------------------------------------- join
@@ -751,7 +750,8 @@ def _join_columns(selection, src, res, on, exclude, wcol):
         cols = _select.explicit(selection, names, res.display, "columns")
     else:
         cols = _select.default_all_numeric(src.schema, exclude, skip_keys=True)
-    extra = [n for n in names if wcol and _select.excluded(n, (wcol,)) and n not in cols]
+    chosen = set(cols)
+    extra = [n for n in names if wcol and _select.excluded(n, (wcol,)) and n not in chosen]
     return [on] + [c for c in cols + extra if c != on]
 
 
