@@ -205,6 +205,9 @@ def load_baseline(path: str) -> dict:
     spelled as a string such as "Infinity"), ``reduction`` one of the reductions,
     ``classes`` a list of objects with a ``name`` and a ``loss``.  Losses come back
     as floats (or None)."""
+    from .data._paths import check_regular
+
+    check_regular(path, path)
     try:
         with open(path, encoding="utf-8") as fh:
             base = json.load(fh)

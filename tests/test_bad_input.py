@@ -290,3 +290,88 @@ def test_two_files_pair_names_with_commas_and_glob_characters(tmp_path):
     res = invoke("eval", tmp_path / "p.parquet", tmp_path / "l.parquet", "--format", "json")
     assert res.exit_code == 0, res.output
     assert [c["name"] for c in json.loads(res.stdout)["classes"]] == list(reversed(names))
+
+
+# ------------------------------------------------------------------ pipes, devices, garbage
+BCE = [sys.executable, "-m", "bce_cli"]
+
+
+def _run(*args, stdin=None, timeout=30):
+    return subprocess.run([*BCE, *map(str, args)], stdin=stdin, capture_output=True,
+                          timeout=timeout)
+
+
+def _printable_error(stderr: bytes):
+    text = stderr.decode("utf-8")
+    assert "internal error" not in text, text
+    assert all(line.isprintable() for line in text.splitlines()), text
+    assert "\ufffd" not in text, text
+    return text
+
+
+def test_fifo_without_writer_is_refused(tmp_path):
+    import os
+
+    fifo = tmp_path / "preds.parquet"
+    os.mkfifo(fifo)
+    res = _run("eval", fifo)  # blocked forever before
+    assert res.returncode == 2, res.stderr
+    text = _printable_error(res.stderr)
+    assert "preds.parquet" in text and "FIFO" in text
+
+
+def test_npz_symlinked_to_a_device_is_refused(tmp_path):
+    link = tmp_path / "data.npz"
+    link.symlink_to("/dev/zero")
+    res = _run("eval", link)  # grew memory without bound before
+    assert res.returncode == 2, res.stderr
+    assert "data.npz" in _printable_error(res.stderr)
+
+
+def test_endless_zeros_on_stdin(tmp_path):
+    with open("/dev/zero", "rb") as zero:
+        res = _run("eval", "-", stdin=zero)  # grew memory without bound before
+    assert res.returncode == 2, res.stderr
+    assert "unrecognised format" in _printable_error(res.stderr)
+
+
+def test_binary_garbage_on_stdin(tmp_path):
+    garbage = np.random.default_rng(7).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    res = invoke("eval", "-", input=garbage)
+    text = input_error(res, "<stdin>", "unrecognised format")
+    assert text.isascii()
+
+
+def test_garbage_inside_a_csv_is_not_quoted_raw(tmp_path):
+    garbage = np.random.default_rng(8).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    p = tmp_path / "bad.csv"
+    p.write_bytes(b"logit,target\n0.5,1\n" + garbage.replace(b"\n", b","))
+    res = invoke("eval", p)
+    assert res.exit_code == 2, res.output
+    _printable_error(res.stderr.encode())
+
+
+def test_standard_input_is_bounded(monkeypatch):
+    from bce_cli.data import _paths
+
+    monkeypatch.setattr(_paths, "STDIN_LIMIT", 1000)
+    data = "logit,target\n" + "0.5,1\n" * 1000
+    text = input_error(invoke("eval", "-", input=data), "<stdin>")
+    assert "standard input" in text and "1000 bytes" in text
+    small = "logit,target\n" + "0.5,1\n" * 10
+    assert invoke("eval", "-", input=small).exit_code == 0
+
+
+@pytest.mark.parametrize("option", ["--weight", "--pos-weight", "--pos-weight-json",
+                                    "--baseline"])
+def test_fifo_given_to_an_option_is_refused(tmp_path, pair, option):
+    import os
+
+    name = "w.json" if option in ("--pos-weight-json", "--baseline") else "w.npy"
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    extra = ["--max-increase", "0.1"] if option == "--baseline" else []
+    option = option.replace("-json", "")
+    res = _run("eval", *pair, option, fifo, *extra)
+    assert res.returncode == 2, res.stderr
+    assert name in _printable_error(res.stderr)

@@ -10,6 +10,8 @@ import numpy as np
 
 from bce_cli.errors import BCEInputError, printable
 
+from ._paths import check_regular
+
 
 def _number(text):
     try:
@@ -86,6 +88,7 @@ def _load_npy(path):
         raise BCEInputError("no such file or directory", file=path)
     from ._numpy import NPY_ERRORS, load_error
 
+    check_regular(path, path)
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except NPY_ERRORS as exc:
@@ -160,6 +163,7 @@ def _parse_pos_weight(spec_str, class_names) -> np.ndarray:
 def _pos_weight_json(path, names):
     if not os.path.exists(path):
         raise BCEInputError("no such file or directory", file=path)
+    check_regular(path, path)
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
