@@ -5,6 +5,28 @@ from __future__ import annotations
 import copy
 
 
+def printable(text, limit: int | None = 300) -> str:
+    """``text`` safe to print: control and other non-printable characters (and the
+    U+FFFD that stands for undecodable bytes) escaped as ``\\xNN`` / ``\\uNNNN``,
+    and cut to ``limit`` characters; so binary garbage quoted by a parser never
+    reaches the terminal.
+
+    >>> printable("bad\\x00\\x1b[31m row")
+    'bad\\\\x00\\\\x1b[31m row'
+    >>> printable("x" * 10, limit=4)
+    'xxxx...'
+    """
+    text = str(text)
+    if not text.isprintable() or "\ufffd" in text:
+        text = "".join(
+            c if c.isprintable() and c != "\ufffd" else c.encode("unicode_escape").decode("ascii")
+            for c in text
+        )
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "..."
+    return text
+
+
 class BCEInputError(ValueError):
     """Bad input: what is wrong and where (file, column, row), in one or two lines.
 
@@ -24,14 +46,15 @@ class BCEInputError(ValueError):
     def _render(self) -> str:
         where = []
         if self.file is not None:
-            where.append(self.file)
+            where.append(printable(self.file, None))
         if self.column is not None:
-            where.append(f"column {self.column!r}")
+            where.append(f"column {printable(repr(self.column), 200)}")
         if self.row is not None:
             where.append(f"row {self.row}")
-        text = f"{', '.join(where)}: {self.reason}" if where else self.reason
+        reason = printable(self.reason, None)
+        text = f"{', '.join(where)}: {reason}" if where else reason
         if self.hint:
-            text += f"\n  hint: {self.hint}"
+            text += f"\n  hint: {printable(self.hint, None)}"
         return text
 
     def with_context(self, *, file=None, column=None, row=None, hint=None) -> BCEInputError:

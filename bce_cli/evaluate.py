@@ -17,7 +17,7 @@ import numpy as np
 from . import __version__, _tiers
 from ._safe_write import SafeFile
 from .accumulator import BCEAccumulator
-from .errors import BCEInputError, InvalidValueError
+from .errors import BCEInputError, InvalidValueError, printable
 from .outputs import LossWriter
 from .report import finite_values, loss_number, loss_value, loss_values
 
@@ -216,21 +216,69 @@ def build_report(result, inp, opts: EvalOptions, n_rows: int) -> dict:
 
 
 def load_baseline(path: str) -> dict:
+    """The baseline report, checked: ``loss`` a number (or null, or an infinity
+    spelled as a string such as "Infinity"), ``reduction`` one of the reductions,
+    ``classes`` a list of objects with a ``name`` and a ``loss``.  Losses come back
+    as floats (or None)."""
+    from .data._paths import check_regular
+
+    check_regular(path, path)
     try:
         with open(path, encoding="utf-8") as fh:
             base = json.load(fh)
     except FileNotFoundError:
         raise BCEInputError("baseline report not found", file=path) from None
+    except RecursionError:
+        raise BCEInputError("not a readable JSON report: nested too deeply", file=path) from None
     except (OSError, ValueError) as err:
-        raise BCEInputError(f"not a readable JSON report: {err}", file=path) from None
+        raise BCEInputError(f"not a readable JSON report: {printable(err)}", file=path) from None
     if not isinstance(base, dict) or "loss" not in base:
         raise BCEInputError("not a bce JSON report (no 'loss' key)", file=path,
                             hint="write one with: bce eval ... --report PATH")
-    loss = base["loss"]
-    if isinstance(loss, float) and math.isnan(loss):  # json.load reads NaN literally
+    base = dict(base)
+    base["loss"] = _baseline_loss(base["loss"], path, "the baseline's 'loss'")
+    if base["loss"] is not None and math.isnan(base["loss"]):  # json.load reads NaN literally
         raise BCEInputError("the baseline's loss is NaN: nothing can be compared with it",
                             file=path)
+    red = base.get("reduction", "mean")
+    if red not in ("mean", "sum", "none"):
+        raise BCEInputError(f"the baseline's 'reduction' is {_shown(red)}, not 'mean', 'sum' "
+                            "or 'none'", file=path)
+    classes = base.get("classes", [])
+    if not isinstance(classes, list):
+        raise BCEInputError(f"the baseline's 'classes' is {_shown(classes)}, not a list",
+                            file=path)
+    checked = []
+    for i, c in enumerate(classes):
+        if not isinstance(c, dict) or not isinstance(c.get("name"), (str, int)) \
+                or isinstance(c.get("name"), bool):
+            raise BCEInputError(f"the baseline's class {i} is {_shown(c)}, not an object with "
+                                "a 'name'", file=path)
+        name = str(c["name"])
+        checked.append({**c, "name": name,
+                        "loss": _baseline_loss(c.get("loss"), path,
+                                               f"the baseline's loss of class {name!r}")})
+    base["classes"] = checked
     return base
+
+
+def _shown(value) -> str:
+    return printable(json.dumps(value, allow_nan=True), 60)
+
+
+def _baseline_loss(value, path, what) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = 0.0
+        if math.isinf(number):
+            return number
+    raise BCEInputError(f"{what} is {_shown(value)}, not a number", file=path)
 
 
 def check_baseline_matches(report: dict, baseline: dict, path: str) -> list[str]:

@@ -18,7 +18,7 @@ from ._numpy import (
 )
 from ._paths import resolve
 from ._spec import Batch, InputSpec
-from ._weights import parse_weight
+from ._weights import checked_factors, parse_weight
 
 # Tables only: an array input never imports pyarrow.
 pa = lazy("pyarrow")
@@ -283,11 +283,35 @@ class Inputs:
             n = ns.pop()
             logits = merged.get("logits")
             targets = merged["targets"]
+            if "weight" in merged:
+                self._check_weight(merged["weight"], offset)
             weight = self._batch_weight(merged, n, S)
             yield Batch(logits=logits, targets=targets, weight=weight, row_offset=offset)
             offset += n
         if offset == 0:
             raise BCEInputError("the input has no rows", file=self._main_file)
+
+    def _check_weight(self, arr, offset):
+        """Refuse a negative, infinite or NaN weight read from a column or file, naming
+        its file, column and row (one min and one max per batch when all is well)."""
+        if arr.dtype.kind == "b" or arr.size == 0:
+            return
+        lo = arr.min()
+        if arr.dtype.kind in "iu":
+            if lo >= 0:
+                return
+            bad = arr < 0
+        else:
+            if lo >= 0 and np.isfinite(arr.max()):  # a NaN makes lo >= 0 False
+                return
+            bad = ~np.isfinite(arr) | (arr < 0)
+        index = np.unravel_index(int(np.argmax(bad.reshape(-1))), arr.shape)
+        value = arr[index].item()
+        role = self._weight[1]
+        file, local = role.feed.locate(offset + int(index[0]))
+        column = role.shown(int(index[1]) if arr.ndim > 1 else 0)
+        raise BCEInputError(f"--weight must be finite and >= 0; got {value!r}", file=file,
+                            column=column, row=local)
 
     def _batch_weight(self, merged, n, S):
         w = self._weight
@@ -458,13 +482,15 @@ def _one_file(spec, res, src, exclude, wcol, feeds, closers):
     if spec.logits is None or spec.targets is None:
         dl, dt = _select.default_one_file(schema, exclude, file)
     lcols = _select.explicit(spec.logits, names, file, "logits") if spec.logits else dl
+    lset = set(lcols)
     tcols = (
         _select.explicit(spec.targets, names, file, "targets")
         if spec.targets
-        else [c for c in dt if c not in lcols]
+        else [c for c in dt if c not in lset]
     )
     if spec.logits is None and spec.targets is not None:
-        lcols = [c for c in lcols if c not in tcols]
+        tset = set(tcols)
+        lcols = [c for c in lcols if c not in tset]
     for role, cols, pats in (
         ("logits", lcols, _select.LOGIT_PATTERNS),
         ("targets", tcols, _select.TARGET_PATTERNS),
@@ -476,7 +502,8 @@ def _one_file(spec, res, src, exclude, wcol, feeds, closers):
                 file=file,
                 hint="choose with --logits COLS --targets COLS",
             )
-    both = [c for c in lcols if c in tcols]
+    tset = set(tcols)
+    both = [c for c in lcols if c in tset]
     if both:
         raise BCEInputError(
             "the same column is selected for logits and targets", file=file, column=both[0]
@@ -545,8 +572,10 @@ def _open_array(res, explicit, defaults, role, closers):
     return z.array(z.pick(explicit, defaults, 0 if len(z.names) == 1 else None, role))
 
 
-def _side(spec, res, src, role, explicit, exclude, feeds, closers, wcol):
-    """Open one side of a two-file input: returns (_Role, weight_role_or_None)."""
+def _side(spec, res, src, role, explicit, exclude, feeds, closers, wcol, chosen=None):
+    """Open one side of a two-file input: returns (_Role, weight_role_or_None).
+
+    ``chosen``: the table's columns for the role, already selected and paired."""
     br, order, pol = spec.batch_rows, spec.order, spec.nan_policy
     if res.fmt in _ARRAY_FORMATS:
         defaults = LOGIT_NAMES if role == "logits" else TARGET_NAMES
@@ -557,7 +586,9 @@ def _side(spec, res, src, role, explicit, exclude, feeds, closers, wcol):
         return _array_role(feed, role, view), None
     file = res.display
     names = list(src.schema.names)
-    if explicit:
+    if chosen is not None:
+        cols = chosen
+    elif explicit:
         cols = _select.explicit(explicit, names, file, role)
     else:
         cols = _select.default_all_numeric(src.schema, exclude, skip_keys=True)
@@ -588,6 +619,7 @@ def _two_files(spec, res_p, src_p, res_l, src_l, exclude, wcol, feeds, closers):
         src_p, src_l = _join(spec, res_p, src_p, res_l, src_l, exclude, wcol)
     # wide + wide: pair the column lists before building the feeds
     lexp, texp = spec.logits, spec.targets
+    lchosen = tchosen = None
     if res_p.fmt not in _ARRAY_FORMATS and res_l.fmt not in _ARRAY_FORMATS:
         lcols = (
             _select.explicit(lexp, list(src_p.schema.names), res_p.display, "logits")
@@ -615,23 +647,14 @@ def _two_files(spec, res_p, src_p, res_l, src_l, exclude, wcol, feeds, closers):
                     file=res_p.display,
                     hint="choose them with --logits COLS --targets COLS",
                 )
-            lcols, tcols, _ = _select.pair(lcols, tcols, res_p.display)
-            lexp, texp = ",".join(_esc(c) for c in lcols), ",".join(_esc(c) for c in tcols)
-    logits, wr_p = _side(spec, res_p, src_p, "logits", lexp, exclude, feeds, closers, wcol)
+            lchosen, tchosen, _ = _select.pair(lcols, tcols, res_p.display)
+    logits, wr_p = _side(spec, res_p, src_p, "logits", lexp, exclude, feeds, closers, wcol,
+                         lchosen)
     targets, wr_l = _side(
-        spec, res_l, src_l, "targets", texp, exclude, feeds, closers, None if wr_p else wcol
+        spec, res_l, src_l, "targets", texp, exclude, feeds, closers, None if wr_p else wcol,
+        tchosen,
     )
     return logits, targets, wr_p or wr_l, unpaired
-
-
-def _esc(name):
-    # names go back through explicit(); escape glob characters and refuse commas
-    if "," in name:
-        raise BCEInputError(f"column name {name!r} contains a comma; rename it")
-    out = []
-    for ch in name:
-        out.append(f"[{ch}]" if ch in "*?[" else ch)
-    return "".join(out)
 
 
 # ---------------------------------------------------------------------------- join
@@ -656,6 +679,13 @@ def _join(spec, res_p, src_p, res_l, src_l, exclude, wcol):
         src_l, res_l.display, _join_columns(spec.targets, src_l, res_l, on, exclude, wcol)
     )
     kp, kl = tp.column(on), tl.column(on)
+    for key, res in ((kp, res_p), (kl, res_l)):
+        if _arrow.nested(key.type):
+            raise BCEInputError(
+                f"a join key must hold plain values (numbers, strings, dates), not {key.type}",
+                file=res.display,
+                column=on,
+            )
     if not kp.type.equals(kl.type):
         try:
             if pa.types.is_integer(kp.type) and pa.types.is_integer(kl.type):
@@ -676,7 +706,13 @@ def _join(spec, res_p, src_p, res_l, src_l, exclude, wcol):
         if key.null_count:
             row = int(np.flatnonzero(key.is_null().to_numpy(zero_copy_only=False))[0])
             raise BCEInputError("missing join key (null)", file=res.display, column=on, row=row)
-        vc = pc.value_counts(key)
+        try:
+            vc = pc.value_counts(key)
+        except pa.ArrowNotImplementedError:
+            raise BCEInputError(
+                f"cannot join on a key of type {key.type}", file=res.display, column=on,
+                hint="use a column of integers or strings as the key",
+            ) from None
         counts = vc.field("counts").to_numpy(zero_copy_only=False)
         dup = np.flatnonzero(counts > 1)
         if dup.size:
@@ -686,7 +722,14 @@ def _join(spec, res_p, src_p, res_l, src_l, exclude, wcol):
                 file=res.display,
                 column=on,
             )
-    idx = pc.index_in(kp, value_set=kl.combine_chunks() if hasattr(kl, "combine_chunks") else kl)
+    try:
+        idx = pc.index_in(kp, value_set=kl.combine_chunks() if hasattr(kl, "combine_chunks")
+                          else kl)
+    except pa.ArrowNotImplementedError:
+        raise BCEInputError(
+            f"cannot join on a key of type {kp.type}", file=res_p.display, column=on,
+            hint="use a column of integers or strings as the key",
+        ) from None
     missing = np.flatnonzero(idx.is_null().to_numpy(zero_copy_only=False))
     if missing.size:
         vals = kp.take(pa.array(missing[:5])).to_pylist()
@@ -734,7 +777,8 @@ def _join_columns(selection, src, res, on, exclude, wcol):
         cols = _select.explicit(selection, names, res.display, "columns")
     else:
         cols = _select.default_all_numeric(src.schema, exclude, skip_keys=True)
-    extra = [n for n in names if wcol and _select.excluded(n, (wcol,)) and n not in cols]
+    chosen = set(cols)
+    extra = [n for n in names if wcol and _select.excluded(n, (wcol,)) and n not in chosen]
     return [on] + [c for c in cols + extra if c != on]
 
 
@@ -777,9 +821,11 @@ def _weight(spec, wspec, wrole, logits, targets, feeds, order, br):
     shape = h.shape
     n_rows = next((f.n_rows for f in feeds if f.n_rows is not None), None)
     if len(shape) == 1 and shape[0] == C and C > 1:
-        return ("const", np.asarray(h.arr, dtype=np.float64).reshape((1, C) + ((1,) if S else ())))
+        values = checked_factors(h.arr, "--weight", targets.class_names(), file=h.file)
+        return ("const", values.reshape((1, C) + ((1,) if S else ())))
     if h.arr.size == 1:
-        return ("const", np.full((1,) * nd, float(np.asarray(h.arr).reshape(-1)[0])))
+        value = checked_factors(np.asarray(h.arr).reshape(-1), "--weight", file=h.file)
+        return ("const", np.full((1,) * nd, value[0]))
     if shape[0] == 1:
         v = ArrayView(MemArray(h.file, "weight", np.asarray(h.arr)), spec.class_dim, "weight")
         blk = next(v.blocks(1, "C"))
@@ -797,7 +843,7 @@ def _weight(spec, wspec, wrole, logits, targets, feeds, order, br):
         )
     feed = _ArrayFeed({"weight": view}, br, order)
     feeds.append(feed)
-    return ("role", None, "element")
+    return ("role", _array_role(feed, "weight", view), "element")
 
 
 def _check_weight_block(blk, C, S, h):
@@ -807,7 +853,7 @@ def _check_weight_block(blk, C, S, h):
         raise BCEInputError(
             f"weight array of shape {h.shape} does not broadcast", file=h.file
         ) from None
-    return blk.astype(np.float64)
+    return checked_factors(blk, "--weight", file=h.file)
 
 
 # ---------------------------------------------------------------------- targets only

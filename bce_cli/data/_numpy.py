@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import io
 import os
+import tokenize
 import zipfile
 
 import numpy as np
 
-from bce_cli.errors import BCEInputError
+from bce_cli.errors import BCEInputError, printable
 
 from ._paths import Resolved
 
@@ -34,14 +35,24 @@ LOGIT_NAMES = ("logits", "logit", "preds", "predictions", "y_pred", "scores", "o
 TARGET_NAMES = ("targets", "target", "labels", "label", "y_true", "y")
 
 
-def _load_error(exc, file):
+# What NumPy raises for a bad file: a header it cannot parse gives ValueError,
+# SyntaxError or tokenize.TokenError (an unclosed bracket), a short file EOFError.
+NPY_ERRORS = (ValueError, OSError, EOFError, TypeError, SyntaxError, tokenize.TokenError,
+              zipfile.BadZipFile)
+
+
+def load_error(exc, file):
+    if isinstance(exc, (SyntaxError, tokenize.TokenError)):
+        return BCEInputError("the .npy header is malformed (its dict cannot be parsed): the "
+                             "file is corrupt or not written by NumPy", file=file)
     text = str(exc)
     if "pickle" in text.lower() or "object" in text.lower():
         return BCEInputError(
             "refusing a pickled / object array (allow_pickle=False): store plain numbers",
             file=file,
         )
-    return BCEInputError(f"cannot read .npy data (corrupt or truncated?): {text}", file=file)
+    return BCEInputError(f"cannot read .npy data (corrupt or truncated?): {printable(text)}",
+                         file=file)
 
 
 class ArrayHandle:
@@ -104,9 +115,9 @@ class ZipMemberArray(ArrayHandle):
                             column=self.name,
                         )
                     yield np.frombuffer(data, dtype=self.dtype).reshape((m,) + self.shape[1:])
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        except NPY_ERRORS as exc:
             raise BCEInputError(
-                f"cannot read array {self.name!r} (corrupt or truncated?): {exc}",
+                f"cannot read array {self.name!r} (corrupt or truncated?): {printable(exc)}",
                 file=self.file,
                 column=self.name,
             ) from None
@@ -131,8 +142,8 @@ def open_npy(res: Resolved, name: str) -> ArrayHandle:
             arr = np.load(io.BytesIO(res.read_bytes(res.files[0])), allow_pickle=False)
     except BCEInputError:
         raise
-    except (ValueError, OSError, EOFError, TypeError) as exc:
-        raise _load_error(exc, shown) from None
+    except NPY_ERRORS as exc:
+        raise load_error(exc, shown) from None
     if not isinstance(arr, np.ndarray):
         raise BCEInputError("not a single .npy array", file=shown)
     return MemArray(shown, name, arr)
@@ -153,8 +164,9 @@ class NpzArchive:
             else:
                 self._zip = zipfile.ZipFile(res.files[0])
             members = self._zip.namelist()
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-            raise BCEInputError(f"not a readable .npz archive: {exc}", file=self.file) from None
+        except NPY_ERRORS as exc:
+            raise BCEInputError(f"not a readable .npz archive: {printable(exc)}",
+                                file=self.file) from None
         self.names = [m[:-4] if m.endswith(".npy") else m for m in members]
         self._members = dict(zip(self.names, members, strict=False))
         if not self.names:
@@ -187,8 +199,8 @@ class NpzArchive:
             with self._zip.open(member) as f:
                 version = np.lib.format.read_magic(f)
                 shape, fortran, dtype = _read_header(f, version)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-            raise _load_error(exc, self.file).with_context(column=name) from None
+        except NPY_ERRORS as exc:
+            raise load_error(exc, self.file).with_context(column=name) from None
         if dtype.hasobject:
             raise BCEInputError(
                 "refusing a pickled / object array (allow_pickle=False): store plain numbers",
@@ -199,8 +211,8 @@ class NpzArchive:
             try:
                 with self._zip.open(member) as f:
                     arr = np.lib.format.read_array(f, allow_pickle=False)
-            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-                raise _load_error(exc, self.file).with_context(column=name) from None
+            except NPY_ERRORS as exc:
+                raise load_error(exc, self.file).with_context(column=name) from None
             return MemArray(self.file, name, arr)
         return ZipMemberArray(self.file, name, lambda: self._zip.open(member), shape, dtype)
 

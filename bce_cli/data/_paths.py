@@ -5,15 +5,28 @@ Format rule: the extension decides (``.parquet``/``.pq``/``.parq``, ``.arrow``/
 Arrow files are sniffed to tell the file format from the stream format; an
 unknown extension is sniffed by magic bytes (``PAR1``, ``\\x93NUMPY``, ``ARROW1``,
 ``\\xff\\xff\\xff\\xff``, ``FEA1``, ``PK``); standard input is always sniffed, and
-falls back to CSV.  A directory or glob is a Parquet dataset: every matching
-file, sorted by path, names starting with ``.`` or ``_`` skipped.
+is CSV only when its first bytes are text (UTF-8 without control characters other
+than tab, CR, LF); anything else is an "unrecognised format", said as soon as the
+first bytes are in.  A ``.csv`` file must start as text too.  A directory or glob
+is a Parquet dataset: every matching file, sorted by path, names starting with
+``.`` or ``_`` skipped.
+
+Only regular files are read by path (symbolic links followed): a FIFO, device or
+socket is refused.  Every reader needs a file it can read more than once (sniffing,
+schema, then data; Parquet and Arrow files need random access), so such a path
+would have to be buffered whole anyway, and a FIFO nobody writes to would block
+forever (``/dev/zero`` would never end).  Standard input is the one stream that is
+buffered, in memory, up to :data:`STDIN_LIMIT` bytes (half the machine's memory
+when None): pipe a stream there (``bce eval - < fifo``).
 """
 
 from __future__ import annotations
 
+import codecs
 import fnmatch
 import glob as _glob
 import os
+import stat
 import sys
 from dataclasses import dataclass
 
@@ -100,17 +113,112 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
+STDIN_LIMIT: int | None = None  # bytes of standard input held in memory; None: half the RAM
+TEXT_PROBE = 1 << 16  # bytes looked at to tell text from binary
+_CONTROL = set(range(32)) - {9, 10, 13}
+
+
+def looks_like_text(head: bytes) -> bool:
+    """Whether ``head`` (the first bytes of a file) is UTF-8 text without control
+    characters other than tab, CR and LF (a character cut at the end is fine).
+
+    >>> looks_like_text(b"logit,target\\n0.5,1\\n"), looks_like_text(b"\\x00\\x00\\x00")
+    (True, False)
+    """
+    head = head[:TEXT_PROBE]
+    if _CONTROL.intersection(head):
+        return False
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _stdin_limit() -> int:
+    if STDIN_LIMIT is not None:
+        return STDIN_LIMIT
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def _size(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n} bytes"
+
+
+def read_stdin(stream) -> tuple[bytes, str]:
+    """Standard input, whole, and its format.  Refused as soon as its first bytes
+    show no known format, and once it grows past the limit."""
+    limit = _stdin_limit()
+    chunks, have, fmt = [], 0, None
+    while True:
+        chunk = stream.read(TEXT_PROBE if fmt is None else min(1 << 20, limit + 1 - have))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        have += len(chunk)
+        if fmt is None and have >= TEXT_PROBE:
+            fmt = _stdin_format(b"".join(chunks))
+        if have > limit:
+            raise BCEInputError(
+                f"standard input holds more than {_size(limit)}, the most kept in memory",
+                file="<stdin>",
+                hint="save it to a file and pass the file's path",
+            )
+    data = b"".join(chunks)
+    if not data:
+        raise BCEInputError("standard input is empty", file="<stdin>")
+    return data, fmt or _stdin_format(data)
+
+
+def _stdin_format(head: bytes) -> str:
+    fmt = sniff(head[:8])
+    if fmt is not None:
+        return fmt
+    if looks_like_text(head):
+        return "csv"
+    raise BCEInputError(
+        "unrecognised format: not Parquet, Arrow IPC / Feather, .npy, .npz, nor CSV text",
+        file="<stdin>",
+    )
+
+
+def check_regular(path, display) -> None:
+    """Refuse a path that is not a regular file or a directory (after symbolic
+    links); see the module doc for why."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: the caller's open says so
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    kind = (
+        "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+        else "a character device" if stat.S_ISCHR(mode)
+        else "a block device" if stat.S_ISBLK(mode)
+        else "a socket" if stat.S_ISSOCK(mode)
+        else "a special file"
+    )
+    raise BCEInputError(
+        f"is {kind}, not a regular file: inputs are read more than once",
+        file=display,
+        hint=f"pass it on standard input instead: bce eval - < {display}",
+    )
+
+
 def _ext(path: str) -> str:
     return os.path.splitext(str(path).rstrip("/"))[1].lower()
 
 
-def _head(fs, path, local, display) -> bytes:
+def _head(fs, path, local, display, n=8) -> bytes:
     try:
         if local:
             with open(path, "rb") as f:
-                return f.read(8)
+                return f.read(n)
         with fs.open_input_stream(path) as f:
-            return f.read(8)
+            return f.read(n)
     except (OSError, pa.ArrowException) as exc:
         raise BCEInputError(f"cannot open: {exc}", file=display) from None
 
@@ -122,6 +230,9 @@ def _format_of(fs, path, local, display, delimiter_out) -> str:
         return fmt
     if fmt == "csv":
         delimiter_out.append("\t" if ext == ".tsv" else ",")
+        if not looks_like_text(_head(fs, path, local, display, TEXT_PROBE)):
+            raise BCEInputError("not a CSV file: its first bytes are not UTF-8 text",
+                                file=display)
         return fmt
     head = _head(fs, path, local, display)
     found = sniff(head)
@@ -178,13 +289,7 @@ def resolve(location: str, *, stdin=None) -> Resolved:
     """Resolve what the user typed into a :class:`Resolved`; raises BCEInputError."""
     location = str(location)
     if location == "-":
-        stream = stdin if stdin is not None else sys.stdin.buffer
-        data = stream.read()
-        if not data:
-            raise BCEInputError("standard input is empty", file="<stdin>")
-        fmt = sniff(data[:8]) or "csv"
-        if fmt == "npz":
-            fmt = "npz"
+        data, fmt = read_stdin(stdin if stdin is not None else sys.stdin.buffer)
         return Resolved("<stdin>", fmt, ["<stdin>"], None, pa.py_buffer(data), True)
 
     if "://" in location:
@@ -247,7 +352,11 @@ def resolve(location: str, *, stdin=None) -> Resolved:
         for root, dirs, names in os.walk(location):
             dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
             files.extend(os.path.join(root, n) for n in names)
+        files = _listing_filter(files)
+        for f in files:
+            check_regular(f, f)
         return _dataset(location, files, None, True, "")
+    check_regular(location, location)
     delim = []
     fmt = _format_of(None, location, True, location, delim)
     return Resolved(location, fmt, [location], None, None, True, (delim or [","])[0])

@@ -118,7 +118,10 @@ def _avail(names, limit=30):
 
 
 def explicit(selection: str, names: list, file: str, role: str) -> list:
-    chosen = []
+    """The columns named or matched by ``selection``, each once, in the order given
+    (time linear in the number of names and columns)."""
+    known = set(names)
+    chosen = {}  # an ordered set
     for item in (s.strip() for s in selection.split(",")):
         if not item:
             continue
@@ -131,17 +134,17 @@ def explicit(selection: str, names: list, file: str, role: str) -> list:
                     column=item,
                 )
         else:
-            if item not in names:
+            if item not in known:
                 raise BCEInputError(
                     f"no such column for the {role}; available: {_avail(names)}",
                     file=file,
                     column=item,
                 )
             hits = [item]
-        chosen.extend(h for h in hits if h not in chosen)
+        chosen.update(dict.fromkeys(hits))
     if not chosen:
         raise BCEInputError(f"empty selection for the {role}", file=file)
-    return chosen
+    return list(chosen)
 
 
 def _matches(name, patterns):
@@ -154,7 +157,8 @@ def default_one_file(schema, exclude, file):
     usable = [n for n in names if column_kind(schema.field(n).type)]
     logits = [n for n in usable if _matches(n, LOGIT_PATTERNS)]
     targets = [n for n in usable if _matches(n, TARGET_PATTERNS)]
-    both = [n for n in logits if n in targets]
+    target_set = set(targets)
+    both = [n for n in logits if n in target_set]
     if both:
         raise BCEInputError(
             f"column names {both} look like both logits and targets",

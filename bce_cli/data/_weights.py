@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bce_cli.errors import BCEInputError
+from bce_cli.errors import BCEInputError, printable
+
+from ._paths import check_regular
 
 
 def _number(text):
@@ -84,12 +86,13 @@ def parse_weight(spec_str, class_names=None) -> WeightSpec | None:
 def _load_npy(path):
     if not os.path.exists(path):
         raise BCEInputError("no such file or directory", file=path)
+    from ._numpy import NPY_ERRORS, load_error
+
+    check_regular(path, path)
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise BCEInputError(
-            f"cannot read .npy (pickled, corrupt or truncated?): {exc}", file=path
-        ) from None
+    except NPY_ERRORS as exc:
+        raise load_error(exc, path) from None
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
         raise BCEInputError("expected a .npy array of numbers", file=path)
     return arr
@@ -160,11 +163,14 @@ def _parse_pos_weight(spec_str, class_names) -> np.ndarray:
 def _pos_weight_json(path, names):
     if not os.path.exists(path):
         raise BCEInputError("no such file or directory", file=path)
+    check_regular(path, path)
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
+    except RecursionError:
+        raise BCEInputError("not readable JSON: nested too deeply", file=path) from None
     except (OSError, ValueError) as exc:
-        raise BCEInputError(f"not readable JSON: {exc}", file=path) from None
+        raise BCEInputError(f"not readable JSON: {printable(exc)}", file=path) from None
     if not isinstance(doc, dict) or "pos_weight" not in doc:
         raise BCEInputError(
             "expected the JSON written by `bce suggest-pos-weight` (a 'pos_weight' key)",
@@ -194,7 +200,7 @@ def _pos_weight_json(path, names):
                     column=n,
                     hint="set its value by hand, or use --clip-max / another method",
                 )
-            out.append(float(pw))
+            out.append(_json_number(pw, path, n))
         return np.array(out, dtype=np.float64)
     pws = doc["pos_weight"]
     if not isinstance(pws, list) or len(pws) != len(names):
@@ -208,4 +214,14 @@ def _pos_weight_json(path, names):
             file=path,
             column=names[i],
         )
-    return np.array([float(p) for p in pws], dtype=np.float64)
+    return np.array([_json_number(p, path, n) for p, n in zip(pws, names, strict=True)],
+                    dtype=np.float64)
+
+
+def _json_number(value, path, name) -> float:
+    """A pos_weight value of the JSON file: a number (validity is checked later)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    shown = printable(json.dumps(value)[:40], 40)
+    raise BCEInputError(f"pos_weight of class {name!r} is {shown}, not a number", file=path,
+                        column=name)
