@@ -236,7 +236,7 @@ def load_baseline(path: str) -> dict:
         raise BCEInputError("not a bce JSON report (no 'loss' key)", file=path,
                             hint="write one with: bce eval ... --report PATH")
     base = dict(base)
-    base["loss"] = _baseline_loss(base["loss"], path, "the baseline's 'loss'")
+    base["loss"] = _checked_loss(base["loss"], path, "the baseline's 'loss'")
     if base["loss"] is not None and math.isnan(base["loss"]):  # json.load reads NaN literally
         raise BCEInputError("the baseline's loss is NaN: nothing can be compared with it",
                             file=path)
@@ -256,8 +256,8 @@ def load_baseline(path: str) -> dict:
                                 "a 'name'", file=path)
         name = str(c["name"])
         checked.append({**c, "name": name,
-                        "loss": _baseline_loss(c.get("loss"), path,
-                                               f"the baseline's loss of class {name!r}")})
+                        "loss": _checked_loss(c.get("loss"), path,
+                                              f"the baseline's loss of class {name!r}")})
     base["classes"] = checked
     return base
 
@@ -266,7 +266,9 @@ def _shown(value) -> str:
     return printable(json.dumps(value, allow_nan=True), 60)
 
 
-def _baseline_loss(value, path, what) -> float | None:
+def _checked_loss(value, path, what) -> float | None:
+    """A loss read from a baseline file: a number, null, or an infinity spelled as a
+    string (how reports write one); anything else is an input error."""
     if value is None:
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):

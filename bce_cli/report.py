@@ -62,6 +62,18 @@ def _g(v, digits: int = 6) -> str:
     return f"{v:.{digits}g}"
 
 
+def _g_column(values, digits: int = 6, none: str = "-") -> list[str]:
+    """:func:`_g` of a whole column (a million classes: no call per cell)."""
+    fmt = f"{{:.{digits}g}}".format
+    return [none if v is None else v if isinstance(v, str)
+            else str(int(v)) if isinstance(v, float) and v.is_integer() and abs(v) < 1e15
+            else fmt(v) for v in values]
+
+
+def _pct_column(values) -> list[str]:
+    return ["-" if v is None else f"{100 * v:.1f}%" for v in values]
+
+
 def _loss(v, digits: int = 6) -> str:
     return "NaN" if v is None else _g(v, digits)
 
@@ -205,20 +217,22 @@ def plain_table(title, columns, rows) -> str:
     """
     from rich.cells import cell_len  # terminal cells: a CJK character takes two
 
-    widths = [max([cell_len(h), *(cell_len(row[k]) for row in rows)])
-              for k, (h, _) in enumerate(columns)]
-    inner = sum(widths) + 3 * (len(widths) - 1) + 2
+    padded = []  # column by column: str.ljust / rjust in C where every cell is ASCII
+    for k, (head, justify) in enumerate(columns):
+        cells = [head, *(row[k] for row in rows)]
+        if "".join(cells).isascii():
+            w = max(map(len, cells))
+            pad = str.ljust if justify == "left" else str.rjust
+            padded.append([pad(c, w) for c in cells])
+        else:
+            w = max(map(cell_len, cells))
+            padded.append([c + " " * (w - cell_len(c)) if justify == "left"
+                           else " " * (w - cell_len(c)) + c for c in cells])
+    lines = ["  " + "   ".join(cells) + "  " for cells in zip(*padded, strict=True)]
+    inner = cell_len(lines[0]) - 2
     width = inner + 2
-
-    def line(cells):
-        parts = [c + " " * (w - cell_len(c)) if j == "left" else " " * (w - cell_len(c)) + c
-                 for c, w, (_, j) in zip(cells, widths, columns, strict=True)]
-        return "  " + "   ".join(parts) + "  "
-
-    out = [title + " " * (width - cell_len(title)), " " * width, line([h for h, _ in columns]),
-           " " + "─" * inner + " "]
-    out += [line(row) for row in rows]
-    out.append(" " * width)
+    out = [title + " " * (width - cell_len(title)), " " * width, lines[0],
+           " " + "─" * inner + " ", *lines[1:], " " * width]
     return "\n".join(out) + "\n"
 
 
@@ -238,18 +252,21 @@ def print_eval_table(report: dict, console) -> None:
 
     many = len(report["classes"]) > 1
     loss_head = "loss (sum)" if report["reduction"] == "sum" else "loss"
-    mark = any(worse_than_prior(c) for c in report["classes"])
-    rows, red = [], set()
-    for r, c in enumerate(report["classes"]):
-        row = [c["name"], _loss(c["loss"], 5)]
-        if mark:
-            worse = worse_than_prior(c)
-            row.append(WORSE_MARK if worse else "")
-            if worse:
-                red.update({(r, 1), (r, 2)})
-        rows.append(row + [_g(c["prior_loss"], 4), _g(c["n_pos"]), _g(c["n_neg"]),
-                           _pct(c["positive_rate"]), _pct(c["accuracy"]),
-                           _g(c["suggested_pos_weight"], 4)])
+    classes = report["classes"]
+    worse = [worse_than_prior(c) for c in classes]
+    mark = any(worse)
+    cells = [[c["name"] for c in classes],
+             _g_column([c["loss"] for c in classes], 5, none="NaN")]
+    if mark:
+        cells.append([WORSE_MARK if w else "" for w in worse])
+    cells += [_g_column([c["prior_loss"] for c in classes], 4),
+              _g_column([c["n_pos"] for c in classes]),
+              _g_column([c["n_neg"] for c in classes]),
+              _pct_column([c["positive_rate"] for c in classes]),
+              _pct_column([c["accuracy"] for c in classes]),
+              _g_column([c["suggested_pos_weight"] for c in classes], 4)]
+    rows = list(zip(*cells, strict=True))
+    red = {(r, k) for r, w in enumerate(worse) if w for k in (1, 2)}
     columns = [("class", "left"), (loss_head, "right")] + [("", "left")] * mark + [
         ("prior", "right"), ("n_pos", "right"), ("n_neg", "right"), ("pos %", "right"),
         ("acc.", "right"), ("pos_weight*", "right")]
@@ -287,8 +304,10 @@ def pos_weight_csv(report: dict) -> str:
 
 
 def print_pos_weight_table(report: dict, console) -> None:
-    rows = [[c["name"], _g(c["n_pos"]), _g(c["n_neg"]), _g(c["pos_weight"])]
-            for c in report["classes"]]
+    classes = report["classes"]
+    rows = list(zip([c["name"] for c in classes], _g_column([c["n_pos"] for c in classes]),
+                    _g_column([c["n_neg"] for c in classes]),
+                    _g_column([c["pos_weight"] for c in classes]), strict=True))
     columns = [("class", "left"), ("n_pos", "right"), ("n_neg", "right"), ("pos_weight", "right")]
     _print_table(console, f"suggested pos_weight ({report['method']})", columns, rows)
 

@@ -41,6 +41,7 @@ def write_seeds(d: Path) -> None:
     import warnings
 
     import pyarrow as pa
+    import pyarrow.csv as pacsv
     import pyarrow.feather as feather
     import pyarrow.ipc as ipc
     import pyarrow.parquet as pq
@@ -62,30 +63,15 @@ def write_seeds(d: Path) -> None:
     feather.write_feather(both, d / "both.arrow", compression="uncompressed")
     with ipc.new_stream(d / "both.arrows", both.schema) as w:
         w.write_table(both, max_chunksize=20)
-    both.to_pandas().to_csv(d / "both.csv", index=False) if _has_pandas() else \
-        _write_csv(d / "both.csv", both)
+    pacsv.write_csv(both, d / "both.csv")
     np.save(d / "x.npy", x)
     np.save(d / "y.npy", y)
     np.save(d / "w.npy", np.ones(len(CLASSES)))
     np.savez(d / "xy.npz", logits=x, targets=y)
-    json.dump({"classes": CLASSES, "pos_weight": [1.5, 2.0, 0.5]}, open(d / "pw.json", "w"))
+    (d / "pw.json").write_text(json.dumps({"classes": CLASSES, "pos_weight": [1.5, 2.0, 0.5]}))
     subprocess.run([*BCE, "eval", str(d / "x.npy"), str(d / "y.npy"), "--format", "json",
                     "--report", str(d / "base.json")], capture_output=True, check=True,
                    timeout=TIMEOUT_S)
-
-
-def _has_pandas() -> bool:
-    try:
-        import pandas  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _write_csv(path: Path, table) -> None:
-    import pyarrow.csv as pacsv
-
-    pacsv.write_csv(table, path)
 
 
 # (seed file, how it is used); {f} is the mutated copy, other names are seeds.
