@@ -375,3 +375,23 @@ def test_fifo_given_to_an_option_is_refused(tmp_path, pair, option):
     res = _run("eval", *pair, option, fifo, *extra)
     assert res.returncode == 2, res.stderr
     assert name in _printable_error(res.stderr)
+
+
+@pytest.mark.parametrize("damage", ["zip version", "compression method", "deflated data"])
+def test_npz_that_zipfile_cannot_open(tmp_path, damage):
+    """zipfile raises NotImplementedError for an unknown zip version or compression
+    method and zlib.error for corrupt deflated data: input errors, not bugs."""
+    path = tmp_path / "xy.npz"
+    np.savez_compressed(path, logits=np.zeros((50, 3)), targets=np.zeros((50, 3)))
+    data = bytearray(path.read_bytes())
+    central = data.find(b"PK\x01\x02")
+    if damage == "zip version":  # "version needed to extract" of the first member: 10.9
+        data[central + 6:central + 8] = (109).to_bytes(2, "little")
+    elif damage == "compression method":  # both headers of the first member: method 99
+        data[8:10] = data[central + 10:central + 12] = (99).to_bytes(2, "little")
+    else:  # scramble the middle of the first member's deflated bytes
+        start = 30 + int.from_bytes(data[26:28], "little") + int.from_bytes(data[28:30], "little")
+        data[start + 2:start + 12] = b"\xff" * 10
+    path.write_bytes(bytes(data))
+    res = invoke("eval", path, "--logits", "logits", "--targets", "targets")
+    input_error(res, "xy.npz")

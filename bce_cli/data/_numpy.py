@@ -24,6 +24,7 @@ import io
 import os
 import tokenize
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -36,9 +37,11 @@ TARGET_NAMES = ("targets", "target", "labels", "label", "y_true", "y")
 
 
 # What NumPy raises for a bad file: a header it cannot parse gives ValueError,
-# SyntaxError or tokenize.TokenError (an unclosed bracket), a short file EOFError.
+# SyntaxError or tokenize.TokenError (an unclosed bracket), a short file EOFError;
+# zipfile adds NotImplementedError (an unknown zip version or compression method),
+# RuntimeError (an encrypted member) and zlib.error (corrupt deflated data).
 NPY_ERRORS = (ValueError, OSError, EOFError, TypeError, SyntaxError, tokenize.TokenError,
-              zipfile.BadZipFile)
+              zipfile.BadZipFile, NotImplementedError, RuntimeError, zlib.error)
 
 
 def load_error(exc, file):
