@@ -33,8 +33,8 @@ class BCEResult:
     accuracy: np.ndarray        # per class: share with (logit > 0) == (target >= 0.5)
     suggested_pos_weight: np.ndarray  # n_neg / n_pos (NaN without positives)
     n_elements: int = field(default=0)
-    # per class: the loss of the best constant prediction under the same weights,
-    # pos_weight and label smoothing, reduced like class_loss (see prior_loss)
+    # per class: the loss of always predicting the positive rate under the same
+    # weights, pos_weight and label smoothing, reduced like class_loss (see prior_loss)
     prior_loss: np.ndarray | None = None
 
     @cached_property
@@ -210,28 +210,30 @@ class BCEAccumulator:
 
 
 def prior_loss(wy, wn, pos_weight, smoothing: float, norm):
-    """The loss of the best constant prediction, per class, divided by ``norm``.
+    """The loss of always predicting the class's positive rate, per class, under the
+    same weight, pos_weight and label smoothing, divided by ``norm``.
 
-    A constant logit z scores ``p*A*softplus(-z) + B*softplus(z)`` over a class's
-    elements, with ``A = sum w*y'``, ``B = sum w*(1 - y')`` (``y'`` the smoothed
-    target) and p its pos_weight.  The minimum lies at ``sigmoid(z) = p*A / (p*A + B)``
-    and is ``p*A*log1p(B / (p*A)) + B*log1p(p*A / B)``; without weights it is the
-    entropy of the labels: the loss of always predicting the positive rate.
+    The rate is ``q = sum w*y / sum w`` (with no weight column: n_pos / (n_pos + n_neg),
+    the report's positive rate).  A constant prediction q scores
+    ``-(p*A*log(q) + B*log(1 - q))`` over a class's elements, with ``A = sum w*y'``,
+    ``B = sum w*(1 - y')`` (``y'`` the smoothed target) and p its pos_weight; without
+    pos_weight and smoothing that is the entropy of the labels, and q the best constant.
+    A term whose coefficient is 0 adds 0; predicting 0 for a smoothed positive, inf.
 
     One positive and three negatives: always predicting 1/4 scores the entropy; with
-    pos_weight 3 the best constant is 1/2, scoring (3*log 2 + 3*log 2) / 4.
+    pos_weight 3, (3*log 4 + 3*log(4/3)) / 4.
 
     >>> float(prior_loss(np.array([1.0]), np.array([3.0]), None, 0.0, 4.0)[0])
     0.5623351446188083
     >>> float(prior_loss(np.array([1.0]), np.array([3.0]), np.array([3.0]), 0.0, 4.0)[0])
-    1.0397207708399179
+    1.2554823251787535
     """
     half = 0.5 * smoothing
     a = (1.0 - half) * wy + half * wn  # sum of w*y', from sums of w*y and w*(1 - y)
     b = half * wy + (1.0 - half) * wn
     if pos_weight is not None:
         a = pos_weight * a
-    with np.errstate(invalid="ignore", divide="ignore"):
-        total = (np.where(a == 0.0, 0.0, a * np.log1p(b / a))
-                 + np.where(b == 0.0, 0.0, b * np.log1p(a / b)))
+    with np.errstate(invalid="ignore", divide="ignore"):  # -log q = log1p(wn / wy)
+        total = (np.where(a == 0.0, 0.0, a * np.log1p(wn / wy))
+                 + np.where(b == 0.0, 0.0, b * np.log1p(wy / wn)))
         return total / norm

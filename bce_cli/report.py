@@ -141,8 +141,8 @@ def _verdict(report: dict) -> str:
 
 
 def worse_than_prior(c: dict) -> bool:
-    """A class whose loss is above its prior: worse than the best constant prediction
-    (a prior of 0, a class with one kind of target, marks nothing)."""
+    """A class whose loss is above its prior: worse than always predicting its positive
+    rate (a prior of 0, a class with one kind of target, marks nothing)."""
     loss, prior = loss_number(c["loss"]), loss_number(c["prior_loss"])
     return loss is not None and prior is not None and prior > 0 and loss > prior
 
@@ -151,8 +151,8 @@ def worse_than_prior(c: dict) -> bool:
 # none): "!" beside its loss in the table, where columns are scarce, and "worse"
 # in markdown.
 WORSE_MARK = "!"
-PRIOR_LEGEND = ("prior: loss of the best constant prediction under the same options (the "
-                "positive rate, unweighted)")
+PRIOR_LEGEND = ("prior: loss of always predicting the class's positive rate, under the same "
+                "options")
 
 
 def eval_markdown(report: dict) -> str:

@@ -248,7 +248,7 @@ def test_class_sums_of_the_numpy_tier(rng, shape):
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_prior_is_the_best_constant_over_streamed_batches(rng, reduction):
+def test_prior_predicts_the_positive_rate_over_streamed_batches(rng, reduction):
     """Batches weighted three ways (per class, per element, not at all), with
     pos_weight, label smoothing, ignored and NaN-omitted elements."""
     n, c = 600, 3
@@ -268,6 +268,6 @@ def test_prior_is_the_best_constant_over_streamed_batches(rng, reduction):
     res = acc.compute(reduction)
     keep = (y != -1) & ~np.isnan(x)
     for i in range(c):
-        want = ref.best_constant_loss(y[:, i], w[:, i] * base_w[i], pw[i], 0.1, keep[:, i],
-                                      reduction)
+        want = ref.rate_prediction_loss(y[:, i], w[:, i] * base_w[i], pw[i], 0.1, keep[:, i],
+                                        reduction)
         assert res.prior_loss[i] == pytest.approx(want, rel=1e-9)

@@ -59,14 +59,14 @@ PRIOR_CASES = [
     ("4,0.5,2", "w", 0.1, True, "sum"),
     ("3", "0.5,2,1.5", 0.05, True, "sum"),
     ("3", "w", 0.0, True, "none"),
-    ("0", "w", 0.0, True, "mean"),  # pos_weight 0: the best constant predicts 0, loss 0
+    ("0", "w", 0.0, True, "mean"),  # pos_weight 0: only the negatives' term is left
 ]
 
 
 @pytest.mark.parametrize(("pos_weight", "weight", "smoothing", "ignore", "reduction"),
                          PRIOR_CASES)
-def test_prior_is_the_best_constant_under_the_same_options(weighted_table, pos_weight, weight,
-                                                           smoothing, ignore, reduction):
+def test_prior_predicts_the_positive_rate_under_the_same_options(
+        weighted_table, pos_weight, weight, smoothing, ignore, reduction):
     path, _, y, w = weighted_table
     args = [path, "--logits", "logit_*", "--targets", ",".join(NAMES), "--reduction", reduction,
             "--label-smoothing", smoothing, "--ignore-value", -1]
@@ -85,8 +85,11 @@ def test_prior_is_the_best_constant_under_the_same_options(weighted_table, pos_w
         else:
             wi = np.full(len(y), float(weight.split(",")[i]))
         keep = y[:, i] != -1
-        want = ref.best_constant_loss(y[:, i], wi, pw[i], smoothing, keep, reduction)
+        want = ref.rate_prediction_loss(y[:, i], wi, pw[i], smoothing, keep, reduction)
         assert cls["prior_loss"] == pytest.approx(want, rel=1e-9, abs=1e-12), cls["name"]
+        if pos_weight is None and smoothing == 0:  # then the rate is the best constant
+            best = ref.best_constant_loss(y[:, i], wi, 1.0, 0.0, keep, reduction)
+            assert cls["prior_loss"] == pytest.approx(best, rel=1e-9, abs=1e-12)
 
 
 def test_prior_without_options_is_the_entropy_of_the_labels(weighted_table):
@@ -112,7 +115,7 @@ def test_prior_leaves_out_nan_omitted_elements(tmp_path, rng):
                          "--pos-weight", "2.5", "--nan-policy", "omit")
     for i, cls in enumerate(report["classes"]):
         keep = ~(np.isnan(x[:, i]) | np.isnan(y[:, i]))
-        want = ref.best_constant_loss(np.nan_to_num(y[:, i]), w[:, i], 2.5, 0.0, keep, "mean")
+        want = ref.rate_prediction_loss(np.nan_to_num(y[:, i]), w[:, i], 2.5, 0.0, keep, "mean")
         assert cls["prior_loss"] == pytest.approx(want, rel=1e-9)
 
 
@@ -291,9 +294,9 @@ def test_names_fold_on_a_narrow_terminal_and_are_never_cut(long_names):
     assert "".join(line.split()[0] for line in body) == "".join(LONG_NAMES)
 
 
-def test_prior_is_what_pytorch_scores_at_the_best_constant(weighted_table):
-    """PyTorch as a second reference: its loss of the constant logit that the prior
-    names equals the prior, and moving the constant either way scores more."""
+def test_prior_is_what_pytorch_scores_for_the_positive_rate(weighted_table):
+    """PyTorch as a second reference: its loss of always predicting the class's
+    (weighted) positive rate, with the same weight, pos_weight and smoothing."""
     torch = pytest.importorskip("torch")
     path, _, y, w = weighted_table
     report, _ = run_json(path, "--logits", "logit_*", "--targets", ",".join(NAMES),
@@ -301,18 +304,12 @@ def test_prior_is_what_pytorch_scores_at_the_best_constant(weighted_table):
                          "--label-smoothing", 0.1)
     for i, (cls, pw) in enumerate(zip(report["classes"], [4.0, 0.5, 2.0], strict=True)):
         keep = y[:, i] != -1
-        ys = torch.tensor(y[keep, i] * 0.9 + 0.05, dtype=torch.float64)
+        yk = torch.tensor(y[keep, i], dtype=torch.float64)
         wk = torch.tensor(w[keep], dtype=torch.float64)
-        a, b = float((wk * ys).sum()) * pw, float((wk * (1 - ys)).sum())
-        z = math.log(a / b)  # sigmoid(z) = a / (a + b)
-
+        rate = float((wk * yk).sum() / wk.sum())
         fn = torch.nn.BCEWithLogitsLoss(weight=wk, pos_weight=torch.tensor(pw).double())
-
-        def loss(c, ys=ys, fn=fn):
-            return float(fn(torch.full_like(ys, c), ys))
-
-        assert cls["prior_loss"] == pytest.approx(loss(z), rel=1e-12)
-        assert loss(z - 0.01) > cls["prior_loss"] < loss(z + 0.01)
+        want = float(fn(torch.full_like(yk, math.log(rate / (1 - rate))), yk * 0.9 + 0.05))
+        assert cls["prior_loss"] == pytest.approx(want, rel=1e-12)
 
 
 def test_piped_pos_weight_table_keeps_whole_names(long_names, monkeypatch):
