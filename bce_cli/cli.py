@@ -344,7 +344,7 @@ def eval_command(
             sys.stdout.flush()
     if not result["passed"]:
         for f in result["failures"]:
-            _stderr().print(f"[bold red]gate failed:[/] {_escape(f)}")
+            _stderr().print(f"[bold red]gate failed:[/] {_escape(f)}", soft_wrap=True)
         raise typer.Exit(EXIT_GATE)
 
 

@@ -277,6 +277,21 @@ def test_warnings_are_not_hard_wrapped(tmp_path, monkeypatch):
             "logits; pass --from-probs if they are") in res.stderr.splitlines()
 
 
+def test_gate_failures_are_not_hard_wrapped(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "40")
+    names = ["a_class_name_long_enough_to_wrap_" + s for s in ("first", "second")]
+    pq.write_table(pa.table({n: np.linspace(-2, 2, 20) for n in names}), tmp_path / "p.parquet")
+    pq.write_table(pa.table({n: (np.arange(20) % 2).astype(float) for n in names}),
+                   tmp_path / "l.parquet")
+    res = invoke("eval", tmp_path / "p.parquet", tmp_path / "l.parquet",
+                 "--max-class-loss", "0.01")
+    assert res.exit_code == 1, res.output
+    failed = [ln for ln in res.stderr.splitlines() if ln.startswith("gate failed:")]
+    assert len(failed) == 2, res.stderr
+    assert all(ln.endswith("> --max-class-loss 0.01") and n in ln
+               for ln, n in zip(failed, names, strict=True)), failed
+
+
 def test_names_fold_on_a_narrow_terminal_and_are_never_cut(long_names):
     import io
 
