@@ -15,8 +15,9 @@ import numpy as np
 
 from . import stats as S
 from ._engine import as_weight, class_stats
+from .choices import NanPolicy, Reduction, check
 from .errors import BCEInputError
-from .functional import REDUCTIONS, pos_weight_from_counts
+from .functional import pos_weight_from_counts
 
 
 @dataclass
@@ -62,9 +63,7 @@ class BCEAccumulator:
                  label_smoothing: float = 0.0, nan_policy: str = "error"):
         if n_classes < 1:
             raise BCEInputError(f"n_classes must be at least 1, got {n_classes}")
-        if nan_policy not in S.NAN_POLICIES:
-            raise BCEInputError(f"nan_policy must be one of {', '.join(S.NAN_POLICIES)}, "
-                                f"got {nan_policy!r}")
+        nan_policy = check(NanPolicy, nan_policy, "nan_policy")
         if not 0.0 <= label_smoothing <= 1.0:
             raise BCEInputError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
         self.n_classes = int(n_classes)
@@ -179,8 +178,7 @@ class BCEAccumulator:
     def compute(self, reduction: str = "mean", *, method: str = "ratio", beta: float = 0.999,
                 clip_max: float | None = None) -> BCEResult:
         """The losses and counts so far (the state is not changed)."""
-        if reduction not in REDUCTIONS:
-            raise BCEInputError(f"reduction must be one of {', '.join(REDUCTIONS)}")
+        reduction = check(Reduction, reduction, "reduction")
         s = self.state
         count = s[S.COUNT].copy()
         n_elements = int(count.sum())

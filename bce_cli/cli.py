@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
-from enum import Enum
 from typing import Annotated
 
 import typer
 
 from . import __version__
+from .choices import EvalFormat, Method, NanPolicy, PosWeightFormat, Reduction
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as shells report it
@@ -28,37 +28,6 @@ app = typer.Typer(
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-class Reduction(str, Enum):
-    mean = "mean"
-    sum = "sum"
-    none = "none"
-
-
-class EvalFormat(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-    markdown = "markdown"
-
-
-class PWFormat(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-
-
-class NanPolicy(str, Enum):
-    error = "error"
-    omit = "omit"
-    propagate = "propagate"
-
-
-class Method(str, Enum):
-    ratio = "ratio"
-    sqrt = "sqrt"
-    effective_number = "effective-number"
 
 
 def _stderr():
@@ -276,7 +245,7 @@ def eval_command(
         help="A number, C numbers, a .npy file, or the JSON of [cyan]bce suggest-pos-weight[/]."
     )] = None,
     reduction: Annotated[Reduction, typer.Option("--reduction", help="mean (sum / elements), "
-                                                 "sum, or none (with --output).")] = Reduction.mean,
+                                                 "sum, or none (with --output).")] = Reduction.MEAN,
     output: Annotated[str | None, typer.Option(
         "--output", metavar="PATH",
         help="With --reduction none: per-element losses (.parquet: one column per class, "
@@ -289,10 +258,10 @@ def eval_command(
         "--from-probs", help="Predictions are probabilities, not logits.")] = False,
     nan_policy: Annotated[NanPolicy, typer.Option(
         "--nan-policy", help="NaN (and Arrow nulls): error, omit, or propagate.")
-    ] = NanPolicy.error,
+    ] = NanPolicy.ERROR,
     class_dim: ClassDimOpt = 1,
     fmt: Annotated[EvalFormat, typer.Option("--format", help="Report format on stdout.")
-                   ] = EvalFormat.table,
+                   ] = EvalFormat.TABLE,
     report: Annotated[str | None, typer.Option("--report", metavar="PATH",
                                                help="Also write the JSON report here.")] = None,
     max_loss: Annotated[float | None, typer.Option(
@@ -318,7 +287,7 @@ def eval_command(
     with _guard(debug):
         from .data import InputSpec
         from .evaluate import EvalOptions, evaluate
-        from .report import eval_csv, eval_markdown, print_eval_table, to_json
+        from .report import emit
 
         spec = InputSpec(preds=preds, labels=labels, logits=logits, targets=targets, on=on,
                          weight=weight, class_dim=class_dim, batch_rows=batch_rows,
@@ -335,13 +304,7 @@ def eval_command(
         show = sys.stderr.isatty() if progress is None else progress
         with _progress(show) as (advance, set_total):  # also writes --output and --report
             result = evaluate(spec, opts, warn=_warn, progress=advance, total=set_total)
-        if fmt is EvalFormat.table:
-            print_eval_table(result, _stdout())
-        else:
-            text = {EvalFormat.json: lambda r: to_json(r) + "\n", EvalFormat.csv: eval_csv,
-                    EvalFormat.markdown: eval_markdown}[fmt](result)
-            sys.stdout.write(text)
-            sys.stdout.flush()
+        emit("eval", fmt.value, result, _stdout)
     if not result["passed"]:
         for f in result["failures"]:
             _stderr().print(f"[bold red]gate failed:[/] {_escape(f)}", soft_wrap=True)
@@ -377,13 +340,13 @@ def suggest_pos_weight_command(
     targets: TargetsOpt = None,
     method: Annotated[Method, typer.Option(
         "--method", help="ratio = n_neg/n_pos; sqrt of it; effective-number (with --beta).")
-    ] = Method.ratio,
+    ] = Method.RATIO,
     beta: Annotated[float, typer.Option("--beta", help="For effective-number, in (0, 1).")
                     ] = 0.999,
     clip_max: Annotated[float | None, typer.Option("--clip-max", help="Upper bound on weights.")
                         ] = None,
-    fmt: Annotated[PWFormat, typer.Option("--format", help="Output format on stdout.")
-                   ] = PWFormat.table,
+    fmt: Annotated[PosWeightFormat, typer.Option("--format", help="Output format on stdout.")
+                   ] = PosWeightFormat.TABLE,
     output: Annotated[str | None, typer.Option("--output", metavar="PATH",
                                                       help="Write the JSON here.")] = None,
     class_dim: ClassDimOpt = 1,
@@ -393,7 +356,7 @@ def suggest_pos_weight_command(
     """Suggest a per-class pos_weight (n_neg / n_pos) from the targets' class counts."""
     with _guard(debug):
         from .evaluate import suggest
-        from .report import pos_weight_csv, print_pos_weight_table, to_json
+        from .report import emit, to_json
 
         check_outputs({"--output": output}, {"LABELS": labels})
         result = suggest(labels, targets=targets, method=method.value, beta=beta,
@@ -403,12 +366,7 @@ def suggest_pos_weight_command(
             from ._safe_write import write_bytes
 
             write_bytes(output, (to_json(result) + "\n").encode())
-        if fmt is PWFormat.table:
-            print_pos_weight_table(result, _stdout())
-        else:
-            text = to_json(result) + "\n" if fmt is PWFormat.json else pos_weight_csv(result)
-            sys.stdout.write(text)
-            sys.stdout.flush()
+        emit("pos_weight", fmt.value, result, _stdout)
 
 
 @app.command("warmup", epilog="""[bold]Examples[/]

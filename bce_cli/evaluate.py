@@ -17,6 +17,7 @@ import numpy as np
 from . import __version__, _tiers
 from ._safe_write import SafeFile
 from .accumulator import BCEAccumulator
+from .choices import Reduction, values
 from .errors import BCEInputError, InvalidValueError, printable
 from .outputs import LossWriter
 from .report import finite_values, loss_number, loss_value, loss_values
@@ -241,7 +242,7 @@ def load_baseline(path: str) -> dict:
         raise BCEInputError("the baseline's loss is NaN: nothing can be compared with it",
                             file=path)
     red = base.get("reduction", "mean")
-    if red not in ("mean", "sum", "none"):
+    if red not in values(Reduction):
         raise BCEInputError(f"the baseline's 'reduction' is {_shown(red)}, not 'mean', 'sum' "
                             "or 'none'", file=path)
     classes = base.get("classes", [])

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from ._engine import as_logits, as_weight, class_stats
+from .choices import Method, Reduction, check, values
 from .errors import BCEInputError
 from .stats import LOSS
 
-REDUCTIONS = ("none", "mean", "sum")
+REDUCTIONS = values(Reduction)
 
 # Above this many classes, a per-class weight vector is expanded to a full
 # array instead: the per-class partials would cost more than they save.
@@ -18,10 +19,7 @@ _MAX_VECTOR_CLASSES = 1 << 16
 def legacy_reduction(size_average=None, reduce=None, reduction: str = "mean") -> str:
     """PyTorch's rule: the deprecated ``size_average``/``reduce`` override ``reduction``."""
     if size_average is None and reduce is None:
-        if reduction not in REDUCTIONS:
-            raise BCEInputError(f"reduction must be one of {', '.join(REDUCTIONS)}, "
-                                f"got {reduction!r}")
-        return reduction
+        return check(Reduction, reduction, "reduction")
     size_average = True if size_average is None else size_average
     reduce = True if reduce is None else reduce
     if size_average and reduce:
@@ -169,7 +167,7 @@ class BCEWithLogitsLoss:
         return f"BCEWithLogitsLoss(reduction={self.reduction!r})"
 
 
-POS_WEIGHT_METHODS = ("ratio", "sqrt", "effective-number")
+POS_WEIGHT_METHODS = values(Method)
 
 
 def pos_weight_from_counts(n_pos, n_neg, method: str = "ratio", beta: float = 0.999,
@@ -182,9 +180,7 @@ def pos_weight_from_counts(n_pos, n_neg, method: str = "ratio", beta: float = 0.
     """
     n_pos = np.asarray(n_pos, dtype=np.float64)
     n_neg = np.asarray(n_neg, dtype=np.float64)
-    if method not in POS_WEIGHT_METHODS:
-        raise BCEInputError(f"method must be one of {', '.join(POS_WEIGHT_METHODS)}, "
-                            f"got {method!r}")
+    method = check(Method, method, "method")
     has_pos = n_pos > 0
     safe_pos = np.where(has_pos, n_pos, 1.0)
     if method == "ratio":

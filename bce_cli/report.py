@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import sys
 
 import numpy as np
 
@@ -311,3 +312,17 @@ def print_pos_weight_table(report: dict, console) -> None:
     columns = [("class", "left"), ("n_pos", "right"), ("n_neg", "right"), ("pos_weight", "right")]
     _print_table(console, f"suggested pos_weight ({report['method']})", columns, rows)
 
+
+
+# ---------------------------------------------------------------------- the switch
+def emit(kind: str, fmt: str, report: dict, console) -> None:
+    """Write ``report`` (``kind`` "eval" or "pos_weight") on stdout in ``fmt`` (a value
+    of choices.EvalFormat / PosWeightFormat); ``console`` makes the Rich console that
+    a table needs, so that the other formats never import Rich."""
+    if fmt == "table":
+        {"eval": print_eval_table, "pos_weight": print_pos_weight_table}[kind](report, console())
+        return
+    render = {"json": lambda r: to_json(r) + "\n", "csv": eval_csv if kind == "eval"
+              else pos_weight_csv, "markdown": eval_markdown}[fmt]
+    sys.stdout.write(render(report))
+    sys.stdout.flush()

@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-NAN_POLICIES = ("error", "omit", "propagate")
-
 
 @dataclass
 class InputSpec:
@@ -36,15 +34,13 @@ class InputSpec:
     order: str = "F"
 
     def __post_init__(self):
+        from bce_cli.choices import NanPolicy, check
         from bce_cli.errors import BCEInputError
 
         if int(self.batch_rows) < 1:
             raise BCEInputError(f"batch_rows must be at least 1, got {self.batch_rows}")
         self.batch_rows = int(self.batch_rows)
-        if self.nan_policy not in NAN_POLICIES:
-            raise BCEInputError(
-                f"unknown nan policy {self.nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}"
-            )
+        self.nan_policy = check(NanPolicy, self.nan_policy, "nan_policy")
         if self.order not in ("C", "F"):
             raise BCEInputError(f"order must be 'C' or 'F', got {self.order!r}")
 
