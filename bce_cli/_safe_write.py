@@ -284,3 +284,46 @@ def write_bytes(path, data: bytes) -> None:
     with SafeFile(path) as f:
         f.write(data)
         f.commit()
+
+
+def check_outputs(outputs: dict[str, str | None], inputs: dict[str, str | None]) -> None:
+    """Fail early (exit 2), before any work, for an output (``{option: path}``) that cannot
+    or must not be written: a path that cannot be written, two options naming one file
+    (one would silently replace the other), or one of the ``inputs`` (``{name: spec}``;
+    overwriting an input is never meant, and ``--report`` over ``--baseline`` would
+    compare the next run with a report that failed its gate).  Devices, FIFOs and
+    ``/dev/stdout`` are written into, so two outputs may share ``/dev/null``."""
+    from .errors import BCEInputError
+
+    checked: dict[str, str] = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        if resolve_target(path).kind != "file":
+            continue
+        for other, other_path in checked.items():
+            if same_file(path, other_path):
+                raise BCEInputError(f"{other} and {option} name the same file; give each its "
+                                    "own path", file=path)
+        for name, spec in inputs.items():
+            if _is_input(path, spec):
+                raise BCEInputError(f"{option} would overwrite the input {name}; write it "
+                                    "elsewhere", file=path)
+        checked[option] = path
+
+
+def _is_input(path: str, spec: str | None) -> bool:
+    """Whether writing ``path`` would overwrite a local file that ``spec`` (a file, a
+    directory or a glob of files; a column name or a number matches nothing) reads."""
+    import glob
+
+    if not spec or spec == "-" or "://" in spec:
+        return False
+    if os.path.isdir(spec):
+        real, folder = os.path.realpath(path), os.path.realpath(spec)
+        return os.path.isfile(real) and os.path.commonpath([real, folder]) == folder
+    if os.path.exists(spec):
+        return same_file(path, spec)
+    if set("*?[") & set(spec):
+        return any(same_file(path, f) for f in glob.glob(spec, recursive=True))
+    return False

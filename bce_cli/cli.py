@@ -6,7 +6,6 @@ stays fast; the commands import the library when they run.
 
 from __future__ import annotations
 
-import os
 import sys
 from contextlib import contextmanager
 from typing import Annotated
@@ -14,10 +13,19 @@ from typing import Annotated
 import typer
 
 from . import __version__
+from ._shell import (
+    EXIT_GATE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    click_error_class,
+    err_console,
+    escape,
+    guard,
+    out_console,
+    usage_error,
+    warn,
+)
 from .choices import EvalFormat, Method, NanPolicy, PosWeightFormat, Reduction
-
-EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
-EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as shells report it
 
 app = typer.Typer(
     name="bce",
@@ -28,164 +36,6 @@ app = typer.Typer(
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-def _stderr():
-    """A console for people (warnings, progress, errors), made when there is something
-    to say: a run that says nothing on stderr (``--format json``) never imports rich."""
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False)
-
-
-def _warn(message: str) -> None:
-    """One warning on stderr, never hard-wrapped (a log keeps it on one line to grep); the
-    message is plain text: names in it are not read as markup."""
-    _stderr().print(f"[yellow]warning:[/] {_escape(message)}", soft_wrap=True)
-
-
-def _stdout():
-    from rich.console import Console
-
-    return Console(highlight=False)
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    _stderr().print(f"[bold red]bce: error:[/] {message}", markup=True, soft_wrap=True)
-    return typer.Exit(code)
-
-
-class _Terminated(BaseException):
-    """SIGTERM or SIGHUP, raised in the main thread like Ctrl-C's KeyboardInterrupt, so that
-    the same cleanup runs (``finally`` blocks, removing temporary files).  A BaseException,
-    so that no ``except Exception`` swallows it."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-@contextmanager
-def _signals_as_exceptions():
-    """While a command runs, turn SIGTERM (what CI cancellation and ``docker stop`` send) and
-    SIGHUP into :class:`_Terminated`; restore the previous handlers afterwards.
-
-    Only signals still at their default action are taken over: under ``nohup`` SIGHUP
-    stays ignored.  Installed by the command line only, never by the library, and only
-    from the main thread (where Python runs signal handlers).  A second signal during
-    the cleanup is ignored rather than interrupting it (SIGKILL remains, and the next
-    writer removes what it leaves: :func:`bce_cli._safe_write.remove_stale`).
-    """
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    fired = []
-
-    def handler(signum, frame):
-        if not fired:
-            fired.append(signum)
-            raise _Terminated(signum)
-
-    previous = {}
-    for name in ("SIGTERM", "SIGHUP"):
-        signum = getattr(signal, name, None)
-        if signum is not None and signal.getsignal(signum) is signal.SIG_DFL:
-            previous[signum] = signal.signal(signum, handler)
-    try:
-        yield
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-
-
-def _guard(debug: bool):
-    """Map exceptions to exit codes: input errors 2, bugs 3 (Typer would give 1 = failed gate);
-    SIGTERM and SIGHUP 128 + the signal's number, as Typer gives 130 for Ctrl-C (SIGINT),
-    quietly, after the same cleanup."""
-
-    @contextmanager
-    def guard():
-        try:
-            with _signals_as_exceptions():
-                yield
-        except typer.Exit:
-            raise
-        except _Terminated as stop:
-            raise typer.Exit(128 + stop.signum) from None
-        except Exception as err:  # noqa: BLE001 - the one place that turns errors into codes
-            from .errors import BCEInputError
-
-            if debug:
-                import traceback
-
-                traceback.print_exc()
-            if isinstance(err, BCEInputError):
-                raise _fail(_escape(str(err)), EXIT_INPUT) from None
-            if isinstance(err, OSError):  # the environment (disk full, permissions), not a bug
-                where = f"{err.filename}: " if err.filename else ""
-                raise _fail(_escape(f"{where}{err.strerror or err}"), EXIT_INPUT) from None
-            if isinstance(err, KeyboardInterrupt):
-                raise
-            raise _fail(f"internal error: {type(err).__name__}: {_escape(str(err))}\n"
-                        "  this is a bug; run again with --debug for the traceback",
-                        EXIT_INTERNAL) from None
-
-    return guard()
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
-
-
-def check_outputs(outputs: dict[str, str | None], inputs: dict[str, str | None]) -> None:
-    """Fail early (exit 2), before any work, for an output (``{option: path}``) that cannot
-    or must not be written: a path that cannot be written, two options naming one file
-    (one would silently replace the other), or one of the ``inputs`` (``{name: spec}``;
-    overwriting an input is never meant, and ``--report`` over ``--baseline`` would
-    compare the next run with a report that failed its gate).  Devices, FIFOs and
-    ``/dev/stdout`` are written into, so two outputs may share ``/dev/null``."""
-    from ._safe_write import resolve_target, same_file
-    from .errors import BCEInputError
-
-    checked: dict[str, str] = {}
-    for option, path in outputs.items():
-        if path is None:
-            continue
-        if resolve_target(path).kind != "file":
-            continue
-        for other, other_path in checked.items():
-            if same_file(path, other_path):
-                raise BCEInputError(f"{other} and {option} name the same file; give each its "
-                                    "own path", file=path)
-        for name, spec in inputs.items():
-            if _is_input(path, spec):
-                raise BCEInputError(f"{option} would overwrite the input {name}; write it "
-                                    "elsewhere", file=path)
-        checked[option] = path
-
-
-def _is_input(path: str, spec: str | None) -> bool:
-    """Whether writing ``path`` would overwrite a local file that ``spec`` (a file, a
-    directory or a glob of files; a column name or a number matches nothing) reads."""
-    import glob
-
-    from ._safe_write import same_file
-
-    if not spec or spec == "-" or "://" in spec:
-        return False
-    if os.path.isdir(spec):
-        real, folder = os.path.realpath(path), os.path.realpath(spec)
-        return os.path.isfile(real) and os.path.commonpath([real, folder]) == folder
-    if os.path.exists(spec):
-        return same_file(path, spec)
-    if set("*?[") & set(spec):
-        return any(same_file(path, f) for f in glob.glob(spec, recursive=True))
-    return False
 
 
 def _version(value: bool):
@@ -284,7 +134,7 @@ def eval_command(
     debug: DebugOpt = False,
 ):
     """Compute the loss of PREDS against LABELS, print a report, and gate on it."""
-    with _guard(debug):
+    with guard(debug):
         from .data import InputSpec
         from .evaluate import EvalOptions, evaluate
         from .report import emit
@@ -298,16 +148,18 @@ def eval_command(
                            threads=threads,
                            max_loss=max_loss, max_class_loss=max_class_loss, baseline=baseline,
                            max_increase=max_increase)
+        from ._safe_write import check_outputs
+
         check_outputs({"--output": output, "--report": report},
                       {"PREDS": preds, "LABELS": labels, "--weight": weight,
                        "--pos-weight": pos_weight, "--baseline": baseline})
         show = sys.stderr.isatty() if progress is None else progress
         with _progress(show) as (advance, set_total):  # also writes --output and --report
-            result = evaluate(spec, opts, warn=_warn, progress=advance, total=set_total)
-        emit("eval", fmt.value, result, _stdout)
+            result = evaluate(spec, opts, warn=warn, progress=advance, total=set_total)
+        emit("eval", fmt.value, result, out_console)
     if not result["passed"]:
         for f in result["failures"]:
-            _stderr().print(f"[bold red]gate failed:[/] {_escape(f)}", soft_wrap=True)
+            err_console().print(f"[bold red]gate failed:[/] {escape(f)}", soft_wrap=True)
         raise typer.Exit(EXIT_GATE)
 
 
@@ -320,7 +172,7 @@ def _progress(show: bool):
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         with Progress(TextColumn("reading"), BarColumn(), TextColumn("{task.completed} rows"),
-                      TimeRemainingColumn(), console=_stderr(), transient=True,
+                      TimeRemainingColumn(), console=err_console(), transient=True,
                       redirect_stdout=False, redirect_stderr=False) as p:
             task = p.add_task("rows", total=None)
             yield (lambda n: p.advance(task, n), lambda t: p.update(task, total=t))
@@ -354,19 +206,20 @@ def suggest_pos_weight_command(
     debug: DebugOpt = False,
 ):
     """Suggest a per-class pos_weight (n_neg / n_pos) from the targets' class counts."""
-    with _guard(debug):
+    with guard(debug):
+        from ._safe_write import check_outputs
         from .evaluate import suggest
         from .report import emit, to_json
 
         check_outputs({"--output": output}, {"LABELS": labels})
         result = suggest(labels, targets=targets, method=method.value, beta=beta,
                          clip_max=clip_max, batch_rows=batch_rows, class_dim=class_dim,
-                         warn=_warn)
+                         warn=warn)
         if output:
             from ._safe_write import write_bytes
 
             write_bytes(output, (to_json(result) + "\n").encode())
-        emit("pos_weight", fmt.value, result, _stdout)
+        emit("pos_weight", fmt.value, result, out_console)
 
 
 @app.command("warmup", epilog="""[bold]Examples[/]
@@ -379,12 +232,12 @@ def warmup_command(debug: DebugOpt = False):
     """Compile every kernel form into the cache, so that large inputs can take the
     compiled kernels without waiting for a compiler (a Docker image layer, a CI
     cache step).  Small and mid-size inputs never need it."""
-    with _guard(debug):
+    with guard(debug):
         import time
 
         from . import kernels
 
-        err = _stderr()
+        err = err_console()
         start = time.perf_counter()
         times = {}
 
@@ -401,31 +254,15 @@ def warmup_command(debug: DebugOpt = False):
                    f"{times[slowest]:.2f} s), cached in {', '.join(where)}")
 
 
-def _usage_error(err) -> None:
-    """A usage error in two lines, like every other error (not Typer's framed box)."""
-    ctx = getattr(err, "ctx", None)
-    where = ctx.command_path if ctx is not None else "bce"
-    message = err.format_message().replace("Value error, ", "")
-    _stderr().print(f"[bold red]{_escape(where)}: error:[/] {_escape(message)}", soft_wrap=True)
-    if ctx is not None:
-        _stderr().print(f"Try '{_escape(where)} -h' for help.", soft_wrap=True)
-
-
-def _click_error_class():
-    """Click's ClickException as Typer raises it (Typer vendors Click in recent versions;
-    its public BadParameter derives from UsageError, which derives from ClickException)."""
-    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
-
-
 def main() -> None:
-    click_error = _click_error_class()
+    click_error = click_error_class()
     try:
         code = app(prog_name="bce", standalone_mode=False)
     except click_error as err:
         if type(err).__name__ == "NoArgsIsHelpError":  # bare `bce`: the help, exit 2
             err.show()
         else:
-            _usage_error(err)
+            usage_error(err)
         sys.exit(err.exit_code)
     except typer.Abort:
         sys.stderr.write("bce: aborted\n")
