@@ -125,7 +125,7 @@ def class_stats(x, y, *, class_axis: int | None, wvec=None, pvec=None, wfull=Non
 
 def _compiled_stats(form, x, y, canon, wvec, pvec, wf, pf, smooth, ignore, mode, out, write):
     """Run a compiled kernel form over flat views; None when an element is invalid."""
-    from . import kernels  # numba: only when the compiled tier pays (bce_cli._tiers)
+    from . import _launch  # numba: only when the compiled tier pays (bce_cli._tiers)
 
     a_count, c_count, b_count = canon
     if form.kernel == "rows":
@@ -134,7 +134,7 @@ def _compiled_stats(form, x, y, canon, wvec, pvec, wf, pf, smooth, ignore, mode,
     else:
         geom, n_tasks = planes_geometry(a_count, c_count, b_count)
         part_shape = (N_STATS,)
-    partials, n_bad = kernels.run(
+    partials, n_bad = _launch.run(
         form, geom, n_tasks, x.reshape(-1), y.reshape(-1), wvec, pvec,
         _factor_for(wf, x.dtype), _factor_for(pf, x.dtype), smooth,
         0.0 if ignore is None else ignore, ignore is not None, mode,

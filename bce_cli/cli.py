@@ -235,7 +235,7 @@ def warmup_command(debug: DebugOpt = False):
     with guard(debug):
         import time
 
-        from . import kernels
+        from . import _launch, kernels
 
         err = err_console()
         start = time.perf_counter()
@@ -245,7 +245,7 @@ def warmup_command(debug: DebugOpt = False):
             times[form.name] = seconds
             err.print(f"  {form.name:<24} {seconds:5.2f} s")
 
-        forms = kernels.warmup(report)
+        forms = _launch.warmup(report)
         slowest = max(times, key=times.get)
         where = sorted({kernels.cache_path(f) or "nowhere (no writable cache directory: set "
                         "NUMBA_CACHE_DIR)" for f in forms})

@@ -2,8 +2,8 @@
 
 Pure array functions (no I/O, no printing).  ``bce_cli._engine`` normalises the
 inputs (flat, C-contiguous, native float32/float64 logits) and calls
-:func:`run`.  The layouts, forms and task sizes are described in
-``bce_cli._forms``.
+``bce_cli._launch.run``, which runs a form's :func:`entry` on threads.  The
+layouts, forms and task sizes are described in ``bce_cli._forms``.
 
 Every form is built from one loop body with its options frozen as constants
 (the factories below).  Its compiled entry point is the serial loop over a
@@ -376,68 +376,3 @@ def is_compiled(form: Form) -> bool:
 def any_compiled() -> bool:
     """Whether numba has compiled or loaded any form in this process (it has started)."""
     return any(bool(fn.overloads) for fn in _ENTRIES.values())
-
-
-def _read_only(a: np.ndarray) -> np.ndarray:
-    """A read-only view: inputs always reach numba as read-only arrays, so that
-    writable and read-only data (memory-mapped ``.npy``, Arrow buffers) share
-    one compiled signature."""
-    if not a.flags.writeable:
-        return a
-    v = a.view()
-    v.flags.writeable = False
-    return v
-
-
-def run(form: Form, geom, n_tasks: int, x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore,
-        nan_mode, out, write_out, partials_shape, parallel: bool = False, pool=None,
-        workers: int = 1):
-    """Run ``form`` over flat arrays; returns ``(partials, n_bad)`` with ``partials`` of
-    shape ``(n_tasks, *partials_shape)`` (summed in order by the caller).
-
-    The serial entry point runs runs of consecutive tasks on ``pool``'s ``workers`` threads
-    (it releases the GIL; the partials do not depend on which thread ran a
-    task); ``parallel`` runs the ``prange`` entry point instead.  ``wf``/``pf``:
-    per-element factors (empty when unused)."""
-    partials = np.zeros((n_tasks, *partials_shape), dtype=np.float64)
-    n_bad = np.zeros(n_tasks, dtype=np.int64)
-    fn = entry(form, parallel)
-    args = tuple(_read_only(np.asarray(a)) for a in (x, y, wvec, pvec, wf, pf))
-    args += (float(smooth), float(ignore), bool(has_ignore), int(nan_mode), out,
-             bool(write_out), tuple(int(g) for g in geom), partials, n_bad)
-    if pool is None or parallel:
-        fn(*args, 0, n_tasks)
-    else:
-        step = max(1, -(-n_tasks // (4 * workers)))
-        list(pool.map(lambda k0: fn(*args, k0, min(n_tasks, k0 + step)),
-                      range(0, n_tasks, step)))
-    return partials, n_bad
-
-
-def warmup(report=lambda form, seconds: None) -> list[Form]:
-    """Compile (or load) every form for the argument types ``bce_cli._engine`` passes:
-    float32 and float64 logits with bool targets or targets of the logits' type,
-    weights of the logits' type.
-    Returns the forms; ``report(form, seconds)`` after each."""
-    import time
-
-    from ._forms import all_forms, planes_geometry, rows_geometry
-
-    forms = all_forms()
-    for form in forms:
-        start = time.perf_counter()
-        dtype = np.float32 if form.bits == 32 else np.float64
-        x = np.zeros(64, dtype=dtype)
-        for y in (np.zeros(64, dtype=np.uint8), np.zeros(64, dtype=dtype)):
-            if form.kernel == "rows":
-                (geom, n_tasks), c = rows_geometry(16, 4), 4
-                part = (N_STATS, c)
-            else:
-                (geom, n_tasks), c = planes_geometry(1, 1, 64), 1
-                part = (N_STATS,)
-            full = form.loop in (WS, PS, WSPS, SMOOTH) or form.kernel == "rows"
-            weights = np.ones(64 if full else 0, dtype=dtype)
-            run(form, geom, n_tasks, x, y, np.ones(c), np.ones(c), weights, weights, 0.0, 0.0,
-                False, 0, np.zeros(64, dtype=dtype), True, part)
-        report(form, time.perf_counter() - start)
-    return forms

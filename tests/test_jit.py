@@ -29,7 +29,7 @@ def test_no_cache_directory_is_said_once(monkeypatch):
     assert kf(1, 2) == 3 and kg(2, 3) == 6
 
 
-def _run_form(kernels, form, parallel, pool=None):
+def _run_form(form, parallel, pool=None):
     rng = np.random.default_rng(1)
     shape = (3000, 7) if form.kernel == "rows" else (5 * 33_000,)
     x = (rng.standard_normal(shape) * 3).astype(np.float32).reshape(-1)
@@ -41,7 +41,9 @@ def _run_form(kernels, form, parallel, pool=None):
         geom, n_tasks = planes_geometry(1, 1, x.size)
         part, c = (5,), 1
     empty = np.zeros(0)
-    return kernels.run(form, geom, n_tasks, x, y, np.ones(c), np.full(c, 2.0), empty, empty,
+    from bce_cli import _launch
+
+    return _launch.run(form, geom, n_tasks, x, y, np.ones(c), np.full(c, 2.0), empty, empty,
                        0.0, 0.0, False, 0, np.zeros(0, np.float32), False, part,
                        parallel=parallel, pool=pool, workers=_tiers.threads())
 
@@ -49,12 +51,11 @@ def _run_form(kernels, form, parallel, pool=None):
 @pytest.mark.parametrize("kind", ["planes", "rows"])
 def test_serial_entry_on_threads_equals_prange(kind):
     """The same task under numba's prange, in order, and on the thread pool: same bits."""
-    from bce_cli import kernels
 
     form = Form(kind, 1, 32)  # scalar / weighted factors
-    serial = _run_form(kernels, form, parallel=False)
-    threaded = _run_form(kernels, form, parallel=False, pool=_tiers.pool())
-    prange = _run_form(kernels, form, parallel=True)
+    serial = _run_form(form, parallel=False)
+    threaded = _run_form(form, parallel=False, pool=_tiers.pool())
+    prange = _run_form(form, parallel=True)
     for got in (threaded, prange):
         np.testing.assert_array_equal(got[0], serial[0])
         np.testing.assert_array_equal(got[1], serial[1])
@@ -155,7 +156,7 @@ def test_saves_into_one_cache_are_serialised(monkeypatch, tmp_path):
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
     form = Form("planes", 4, 64)  # wsps
     monkeypatch.delitem(kernels._ENTRIES, (form, False), raising=False)
-    _run_form(kernels, form, parallel=False)
+    _run_form(form, parallel=False)
     assert calls[:2] == [fcntl.LOCK_EX, fcntl.LOCK_UN]
     assert (tmp_path / "bce_cli" / _cache_dirs.stamp_name(form.name)).read_text() == \
         _cache_dirs.source_stamp()
