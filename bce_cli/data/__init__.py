@@ -10,7 +10,8 @@ Usage::
 Pure NumPy / PyArrow (no numba).  See :func:`open_inputs` and :class:`InputSpec`.
 """
 
-from ._inputs import Inputs, open_inputs, open_targets
+from ._inputs import Inputs
+from ._open import open_inputs, open_targets
 from ._spec import Batch, InputSpec
 from ._weights import WeightSpec, parse_pos_weight, parse_weight
 
