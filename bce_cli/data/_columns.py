@@ -152,14 +152,7 @@ def pair_tables(src_p, logits, file_p, src_l, targets, file_l, exclude) -> tuple
     ):
         return None, None, []
     lcols, tcols, unpaired = _names.common_subset(lcols, tcols, not logits, not targets)
-    if len(lcols) != len(tcols):
-        raise BCEInputError(
-            f"{len(lcols)} logit column(s) in {file_p} {lcols} but "
-            f"{len(tcols)} target column(s) in {file_l} {tcols}",
-            file=file_p,
-            hint="choose them with --logits COLS --targets COLS",
-        )
-    lcols, tcols, _ = _names.pair(lcols, tcols, file_p)
+    lcols, tcols, _ = _names.pair(lcols, tcols, file_p, files=(file_p, file_l))
     return lcols, tcols, unpaired
 
 

@@ -215,12 +215,18 @@ def stem(name: str) -> str:
     return low
 
 
-def pair(logits: list, targets: list, where: str) -> tuple:
-    """Reorder logits to pair with targets; raise on a count mismatch."""
+def pair(logits: list, targets: list, where: str, files=None) -> tuple:
+    """Reorder logits to pair with targets; raise on a count mismatch (``files``: the
+    names of the logits' and the targets' files, when they are two)."""
     if len(logits) != len(targets):
+        if files is None:
+            counts = (f"{len(logits)} logit column(s) {logits} but {len(targets)} target "
+                      f"column(s) {targets}; they must pair one to one")
+        else:
+            counts = (f"{len(logits)} logit column(s) in {files[0]} {logits} but "
+                      f"{len(targets)} target column(s) in {files[1]} {targets}")
         raise BCEInputError(
-            f"{len(logits)} logit column(s) {logits} but {len(targets)} target column(s) "
-            f"{targets}; they must pair one to one",
+            counts,
             file=where,
             hint="choose them with --logits COLS --targets COLS",
         )

@@ -160,8 +160,9 @@ def _one_file(spec, res, src, exclude, wcol, feeds, closers):
         return array_role(feed, "logits", lv), array_role(feed, "targets", tv), None
     file = res.display
     lsel, tsel = _columns.one_file(src, spec.logits, spec.targets, exclude, file)
-    return _table_feed(spec, src, file, {"logits": lsel, "targets": tsel}, wcol,
-                       max(lsel.n_classes, 1), feeds)
+    (logits, targets), wread = _table_feed(spec, src, file, {"logits": lsel, "targets": tsel},
+                                           wcol, max(lsel.n_classes, 1), feeds)
+    return logits, targets, wread
 
 
 def _side(spec, res, src, role, chosen, exclude, feeds, closers, wcol, columns=None):
@@ -180,13 +181,13 @@ def _side(spec, res, src, role, chosen, exclude, feeds, closers, wcol, columns=N
     if columns is None:
         columns = _columns.one_side(src, chosen, role, exclude, file)
     sel = _columns.selection(src, columns, role, file)
-    role_, _, wread = _table_feed(spec, src, file, {role: sel}, wcol, sel.n_classes, feeds)
-    return role_, wread
+    (made,), wread = _table_feed(spec, src, file, {role: sel}, wcol, sel.n_classes, feeds)
+    return made, wread
 
 
 def _table_feed(spec, src, file, selections, wcol, C, feeds):
-    """The feed of a table's roles (and weight column, when it has ``wcol``):
-    ``(first role, second role or None, weight read or None)``."""
+    """One feed for a table's ``selections`` (and its weight column, when it has
+    ``wcol``): ``([Role per selection], weight read or None)``."""
     roles = dict(selections)
     wsel = None
     if wcol is not None and _columns.has_column(src, wcol):
@@ -198,8 +199,7 @@ def _table_feed(spec, src, file, selections, wcol, C, feeds):
     if wsel is not None:
         wread = ResolvedWeight(role=Role(feed, "weight", file, lambda i: wcol, "wide", 1),
                                per_row=per_row)
-    made = [table_role(feed, key, sel, file) for key, sel in selections.items()]
-    return made[0], (made[1] if len(made) > 1 else None), wread
+    return [table_role(feed, key, sel, file) for key, sel in selections.items()], wread
 
 
 def _check_array_shapes(lv, tv):
