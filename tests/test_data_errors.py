@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 
 import numpy as np
@@ -422,3 +423,39 @@ def test_both_stdin():
 
 def test_weight_column_missing(tmp_path, good):
     fails(InputSpec(str(good), weight="w"), column="w", match="no weight column")
+
+
+def _open_fds():
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+@pytest.mark.parametrize(
+    "case",
+    [
+        # one archive: fails after it is opened, at the weight (a later step)
+        ("one.npz", None, {"weight": "no_such_column"}, "no weight column"),
+        # two archives: the second's arrays do not match the first's (a later step)
+        ("a.npz", "b.npz", {}, "have 3 classes per row but targets have 2"),
+        # an archive, then a weight file that is no .npy
+        ("a.npz", "b3.npz", {"weight": "w.txt"}, "must be a .npy"),
+    ],
+)
+def test_failed_open_closes_what_it_opened(tmp_path, case):
+    preds, labels, extra, message = case
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((20, 3))
+    np.savez(tmp_path / "one.npz", logits=x, targets=x > 0)
+    np.savez(tmp_path / "a.npz", logits=x)
+    np.savez(tmp_path / "b.npz", targets=(x > 0)[:, :2])
+    np.savez(tmp_path / "b3.npz", targets=x > 0)
+    (tmp_path / "w.txt").write_text("1\n")
+    labels_path = None if labels is None else str(tmp_path / labels)
+    weight = extra.get("weight")
+    if weight == "w.txt":
+        weight = str(tmp_path / weight)
+    before = _open_fds()
+    with pytest.raises(BCEInputError, match=message) as info:
+        open_inputs(InputSpec(str(tmp_path / preds), labels_path, weight=weight))
+    # the error (and its traceback, which holds the opening's frames) is still alive here
+    assert _open_fds() <= before, info.value

@@ -620,9 +620,9 @@ def test_error_at_names_file_column_row(tmp_path):
 
 def test_parquet_large_row_groups_read_in_record_batches(tmp_path, monkeypatch):
     # row groups above the budget are read with iter_batches instead of whole
-    from bce_cli.data import _arrow
+    from bce_cli.data import _sources
 
-    monkeypatch.setattr(_arrow, "GROUP_BUDGET", 0)
+    monkeypatch.setattr(_sources, "GROUP_BUDGET", 0)
     rng = np.random.default_rng(23)
     x, y = make(rng, 1000, 3)
     t = pa.table(

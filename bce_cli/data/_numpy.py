@@ -258,10 +258,6 @@ class ArrayView:
         self.dtype = dt
         self.role = role
 
-    @property
-    def ndim_out(self):
-        return 2 if self.S is None else 3
-
     def column_name(self, i):
         if self.cdim is None:
             return self.h.name

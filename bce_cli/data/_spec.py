@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -61,7 +61,6 @@ class Batch:
     targets: np.ndarray
     weight: np.ndarray | None = None
     row_offset: int = 0
-    extra: dict = field(default_factory=dict)
 
     @property
     def n_rows(self) -> int:

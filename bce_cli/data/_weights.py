@@ -1,4 +1,5 @@
-"""``--weight`` and ``--pos-weight`` specifications."""
+"""Weights: the ``--weight`` and ``--pos-weight`` specifications, and ``--weight`` resolved
+against the opened inputs (a constant, or values read with each batch)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import numpy as np
 
 from bce_cli.errors import BCEInputError, printable
 
-from ._paths import check_regular
+from ._feeds import ArrayFeed, Role, array_role
+from ._numpy import NPY_ERRORS, ArrayView, MemArray, load_error, open_npy
+from ._paths import check_regular, resolve
 
 
 def _number(text):
@@ -83,11 +86,125 @@ def parse_weight(spec_str, class_names=None) -> WeightSpec | None:
     return WeightSpec("column", text, text)
 
 
+# ------------------------------------------------ a weight resolved against the inputs
+@dataclass
+class ResolvedWeight:
+    """The weight of every batch: ``const``, an array that broadcasts to the batch shape,
+    or values read with the inputs (``role``: where they come from; ``per_row``: one
+    value per row, else one per class or element)."""
+
+    const: np.ndarray | None = None
+    role: Role | None = None
+    per_row: bool = False
+
+    def for_batch(self, values, n, S, offset) -> np.ndarray:
+        """The batch's weight, from the ``values`` read for it (None for a constant):
+        checked, and shaped to broadcast to ``(n, C)`` / ``(n, C, S)``."""
+        if self.const is not None:
+            return self.const
+        self._check(values, offset)
+        if self.per_row:
+            return values.reshape((n, 1) if S is None else (n, 1, 1))
+        if S is not None and values.ndim == 2:
+            return values.reshape(n, values.shape[1], 1)
+        return values
+
+    def _check(self, arr, offset):
+        """Refuse a negative, infinite or NaN weight read from a column or file, naming
+        its file, column and row (one min and one max per batch when all is well)."""
+        if arr.dtype.kind == "b" or arr.size == 0:
+            return
+        lo = arr.min()
+        if arr.dtype.kind in "iu":
+            if lo >= 0:
+                return
+            bad = arr < 0
+        else:
+            if lo >= 0 and np.isfinite(arr.max()):  # a NaN makes lo >= 0 False
+                return
+            bad = ~np.isfinite(arr) | (arr < 0)
+        index = np.unravel_index(int(np.argmax(bad.reshape(-1))), arr.shape)
+        value = arr[index].item()
+        file, local = self.role.feed.locate(offset + int(index[0]))
+        column = self.role.shown(int(index[1]) if arr.ndim > 1 else 0)
+        raise BCEInputError(f"--weight must be finite and >= 0; got {value!r}", file=file,
+                            column=column, row=local)
+
+
+def resolve_weight(wspec, from_column, targets, feeds, spec) -> ResolvedWeight | None:
+    """The :class:`ResolvedWeight` of ``wspec`` for inputs whose targets are ``targets``
+    (a :class:`Role`).  ``from_column``: the weight read from a column of the inputs,
+    when ``wspec`` names one that exists; a weight file's feed is added to ``feeds``."""
+    if wspec is None:
+        return None
+    C, S = targets.C, targets.S
+    nd = 2 if S is None else 3
+    if wspec.kind == "const":
+        return ResolvedWeight(const=np.full((1,) * nd, wspec.value[0], dtype=np.float64))
+    if wspec.kind == "per_class":
+        if len(wspec.value) != C:
+            raise BCEInputError(
+                f"--weight gives {len(wspec.value)} numbers for {C} classes "
+                f"({', '.join(targets.class_names())})"
+            )
+        return ResolvedWeight(const=wspec.value.reshape((1, C) if S is None else (1, C, 1)))
+    if wspec.kind == "column":
+        if from_column is None:
+            raise BCEInputError(
+                f"no weight column {wspec.value!r} in the input(s)",
+                file=spec.preds,
+                column=wspec.value,
+                hint="--weight takes a column name, a number, C numbers or a .npy file",
+            )
+        return from_column
+    return _weight_file(wspec.value, targets, feeds, spec)
+
+
+def _weight_file(path, targets, feeds, spec) -> ResolvedWeight:
+    C, S = targets.C, targets.S
+    nd = 2 if S is None else 3
+    res = resolve(path)
+    if res.fmt != "npy":
+        raise BCEInputError("a weight file must be a .npy array", file=res.display)
+    h = open_npy(res, "weight")
+    shape = h.shape
+    n_rows = next((f.n_rows for f in feeds if f.n_rows is not None), None)
+    if len(shape) == 1 and shape[0] == C and C > 1:
+        values = checked_factors(h.arr, "--weight", targets.class_names(), file=h.file)
+        return ResolvedWeight(const=values.reshape((1, C) + ((1,) if S else ())))
+    if h.arr.size == 1:
+        value = checked_factors(np.asarray(h.arr).reshape(-1), "--weight", file=h.file)
+        return ResolvedWeight(const=np.full((1,) * nd, value[0]))
+    if shape[0] == 1:
+        v = ArrayView(MemArray(h.file, "weight", np.asarray(h.arr)), spec.class_dim, "weight")
+        blk = next(v.blocks(1, "C"))
+        try:
+            np.broadcast_shapes(blk.shape, (1, C) if S is None else (1, C, S))
+        except ValueError:
+            raise BCEInputError(
+                f"weight array of shape {h.shape} does not broadcast", file=h.file
+            ) from None
+        return ResolvedWeight(const=checked_factors(blk, "--weight", file=h.file))
+    if n_rows is not None and shape[0] != n_rows:
+        raise BCEInputError(
+            f"weight array has {shape[0]} rows, the input has {n_rows}", file=h.file
+        )
+    view = ArrayView(h, spec.class_dim, "weight")
+    if (view.C, view.S) not in ((C, S), (1, S), (1, None)):
+        raise BCEInputError(
+            f"weight array of shape {shape} does not broadcast to {C} classes"
+            + (f" x {S}" if S else ""),
+            file=h.file,
+        )
+    feed = ArrayFeed({"weight": view}, spec.batch_rows, spec.order)
+    feeds.append(feed)
+    return ResolvedWeight(role=array_role(feed, "weight", view))
+
+
+# ------------------------------------------------------------------------ pos_weight
 def _load_npy(path):
     if not os.path.exists(path):
         raise BCEInputError("no such file or directory", file=path)
-    from ._numpy import NPY_ERRORS, load_error
-
     check_regular(path, path)
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)

@@ -1,4 +1,5 @@
-"""Which columns hold the logits and which the targets.
+"""The naming rules: which column names hold the logits, the targets and keys, and how
+logit and target names pair up.
 
 Explicit selections (``--logits`` / ``--targets``) are comma-separated names or
 glob patterns, matched in the file's column order; a name that is missing, or a
@@ -26,7 +27,7 @@ import fnmatch
 
 from bce_cli.errors import BCEInputError
 
-from ._arrow import column_kind
+from ._convert import column_kind
 
 LOGIT_PATTERNS = (
     "logit*",
@@ -110,7 +111,7 @@ def excluded(name, exclude) -> bool:
     return any(name == e or (_GLOB & set(e) and fnmatch.fnmatchcase(name, e)) for e in exclude)
 
 
-def _avail(names, limit=30):
+def avail(names, limit=30):
     shown = ", ".join(names[:limit])
     if len(names) > limit:
         shown += f", ... ({len(names)} in all)"
@@ -129,14 +130,14 @@ def explicit(selection: str, names: list, file: str, role: str) -> list:
             hits = [n for n in names if fnmatch.fnmatchcase(n, item)]
             if not hits:
                 raise BCEInputError(
-                    f"no column matches {item!r} for the {role}; available: {_avail(names)}",
+                    f"no column matches {item!r} for the {role}; available: {avail(names)}",
                     file=file,
                     column=item,
                 )
         else:
             if item not in known:
                 raise BCEInputError(
-                    f"no such column for the {role}; available: {_avail(names)}",
+                    f"no such column for the {role}; available: {avail(names)}",
                     file=file,
                     column=item,
                 )
@@ -214,12 +215,18 @@ def stem(name: str) -> str:
     return low
 
 
-def pair(logits: list, targets: list, where: str) -> tuple:
-    """Reorder logits to pair with targets; raise on a count mismatch."""
+def pair(logits: list, targets: list, where: str, files=None) -> tuple:
+    """Reorder logits to pair with targets; raise on a count mismatch (``files``: the
+    names of the logits' and the targets' files, when they are two)."""
     if len(logits) != len(targets):
+        if files is None:
+            counts = (f"{len(logits)} logit column(s) {logits} but {len(targets)} target "
+                      f"column(s) {targets}; they must pair one to one")
+        else:
+            counts = (f"{len(logits)} logit column(s) in {files[0]} {logits} but "
+                      f"{len(targets)} target column(s) in {files[1]} {targets}")
         raise BCEInputError(
-            f"{len(logits)} logit column(s) {logits} but {len(targets)} target column(s) "
-            f"{targets}; they must pair one to one",
+            counts,
             file=where,
             hint="choose them with --logits COLS --targets COLS",
         )

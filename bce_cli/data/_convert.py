@@ -1,0 +1,206 @@
+"""Arrow to NumPy: which Arrow types hold numbers, and the filling of one NumPy array per
+role from the record-batch pieces of a batch (nulls per ``nan_policy``, list columns
+checked for equal lengths)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bce_cli.errors import BCEInputError
+
+if TYPE_CHECKING:
+    from ._columns import Selection
+
+
+# ----------------------------------------------------------------------------- types
+def value_type(t: pa.DataType) -> pa.DataType:
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
+def scalar_kind(t: pa.DataType) -> str | None:
+    """'float' | 'int' | 'bool' for numeric-like types (dictionary decoded), else None."""
+    t = value_type(t)
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_boolean(t):
+        return "bool"
+    return None
+
+
+def is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def nested(t: pa.DataType) -> bool:
+    """A struct, list, map or union type (dictionary-decoded): no use as a join key."""
+    t = value_type(t)
+    return pa.types.is_nested(t) or pa.types.is_union(t)
+
+
+def column_kind(t: pa.DataType) -> str | None:
+    """'scalar' | 'list' (of numbers) | None (anything else)."""
+    if scalar_kind(t):
+        return "scalar"
+    if is_list(t) and scalar_kind(t.value_type):
+        return "list"
+    return None
+
+
+def np_dtype(t: pa.DataType) -> np.dtype:
+    t = value_type(t)
+    if is_list(t):
+        t = value_type(t.value_type)
+    if pa.types.is_boolean(t):
+        return np.dtype(bool)
+    return np.dtype(t.to_pandas_dtype())
+
+
+# ------------------------------------------------------------------------ conversion
+def _first_null(arr) -> int:
+    mask = arr.is_null().to_numpy(zero_copy_only=False)
+    return int(np.flatnonzero(mask)[0])
+
+
+def _null_error(file, column, row):
+    return BCEInputError(
+        "missing value (null)",
+        file=file,
+        column=column,
+        row=row,
+        hint="fill the missing values, or pass --nan-policy omit|propagate to treat nulls as NaN",
+    )
+
+
+def _scalar_values(arr, *, file, column, row0, policy):
+    """A 1-D NumPy array from one Arrow array; nulls per ``policy``."""
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if arr.null_count:
+        if policy == "error":
+            raise _null_error(file, column, row0 + _first_null(arr))
+        if pa.types.is_floating(arr.type):
+            return arr.to_numpy(zero_copy_only=False)
+        mask = arr.is_null().to_numpy(zero_copy_only=False)
+        vals = (
+            pc.fill_null(
+                arr, pa.scalar(0, arr.type) if not pa.types.is_boolean(arr.type) else False
+            )
+            .to_numpy(zero_copy_only=False)
+            .astype(np.float64)
+        )
+        vals[mask] = np.nan
+        return vals
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def _fill_list(arr, out, k, *, file, column, row0, policy):
+    """Fill ``out`` (n, k) from a list / large_list / fixed_size_list array."""
+    rows = None
+    if arr.null_count:
+        if policy == "error":
+            raise _null_error(file, column, row0 + _first_null(arr))
+        valid = arr.is_valid().to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(valid)
+        out[~valid] = np.nan
+        arr = arr.filter(pa.array(valid))
+    if not pa.types.is_fixed_size_list(arr.type):
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(lengths != k)
+        if bad.size:
+            i = int(bad[0])
+            r = int(rows[i]) if rows is not None else i
+            raise BCEInputError(
+                f"list has {int(lengths[i])} values where the first row has {k} "
+                f"(ragged lists: {bad.size} such row(s) in this batch)",
+                file=file,
+                column=column,
+                row=row0 + r,
+            )
+    flat = arr.flatten()  # honours slice offsets, unlike .values
+    if pa.types.is_dictionary(flat.type):
+        flat = flat.dictionary_decode()
+    if flat.null_count:
+        if policy == "error":
+            i = _first_null(flat)
+            r = i // k
+            r = int(rows[r]) if rows is not None else r
+            raise BCEInputError(
+                f"missing value (null) at list position {i % k}",
+                file=file,
+                column=column,
+                row=row0 + r,
+                hint="fill the missing values, or pass --nan-policy omit|propagate "
+                "to treat nulls as NaN",
+            )
+        vals = _scalar_values(flat, file=file, column=column, row0=row0, policy=policy)
+    else:
+        vals = flat.to_numpy(zero_copy_only=False)
+    vals = vals.reshape(-1, k)
+    if rows is None:
+        out[...] = vals
+    else:
+        out[rows] = vals
+
+
+def _needs_float(pieces, sel: Selection, policy) -> bool:
+    """True when nulls in a non-float column force this batch to float64."""
+    if policy == "error" or sel.dtype.kind == "f":
+        return False
+    for rb, _, _ in pieces:
+        for c in sel.columns:
+            col = rb.column(c)
+            if col.null_count:
+                return True
+            if sel.kind == "list":
+                if pc.list_flatten(col).null_count:
+                    return True
+    return False
+
+
+def fill_role(pieces, n, sel: Selection, policy, order) -> np.ndarray:
+    dtype = np.dtype(np.float64) if _needs_float(pieces, sel, policy) else sel.dtype
+    if sel.kind == "row":
+        out = np.empty(n, dtype=dtype)
+        col = sel.columns[0]
+        pos = 0
+        for rb, file, row0 in pieces:
+            m = rb.num_rows
+            out[pos : pos + m] = _scalar_values(
+                rb.column(col), file=file, column=sel.shown[0], row0=row0, policy=policy
+            )
+            pos += m
+        return out
+    if sel.kind == "wide":
+        out = np.empty((n, len(sel.columns)), dtype=dtype, order=order)
+        for j, col in enumerate(sel.columns):
+            pos = 0
+            for rb, file, row0 in pieces:
+                m = rb.num_rows
+                out[pos : pos + m, j] = _scalar_values(
+                    rb.column(col), file=file, column=sel.shown[j], row0=row0, policy=policy
+                )
+                pos += m
+        return out
+    # list
+    out = np.empty((n, sel.k), dtype=dtype, order=order)
+    pos = 0
+    for rb, file, row0 in pieces:
+        m = rb.num_rows
+        _fill_list(
+            rb.column(sel.columns[0]),
+            out[pos : pos + m],
+            sel.k,
+            file=file,
+            column=sel.shown[0],
+            row0=row0,
+            policy=policy,
+        )
+        pos += m
+    return out
+
