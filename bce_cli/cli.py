@@ -141,7 +141,7 @@ def eval_command(
 
         spec = InputSpec(preds=preds, labels=labels, logits=logits, targets=targets, on=on,
                          weight=weight, class_dim=class_dim, batch_rows=batch_rows,
-                         nan_policy=nan_policy.value, from_probs=from_probs)
+                         nan_policy=nan_policy.value)
         opts = EvalOptions(reduction=reduction.value, pos_weight=pos_weight,
                            label_smoothing=label_smoothing, ignore_value=ignore_value,
                            from_probs=from_probs, output=output, report=report,

@@ -30,7 +30,6 @@ class InputSpec:
     class_dim: int = 1
     batch_rows: int = 65536
     nan_policy: str = "error"
-    from_probs: bool = False
     order: str = "F"
 
     def __post_init__(self):
