@@ -14,7 +14,7 @@ from functools import cached_property
 import numpy as np
 
 from . import stats as S
-from ._engine import as_weight, class_stats
+from ._dispatch import LossOptions, as_weight, class_stats
 from .choices import NanPolicy, Reduction, check
 from .errors import BCEInputError
 from .functional import pos_weight_from_counts
@@ -128,17 +128,19 @@ class BCEAccumulator:
                 raise BCEInputError(f"weight of shape {w.shape} does not broadcast to the batch "
                                     f"shape {x.shape}")
             if np.isnan(w).any():
-                raise BCEInputError("weight contains NaN")
+                raise BCEInputError("weight contains NaN", role="weight")
             w = w.reshape((1,) * (x.ndim - w.ndim) + w.shape)
             if all(n == 1 for i, n in enumerate(w.shape) if i != 1):  # varies by class only
                 wvec = np.broadcast_to(w.reshape(-1), (self.n_classes,)) * (
                     1.0 if wvec is None else wvec)
             else:
                 wfull = w
-        stats, out = class_stats(x, y, class_axis=1, wvec=wvec, pvec=self.pos_weight,
-                                 wfull=wfull, ignore=self.ignore_value,
-                                 smooth=self.label_smoothing, nan_policy=self.nan_policy,
-                                 want_out=return_losses, job_elements=self.job_elements)
+        opts = LossOptions(weight=wvec, pos_weight=self.pos_weight, weight_full=wfull,
+                           ignore=self.ignore_value, smoothing=self.label_smoothing,
+                           nan_policy=self.nan_policy)
+        stats, out = class_stats(x, y, 1, opts,
+                                 write=S.OUT_WITH_STATS if return_losses else S.OUT_NONE,
+                                 job_elements=self.job_elements)
         self.state[:S.N_STATS] += stats
         self.state[S.WPOS:] += self._weighted_counts(x, y, stats, wvec, wfull)
         self.n_rows += x.shape[0]

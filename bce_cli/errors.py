@@ -33,14 +33,18 @@ class BCEInputError(ValueError):
     ``file``, ``column`` and ``row`` are kept as attributes so that a caller
     that knows more context (the CLI knows the file name, the data layer knows
     the column) can add it with :meth:`with_context` without parsing text.
+    ``role`` says which input the error is about, when it is about one:
+    "logits", "targets" or "weight".
     """
 
-    def __init__(self, message: str, *, file=None, column=None, row=None, hint=None):
+    def __init__(self, message: str, *, file=None, column=None, row=None, hint=None,
+                 role=None):
         self.reason = message
         self.file = None if file is None else str(file)
         self.column = column
         self.row = row
         self.hint = hint
+        self.role = role
         super().__init__(self._render())
 
     def _render(self) -> str:
@@ -74,15 +78,24 @@ class BCEInputError(ValueError):
 class InvalidValueError(BCEInputError):
     """A NaN, or a target outside [0, 1], found in the data.
 
-    ``index`` is the element's index in the array that was passed in and
-    ``class_index`` its position along the class axis, so that a caller that
-    streams batches can translate them into a file row and a column name.
-    ``what`` is the message without the index, for a caller that states the
-    position its own way (a row in a file) and must not mix in batch indices.
+    ``what`` says what is wrong ("target is NaN"), ``role`` in which input
+    ("logits" or "targets"), ``index`` is the element's index in the array that
+    was passed in and ``class_index`` its position along the class axis; the
+    message is built from them ("target is NaN at index (2, 1)").  A caller that
+    streams batches translates ``index`` and ``class_index`` into a file row and
+    a column name, and states ``what`` at that position, never a batch index.
+
+    >>> err = InvalidValueError("logit is NaN", role="logits", index=(2, 1), class_index=1)
+    >>> str(err), err.role
+    ('logit is NaN at index (2, 1)', 'logits')
     """
 
-    def __init__(self, message: str, *, index=None, class_index=None, what=None, **context):
+    def __init__(self, what: str, *, role: str = "targets", index=None, class_index=None,
+                 **context):
+        self.what = what
         self.index = index
         self.class_index = class_index
-        self.what = message if what is None else what
-        super().__init__(message, **context)
+        if index is not None:
+            at = index[0] if len(index) == 1 else index
+            what = f"{what} at index {at}"
+        super().__init__(what, role=role, **context)

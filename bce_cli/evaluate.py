@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import __version__, _tiers
+from ._checks import check_targets
 from ._safe_write import SafeFile
 from .accumulator import BCEAccumulator
 from .choices import Reduction, values
@@ -45,8 +46,8 @@ def probs_to_logits(p: np.ndarray) -> np.ndarray:
     bad = (p < 0) | (p > 1)
     if bad.any():
         index = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), p.shape))
-        what = f"probability {float(p[index])!r} is outside [0, 1]"
-        raise InvalidValueError(f"{what} at index {index}", what=what, index=index,
+        raise InvalidValueError(f"probability {float(p[index])!r} is outside [0, 1]",
+                                role="logits", index=index,
                                 class_index=index[1] if len(index) > 1 else 0,
                                 hint="drop --from-probs if the predictions are logits")
     with np.errstate(divide="ignore"):
@@ -116,12 +117,7 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
                     losses = acc.update(x, batch.targets, batch.weight,
                                         return_losses=writer is not None)
                 except InvalidValueError as err:
-                    which = "logits" if ("logit" in err.reason or "probab" in err.reason) \
-                        else "targets"
-                    index = err.index
-                    raise inp.error_at(err.what, batch.row_offset + index[0], err.class_index,
-                                       which=which, hint=err.hint,
-                                       flat=index[2] if len(index) > 2 else None) from None
+                    raise _placed(err, inp, batch.row_offset) from None
                 if writer is not None:
                     writer.write(losses)
                 if progress is not None:
@@ -167,6 +163,13 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
         if report_file is not None:
             report_file.abort()
     return report
+
+
+def _placed(err: InvalidValueError, inp, row_offset: int) -> BCEInputError:
+    """An invalid element found in a batch, stated at its file, column and row."""
+    index = err.index
+    return inp.error_at(err.what, row_offset + index[0], err.class_index, which=err.role,
+                        hint=err.hint, flat=index[2] if len(index) > 2 else None)
 
 
 def _brief(items, limit: int = 5) -> str:
@@ -373,14 +376,10 @@ def suggest(labels: str, *, targets: str | None = None, method: str = "ratio",
         for batch in inp.batches():
             y = np.asarray(batch.targets)
             yf = y.astype(np.float64) if y.dtype != np.bool_ else y
-            bad = np.isnan(yf) | (yf < 0) | (yf > 1) if y.dtype != np.bool_ else None
-            if bad is not None and bad.any():
-                index = np.unravel_index(int(np.argmax(bad)), bad.shape)
-                value = float(yf[index])
-                reason = "target is NaN" if value != value else \
-                    f"target {value!r} is outside [0, 1]"
-                raise inp.error_at(reason, batch.row_offset + int(index[0]), int(index[1]),
-                                   flat=int(index[2]) if len(index) > 2 else None)
+            try:
+                check_targets(yf, class_axis=1, hints=False)
+            except InvalidValueError as err:
+                raise _placed(err, inp, batch.row_offset) from None
             axes = (0,) if y.ndim == 2 else (0, 2)
             pos = yf.sum(axis=axes, dtype=np.float64)
             neg = y.shape[0] * (1 if y.ndim == 2 else y.shape[2]) - pos
