@@ -27,6 +27,20 @@ def printable(text, limit: int | None = 300) -> str:
     return text
 
 
+def brief(items, limit: int = 5) -> str:
+    """Names for a message: the first ``limit``, then "...".  A dict gives
+    ``key: values`` items.
+
+    >>> brief(["a", "b", "c"], limit=2)
+    'a, b, ...'
+    """
+    if isinstance(items, dict):
+        items = [f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}"
+                 for k, v in items.items()]
+    items = [str(i) for i in items]
+    return ", ".join(items[:limit]) + (", ..." if len(items) > limit else "")
+
+
 class BCEInputError(ValueError):
     """Bad input: what is wrong and where (file, column, row), in one or two lines.
 
