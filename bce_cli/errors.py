@@ -48,18 +48,26 @@ class BCEInputError(ValueError):
     that knows more context (the CLI knows the file name, the data layer knows
     the column) can add it with :meth:`with_context` without parsing text.
     ``role`` says which input the error is about, when it is about one:
-    "logits", "targets" or "weight".
+    "logits", "targets" or "weight"; ``element`` the element's index inside the
+    file's row (N-D arrays).  The message is built from these fields.
     """
 
     def __init__(self, message: str, *, file=None, column=None, row=None, hint=None,
-                 role=None):
+                 role=None, element=None):
         self.reason = message
         self.file = None if file is None else str(file)
         self.column = column
         self.row = row
         self.hint = hint
         self.role = role
+        self.element = element
         super().__init__(self._render())
+
+    def _reason(self) -> str:
+        """What is wrong, with the position inside the row when there is one."""
+        if self.element is None:
+            return self.reason
+        return f"{self.reason} at element {list(self.element)} of the row"
 
     def _render(self) -> str:
         where = []
@@ -69,13 +77,14 @@ class BCEInputError(ValueError):
             where.append(f"column {printable(repr(self.column), 200)}")
         if self.row is not None:
             where.append(f"row {self.row}")
-        reason = printable(self.reason, None)
+        reason = printable(self._reason(), None)
         text = f"{', '.join(where)}: {reason}" if where else reason
         if self.hint:
             text += f"\n  hint: {printable(self.hint, None)}"
         return text
 
-    def with_context(self, *, file=None, column=None, row=None, hint=None) -> BCEInputError:
+    def with_context(self, *, file=None, column=None, row=None, hint=None,
+                     element=None) -> BCEInputError:
         """Return a copy with the missing context filled in (existing context wins)."""
         new = copy.copy(self)
         if new.file is None and file is not None:
@@ -84,6 +93,8 @@ class BCEInputError(ValueError):
             new.column = column
         if new.row is None:
             new.row = row
+        if new.element is None:
+            new.element = element
         new.hint = new.hint or hint
         new.args = (new._render(),)
         return new
@@ -94,14 +105,17 @@ class InvalidValueError(BCEInputError):
 
     ``what`` says what is wrong ("target is NaN"), ``role`` in which input
     ("logits" or "targets"), ``index`` is the element's index in the array that
-    was passed in and ``class_index`` its position along the class axis; the
-    message is built from them ("target is NaN at index (2, 1)").  A caller that
-    streams batches translates ``index`` and ``class_index`` into a file row and
-    a column name, and states ``what`` at that position, never a batch index.
+    was passed in and ``class_index`` its position along the class axis.  Until
+    a row is known the message states the index; a caller that streams batches
+    places the error with :meth:`with_context` (file, column, row in the file,
+    element in the row), and the message then states that position instead,
+    never a batch index.
 
     >>> err = InvalidValueError("logit is NaN", role="logits", index=(2, 1), class_index=1)
     >>> str(err), err.role
     ('logit is NaN at index (2, 1)', 'logits')
+    >>> str(err.with_context(file="x.npy", row=7))
+    'x.npy, row 7: logit is NaN'
     """
 
     def __init__(self, what: str, *, role: str = "targets", index=None, class_index=None,
@@ -109,7 +123,10 @@ class InvalidValueError(BCEInputError):
         self.what = what
         self.index = index
         self.class_index = class_index
-        if index is not None:
-            at = index[0] if len(index) == 1 else index
-            what = f"{what} at index {at}"
         super().__init__(what, role=role, **context)
+
+    def _reason(self) -> str:
+        if self.row is not None or self.index is None:
+            return super()._reason()
+        at = self.index[0] if len(self.index) == 1 else self.index
+        return f"{self.what} at index {at}"

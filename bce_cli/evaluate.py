@@ -146,11 +146,15 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
     return report
 
 
-def _placed(err: InvalidValueError, inp, row_offset: int) -> BCEInputError:
-    """An invalid element found in a batch, stated at its file, column and row."""
+def _placed(err: InvalidValueError, inp, row_offset: int) -> InvalidValueError:
+    """An invalid element found in a batch, placed at its file, column and row (and
+    element inside the row, for N-D arrays)."""
     index = err.index
-    return inp.error_at(err.what, row_offset + index[0], err.class_index, which=err.role,
-                        hint=err.hint, flat=index[2] if len(index) > 2 else None)
+    file, column, row = inp.locate(row_offset + index[0], err.class_index, err.role)
+    element = None
+    if len(index) > 2 and inp.array_shape is not None and len(inp.array_shape) > 2:
+        element = inp.element_in_row(err.class_index, index[2])
+    return err.with_context(file=file, column=column, row=row, element=element)
 
 
 def _num(v) -> float | None:
