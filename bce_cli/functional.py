@@ -6,11 +6,9 @@ import numpy as np
 
 from ._checks import check_targets
 from ._dispatch import LossOptions, as_logits, as_weight, class_stats
-from .choices import Method, Reduction, check, values
+from .choices import Method, Reduction, check
 from .errors import BCEInputError
 from .stats import LOSS, OUT_NONE, OUT_ONLY
-
-REDUCTIONS = values(Reduction)
 
 # Above this many classes, a per-class weight vector is expanded to a full
 # array instead: the per-class partials would cost more than they save.
@@ -162,9 +160,6 @@ class BCEWithLogitsLoss:
 
     def __repr__(self) -> str:
         return f"BCEWithLogitsLoss(reduction={self.reduction!r})"
-
-
-POS_WEIGHT_METHODS = values(Method)
 
 
 def pos_weight_from_counts(n_pos, n_neg, method: str = "ratio", beta: float = 0.999,
