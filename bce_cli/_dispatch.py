@@ -10,7 +10,7 @@ when it pays.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,15 +21,15 @@ from .errors import BCEInputError
 from .stats import N_STATS, NAN_ERROR, NAN_POLICIES, OUT_NONE, OUT_ONLY
 
 
-@dataclass(frozen=True)
-class LossOptions:
+class LossOptions(NamedTuple):
     """The options of the loss for one :func:`class_stats` call.
 
     ``weight``/``pos_weight`` are per-class vectors of length C (or None);
     ``weight_full``/``pos_weight_full`` arrays broadcastable to the logits'
     shape (or None), multiplied with the vectors.  ``ignore`` is the target
     value left out of every sum, ``smoothing`` the label smoothing and
-    ``nan_policy`` one of "error", "omit", "propagate".
+    ``nan_policy`` one of "error", "omit", "propagate".  (A named tuple: one is
+    made per batch, and that must cost next to nothing.)
     """
 
     weight: np.ndarray | None = None
@@ -67,7 +67,7 @@ def as_targets(y, like: np.dtype) -> np.ndarray:
     raise BCEInputError(f"targets must be numeric or bool, got dtype {y.dtype}")
 
 
-def class_stats(x, y, class_axis: int | None, opts: LossOptions = LossOptions(), *,
+def class_stats(x, y, class_axis: int | None, opts: LossOptions, *,
                 write: int = OUT_NONE, job_elements: int | None = None):
     """Per-class statistics ``(N_STATS, C)`` and, unless ``write`` is OUT_NONE,
     per-element losses of ``x``'s shape (else None).
@@ -100,8 +100,8 @@ def _transposed(opts: LossOptions) -> LossOptions:
     def t(a):
         return None if a is None else np.asarray(a).T
 
-    return replace(opts, weight_full=t(opts.weight_full),
-                   pos_weight_full=t(opts.pos_weight_full))
+    return opts._replace(weight_full=t(opts.weight_full),
+                         pos_weight_full=t(opts.pos_weight_full))
 
 
 def _run(x, y, class_axis, opts: LossOptions, write, job_elements):
