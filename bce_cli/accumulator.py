@@ -217,7 +217,8 @@ class BCEAccumulator:
                 except (TypeError, ValueError):
                     same = False
             else:
-                same = not isinstance(other, (list, np.ndarray)) and other == ours
+                same = not isinstance(other, (list, np.ndarray)) and (
+                    other == ours or (other != other and ours != ours))  # NaN ignore_value
             if not same:
                 raise BCEInputError(f"cannot {action} with {key} {_brief(other)} into one "
                                     f"with {key} {_brief(ours)}",

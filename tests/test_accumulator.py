@@ -225,6 +225,12 @@ def test_load_and_merge_refuse_other_options(change, message):
         other.merge(a)
 
 
+def test_a_nan_ignore_value_matches_itself():
+    a = BCEAccumulator(1, ignore_value=np.nan).update(np.zeros(3), np.ones(3))
+    _assert_same(a.spawn().merge(a), a)
+    _assert_same(a.spawn().load_state_dict(a.state_dict()), a)
+
+
 def test_load_refuses_other_shapes_and_formats():
     d = BCEAccumulator(2).update(np.zeros((2, 2)), np.ones((2, 2))).state_dict()
     with pytest.raises(BCEInputError, match="state of 2 classes into an accumulator of 3"):
