@@ -2,8 +2,10 @@
 
 One-shot calls, streaming over record batches, threads, the GPU and a
 distributed engine all reduce to "update partial state, merge, compute":
-the state is a ``(N_ACC_STATS, C)`` float64 array (see :mod:`bce_cli.stats`)
-and ``merge`` is addition.
+the state is a ``(N_ACC_STATS, C)`` float64 array, one row per
+:class:`~bce_cli.stats.Stat`, and ``merge`` is addition.  As in torcheval,
+``reset`` empties the state and ``state_dict`` / ``load_state_dict`` carry it
+between processes: plain NumPy arrays and JSON-safe metadata.
 """
 
 from __future__ import annotations
@@ -13,11 +15,26 @@ from functools import cached_property
 
 import numpy as np
 
-from . import stats as S
-from ._engine import as_weight, class_stats
+from ._dispatch import LossOptions, as_weight, class_stats
 from .choices import NanPolicy, Reduction, check
-from .errors import BCEInputError
+from .errors import BCEInputError, printable
 from .functional import pos_weight_from_counts
+from .stats import (
+    CORRECT,
+    COUNT,
+    LOSS,
+    N_ACC_STATS,
+    N_STATS,
+    NEG,
+    OUT_NONE,
+    OUT_WITH_STATS,
+    POS,
+    STAT_NAMES,
+    WNEG,
+    WPOS,
+)
+
+STATE_FORMAT = 1  # the version of state_dict()'s layout
 
 
 @dataclass
@@ -72,7 +89,7 @@ class BCEAccumulator:
         self.ignore_value = ignore_value
         self.label_smoothing = float(label_smoothing)
         self.nan_policy = nan_policy
-        self.state = np.zeros((S.N_ACC_STATS, self.n_classes), dtype=np.float64)
+        self.state = np.zeros((N_ACC_STATS, self.n_classes), dtype=np.float64)
         self.n_rows = 0
         # Elements the whole stream will hold, when known: the choice between the
         # NumPy and compiled tiers is made for the job, not for each batch.
@@ -95,9 +112,13 @@ class BCEAccumulator:
         """A new, empty accumulator with the same settings (for parallel partial states)."""
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
-        new.state = np.zeros_like(self.state)
-        new.n_rows = 0
-        return new
+        return new.reset()
+
+    def reset(self) -> BCEAccumulator:
+        """Empty the state (the settings stay); returns ``self``."""
+        self.state = np.zeros((N_ACC_STATS, self.n_classes), dtype=np.float64)
+        self.n_rows = 0
+        return self
 
     def update(self, logits, targets, weight=None, *, return_losses: bool = False):
         """Add a batch; returns ``self``, or the per-element losses with ``return_losses``.
@@ -128,19 +149,21 @@ class BCEAccumulator:
                 raise BCEInputError(f"weight of shape {w.shape} does not broadcast to the batch "
                                     f"shape {x.shape}")
             if np.isnan(w).any():
-                raise BCEInputError("weight contains NaN")
+                raise BCEInputError("weight contains NaN", role="weight")
             w = w.reshape((1,) * (x.ndim - w.ndim) + w.shape)
             if all(n == 1 for i, n in enumerate(w.shape) if i != 1):  # varies by class only
                 wvec = np.broadcast_to(w.reshape(-1), (self.n_classes,)) * (
                     1.0 if wvec is None else wvec)
             else:
                 wfull = w
-        stats, out = class_stats(x, y, class_axis=1, wvec=wvec, pvec=self.pos_weight,
-                                 wfull=wfull, ignore=self.ignore_value,
-                                 smooth=self.label_smoothing, nan_policy=self.nan_policy,
-                                 want_out=return_losses, job_elements=self.job_elements)
-        self.state[:S.N_STATS] += stats
-        self.state[S.WPOS:] += self._weighted_counts(x, y, stats, wvec, wfull)
+        opts = LossOptions(weight=wvec, pos_weight=self.pos_weight, weight_full=wfull,
+                           ignore=self.ignore_value, smoothing=self.label_smoothing,
+                           nan_policy=self.nan_policy)
+        stats, out = class_stats(x, y, 1, opts,
+                                 write=OUT_WITH_STATS if return_losses else OUT_NONE,
+                                 job_elements=self.job_elements)
+        self.state[:N_STATS] += stats
+        self.state[WPOS:] += self._weighted_counts(x, y, stats, wvec, wfull)
         self.n_rows += x.shape[0]
         return out.reshape(np.shape(logits)) if return_losses else self
 
@@ -150,7 +173,7 @@ class BCEAccumulator:
         class only; one NumPy pass over the batch for per-element weights."""
         if wfull is None:
             w = 1.0 if wvec is None else wvec
-            return np.stack([w * stats[S.POS], w * stats[S.NEG]])
+            return np.stack([w * stats[POS], w * stats[NEG]])
         yf = y.astype(np.float64)
         skip = np.zeros(yf.shape, dtype=bool)
         if self.ignore_value is not None:
@@ -166,13 +189,95 @@ class BCEAccumulator:
         return np.stack([wy, wn])
 
     def merge(self, *others: BCEAccumulator) -> BCEAccumulator:
-        """Add other accumulators' state into this one (the others are unchanged)."""
+        """Add other accumulators' state into this one (the others are unchanged).
+
+        Their settings must be this one's: states under other options do not add up.
+        """
         for other in others:
-            if other.state.shape != self.state.shape:
+            if other.n_classes != self.n_classes:
                 raise BCEInputError(f"cannot merge {other.n_classes} classes into "
                                     f"{self.n_classes}")
+            self._check_options(other._settings(), "merge an accumulator")
             self.state += other.state
             self.n_rows += other.n_rows
+        return self
+
+    def _settings(self) -> dict:
+        """The options that decide what the state means (vectors as arrays)."""
+        return {"pos_weight": self.pos_weight, "weight": self.weight,
+                "ignore_value": None if self.ignore_value is None else float(self.ignore_value),
+                "label_smoothing": self.label_smoothing, "nan_policy": self.nan_policy}
+
+    def _check_options(self, theirs: dict, action: str) -> None:
+        for key, ours in self._settings().items():
+            other = theirs.get(key)
+            if isinstance(ours, np.ndarray) and other is not None:
+                try:
+                    same = np.array_equal(ours, np.asarray(other, dtype=np.float64))
+                except (TypeError, ValueError):
+                    same = False
+            else:
+                same = not isinstance(other, (list, np.ndarray)) and (
+                    other == ours or (other != other and ours != ours))  # NaN ignore_value
+            if not same:
+                raise BCEInputError(f"cannot {action} with {key} {_brief(other)} into one "
+                                    f"with {key} {_brief(ours)}",
+                                    hint="make both with the same options")
+
+    def state_dict(self) -> dict:
+        """The state: ``{"metadata": {...}, "state": {name: array}}``.
+
+        ``state`` holds one float64 array of shape (C,) per statistic, named as in
+        :data:`~bce_cli.stats.STAT_NAMES` (``np.savez(f, **d["state"])``); ``metadata``
+        is JSON-safe (``json.dumps(d["metadata"])``): the format version, n_classes,
+        n_rows and the options, which :meth:`load_state_dict` checks.
+
+        >>> acc = BCEAccumulator(2).update(np.zeros((3, 2)), np.ones((3, 2)))
+        >>> d = acc.state_dict()
+        >>> d["metadata"]["n_rows"], d["state"]["count"].tolist()
+        (3, [3.0, 3.0])
+        >>> BCEAccumulator(2).load_state_dict(d).compute().loss == acc.compute().loss
+        True
+        """
+        return {
+            "metadata": {"format": STATE_FORMAT, "n_classes": self.n_classes,
+                         "n_rows": self.n_rows,
+                         "options": {k: v.tolist() if isinstance(v, np.ndarray) else v
+                                     for k, v in self._settings().items()}},
+            "state": {name: self.state[i].copy() for i, name in enumerate(STAT_NAMES)},
+        }
+
+    def load_state_dict(self, state_dict: dict) -> BCEAccumulator:
+        """Replace the state with one from :meth:`state_dict`; returns ``self``.
+
+        The state must come from an accumulator with the same number of classes
+        and the same options, else BCEInputError (this one is left unchanged).
+        """
+        try:
+            meta, arrays = state_dict["metadata"], state_dict["state"]
+            version, n_classes = meta["format"], meta["n_classes"]
+            theirs, n_rows = meta["options"], int(meta["n_rows"])
+        except (KeyError, TypeError, ValueError):
+            raise BCEInputError("not an accumulator state: expected 'metadata' (format, "
+                                "n_classes, n_rows, options) and 'state'") from None
+        if version != STATE_FORMAT:
+            raise BCEInputError(f"accumulator state of format {_brief(version)}; this version "
+                                f"reads format {STATE_FORMAT}")
+        if n_classes != self.n_classes:
+            raise BCEInputError(f"cannot load a state of {_brief(n_classes)} classes into an "
+                                f"accumulator of {self.n_classes}")
+        self._check_options(theirs, "load a state")
+        missing = [name for name in STAT_NAMES if name not in arrays]
+        if missing:
+            raise BCEInputError(f"the accumulator state lacks {', '.join(missing)}")
+        state = np.empty_like(self.state)
+        for i, name in enumerate(STAT_NAMES):
+            row = np.asarray(arrays[name], dtype=np.float64)
+            if row.shape != (self.n_classes,):
+                raise BCEInputError(f"the accumulator state's {name!r} has shape {row.shape}, "
+                                    f"expected ({self.n_classes},)")
+            state[i] = row
+        self.state, self.n_rows = state, n_rows
         return self
 
     def compute(self, reduction: str = "mean", *, method: str = "ratio", beta: float = 0.999,
@@ -180,15 +285,15 @@ class BCEAccumulator:
         """The losses and counts so far (the state is not changed)."""
         reduction = check(Reduction, reduction, "reduction")
         s = self.state
-        count = s[S.COUNT].copy()
+        count = s[COUNT].copy()
         n_elements = int(count.sum())
         if n_elements == 0:
             raise BCEInputError("no elements to compute a loss over (empty input, or every "
                                 "element ignored)")
-        loss_sum = s[S.LOSS].copy()
+        loss_sum = s[LOSS].copy()
         with np.errstate(invalid="ignore", divide="ignore"):
             per_class_mean = loss_sum / count
-            accuracy = s[S.CORRECT] / count
+            accuracy = s[CORRECT] / count
         total = float(loss_sum.sum())
         return BCEResult(
             reduction=reduction,
@@ -196,15 +301,22 @@ class BCEAccumulator:
             class_loss=loss_sum if reduction == "sum" else per_class_mean,
             loss_sum=loss_sum,
             count=count,
-            n_pos=s[S.POS].copy(),
-            n_neg=s[S.NEG].copy(),
+            n_pos=s[POS].copy(),
+            n_neg=s[NEG].copy(),
             accuracy=accuracy,
-            suggested_pos_weight=pos_weight_from_counts(s[S.POS], s[S.NEG],
+            suggested_pos_weight=pos_weight_from_counts(s[POS], s[NEG],
                                                         method, beta, clip_max),
             n_elements=n_elements,
-            prior_loss=prior_loss(s[S.WPOS], s[S.WNEG], self.pos_weight,
+            prior_loss=prior_loss(s[WPOS], s[WNEG], self.pos_weight,
                                   self.label_smoothing, 1.0 if reduction == "sum" else count),
         )
+
+
+def _brief(value) -> str:
+    """A value for a message, cut short (pos_weight vectors can be long)."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    return printable(repr(value), 60)
 
 
 def prior_loss(wy, wn, pos_weight, smoothing: float, norm):

@@ -27,21 +27,47 @@ def printable(text, limit: int | None = 300) -> str:
     return text
 
 
+def brief(items, limit: int = 5) -> str:
+    """Names for a message: the first ``limit``, then "...".  A dict gives
+    ``key: values`` items.
+
+    >>> brief(["a", "b", "c"], limit=2)
+    'a, b, ...'
+    """
+    if isinstance(items, dict):
+        items = [f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}"
+                 for k, v in items.items()]
+    items = [str(i) for i in items]
+    return ", ".join(items[:limit]) + (", ..." if len(items) > limit else "")
+
+
 class BCEInputError(ValueError):
     """Bad input: what is wrong and where (file, column, row), in one or two lines.
 
     ``file``, ``column`` and ``row`` are kept as attributes so that a caller
     that knows more context (the CLI knows the file name, the data layer knows
     the column) can add it with :meth:`with_context` without parsing text.
+    ``role`` says which input the error is about, when it is about one:
+    "logits", "targets" or "weight"; ``element`` the element's index inside the
+    file's row (N-D arrays).  The message is built from these fields.
     """
 
-    def __init__(self, message: str, *, file=None, column=None, row=None, hint=None):
+    def __init__(self, message: str, *, file=None, column=None, row=None, hint=None,
+                 role=None, element=None):
         self.reason = message
         self.file = None if file is None else str(file)
         self.column = column
         self.row = row
         self.hint = hint
+        self.role = role
+        self.element = element
         super().__init__(self._render())
+
+    def _reason(self) -> str:
+        """What is wrong, with the position inside the row when there is one."""
+        if self.element is None:
+            return self.reason
+        return f"{self.reason} at element {list(self.element)} of the row"
 
     def _render(self) -> str:
         where = []
@@ -51,13 +77,14 @@ class BCEInputError(ValueError):
             where.append(f"column {printable(repr(self.column), 200)}")
         if self.row is not None:
             where.append(f"row {self.row}")
-        reason = printable(self.reason, None)
+        reason = printable(self._reason(), None)
         text = f"{', '.join(where)}: {reason}" if where else reason
         if self.hint:
             text += f"\n  hint: {printable(self.hint, None)}"
         return text
 
-    def with_context(self, *, file=None, column=None, row=None, hint=None) -> BCEInputError:
+    def with_context(self, *, file=None, column=None, row=None, hint=None,
+                     element=None) -> BCEInputError:
         """Return a copy with the missing context filled in (existing context wins)."""
         new = copy.copy(self)
         if new.file is None and file is not None:
@@ -66,6 +93,8 @@ class BCEInputError(ValueError):
             new.column = column
         if new.row is None:
             new.row = row
+        if new.element is None:
+            new.element = element
         new.hint = new.hint or hint
         new.args = (new._render(),)
         return new
@@ -74,15 +103,30 @@ class BCEInputError(ValueError):
 class InvalidValueError(BCEInputError):
     """A NaN, or a target outside [0, 1], found in the data.
 
-    ``index`` is the element's index in the array that was passed in and
-    ``class_index`` its position along the class axis, so that a caller that
-    streams batches can translate them into a file row and a column name.
-    ``what`` is the message without the index, for a caller that states the
-    position its own way (a row in a file) and must not mix in batch indices.
+    ``what`` says what is wrong ("target is NaN"), ``role`` in which input
+    ("logits" or "targets"), ``index`` is the element's index in the array that
+    was passed in and ``class_index`` its position along the class axis.  Until
+    a row is known the message states the index; a caller that streams batches
+    places the error with :meth:`with_context` (file, column, row in the file,
+    element in the row), and the message then states that position instead,
+    never a batch index.
+
+    >>> err = InvalidValueError("logit is NaN", role="logits", index=(2, 1), class_index=1)
+    >>> str(err), err.role
+    ('logit is NaN at index (2, 1)', 'logits')
+    >>> str(err.with_context(file="x.npy", row=7))
+    'x.npy, row 7: logit is NaN'
     """
 
-    def __init__(self, message: str, *, index=None, class_index=None, what=None, **context):
+    def __init__(self, what: str, *, role: str = "targets", index=None, class_index=None,
+                 **context):
+        self.what = what
         self.index = index
         self.class_index = class_index
-        self.what = message if what is None else what
-        super().__init__(message, **context)
+        super().__init__(what, role=role, **context)
+
+    def _reason(self) -> str:
+        if self.row is not None or self.index is None:
+            return super()._reason()
+        at = self.index[0] if len(self.index) == 1 else self.index
+        return f"{self.what} at index {at}"

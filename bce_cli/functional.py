@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._engine import as_logits, as_weight, class_stats
-from .choices import Method, Reduction, check, values
+from ._checks import check_targets
+from ._dispatch import LossOptions, as_logits, as_weight, class_stats
+from .choices import Method, Reduction, check
 from .errors import BCEInputError
-from .stats import LOSS
-
-REDUCTIONS = values(Reduction)
+from .stats import LOSS, OUT_NONE, OUT_ONLY
 
 # Above this many classes, a per-class weight vector is expanded to a full
 # array instead: the per-class partials would cost more than they save.
@@ -48,7 +47,7 @@ def _factor(value, shape, name):
         raise BCEInputError(f"{name} of shape {a.shape} does not broadcast to the input "
                             f"shape {tuple(shape)}")
     if np.isnan(a).any():
-        raise BCEInputError(f"{name} contains NaN")
+        raise BCEInputError(f"{name} contains NaN", role="weight")
     a = a.reshape((1,) * (len(shape) - a.ndim) + a.shape)
     return a, {i for i, n in enumerate(a.shape) if n != 1}
 
@@ -71,12 +70,12 @@ def _plan(shape, weight, pos_weight):
                   for n, (a, ax) in factors.items()}
 
 
-def _stats(x, y, weight, pos_weight, want_out, want_stats=True):
+def _stats(x, y, weight, pos_weight, write):
     axis, parts = _plan(x.shape, weight, pos_weight)
     wvec, wfull = parts.get("weight", (None, None))
     pvec, pfull = parts.get("pos_weight", (None, None))
-    return class_stats(x, y, class_axis=axis, wvec=wvec, pvec=pvec, wfull=wfull, pfull=pfull,
-                       want_out=want_out, want_stats=want_stats)
+    opts = LossOptions(weight=wvec, pos_weight=pvec, weight_full=wfull, pos_weight_full=pfull)
+    return class_stats(x, y, axis, opts, write=write)
 
 
 def bce_with_logits(input, target, weight=None, size_average=None, reduce=None,
@@ -97,8 +96,7 @@ def bce_with_logits(input, target, weight=None, size_average=None, reduce=None,
     """
     red = legacy_reduction(size_average, reduce, reduction)
     x, y = _check_pair(input, target)
-    stats, out = _stats(x, y, weight, pos_weight, want_out=red == "none",
-                        want_stats=red != "none")
+    stats, out = _stats(x, y, weight, pos_weight, OUT_ONLY if red == "none" else OUT_NONE)
     if red == "none":
         return out.astype(x.dtype) if x.dtype == np.float16 else out
     total = float(stats[LOSS].sum())
@@ -122,10 +120,7 @@ def bce_with_logits_grad(input, target, weight=None, size_average=None, reduce=N
     x, y = _check_pair(input, target)
     xf = as_logits(x).astype(np.float64)
     yf = y.astype(np.float64)
-    if np.isnan(xf).any() or np.isnan(yf).any():
-        raise BCEInputError("input or target contains NaN")
-    if ((yf < 0) | (yf > 1)).any():
-        raise BCEInputError("targets must lie in [0, 1]")
+    check_targets(yf, logits=xf, hints=False)
     w = 1.0 if weight is None else _factor(weight, x.shape, "weight")[0]
     p = 1.0 if pos_weight is None else _factor(pos_weight, x.shape, "pos_weight")[0]
     e = np.exp(-np.abs(xf))  # never overflows
@@ -165,9 +160,6 @@ class BCEWithLogitsLoss:
 
     def __repr__(self) -> str:
         return f"BCEWithLogitsLoss(reduction={self.reduction!r})"
-
-
-POS_WEIGHT_METHODS = values(Method)
 
 
 def pos_weight_from_counts(n_pos, n_neg, method: str = "ratio", beta: float = 0.999,
@@ -211,14 +203,8 @@ def suggest_pos_weight(target, method: str = "ratio", beta: float = 0.999,
     y = np.asarray(target)
     if y.size == 0:
         raise BCEInputError(f"target has no elements (shape {y.shape})")
+    check_targets(y, class_axis=-1 if y.ndim > 1 else None, hints=False)
     yf = y.astype(np.float64).reshape(-1, y.shape[-1] if y.ndim > 1 else 1)
-    if np.isnan(yf).any():
-        raise BCEInputError("target contains NaN")
-    bad = (yf < 0) | (yf > 1)
-    if bad.any():
-        flat = int(np.argmax(bad.reshape(-1)))
-        raise BCEInputError(f"target {yf.reshape(-1)[flat]!r} is outside [0, 1] at flat "
-                            f"index {flat}")
     n_pos = yf.sum(axis=0)
     n_neg = (1.0 - yf).sum(axis=0)
     return pos_weight_from_counts(n_pos, n_neg, method, beta, clip_max)

@@ -1,6 +1,9 @@
 """The accumulator against the reference, and the merge laws."""
 
 import copy
+import io
+import json
+import math
 
 import numpy as np
 import pytest
@@ -8,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from bce_cli import BCEAccumulator, _tiers, bce_with_logits
+from bce_cli import BCEAccumulator, BCEInputError, _tiers, bce_with_logits
 from bce_cli._forms import CHUNK
+from bce_cli.stats import STAT_NAMES, Stat
 
 from . import reference as ref
 
@@ -128,6 +132,128 @@ def test_merge_laws(rng):
 def test_merge_rejects_other_class_counts():
     with pytest.raises(ValueError, match="cannot merge"):
         BCEAccumulator(2).merge(BCEAccumulator(3))
+
+
+OPTIONS = {"pos_weight": [0.5, 2.0, 3.0], "weight": [1.0, 0.25, 2.0], "ignore_value": -1.0,
+           "label_smoothing": 0.1, "nan_policy": "omit"}
+
+
+def _random_parts(seed, n, k, **options):
+    """``k`` accumulators over a random split of ``n`` random rows of 3 classes, with
+    per-element weights, ignored and NaN elements: every row of the state is used."""
+    rng = np.random.default_rng(seed)
+    x, y = _batch(rng, n, 3, dtype=np.float64)
+    y = y.astype(np.float64)
+    y[rng.random(y.shape) < 0.05] = -1.0
+    x[rng.random(x.shape) < 0.02] = np.nan
+    w = rng.random((n, 3))
+    bounds = [0, *_split_points(n, k - 1, rng).tolist(), n]
+    return [BCEAccumulator(3, **options).update(x[a:b], y[a:b], w[a:b])
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _merged(*accs):
+    return accs[0].spawn().merge(*accs)
+
+
+def _assert_same(a, b):
+    """Bit for bit: the state, the row count and every result of compute()."""
+    np.testing.assert_array_equal(a.state, b.state)
+    assert a.n_rows == b.n_rows
+    ra, rb = a.compute(), b.compute()
+    for name, value in vars(ra).items():
+        np.testing.assert_array_equal(value, getattr(rb, name), err_msg=name)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(3, 2000))
+def test_merge_laws_on_random_splits(seed, n):
+    """torcheval's laws.  Float64 addition is commutative and has 0 as identity,
+    so those two hold bit for bit; it is not associative, so regrouping three
+    states may move the sums by rounding, bounded here by 4 ulps; the counts
+    (integers, far below 2**53) add exactly in any grouping."""
+    a, b, c = _random_parts(seed, n, 3, **OPTIONS)
+    before = [p.state.copy() for p in (a, b, c)]
+    _assert_same(_merged(a, b), _merged(b, a))  # commutative
+    _assert_same(_merged(a, b, c), _merged(b, a).merge(c))  # (a + b) + c == (b + a) + c
+    _assert_same(_merged(a, b).merge(), _merged(a, b))  # merging nothing changes nothing
+    _assert_same(copy.deepcopy(a).merge(a.spawn()), a)  # a fresh state is the identity
+    _assert_same(a.spawn().merge(a), a)
+    left, right = _merged(_merged(a, b), c), _merged(a, _merged(b, c))  # associative
+    np.testing.assert_array_max_ulp(left.state, right.state, maxulp=4)
+    for row in (Stat.COUNT, Stat.CORRECT):
+        np.testing.assert_array_equal(left.state[row], right.state[row])
+    assert left.n_rows == right.n_rows == n
+    assert math.isclose(left.compute().loss, right.compute().loss, rel_tol=8 * 2.0**-52)
+    for p, state in zip((a, b, c), before, strict=True):  # the inputs are unchanged
+        np.testing.assert_array_equal(p.state, state)
+
+
+def test_state_dict_round_trip_through_json_and_npz():
+    a, b = _random_parts(7, 500, 2, **OPTIONS)
+    d = a.state_dict()
+    assert list(d["state"]) == list(STAT_NAMES) == [s.name.lower() for s in Stat]
+    for stat in Stat:
+        np.testing.assert_array_equal(d["state"][stat.name.lower()], a.state[stat])
+    meta = json.loads(json.dumps(d["metadata"], allow_nan=False))  # strict JSON
+    buf = io.BytesIO()
+    np.savez(buf, **d["state"])
+    buf.seek(0)
+    with np.load(buf, allow_pickle=False) as arrays:
+        loaded = BCEAccumulator(3, **OPTIONS).load_state_dict(
+            {"metadata": meta, "state": dict(arrays)})
+    _assert_same(loaded, a)
+    _assert_same(loaded.merge(b), _merged(a, b))  # a loaded state merges like the original
+    d["state"]["loss"][:] = 0.0  # the state_dict is a copy, not a view of the state
+    assert a.state[Stat.LOSS].any()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"pos_weight": [1.0, 2.0, 3.0]}, "pos_weight"),
+    ({"weight": None}, "weight"),
+    ({"ignore_value": None}, "ignore_value"),
+    ({"label_smoothing": 0.0}, "label_smoothing"),
+    ({"nan_policy": "propagate"}, "nan_policy"),
+])
+def test_load_and_merge_refuse_other_options(change, message):
+    (a,) = _random_parts(3, 50, 1, **OPTIONS)
+    other = BCEAccumulator(3, **{**OPTIONS, **change})
+    with pytest.raises(BCEInputError, match=f"cannot load a state with {message} "):
+        other.load_state_dict(a.state_dict())
+    assert not other.state.any() and other.n_rows == 0  # left unchanged
+    with pytest.raises(BCEInputError, match=f"cannot merge an accumulator with {message} "):
+        other.merge(a)
+
+
+def test_a_nan_ignore_value_matches_itself():
+    a = BCEAccumulator(1, ignore_value=np.nan).update(np.zeros(3), np.ones(3))
+    _assert_same(a.spawn().merge(a), a)
+    _assert_same(a.spawn().load_state_dict(a.state_dict()), a)
+
+
+def test_load_refuses_other_shapes_and_formats():
+    d = BCEAccumulator(2).update(np.zeros((2, 2)), np.ones((2, 2))).state_dict()
+    with pytest.raises(BCEInputError, match="state of 2 classes into an accumulator of 3"):
+        BCEAccumulator(3).load_state_dict(d)
+    with pytest.raises(BCEInputError, match="format 99"):
+        BCEAccumulator(2).load_state_dict({**d, "metadata": {**d["metadata"], "format": 99}})
+    with pytest.raises(BCEInputError, match="not an accumulator state"):
+        BCEAccumulator(2).load_state_dict({"state": d["state"]})
+    with pytest.raises(BCEInputError, match="lacks wpos, wneg"):
+        BCEAccumulator(2).load_state_dict(
+            {**d, "state": {k: v for k, v in d["state"].items() if k[0] != "w"}})
+    with pytest.raises(BCEInputError, match=r"'count' has shape \(3,\)"):
+        BCEAccumulator(2).load_state_dict({**d, "state": {**d["state"], "count": np.ones(3)}})
+
+
+def test_reset_empties_the_state_and_keeps_the_options(rng):
+    x, y = _batch(rng, 100, 3)
+    acc = BCEAccumulator(3, **OPTIONS).update(x, y)
+    assert acc.reset() is acc
+    assert not acc.state.any() and acc.n_rows == 0
+    with pytest.raises(BCEInputError, match="no elements"):
+        acc.compute()
+    _assert_same(acc.update(x, y), BCEAccumulator(3, **OPTIONS).update(x, y))
 
 
 # large enough for the NumPy tier's threads too (more than 2**18 elements, several blocks)

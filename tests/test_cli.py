@@ -304,6 +304,24 @@ def test_bad_element_of_2d_input_names_row_and_column_only(tmp_path):
     assert "[:, 7]" in first
 
 
+@pytest.mark.parametrize("value, options, what", [
+    (np.nan, [], "logit is NaN"),
+    (1.5, ["--from-probs"], "probability 1.5 is outside [0, 1]"),
+])
+def test_bad_logit_names_the_logits_file(tmp_path, value, options, what):
+    """The error's role (logits, not targets) picks the file and column it names."""
+    x = np.full((300, 4), 0.25, np.float32)
+    x[157, 2] = value
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.zeros((300, 4), np.float32))
+    res = invoke("eval", tmp_path / "x.npy", tmp_path / "y.npy", "--batch-rows", "100",
+                 *options)
+    assert res.exit_code == 2, res.output
+    first = res.stderr.splitlines()[0]
+    assert "x.npy" in first and "y.npy" not in first, first
+    assert first.endswith(f"row 157: {what}") and "[:, 2]" in first, first
+
+
 def test_usage_errors_exit_2(npy_pair, tmp_path):
     assert invoke("eval", *npy_pair, "--reduction", "avg").exit_code == 2
     res = invoke("eval", *npy_pair, "--output", tmp_path / "o.npy")

@@ -8,8 +8,10 @@ from bce_cli import (
     BCEInputError,
     InvalidValueError,
     bce_with_logits,
+    bce_with_logits_grad,
     suggest_pos_weight,
 )
+from bce_cli._checks import check_targets
 
 pytestmark = pytest.mark.usefixtures("engine")  # numba kernels and NumPy path
 
@@ -52,6 +54,39 @@ def test_nan_is_an_error(which, reduction, pos_weight):
     with pytest.raises(InvalidValueError, match=rf"{which} is NaN at index \(2, 1\)") as info:
         bce_with_logits(x, y, pos_weight=pos_weight, reduction=reduction)
     assert info.value.index == (2, 1)
+    assert info.value.role == ("logits" if which == "logit" else "targets")
+    assert info.value.what == f"{which} is NaN"
+
+
+@pytest.mark.parametrize("which", ["logit", "target"])
+def test_every_entry_point_describes_the_first_bad_element_alike(which):
+    """One description (bce_cli._checks.check_targets) behind the loss, the
+    accumulator, the gradient and suggest_pos_weight."""
+    x, y = np.zeros((4, 3)), np.zeros((4, 3))
+    y[3, 0] = 7.0  # later than the NaN: the first bad element is the one named
+    (x if which == "logit" else y)[2, 1] = np.nan
+    calls = [lambda: bce_with_logits(x, y), lambda: BCEAccumulator(3).update(x, y),
+             lambda: bce_with_logits_grad(x, y)]
+    if which == "target":
+        calls.append(lambda: suggest_pos_weight(y))
+    for call in calls:
+        with pytest.raises(InvalidValueError) as info:
+            call()
+        assert (info.value.what, info.value.index) == (f"{which} is NaN", (2, 1))
+
+
+def test_check_targets_follows_the_policies():
+    y = np.array([[0.0, -1.0], [np.nan, 1.0]])
+    check_targets(y, ignore=-1.0, nan_policy="omit")  # nothing invalid
+    with pytest.raises(InvalidValueError, match="target -1.0 is outside") as info:
+        check_targets(y, class_axis=1, nan_policy="omit")
+    assert (info.value.index, info.value.class_index) == ((0, 1), 1)
+    with pytest.raises(InvalidValueError, match=r"target is NaN at index \(1, 0\)"):
+        check_targets(y, ignore=-1.0)
+    check_targets(np.array([True, False]))  # bool targets are always valid
+    with pytest.raises(InvalidValueError, match="logit is NaN") as info:
+        check_targets(np.array([True, False]), logits=np.array([0.0, np.nan]))
+    assert info.value.role == "logits" and info.value.index == (1,)
 
 
 def test_empty_input():

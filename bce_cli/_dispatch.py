@@ -1,31 +1,44 @@
-"""Normalise arrays at the boundary and run them through a tier.
+"""Normalise arrays at the boundary and dispatch them to a tier.
 
 Everything that computes losses goes through :func:`class_stats`, so dtype,
 byte order and contiguity are normalised in one place (each distinct array
-type is another numba compile) and invalid values are reported the same way.
-``bce_cli._tiers`` picks the tier: vectorised NumPy (``_vectorised``), or a
-compiled kernel form (``kernels``) when it pays.
+type is another numba compile) and invalid values are reported the same way
+(:func:`bce_cli._checks.check_targets`).  ``bce_cli._tiers`` picks the tier:
+vectorised NumPy (``_vectorised``), or a compiled kernel form (``kernels``)
+when it pays.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from . import _tiers, _vectorised
+from ._checks import check_targets
 from ._forms import planes_form, planes_geometry, rows_form, rows_geometry
-from .errors import BCEInputError, InvalidValueError
-from .stats import (
-    N_STATS,
-    NAN_ERROR,
-    NAN_POLICIES,
-    OUT_NONE,
-    OUT_ONLY,
-    OUT_WITH_STATS,
-)
+from .errors import BCEInputError
+from .stats import N_STATS, NAN_ERROR, NAN_POLICIES, OUT_NONE, OUT_ONLY
 
-NAN_HINT = "skip NaN elements with nan_policy='omit' (--nan-policy omit), or clean the data"
-RANGE_HINT = ("targets must lie in [0, 1]; leave unlabelled elements out with "
-              "ignore_value (--ignore-value)")
+
+class LossOptions(NamedTuple):
+    """The options of the loss for one :func:`class_stats` call.
+
+    ``weight``/``pos_weight`` are per-class vectors of length C (or None);
+    ``weight_full``/``pos_weight_full`` arrays broadcastable to the logits'
+    shape (or None), multiplied with the vectors.  ``ignore`` is the target
+    value left out of every sum, ``smoothing`` the label smoothing and
+    ``nan_policy`` one of "error", "omit", "propagate".  (A named tuple: one is
+    made per batch, and that must cost next to nothing.)
+    """
+
+    weight: np.ndarray | None = None
+    pos_weight: np.ndarray | None = None
+    weight_full: np.ndarray | None = None
+    pos_weight_full: np.ndarray | None = None
+    ignore: float | None = None
+    smoothing: float = 0.0
+    nan_policy: str = "error"
 
 
 def as_logits(x) -> np.ndarray:
@@ -54,38 +67,46 @@ def as_targets(y, like: np.dtype) -> np.ndarray:
     raise BCEInputError(f"targets must be numeric or bool, got dtype {y.dtype}")
 
 
-def class_stats(x, y, *, class_axis: int | None, wvec=None, pvec=None, wfull=None,
-                pfull=None, ignore=None, smooth: float = 0.0, nan_policy: str = "error",
-                want_out: bool = False, want_stats: bool = True,
-                job_elements: int | None = None):
-    """Per-class statistics ``(N_STATS, C)`` and, with ``want_out``, per-element losses.
+def class_stats(x, y, class_axis: int | None, opts: LossOptions, *,
+                write: int = OUT_NONE, job_elements: int | None = None):
+    """Per-class statistics ``(N_STATS, C)`` and, unless ``write`` is OUT_NONE,
+    per-element losses of ``x``'s shape (else None).
 
     ``x`` and ``y`` have the same shape; ``class_axis`` is the axis holding the
-    classes (``None``: one class, everything pooled).  ``wvec``/``pvec`` are
-    per-class float64 vectors of length C (or None); ``wfull``/``pfull`` are
-    arrays broadcastable to ``x``'s shape (or None), multiplied with the vectors.
-    ``want_stats=False`` (with ``want_out``) lets the kernels skip the sums:
-    the input is still validated, but the statistics returned are meaningless.
-    ``job_elements``: the size of the whole job this call is part of (streaming),
-    for the choice of tier.
+    classes (``None``: one class, everything pooled).  ``write`` is one of
+    ``bce_cli.stats.OUT_*``: with OUT_ONLY the kernels skip the sums (the input
+    is still validated, but the statistics returned are meaningless).
+    ``job_elements``: the size of the whole job this call is part of
+    (streaming), for the choice of tier.  Raises InvalidValueError at the first
+    invalid element.
     """
     x, y = np.asarray(x), np.asarray(y)
     if (x.ndim == 2 and class_axis == 1 and x.flags.f_contiguous
             and not x.flags.c_contiguous):
         # Column-major (n, C), as wide tables arrive: run on the (C, n) view
         # instead of copying, and hand back per-element losses in (n, C).
-        t = np.transpose
-        try:
-            stats, out = class_stats(t(x), t(y), class_axis=0, wvec=wvec, pvec=pvec,
-                                     wfull=None if wfull is None else t(np.asarray(wfull)),
-                                     pfull=None if pfull is None else t(np.asarray(pfull)),
-                                     ignore=ignore, smooth=smooth, nan_policy=nan_policy,
-                                     want_out=want_out, want_stats=want_stats,
-                                     job_elements=job_elements)
-        except InvalidValueError:  # report the first bad element in row order
-            raise _first_invalid(as_logits(x), as_targets(y, np.float64), 1, ignore,
-                                 NAN_POLICIES[nan_policy]) from None
-        return stats, (None if out is None else out.T)
+        stats, out = _run(x.T, y.T, 0, _transposed(opts), write, job_elements)
+        out = None if out is None else out.T
+    else:
+        stats, out = _run(x, y, class_axis, opts, write, job_elements)
+    if stats is None:  # an invalid element: find the first one (slow path, only on error)
+        check_targets(y, logits=x, class_axis=class_axis, ignore=opts.ignore,
+                      nan_policy=opts.nan_policy)
+        raise AssertionError("a kernel found an invalid element that check_targets did not")
+    return stats, out
+
+
+def _transposed(opts: LossOptions) -> LossOptions:
+    def t(a):
+        return None if a is None else np.asarray(a).T
+
+    return opts._replace(weight_full=t(opts.weight_full),
+                         pos_weight_full=t(opts.pos_weight_full))
+
+
+def _run(x, y, class_axis, opts: LossOptions, write, job_elements):
+    """Normalise, pick a form and a tier, run it; the statistics are None when an
+    element is invalid."""
     shape = x.shape
     x = np.ascontiguousarray(as_logits(x))
     y = np.ascontiguousarray(as_targets(y, x.dtype))
@@ -95,35 +116,32 @@ def class_stats(x, y, *, class_axis: int | None, wvec=None, pvec=None, wfull=Non
         a_count = int(np.prod(shape[:class_axis], dtype=np.int64))
         c_count = shape[class_axis]
         b_count = int(np.prod(shape[class_axis + 1:], dtype=np.int64))
-    wvec = _vector(wvec, c_count)
-    pvec = _vector(pvec, c_count)
+    wvec = _vector(opts.weight, c_count)
+    pvec = _vector(opts.pos_weight, c_count)
     canon = (a_count, c_count, b_count)
-    wf = None if wfull is None else _full(wfull, shape).reshape(canon)
-    pf = None if pfull is None else _full(pfull, shape).reshape(canon)
-    mode = NAN_POLICIES[nan_policy]
-    has_ignore = ignore is not None
-    general = has_ignore or mode != NAN_ERROR
-    write = OUT_NONE if not want_out else OUT_WITH_STATS if want_stats else OUT_ONLY
-    rows = b_count == 1 and c_count > 1
+    wf = None if opts.weight_full is None else _full(opts.weight_full, shape).reshape(canon)
+    pf = None if opts.pos_weight_full is None else _full(opts.pos_weight_full,
+                                                          shape).reshape(canon)
+    mode = NAN_POLICIES[opts.nan_policy]
+    ignore, smooth = opts.ignore, opts.smoothing
+    general = ignore is not None or mode != NAN_ERROR
     bits = 32 if x.dtype == np.float32 else 64
-    if rows:
+    if b_count == 1 and c_count > 1:
         form = rows_form(bits, wvec, pvec, wf is not None, pf is not None, general, write)
     else:
         form = planes_form(bits, wvec, pvec, wf is not None, pf is not None, smooth, general,
                            write)
-    out = np.empty(canon, dtype=x.dtype) if want_out else None
+    out = None if write == OUT_NONE else np.empty(canon, dtype=x.dtype)
     if _tiers.choose(x.size, form, job_elements) == "numpy":
         stats = _vectorised.class_stats(x.reshape(canon), y.reshape(canon), wvec, pvec, wf, pf,
-                                        smooth, ignore, mode, out, want_stats)
+                                        smooth, ignore, mode, out, write != OUT_ONLY)
     else:
         stats = _compiled_stats(form, x, y, canon, wvec, pvec, wf, pf, smooth, ignore, mode,
-                                out, write)
-    if stats is None:  # an invalid element: find the first one (slow path, only on error)
-        raise _first_invalid(x.reshape(shape), y.reshape(shape), class_axis, ignore, mode)
-    return stats, (out.reshape(shape) if want_out else None)
+                                out)
+    return stats, (None if out is None else out.reshape(shape))
 
 
-def _compiled_stats(form, x, y, canon, wvec, pvec, wf, pf, smooth, ignore, mode, out, write):
+def _compiled_stats(form, x, y, canon, wvec, pvec, wf, pf, smooth, ignore, mode, out):
     """Run a compiled kernel form over flat views; None when an element is invalid."""
     from . import _launch  # numba: only when the compiled tier pays (bce_cli._tiers)
 
@@ -138,7 +156,7 @@ def _compiled_stats(form, x, y, canon, wvec, pvec, wf, pf, smooth, ignore, mode,
         form, geom, n_tasks, x.reshape(-1), y.reshape(-1), wvec, pvec,
         _factor_for(wf, x.dtype), _factor_for(pf, x.dtype), smooth,
         0.0 if ignore is None else ignore, ignore is not None, mode,
-        out.reshape(-1) if out is not None else np.zeros(0, dtype=x.dtype), write != OUT_NONE,
+        out.reshape(-1) if out is not None else np.zeros(0, dtype=x.dtype), out is not None,
         part_shape, parallel=False, pool=_tiers.pool() if _tiers.threads() > 1 else None,
         workers=_tiers.threads())
     if n_bad.any():
@@ -178,29 +196,3 @@ def as_weight(a) -> np.ndarray:
 
 def _full(a, shape) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(as_weight(a), shape))
-
-
-def _first_invalid(x, y, class_axis, ignore, mode) -> InvalidValueError:
-    """Find the first invalid element (slow path, only on error) and describe it."""
-    yf = y.astype(np.float64) if y.dtype == np.uint8 else y
-    x_nan = np.isnan(x)
-    y_nan = np.isnan(yf)
-    with np.errstate(invalid="ignore"):
-        out_of_range = (yf < 0) | (yf > 1)
-    bad = out_of_range
-    if mode == NAN_ERROR:
-        bad = bad | x_nan | y_nan
-    if ignore is not None:
-        bad &= yf != ignore
-    flat = int(np.argmax(bad.reshape(-1)))
-    index = tuple(int(i) for i in np.unravel_index(flat, x.shape))
-    cls = 0 if class_axis is None else index[class_axis]
-    where = f"at index {index}" if len(index) != 1 else f"at index {index[0]}"
-    if y_nan.reshape(-1)[flat]:
-        what, hint = "target is NaN", NAN_HINT
-    elif x_nan.reshape(-1)[flat]:
-        what, hint = "logit is NaN", NAN_HINT
-    else:
-        what, hint = f"target {float(yf.reshape(-1)[flat])!r} is outside [0, 1]", RANGE_HINT
-    return InvalidValueError(f"{what} {where}", what=what, index=index, class_index=cls,
-                             hint=hint)

@@ -1,0 +1,203 @@
+"""The gates of ``bce eval``: --max-loss, --max-class-loss, and --baseline with
+--max-increase (the baseline report read and checked here).
+
+The functions take the evaluation's options (``EvalOptions``: ``max_loss``,
+``max_class_loss``, ``baseline``, ``max_increase``) and the report as
+:func:`bce_cli.evaluate.evaluate` builds it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .choices import Reduction, values
+from .errors import BCEInputError, brief, printable
+from .report import loss_number
+
+if TYPE_CHECKING:
+    from .evaluate import EvalOptions
+
+# The limits of the gates, with the flags that set them.
+LIMITS = (("max_loss", "--max-loss"), ("max_class_loss", "--max-class-loss"),
+          ("max_increase", "--max-increase"))
+
+
+def check_limits(opts: EvalOptions) -> None:
+    """A gate's limit must be a number: NaN would pass every loss."""
+    for name, flag in LIMITS:
+        limit = getattr(opts, name)
+        if limit is not None and math.isnan(limit):
+            raise BCEInputError(f"{flag} is NaN: a gate needs a number (NaN would pass every "
+                                "loss)")
+
+
+def baseline_for(opts: EvalOptions) -> dict | None:
+    """The baseline report of ``--baseline`` (checked), None without one."""
+    baseline = load_baseline(opts.baseline) if opts.baseline else None
+    if (opts.baseline is None) != (opts.max_increase is None):
+        raise BCEInputError("--baseline and --max-increase go together")
+    return baseline
+
+
+def apply_gates(report: dict, opts: EvalOptions, baseline: dict | None,
+                warn: Callable[[str], None]) -> None:
+    """Check the gates and put the outcome into ``report``: "gates" (the limits
+    that were set), "passed" and "failures" (one readable line each)."""
+    if baseline is not None:
+        new = check_baseline_matches(report, baseline, opts.baseline)
+        if new:
+            warn(f"{len(new)} class(es) are not in the baseline and are not compared: "
+                 f"{brief(new)}")
+    failures = check_gates(report, opts, baseline)
+    report["gates"] = {k: v for k, v in (("max_loss", opts.max_loss),
+                                          ("max_class_loss", opts.max_class_loss),
+                                          ("baseline", opts.baseline),
+                                          ("max_increase", opts.max_increase))
+                       if v is not None}
+    report["passed"] = not failures
+    report["failures"] = failures
+
+
+def load_baseline(path: str) -> dict:
+    """The baseline report, checked: ``loss`` a number (or null, or an infinity
+    spelled as a string such as "Infinity"), ``reduction`` one of the reductions,
+    ``classes`` a list of objects with a ``name`` and a ``loss``.  Losses come back
+    as floats (or None)."""
+    from .data._paths import check_regular
+
+    check_regular(path, path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            base = json.load(fh)
+    except FileNotFoundError:
+        raise BCEInputError("baseline report not found", file=path) from None
+    except RecursionError:
+        raise BCEInputError("not a readable JSON report: nested too deeply", file=path) from None
+    except (OSError, ValueError) as err:
+        raise BCEInputError(f"not a readable JSON report: {printable(err)}", file=path) from None
+    if not isinstance(base, dict) or "loss" not in base:
+        raise BCEInputError("not a bce JSON report (no 'loss' key)", file=path,
+                            hint="write one with: bce eval ... --report PATH")
+    base = dict(base)
+    base["loss"] = _checked_loss(base["loss"], path, "the baseline's 'loss'")
+    if base["loss"] is not None and math.isnan(base["loss"]):  # json.load reads NaN literally
+        raise BCEInputError("the baseline's loss is NaN: nothing can be compared with it",
+                            file=path)
+    red = base.get("reduction", "mean")
+    if red not in values(Reduction):
+        raise BCEInputError(f"the baseline's 'reduction' is {_shown(red)}, not 'mean', 'sum' "
+                            "or 'none'", file=path)
+    classes = base.get("classes", [])
+    if not isinstance(classes, list):
+        raise BCEInputError(f"the baseline's 'classes' is {_shown(classes)}, not a list",
+                            file=path)
+    checked = []
+    for i, c in enumerate(classes):
+        if not isinstance(c, dict) or not isinstance(c.get("name"), (str, int)) \
+                or isinstance(c.get("name"), bool):
+            raise BCEInputError(f"the baseline's class {i} is {_shown(c)}, not an object with "
+                                "a 'name'", file=path)
+        name = str(c["name"])
+        checked.append({**c, "name": name,
+                        "loss": _checked_loss(c.get("loss"), path,
+                                              f"the baseline's loss of class {name!r}")})
+    base["classes"] = checked
+    return base
+
+
+def _shown(value) -> str:
+    return printable(json.dumps(value, allow_nan=True), 60)
+
+
+def _checked_loss(value, path, what) -> float | None:
+    """A loss read from a baseline file: a number, null, or an infinity spelled as a
+    string (how reports write one); anything else is an input error."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = 0.0
+        if math.isinf(number):
+            return number
+    raise BCEInputError(f"{what} is {_shown(value)}, not a number", file=path)
+
+
+def check_baseline_matches(report: dict, baseline: dict, path: str) -> list[str]:
+    """A baseline must be comparable: same reduction, and classes that match by name.
+
+    Returns the names of this run's classes that the baseline lacks."""
+    red = baseline.get("reduction", "mean")
+    if (red == "sum") != (report["reduction"] == "sum"):
+        raise BCEInputError(f"the baseline's losses are {red!r} reductions but this run's are "
+                            f"{report['reduction']!r}: they cannot be compared", file=path)
+    names = [c["name"] for c in report["classes"]]
+    base_names = [str(c.get("name")) for c in baseline.get("classes", [])]
+    if base_names and not set(names) & set(base_names):
+        raise BCEInputError(f"no class of this run ({brief(names)}) is in the baseline "
+                            f"({brief(base_names)})", file=path,
+                            hint="make the baseline from the same kind of input")
+    known = set(base_names)
+    return [n for n in names if n not in known]
+
+
+def _exceeds(value, limit) -> bool:
+    return value is None or value > limit
+
+
+def _rise(new, base):
+    """How much a loss rose over the baseline's (None: NaN); an infinite loss that
+    stays infinite did not rise."""
+    if new is None:
+        return None
+    return 0.0 if new == base else new - base
+
+
+def _baseline_loss(v, path: str, where: str) -> float | None:
+    """A baseline's loss as a float; None (not compared) for null or NaN."""
+    try:
+        v = loss_number(v)
+    except (TypeError, ValueError):
+        raise BCEInputError(f"the baseline's {where} loss {v!r} is not a number",
+                            file=path) from None
+    return None if v is None or math.isnan(v) else v
+
+
+def check_gates(report: dict, opts: EvalOptions, baseline: dict | None) -> list[str]:
+    """The failed gates, one readable line each (empty: passed)."""
+    failures = []
+    loss = loss_number(report["loss"])
+    if opts.max_loss is not None and _exceeds(loss, opts.max_loss):
+        failures.append(f"overall loss {_fmt(loss)} > --max-loss {opts.max_loss:g}")
+    if opts.max_class_loss is not None:
+        for c in report["classes"]:
+            if _exceeds(loss_number(c["loss"]), opts.max_class_loss):
+                failures.append(f"class {c['name']}: loss {_fmt(c['loss'])} > "
+                                f"--max-class-loss {opts.max_class_loss:g}")
+    if baseline is not None:
+        limit = opts.max_increase
+        base_loss = _baseline_loss(baseline.get("loss"), opts.baseline, "overall")
+        if base_loss is not None and _exceeds(_rise(loss, base_loss), limit):
+            failures.append(f"overall loss {_fmt(loss)} rose by more than {limit:g} over the "
+                            f"baseline's {_fmt(base_loss)}")
+        base_classes = {str(c.get("name")): c.get("loss") for c in baseline.get("classes", [])}
+        for c in report["classes"]:
+            b = _baseline_loss(base_classes.get(c["name"]), opts.baseline,
+                               f"class {c['name']}'s")
+            if b is None:
+                continue
+            if _exceeds(_rise(loss_number(c["loss"]), b), limit):
+                failures.append(f"class {c['name']}: loss {_fmt(c['loss'])} rose by more than "
+                                f"{limit:g} over the baseline's {_fmt(b)}")
+    return failures
+
+
+def _fmt(v) -> str:
+    v = loss_number(v)
+    return "NaN" if v is None else f"{v:.6g}"
