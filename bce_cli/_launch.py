@@ -52,7 +52,7 @@ def run(form: Form, geom, n_tasks: int, x, y, wvec, pvec, wf, pf, smooth, ignore
 
 
 def warmup(report=lambda form, seconds: None) -> list[Form]:
-    """Compile (or load) every form for the argument types ``bce_cli._engine`` passes:
+    """Compile (or load) every form for the argument types ``bce_cli._dispatch`` passes:
     float32 and float64 logits with bool targets or targets of the logits' type,
     weights of the logits' type.
     Returns the forms; ``report(form, seconds)`` after each."""

@@ -15,12 +15,17 @@ from .errors import BCEInputError
 
 
 class Reduction(str, Enum):
+    """Element losses to one number: mean (sum / elements, as PyTorch), sum, or none
+    (per element, written with ``--output``; the report then shows means)."""
+
     MEAN = "mean"
     SUM = "sum"
     NONE = "none"
 
 
 class NanPolicy(str, Enum):
+    """A NaN (or an Arrow null): an input error, an element left out, or a NaN loss."""
+
     ERROR = "error"
     OMIT = "omit"
     PROPAGATE = "propagate"
@@ -35,6 +40,8 @@ class Method(str, Enum):
 
 
 class EvalFormat(str, Enum):
+    """``bce eval``'s report on stdout."""
+
     TABLE = "table"
     JSON = "json"
     CSV = "csv"
@@ -42,6 +49,8 @@ class EvalFormat(str, Enum):
 
 
 class PosWeightFormat(str, Enum):
+    """``bce suggest-pos-weight``'s output on stdout."""
+
     TABLE = "table"
     JSON = "json"
     CSV = "csv"

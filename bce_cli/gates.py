@@ -66,18 +66,10 @@ def load_baseline(path: str) -> dict:
     spelled as a string such as "Infinity"), ``reduction`` one of the reductions,
     ``classes`` a list of objects with a ``name`` and a ``loss``.  Losses come back
     as floats (or None)."""
-    from .data._paths import check_regular
+    from .data._paths import read_json
 
-    check_regular(path, path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            base = json.load(fh)
-    except FileNotFoundError:
-        raise BCEInputError("baseline report not found", file=path) from None
-    except RecursionError:
-        raise BCEInputError("not a readable JSON report: nested too deeply", file=path) from None
-    except (OSError, ValueError) as err:
-        raise BCEInputError(f"not a readable JSON report: {printable(err)}", file=path) from None
+    base = read_json(path, missing="baseline report not found",
+                     unreadable="not a readable JSON report")
     if not isinstance(base, dict) or "loss" not in base:
         raise BCEInputError("not a bce JSON report (no 'loss' key)", file=path,
                             hint="write one with: bce eval ... --report PATH")

@@ -1,6 +1,6 @@
 """Numba kernels: per-element BCE-with-logits and per-class float64 partial sums.
 
-Pure array functions (no I/O, no printing).  ``bce_cli._engine`` normalises the
+Pure array functions (no I/O, no printing).  ``bce_cli._dispatch`` normalises the
 inputs (flat, C-contiguous, native float32/float64 logits) and calls
 ``bce_cli._launch.run``, which runs a form's :func:`entry` on threads.  The
 layouts, forms and task sizes are described in ``bce_cli._forms``.

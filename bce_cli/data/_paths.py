@@ -31,7 +31,7 @@ import sys
 from dataclasses import dataclass
 
 from bce_cli._lazy import lazy
-from bce_cli.errors import BCEInputError
+from bce_cli.errors import BCEInputError, printable
 
 pa = lazy("pyarrow")  # local files are found and sniffed without pyarrow
 pafs = lazy("pyarrow.fs")
@@ -206,6 +206,23 @@ def check_regular(path, display) -> None:
         file=display,
         hint=f"pass it on standard input instead: bce eval - < {display}",
     )
+
+
+def read_json(path: str, *, missing: str, unreadable: str):
+    """A small JSON file (``--pos-weight``, ``--baseline``), parsed; ``missing`` and
+    ``unreadable`` start the messages of its two ways to fail (exit 2)."""
+    import json
+
+    if not os.path.exists(path):
+        raise BCEInputError(missing, file=path)
+    check_regular(path, path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except RecursionError:
+        raise BCEInputError(f"{unreadable}: nested too deeply", file=path) from None
+    except (OSError, ValueError) as err:
+        raise BCEInputError(f"{unreadable}: {printable(err)}", file=path) from None
 
 
 def _ext(path: str) -> str:

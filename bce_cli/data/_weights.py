@@ -13,7 +13,7 @@ from bce_cli.errors import BCEInputError, printable
 
 from ._feeds import ArrayFeed, Role, array_role
 from ._numpy import NPY_ERRORS, ArrayView, MemArray, load_error, open_npy
-from ._paths import check_regular, resolve
+from ._paths import check_regular, read_json, resolve
 
 
 def _number(text):
@@ -278,16 +278,7 @@ def _parse_pos_weight(spec_str, class_names) -> np.ndarray:
 
 
 def _pos_weight_json(path, names):
-    if not os.path.exists(path):
-        raise BCEInputError("no such file or directory", file=path)
-    check_regular(path, path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except RecursionError:
-        raise BCEInputError("not readable JSON: nested too deeply", file=path) from None
-    except (OSError, ValueError) as exc:
-        raise BCEInputError(f"not readable JSON: {printable(exc)}", file=path) from None
+    doc = read_json(path, missing="no such file or directory", unreadable="not readable JSON")
     if not isinstance(doc, dict) or "pos_weight" not in doc:
         raise BCEInputError(
             "expected the JSON written by `bce suggest-pos-weight` (a 'pos_weight' key)",
