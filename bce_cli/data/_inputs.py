@@ -113,18 +113,6 @@ class Inputs:
         column = None if class_index is None else role.shown(int(class_index))
         return file, column, local
 
-    def error_at(self, reason, row, class_index=None, which="targets", hint=None, flat=None):
-        """An error at one element, placed by its file, column and row in the file.
-
-        ``flat`` is the element's index along the batch's flattened trailing
-        axis ``S`` (N-D arrays); it is stated as the element's index inside the
-        file's row, so that a message names one position, never a batch index.
-        """
-        file, column, local = self.locate(row, class_index, which)
-        if flat is not None and self.array_shape is not None and len(self.array_shape) > 2:
-            reason = f"{reason} at element {self.element_in_row(class_index, flat)} of the row"
-        return BCEInputError(reason, file=file, column=column, row=local, hint=hint)
-
     def element_in_row(self, class_index, flat) -> list:
         """The index inside a row of the input file of batch element ``[:, class_index, flat]``.
 
