@@ -59,3 +59,18 @@ def test_shell_examples_run_as_shown(tmp_path):
         assert res.returncode == expected, f"{command}\n{res.stderr}"
         assert "Traceback" not in res.stderr
         assert res.stdout.strip(), command
+
+
+def test_architecture_names_every_module_and_only_real_ones():
+    """ARCHITECTURE.md stays true: each module it names exists, and each module exists
+    in it (data-layer modules are named without their .py)."""
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    named = set(re.findall(r"`(\w+)\.py`", text))
+    data_part = text.split("**Data layer**")[1].split("**Maths.**")[0]
+    data_named = set(re.findall(r"`(_\w+)`", data_part))
+    package = {p.stem for p in (ROOT / "bce_cli").glob("*.py")} - {"__init__", "__main__"}
+    data = {p.stem for p in (ROOT / "bce_cli" / "data").glob("_*.py")} - {"__init__"}
+    assert named <= package, named - package
+    assert data_named <= data, data_named - data
+    assert package <= named | {"_lazy"}, package - named   # _lazy: a 20-line import helper
+    assert data <= data_named, data - data_named
