@@ -604,7 +604,7 @@ def test_join_with_weight_and_list_targets(tmp_path):
     assert inp.layout == "list" and inp.class_names == ["targets[0]", "targets[1]", "targets[2]"]
 
 
-def test_error_at_names_file_column_row(tmp_path):
+def test_locate_names_file_column_row(tmp_path):
     d = tmp_path / "ds"
     d.mkdir()
     for i in range(2):
@@ -614,8 +614,8 @@ def test_error_at_names_file_column_row(tmp_path):
     with open_inputs(InputSpec(str(d), batch_rows=4)) as inp:
         for _ in inp.batches():
             pass
-        err = inp.error_at("target 2.0 is outside [0, 1]", row=13, class_index=0)
-    assert err.file.endswith("f1.parquet") and err.column == "target_x" and err.row == 3
+        file, column, row = inp.locate(13, class_index=0)
+    assert file.endswith("f1.parquet") and column == "target_x" and row == 3
 
 
 def test_parquet_large_row_groups_read_in_record_batches(tmp_path, monkeypatch):

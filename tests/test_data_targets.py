@@ -177,16 +177,15 @@ def test_stdin(tmp_path, rng):
     np.testing.assert_array_equal(T, y)
 
 
-def test_error_at_names_file_column_row(tmp_path):
+def test_locate_names_file_column_row(tmp_path):
     pq.write_table(pa.table({"a": [0.0, 1.0]}), tmp_path / "x.parquet", row_group_size=1)
     pq.write_table(pa.table({"a": [1.0, 0.0, 2.0]}), tmp_path / "y.parquet")
     with open_targets(str(tmp_path), batch_rows=2) as inp:
         bs = list(inp.batches())
         assert [b.n_rows for b in bs] == [2, 2, 1] and bs[-1].row_offset == 4
         # global row 4 = x.parquet's 2 rows + row 2 of y.parquet
-        err = inp.error_at("target 2.0 is outside [0, 1]", 4, 0, hint="fix")
-    assert err.file.endswith("y.parquet") and err.column == "a" and err.row == 2
-    assert "y.parquet" in str(err) and "row 2" in str(err)
+        file, column, row = inp.locate(4, 0)
+    assert file.endswith("y.parquet") and column == "a" and row == 2
 
 
 def test_nulls_follow_nan_policy(tmp_path):
