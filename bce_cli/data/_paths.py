@@ -97,20 +97,18 @@ class Resolved:
             return f.read()
 
 
+# The first bytes of each format (an Arrow IPC stream starts with a continuation marker).
+MAGIC = ((b"PAR1", "parquet"), (b"\x93NUMPY", "npy"), (b"ARROW1", "ipc_file"),
+         (b"\xff\xff\xff\xff", "ipc_stream"), (b"FEA1", "feather_v1"), (b"PK", "npz"))
+
+
 def sniff(head: bytes) -> str | None:
-    if head[:4] == b"PAR1":
-        return "parquet"
-    if head[:6] == b"\x93NUMPY":
-        return "npy"
-    if head[:6] == b"ARROW1":
-        return "ipc_file"
-    if head[:4] == b"\xff\xff\xff\xff":
-        return "ipc_stream"
-    if head[:4] == b"FEA1":
-        return "feather_v1"
-    if head[:2] == b"PK":
-        return "npz"
-    return None
+    """The format whose magic bytes ``head`` starts with, else None.
+
+    >>> sniff(b"PAR1...."), sniff(b"logit,target")
+    ('parquet', None)
+    """
+    return next((fmt for magic, fmt in MAGIC if head.startswith(magic)), None)
 
 
 STDIN_LIMIT: int | None = None  # bytes of standard input held in memory; None: half the RAM
