@@ -209,16 +209,19 @@ class BCEAccumulator:
                 "label_smoothing": self.label_smoothing, "nan_policy": self.nan_policy}
 
     def _check_options(self, theirs: dict, action: str) -> None:
+        if not isinstance(theirs, dict):
+            raise BCEInputError(f"cannot {action}: its options are {_brief(theirs)}, not a "
+                                "mapping of option names to values")
         for key, ours in self._settings().items():
             other = theirs.get(key)
-            if isinstance(ours, np.ndarray) and other is not None:
-                try:
-                    same = np.array_equal(ours, np.asarray(other, dtype=np.float64))
+            if isinstance(ours, np.ndarray) or isinstance(other, (list, np.ndarray)):
+                try:  # vectors: equal when both are vectors of the same numbers
+                    same = (ours is not None and other is not None and
+                            np.array_equal(ours, np.asarray(other, dtype=np.float64)))
                 except (TypeError, ValueError):
                     same = False
             else:
-                same = not isinstance(other, (list, np.ndarray)) and (
-                    other == ours or (other != other and ours != ours))  # NaN ignore_value
+                same = other == ours or (other != other and ours != ours)  # NaN ignore_value
             if not same:
                 raise BCEInputError(f"cannot {action} with {key} {_brief(other)} into one "
                                     f"with {key} {_brief(ours)}",
@@ -272,7 +275,11 @@ class BCEAccumulator:
             raise BCEInputError(f"the accumulator state lacks {', '.join(missing)}")
         state = np.empty_like(self.state)
         for i, name in enumerate(STAT_NAMES):
-            row = np.asarray(arrays[name], dtype=np.float64)
+            row = np.asarray(arrays[name])
+            if row.dtype.kind not in "fiub":  # strings, objects (None), complex numbers
+                raise BCEInputError(f"the accumulator state's {name!r} holds {row.dtype} "
+                                    "values, not real numbers")
+            row = row.astype(np.float64)
             if row.shape != (self.n_classes,):
                 raise BCEInputError(f"the accumulator state's {name!r} has shape {row.shape}, "
                                     f"expected ({self.n_classes},)")

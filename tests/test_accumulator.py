@@ -225,6 +225,32 @@ def test_load_and_merge_refuse_other_options(change, message):
         other.merge(a)
 
 
+@pytest.mark.parametrize("vector_side", ["ours", "theirs"])
+@pytest.mark.parametrize("option", ["pos_weight", "weight"])
+def test_a_per_class_vector_against_none_is_refused_either_way(vector_side, option):
+    """A per-class vector on one side and none on the other: an input error whichever
+    side holds the vector (it used to be numpy's "truth value is ambiguous")."""
+    x, y = np.zeros((3, 2)), np.ones((3, 2))
+    vec = BCEAccumulator(2, **{option: [1.0, 2.0]}).update(x, y)
+    plain = BCEAccumulator(2).update(x, y)
+    ours, theirs = (vec, plain) if vector_side == "ours" else (plain, vec)
+    with pytest.raises(BCEInputError, match=f"cannot merge an accumulator with {option} "):
+        ours.spawn().merge(theirs)
+    with pytest.raises(BCEInputError, match=f"cannot load a state with {option} "):
+        ours.spawn().load_state_dict(theirs.state_dict())
+
+
+@pytest.mark.parametrize("bad", [np.array(["a", "b"]), np.array([None, None]),
+                                 np.array([1 + 1j, 2.0])])
+def test_load_refuses_arrays_that_are_not_real_numbers(bad):
+    d = BCEAccumulator(2).update(np.zeros((2, 2)), np.ones((2, 2))).state_dict()
+    with pytest.raises(BCEInputError, match="'loss' holds .* not real numbers"):
+        BCEAccumulator(2).load_state_dict({**d, "state": {**d["state"], "loss": bad}})
+    with pytest.raises(BCEInputError, match="its options are None"):
+        BCEAccumulator(2).load_state_dict(
+            {**d, "metadata": {**d["metadata"], "options": None}})
+
+
 def test_a_nan_ignore_value_matches_itself():
     a = BCEAccumulator(1, ignore_value=np.nan).update(np.zeros(3), np.ones(3))
     _assert_same(a.spawn().merge(a), a)

@@ -119,6 +119,19 @@ def test_feather_v1_is_still_read(tmp_path):
     assert json.loads(res.stdout)["loss"] == out[0]
 
 
+def test_feather_v1_reader_runs_no_code_from_the_data_directory(tmp_path, monkeypatch):
+    """The child that reads Feather v1 starts isolated (-I): a pyarrow.py lying next to
+    the data (a cloned repository, a shared folder) is never imported and run."""
+    _write("feather_v1", tmp_path / "v1.feather")
+    marker = tmp_path / "ran"
+    (tmp_path / "pyarrow.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    res = invoke("eval", "v1.feather", "--nan-policy", "omit", "--format", "json")
+    assert res.exit_code == 0, res.output
+    assert not marker.exists()
+
+
 # ------------------------------------------------------------------ malformed headers
 @pytest.fixture
 def pair(tmp_path):

@@ -364,8 +364,10 @@ def read_feather_v1(res: Resolved) -> pa.Table:
         data = res.buffer.to_pybytes() if res.buffer is not None else res.read_bytes(
             res.files[0])
     try:
-        done = subprocess.run([sys.executable, "-c", _FEATHER_V1_CHILD, *argv], input=data,
-                              capture_output=True, check=False)
+        # -I: isolated, so that no pyarrow.py (or anything) in the current directory
+        # or on PYTHONPATH is imported in place of the real one and run.
+        done = subprocess.run([sys.executable, "-I", "-c", _FEATHER_V1_CHILD, *argv],
+                              input=data, capture_output=True, check=False)
     except OSError as exc:
         raise BCEInputError(f"cannot start the Feather v1 reader: {exc}",
                             file=res.display) from None
@@ -373,9 +375,12 @@ def read_feather_v1(res: Resolved) -> pa.Table:
         raise BCEInputError("the Feather v1 reader crashed on this file: it is corrupt",
                             file=res.display, hint="rewrite it as Arrow IPC / Feather v2 "
                             "(pyarrow.feather.write_feather) or Parquet")
-    if done.returncode != 0:
-        text = printable(done.stderr.decode("utf-8", "replace"))
-        raise _open_error(text or f"exit status {done.returncode}", res.display)
+    said = done.stderr.decode("utf-8", "replace").strip()
+    if done.returncode == 2:  # the reader refused the file
+        raise _open_error(printable(said) or "exit status 2", res.display)
+    if done.returncode != 0:  # the reader could not run (its last line says why): not the file
+        last = printable(said.splitlines()[-1]) if said else f"exit status {done.returncode}"
+        raise BCEInputError(f"the Feather v1 reader could not run: {last}", file=res.display)
     try:
         table = ipc.open_stream(pa.py_buffer(done.stdout)).read_all()
         table.validate(full=True)
