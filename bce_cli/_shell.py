@@ -29,9 +29,44 @@ def warn(message: str) -> None:
 
 
 def out_console():
+    """The console of a table on stdout.  A reader that went away (``| head``) raises
+    BrokenPipeError, as a plain write does (Rich would exit 1: "a gate failed")."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    class _Stdout(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return _Stdout(highlight=False)
+
+
+def check_stdout() -> None:
+    """Before any work: a closed standard output (``>&-``) has nowhere to take the report."""
+    import sys
+
+    if sys.stdout is None:
+        from .errors import BCEInputError
+
+        raise BCEInputError("standard output is closed: the report has nowhere to go",
+                            hint="redirect it instead (> report.txt, or > /dev/null)")
+
+
+@contextmanager
+def report_on_stdout():
+    """Printing the report: when the reader goes away (``bce eval ... | head``) the rest
+    is dropped quietly and the exit status stays the gates' (0 or 1), as a report
+    nobody reads changes nothing; stdout is pointed at /dev/null so that Python's
+    final flush does not complain."""
+    import os
+    import sys
+
+    try:
+        yield
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def fail(message: str, code: int) -> typer.Exit:
@@ -111,8 +146,6 @@ def guard(debug: bool):
             if isinstance(err, OSError):  # the environment (disk full, permissions), not a bug
                 where = f"{err.filename}: " if err.filename else ""
                 raise fail(escape(f"{where}{err.strerror or err}"), EXIT_INPUT) from None
-            if isinstance(err, KeyboardInterrupt):
-                raise
             raise fail(f"internal error: {type(err).__name__}: {escape(str(err))}\n"
                         "  this is a bug; run again with --debug for the traceback",
                         EXIT_INTERNAL) from None

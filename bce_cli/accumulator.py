@@ -330,12 +330,12 @@ def prior_loss(wy, wn, pos_weight, smoothing: float, norm):
     """The loss of always predicting the class's positive rate, per class, under the
     same weight, pos_weight and label smoothing, divided by ``norm``.
 
-    The rate is ``q = sum w*y / sum w`` (with no weight column: n_pos / (n_pos + n_neg),
-    the report's positive rate).  A constant prediction q scores
-    ``-(p*A*log(q) + B*log(1 - q))`` over a class's elements, with ``A = sum w*y'``,
-    ``B = sum w*(1 - y')`` (``y'`` the smoothed target) and p its pos_weight; without
-    pos_weight and smoothing that is the entropy of the labels, and q the best constant.
-    A term whose coefficient is 0 adds 0; predicting 0 for a smoothed positive, inf.
+    The rate is that of the targets the loss sees: ``q = A / (A + B)`` with
+    ``A = sum w*y'`` and ``B = sum w*(1 - y')`` (``y'`` the smoothed target; with no
+    weight and no smoothing, n_pos / (n_pos + n_neg), the report's positive rate).
+    Always predicting q scores ``-(p*A*log(q) + B*log(1 - q))`` with p the class's
+    pos_weight; without pos_weight that is the entropy of the (smoothed) labels, and
+    q the best constant.  A term whose coefficient is 0 adds 0.
 
     One positive and three negatives: always predicting 1/4 scores the entropy; with
     pos_weight 3, (3*log 4 + 3*log(4/3)) / 4.
@@ -348,9 +348,8 @@ def prior_loss(wy, wn, pos_weight, smoothing: float, norm):
     half = 0.5 * smoothing
     a = (1.0 - half) * wy + half * wn  # sum of w*y', from sums of w*y and w*(1 - y)
     b = half * wy + (1.0 - half) * wn
-    if pos_weight is not None:
-        a = pos_weight * a
-    with np.errstate(invalid="ignore", divide="ignore"):  # -log q = log1p(wn / wy)
-        total = (np.where(a == 0.0, 0.0, a * np.log1p(wn / wy))
-                 + np.where(b == 0.0, 0.0, b * np.log1p(wy / wn)))
+    with np.errstate(invalid="ignore", divide="ignore"):  # -log q = log1p(b / a)
+        pa = a if pos_weight is None else pos_weight * a
+        total = (np.where(pa == 0.0, 0.0, pa * np.log1p(b / a))
+                 + np.where(b == 0.0, 0.0, b * np.log1p(a / b)))
         return total / norm

@@ -17,11 +17,13 @@ from ._shell import (
     EXIT_GATE,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    check_stdout,
     click_error_class,
     err_console,
     escape,
     guard,
     out_console,
+    report_on_stdout,
     usage_error,
     warn,
 )
@@ -150,13 +152,15 @@ def eval_command(
                            max_increase=max_increase)
         from ._safe_write import check_outputs
 
+        check_stdout()
         check_outputs({"--output": output, "--report": report},
                       {"PREDS": preds, "LABELS": labels, "--weight": weight,
                        "--pos-weight": pos_weight, "--baseline": baseline})
         show = sys.stderr.isatty() if progress is None else progress
         with _progress(show) as (advance, set_total):  # also writes --output and --report
             result = evaluate(spec, opts, warn=warn, progress=advance, total=set_total)
-        emit("eval", fmt.value, result, out_console)
+        with report_on_stdout():
+            emit("eval", fmt.value, result, out_console)
     if not result["passed"]:
         for f in result["failures"]:
             err_console().print(f"[bold red]gate failed:[/] {escape(f)}", soft_wrap=True)
@@ -211,6 +215,7 @@ def suggest_pos_weight_command(
         from .evaluate import suggest
         from .report import emit, to_json
 
+        check_stdout()
         check_outputs({"--output": output}, {"LABELS": labels})
         result = suggest(labels, targets=targets, method=method.value, beta=beta,
                          clip_max=clip_max, batch_rows=batch_rows, class_dim=class_dim,
@@ -219,19 +224,20 @@ def suggest_pos_weight_command(
             from ._safe_write import write_bytes
 
             write_bytes(output, (to_json(result) + "\n").encode())
-        emit("pos_weight", fmt.value, result, out_console)
+        with report_on_stdout():
+            emit("pos_weight", fmt.value, result, out_console)
 
 
-@app.command("warmup", epilog="""[bold]Examples[/]
+@app.command("warmup", help=(
+    "Compile every kernel form into the cache, so that large inputs can take the compiled "
+    "kernels without waiting for a compiler (a Docker image layer, a CI cache step). Small "
+    "and mid-size inputs never need it."), epilog="""[bold]Examples[/]
 
   bce warmup                                   # into the package's __pycache__
 
   NUMBA_CACHE_DIR=/opt/bce-cache bce warmup    # a directory a CI cache step keeps
 """)
 def warmup_command(debug: DebugOpt = False):
-    """Compile every kernel form into the cache, so that large inputs can take the
-    compiled kernels without waiting for a compiler (a Docker image layer, a CI
-    cache step).  Small and mid-size inputs never need it."""
     with guard(debug):
         import time
 

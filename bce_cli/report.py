@@ -10,6 +10,8 @@ import sys
 
 import numpy as np
 
+from .errors import printable
+
 # How a report says an infinite loss: strict JSON has no infinity, and null is kept
 # for a loss that is not a number (--nan-policy propagate).  float() reads it back.
 INF = "inf"
@@ -69,6 +71,12 @@ def _g_column(values, digits: int = 6, none: str = "-") -> list[str]:
     return [none if v is None else v if isinstance(v, str)
             else str(int(v)) if isinstance(v, float) and v.is_integer() and abs(v) < 1e15
             else fmt(v) for v in values]
+
+
+def _shown(name: str) -> str:
+    """A class name in a table: control characters (a newline, a tab) escaped, so that
+    one class stays one row."""
+    return name if name.isprintable() else printable(name, None)
 
 
 def _pct_column(values) -> list[str]:
@@ -167,7 +175,8 @@ def eval_markdown(report: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if mark else ""),
     ]
     for c in report["classes"]:
-        lines.append(f"| {c['name']} | {_loss(c['loss'])} | {_g(c['prior_loss'])} | "
+        name = _shown(c["name"]).replace("|", "\\|")  # a | would end the cell
+        lines.append(f"| {name} | {_loss(c['loss'])} | {_g(c['prior_loss'])} | "
                      f"{_g(c['n_pos'])} | {_g(c['n_neg'])} | {_pct(c['positive_rate'])} | "
                      f"{_pct(c['accuracy'])} | {_g(c['suggested_pos_weight'], 4)} |"
                      + ((" **worse** |" if worse_than_prior(c) else " |") if mark else ""))
@@ -256,7 +265,7 @@ def print_eval_table(report: dict, console) -> None:
     classes = report["classes"]
     worse = [worse_than_prior(c) for c in classes]
     mark = any(worse)
-    cells = [[c["name"] for c in classes],
+    cells = [[_shown(c["name"]) for c in classes],
              _g_column([c["loss"] for c in classes], 5, none="NaN")]
     if mark:
         cells.append([WORSE_MARK if w else "" for w in worse])
@@ -306,7 +315,7 @@ def pos_weight_csv(report: dict) -> str:
 
 def print_pos_weight_table(report: dict, console) -> None:
     classes = report["classes"]
-    rows = list(zip([c["name"] for c in classes], _g_column([c["n_pos"] for c in classes]),
+    rows = list(zip([_shown(c["name"]) for c in classes], _g_column([c["n_pos"] for c in classes]),
                     _g_column([c["n_neg"] for c in classes]),
                     _g_column([c["pos_weight"] for c in classes]), strict=True))
     columns = [("class", "left"), ("n_pos", "right"), ("n_neg", "right"), ("pos_weight", "right")]

@@ -62,14 +62,14 @@ def golden_min(f, lo=-60.0, hi=60.0, iters=200) -> float:
 
 
 def rate_prediction_loss(y, weight, pos_weight, smoothing=0.0, keep=None, reduction="mean"):
-    """The loss of always predicting the positive rate ``sum w*y / sum w`` of the
-    elements ``keep`` of ``y`` (raw targets), scored element by element against the
-    smoothed targets with the same weights: the prior the report promises."""
+    """The loss of always predicting the positive rate ``sum w*y' / sum w`` of the
+    elements ``keep`` of ``y`` (``y'`` the smoothed targets), scored element by element
+    against them with the same weights: the prior the report promises."""
     y = np.asarray(y, dtype=np.float64)
     keep = np.ones(y.shape, dtype=bool) if keep is None else keep
     w = np.broadcast_to(np.asarray(weight, dtype=np.float64), y.shape)[keep]
-    rate = float((w * y[keep]).sum() / w.sum())
     ys = y[keep] * (1 - smoothing) + smoothing / 2
+    rate = float((w * ys).sum() / w.sum())
     norm = 1 if reduction == "sum" else keep.sum()
     z = np.full(ys.shape, np.log(rate) - np.log1p(-rate))
     return float(elementwise(z, ys, w, pos_weight).sum()) / norm

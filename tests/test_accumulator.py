@@ -423,3 +423,13 @@ def test_prior_predicts_the_positive_rate_over_streamed_batches(rng, reduction):
         want = ref.rate_prediction_loss(y[:, i], w[:, i] * base_w[i], pw[i], 0.1, keep[:, i],
                                         reduction)
         assert res.prior_loss[i] == pytest.approx(want, rel=1e-9)
+
+
+def test_prior_of_a_class_with_one_kind_of_target_under_smoothing_is_finite():
+    """With smoothing the targets the loss sees are never all 1 (or all 0): the rate to
+    predict is theirs, and its loss is the entropy of the smoothed labels."""
+    y = np.zeros((8, 2))
+    y[:, 0] = 1.0  # class 0: only positives; class 1: only negatives
+    res = BCEAccumulator(2, label_smoothing=0.2).update(np.zeros((8, 2)), y).compute()
+    entropy = -(0.9 * np.log(0.9) + 0.1 * np.log(0.1))
+    np.testing.assert_allclose(res.prior_loss, [entropy, entropy], rtol=1e-14)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -535,3 +536,32 @@ def test_per_element_output_of_a_join_keeps_the_key(tmp_path, rng, layout):
     losses = (np.column_stack([got.column(c).to_numpy() for c in names]) if layout == "wide"
               else np.array(got.column("loss").to_pylist()))
     np.testing.assert_allclose(losses, ref.bce(x, y, reduction="none"), rtol=1e-12)
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv", "markdown"])
+@pytest.mark.parametrize("gate, status", [([], 0), (["--max-loss", "0.01"], 1)])
+def test_a_reader_that_goes_away_keeps_the_gates_status(tmp_path, fmt, gate, status):
+    """`bce eval ... | head`: the rest of the report is dropped quietly; the status is the
+    gates' (Rich alone would exit 1, "a gate failed", whatever the gates said)."""
+    rng = np.random.default_rng(3)
+    np.save(tmp_path / "x.npy", rng.standard_normal((20, 3000)).astype(np.float32))
+    np.save(tmp_path / "y.npy", (rng.random((20, 3000)) < 0.5).astype(np.float32))
+    with subprocess.Popen([*BCE, "eval", tmp_path / "x.npy", tmp_path / "y.npy", "--format",
+                           fmt, *gate], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        proc.stdout.read(100)  # the report is far larger than a pipe's buffer
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == status, err
+    assert "Traceback" not in err and "Exception ignored" not in err and "error" not in err
+
+
+@pytest.mark.parametrize("command", [["eval", "x.npy", "y.npy"],
+                                     ["suggest-pos-weight", "y.npy"]])
+def test_a_closed_stdout_is_an_input_error(npy_pair, command):
+    args = [str(npy_pair[0]) if a == "x.npy" else str(npy_pair[1]) if a == "y.npy" else a
+            for a in command]
+    res = subprocess.run([*BCE, *args, "--format", "json"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True, timeout=60,
+                         preexec_fn=lambda: os.close(1))
+    assert res.returncode == 2, res.stderr
+    assert "standard output is closed" in res.stderr and "Traceback" not in res.stderr

@@ -87,8 +87,8 @@ def test_prior_predicts_the_positive_rate_under_the_same_options(
         keep = y[:, i] != -1
         want = ref.rate_prediction_loss(y[:, i], wi, pw[i], smoothing, keep, reduction)
         assert cls["prior_loss"] == pytest.approx(want, rel=1e-9, abs=1e-12), cls["name"]
-        if pos_weight is None and smoothing == 0:  # then the rate is the best constant
-            best = ref.best_constant_loss(y[:, i], wi, 1.0, 0.0, keep, reduction)
+        if pos_weight is None:  # then the (smoothed) rate is the best constant
+            best = ref.best_constant_loss(y[:, i], wi, 1.0, smoothing, keep, reduction)
             assert cls["prior_loss"] == pytest.approx(best, rel=1e-9, abs=1e-12)
 
 
@@ -321,9 +321,10 @@ def test_prior_is_what_pytorch_scores_for_the_positive_rate(weighted_table):
         keep = y[:, i] != -1
         yk = torch.tensor(y[keep, i], dtype=torch.float64)
         wk = torch.tensor(w[keep], dtype=torch.float64)
-        rate = float((wk * yk).sum() / wk.sum())
+        ys = yk * 0.9 + 0.05
+        rate = float((wk * ys).sum() / wk.sum())
         fn = torch.nn.BCEWithLogitsLoss(weight=wk, pos_weight=torch.tensor(pw).double())
-        want = float(fn(torch.full_like(yk, math.log(rate / (1 - rate))), yk * 0.9 + 0.05))
+        want = float(fn(torch.full_like(yk, math.log(rate / (1 - rate))), ys))
         assert cls["prior_loss"] == pytest.approx(want, rel=1e-12)
 
 
@@ -355,3 +356,20 @@ def test_plain_table_is_the_text_rich_prints(names, mark):
     console.width = Measurement.get(console, console.options, table).maximum
     console.print(table)
     assert plain_table("bce eval — per class", columns, rows) == console.file.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["table", "markdown"])
+def test_a_class_name_with_a_newline_tab_or_bar_stays_one_row(tmp_path, fmt):
+    names = ["line\nbreak", "tab\there", "a|b"]
+    pq.write_table(pa.table({n: np.linspace(-1, 1, 10) for n in names}), tmp_path / "p.parquet")
+    pq.write_table(pa.table({n: (np.arange(10) % 2).astype(float) for n in names}),
+                   tmp_path / "l.parquet")
+    res = invoke("eval", tmp_path / "p.parquet", tmp_path / "l.parquet", "--format", fmt)
+    assert res.exit_code == 0, res.output
+    rows = [ln for ln in res.stdout.splitlines() if "0.68706" in ln and "overall" not in ln.lower()
+            and not ln.startswith("#")]
+    assert len(rows) == 3, res.stdout
+    assert any("line\\nbreak" in r for r in rows) and any("tab\\there" in r for r in rows)
+    if fmt == "markdown":
+        assert all(r.count(" | ") == 7 for r in rows)  # 8 cells in every row
+        assert any("a\\|b" in r for r in rows)
