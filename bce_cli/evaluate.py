@@ -92,7 +92,7 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
                                  ignore_value=opts.ignore_value,
                                  label_smoothing=opts.label_smoothing, nan_policy=spec.nan_policy)
             if inp.n_rows:
-                acc.job_elements = inp.n_rows * inp.elements_per_row
+                acc.job = _tiers.JobTier(inp.n_rows * inp.elements_per_row)
             unpaired = inp.sources.get("unpaired")
             if unpaired:
                 warn(f"columns without a partner are left out: {brief(unpaired)}")
