@@ -204,6 +204,18 @@ class BCEAccumulator:
             self.n_rows += other.n_rows
         return self
 
+    def add_state(self, state, n_rows: int) -> BCEAccumulator:
+        """Add one ``state`` array (of ``self.state``'s shape, from an accumulator with
+        these settings, such as a :meth:`spawn` of this one) and its row count: a
+        :meth:`merge` of the bare state, as the Dask engine's tasks return it."""
+        state = np.asarray(state, dtype=np.float64)
+        if state.shape != self.state.shape:
+            raise BCEInputError(f"a state of shape {state.shape} does not add to one of "
+                                f"shape {self.state.shape}")
+        self.state += state
+        self.n_rows += int(n_rows)
+        return self
+
     def _settings(self) -> dict:
         """The options that decide what the state means (vectors as arrays)."""
         return {"pos_weight": self.pos_weight, "weight": self.weight,
