@@ -96,8 +96,10 @@ def _client(scheduler: str | None):
 
     # Workers are spawned: numba reads NUMBA_NUM_THREADS from their environment.
     with dask.config.set({"distributed.nanny.pre-spawn-environ.NUMBA_NUM_THREADS": 1}):
+        # no dashboard; its HTTP server (health checks) on any free port, not 8787
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)
+                               dashboard_address=None, silence_logs=logging.ERROR,
+                               scheduler_kwargs={"dashboard_address": ":0"})
     with cluster, Client(cluster) as client:
         yield client
 
