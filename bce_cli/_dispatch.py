@@ -68,7 +68,7 @@ def as_targets(y, like: np.dtype) -> np.ndarray:
 
 
 def class_stats(x, y, class_axis: int | None, opts: LossOptions, *,
-                write: int = OUT_NONE, job_elements: int | None = None):
+                write: int = OUT_NONE, job: _tiers.JobTier | None = None):
     """Per-class statistics ``(N_STATS, C)`` and, unless ``write`` is OUT_NONE,
     per-element losses of ``x``'s shape (else None).
 
@@ -76,19 +76,19 @@ def class_stats(x, y, class_axis: int | None, opts: LossOptions, *,
     classes (``None``: one class, everything pooled).  ``write`` is one of
     ``bce_cli.stats.OUT_*``: with OUT_ONLY the kernels skip the sums (the input
     is still validated, but the statistics returned are meaningless).
-    ``job_elements``: the size of the whole job this call is part of
-    (streaming), for the choice of tier.  Raises InvalidValueError at the first
-    invalid element.
+    ``job``: the streamed job this call is part of: its size decides the tier
+    at its first batch, and that tier is kept (:class:`~bce_cli._tiers.JobTier`).
+    Raises InvalidValueError at the first invalid element.
     """
     x, y = np.asarray(x), np.asarray(y)
     if (x.ndim == 2 and class_axis == 1 and x.flags.f_contiguous
             and not x.flags.c_contiguous):
         # Column-major (n, C), as wide tables arrive: run on the (C, n) view
         # instead of copying, and hand back per-element losses in (n, C).
-        stats, out = _run(x.T, y.T, 0, _transposed(opts), write, job_elements)
+        stats, out = _run(x.T, y.T, 0, _transposed(opts), write, job)
         out = None if out is None else out.T
     else:
-        stats, out = _run(x, y, class_axis, opts, write, job_elements)
+        stats, out = _run(x, y, class_axis, opts, write, job)
     if stats is None:  # an invalid element: find the first one (slow path, only on error)
         check_targets(y, logits=x, class_axis=class_axis, ignore=opts.ignore,
                       nan_policy=opts.nan_policy)
@@ -104,7 +104,7 @@ def _transposed(opts: LossOptions) -> LossOptions:
                          pos_weight_full=t(opts.pos_weight_full))
 
 
-def _run(x, y, class_axis, opts: LossOptions, write, job_elements):
+def _run(x, y, class_axis, opts: LossOptions, write, job):
     """Normalise, pick a form and a tier, run it; the statistics are None when an
     element is invalid."""
     shape = x.shape
@@ -132,7 +132,8 @@ def _run(x, y, class_axis, opts: LossOptions, write, job_elements):
         form = planes_form(bits, wvec, pvec, wf is not None, pf is not None, smooth, general,
                            write)
     out = None if write == OUT_NONE else np.empty(canon, dtype=x.dtype)
-    if _tiers.choose(x.size, form, job_elements) == "numpy":
+    tier = job.pick(x.size, form) if job is not None else _tiers.choose(x.size, form)
+    if tier == "numpy":
         stats = _vectorised.class_stats(x.reshape(canon), y.reshape(canon), wvec, pvec, wf, pf,
                                         smooth, ignore, mode, out, write != OUT_ONLY)
     else:

@@ -96,6 +96,23 @@ def requested() -> str:
     return tier
 
 
+class JobTier:
+    """The tier of one streamed job: chosen by :func:`choose` at the job's first batch
+    (with the job's size, ``elements``), then kept for every other batch, whichever
+    process computes it (the Dask engine's workers get it with the accumulator), so
+    that the last bits of a result do not depend on where or in what order its
+    batches ran."""
+
+    def __init__(self, elements: int | None = None, tier: str | None = None):
+        self.elements = elements
+        self.tier = tier
+
+    def pick(self, n_elements: int, form) -> str:
+        if self.tier is None:
+            self.tier = choose(n_elements, form, self.elements)
+        return self.tier
+
+
 def choose(n_elements: int, form, job_elements: int | None = None) -> str:
     """"numpy" or "compiled" for a call over ``n_elements`` that is part of a job of
     ``job_elements`` (streaming: the whole input) and would run ``form``."""

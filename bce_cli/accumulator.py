@@ -16,6 +16,7 @@ from functools import cached_property
 import numpy as np
 
 from ._dispatch import LossOptions, as_weight, class_stats
+from ._tiers import JobTier
 from .choices import NanPolicy, Reduction, check
 from .errors import BCEInputError, printable
 from .functional import pos_weight_from_counts
@@ -91,9 +92,10 @@ class BCEAccumulator:
         self.nan_policy = nan_policy
         self.state = np.zeros((N_ACC_STATS, self.n_classes), dtype=np.float64)
         self.n_rows = 0
-        # Elements the whole stream will hold, when known: the choice between the
-        # NumPy and compiled tiers is made for the job, not for each batch.
-        self.job_elements: int | None = None
+        # A stream of known size (the whole input's elements): the choice between
+        # the NumPy and compiled tiers is made once for the job, at its first batch,
+        # and kept, also by spawned accumulators and in other processes.
+        self.job: JobTier | None = None
 
     def _per_class(self, v, name):
         if v is None:
@@ -161,7 +163,7 @@ class BCEAccumulator:
                            nan_policy=self.nan_policy)
         stats, out = class_stats(x, y, 1, opts,
                                  write=OUT_WITH_STATS if return_losses else OUT_NONE,
-                                 job_elements=self.job_elements)
+                                 job=self.job)
         self.state[:N_STATS] += stats
         self.state[WPOS:] += self._weighted_counts(x, y, stats, wvec, wfull)
         self.n_rows += x.shape[0]
@@ -200,6 +202,18 @@ class BCEAccumulator:
             self._check_options(other._settings(), "merge an accumulator")
             self.state += other.state
             self.n_rows += other.n_rows
+        return self
+
+    def add_state(self, state, n_rows: int) -> BCEAccumulator:
+        """Add one ``state`` array (of ``self.state``'s shape, from an accumulator with
+        these settings, such as a :meth:`spawn` of this one) and its row count: a
+        :meth:`merge` of the bare state, as the Dask engine's tasks return it."""
+        state = np.asarray(state, dtype=np.float64)
+        if state.shape != self.state.shape:
+            raise BCEInputError(f"a state of shape {state.shape} does not add to one of "
+                                f"shape {self.state.shape}")
+        self.state += state
+        self.n_rows += int(n_rows)
         return self
 
     def _settings(self) -> dict:

@@ -56,6 +56,14 @@ class PosWeightFormat(str, Enum):
     CSV = "csv"
 
 
+class Engine(str, Enum):
+    """Where the batches are computed: this process, or the workers of a Dask cluster
+    (bit-identical reports)."""
+
+    LOCAL = "local"
+    DASK = "dask"
+
+
 def values(enum: type[Enum]) -> tuple[str, ...]:
     """The allowed strings, in order.
 

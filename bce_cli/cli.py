@@ -27,7 +27,7 @@ from ._shell import (
     usage_error,
     warn,
 )
-from .choices import EvalFormat, Method, NanPolicy, PosWeightFormat, Reduction
+from .choices import Engine, EvalFormat, Method, NanPolicy, PosWeightFormat, Reduction
 
 app = typer.Typer(
     name="bce",
@@ -66,6 +66,13 @@ BatchRowsOpt = Annotated[int, typer.Option("--batch-rows", min=1,
                                            help="Rows read per batch (bounds memory).")]
 ClassDimOpt = Annotated[int, typer.Option("--class-dim", min=1,
                                           help="Class axis of N-D arrays.")]
+EngineOpt = Annotated[Engine, typer.Option(
+    "--engine", help="local (this process) or dask (a Dask cluster's workers; Parquet "
+    "inputs; pip install 'bce-cli\\[dask]'). Same report.")]
+SchedulerOpt = Annotated[str | None, typer.Option(
+    "--scheduler", metavar="ADDRESS",
+    help="With --engine dask: a scheduler's address (tcp://host:8786), or local / local:N "
+         "(N worker processes here; default one per core).")]
 
 
 @app.command("eval", epilog=(
@@ -130,6 +137,8 @@ def eval_command(
                                                 help="Compute threads (default: all cores).")
                        ] = None,
     batch_rows: BatchRowsOpt = 65536,
+    engine: EngineOpt = Engine.LOCAL,
+    scheduler: SchedulerOpt = None,
     progress: Annotated[bool | None, typer.Option(
         "--progress/--no-progress", help="Progress bar on stderr (default: when a terminal).")
     ] = None,
@@ -147,7 +156,7 @@ def eval_command(
         opts = EvalOptions(reduction=reduction.value, pos_weight=pos_weight,
                            label_smoothing=label_smoothing, ignore_value=ignore_value,
                            from_probs=from_probs, output=output, report=report,
-                           threads=threads,
+                           threads=threads, engine=engine.value, scheduler=scheduler,
                            max_loss=max_loss, max_class_loss=max_class_loss, baseline=baseline,
                            max_increase=max_increase)
         from ._safe_write import check_outputs
@@ -207,6 +216,8 @@ def suggest_pos_weight_command(
                                                       help="Write the JSON here.")] = None,
     class_dim: ClassDimOpt = 1,
     batch_rows: BatchRowsOpt = 65536,
+    engine: EngineOpt = Engine.LOCAL,
+    scheduler: SchedulerOpt = None,
     debug: DebugOpt = False,
 ):
     """Suggest a per-class pos_weight (n_neg / n_pos) from the targets' class counts."""
@@ -219,7 +230,7 @@ def suggest_pos_weight_command(
         check_outputs({"--output": output}, {"LABELS": labels})
         result = suggest(labels, targets=targets, method=method.value, beta=beta,
                          clip_max=clip_max, batch_rows=batch_rows, class_dim=class_dim,
-                         warn=warn)
+                         warn=warn, engine=engine.value, scheduler=scheduler)
         if output:
             from ._safe_write import write_bytes
 

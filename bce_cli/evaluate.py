@@ -17,6 +17,7 @@ from . import __version__, _tiers
 from ._checks import check_targets
 from ._safe_write import SafeFile
 from .accumulator import BCEAccumulator
+from .choices import Engine, check
 from .errors import BCEInputError, InvalidValueError, brief
 from .gates import apply_gates, baseline_for, check_limits
 from .outputs import LossWriter
@@ -37,6 +38,8 @@ class EvalOptions:
     max_class_loss: float | None = None
     baseline: str | None = None
     max_increase: float | None = None
+    engine: str = "local"  # or "dask" (bce_cli._dask)
+    scheduler: str | None = None  # --engine dask: an address, "local" or "local:N"
 
 
 def probs_to_logits(p: np.ndarray) -> np.ndarray:
@@ -75,6 +78,11 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
     from .data import open_inputs, parse_pos_weight
     from .data._readahead import read_ahead
 
+    engine = check(Engine, opts.engine, "engine")
+    if engine == "dask":
+        from . import _dask
+
+        _dask.check_eval(spec, opts)
     _tiers.set_threads(opts.threads)
     check_limits(opts)
     if opts.ignore_value is not None and math.isnan(opts.ignore_value):
@@ -92,29 +100,24 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
                                  ignore_value=opts.ignore_value,
                                  label_smoothing=opts.label_smoothing, nan_policy=spec.nan_policy)
             if inp.n_rows:
-                acc.job_elements = inp.n_rows * inp.elements_per_row
+                acc.job = _tiers.JobTier(inp.n_rows * inp.elements_per_row)
             unpaired = inp.sources.get("unpaired")
             if unpaired:
                 warn(f"columns without a partner are left out: {brief(unpaired)}")
             if total is not None:
                 total(inp.n_rows)
             writer = LossWriter.for_path(opts.output, inp) if opts.output else None
-            lo, hi = math.inf, -math.inf
-            for batch in read_ahead(inp.batches()):
-                x = batch.logits
-                try:
-                    if opts.from_probs:
-                        x = probs_to_logits(x)
-                    elif 0.0 <= lo and hi <= 1.0 and x.size:  # all in [0, 1] so far
-                        lo, hi = min(lo, _nan_min(x)), max(hi, _nan_max(x))
-                    losses = acc.update(x, batch.targets, batch.weight,
-                                        return_losses=writer is not None)
-                except InvalidValueError as err:
-                    raise _placed(err, inp, batch.row_offset) from None
-                if writer is not None:
-                    writer.write(losses)
-                if progress is not None:
-                    progress(batch.n_rows)
+            if engine == "dask":
+                lo, hi = _dask.eval_batches(inp, acc, opts, progress)
+            else:
+                lo, hi = math.inf, -math.inf
+                for batch in read_ahead(inp.batches()):
+                    losses, lo, hi = add_batch(acc, batch, inp, opts.from_probs, lo, hi,
+                                               return_losses=writer is not None)
+                    if writer is not None:
+                        writer.write(losses)
+                    if progress is not None:
+                        progress(batch.n_rows)
             if not opts.from_probs and 0.0 <= lo and hi <= 1.0:
                 warn("the predictions all lie in [0, 1]: these look like probabilities, not "
                      "logits; pass --from-probs if they are")
@@ -146,6 +149,24 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
     return report
 
 
+def add_batch(acc, batch, inp, from_probs: bool, lo: float, hi: float, *,
+              return_losses: bool = False):
+    """Add one batch to ``acc``: ``(per-element losses or None, lo, hi)``, where
+    ``lo``, ``hi`` are the smallest and largest prediction so far (followed only
+    while all lie in [0, 1], for the "these look like probabilities" warning).
+    An invalid element raises, placed at its file, column and row."""
+    x = batch.logits
+    try:
+        if from_probs:
+            x = probs_to_logits(x)
+        elif 0.0 <= lo and hi <= 1.0 and x.size:  # all in [0, 1] so far
+            lo, hi = min(lo, _nan_min(x)), max(hi, _nan_max(x))
+        losses = acc.update(x, batch.targets, batch.weight, return_losses=return_losses)
+    except InvalidValueError as err:
+        raise _placed(err, inp, batch.row_offset) from None
+    return losses, lo, hi
+
+
 def _placed(err: InvalidValueError, inp, row_offset: int) -> InvalidValueError:
     """An invalid element found in a batch, placed at its file, column and row (and
     element inside the row, for N-D arrays)."""
@@ -155,6 +176,19 @@ def _placed(err: InvalidValueError, inp, row_offset: int) -> InvalidValueError:
     if len(index) > 2 and inp.array_shape is not None and len(inp.array_shape) > 2:
         element = inp.element_in_row(err.class_index, index[2])
     return err.with_context(file=file, column=column, row=row, element=element)
+
+
+def class_counts(batch, inp) -> tuple[np.ndarray, np.ndarray]:
+    """One batch's per-class sums of y and of 1 - y (``suggest-pos-weight``)."""
+    y = np.asarray(batch.targets)
+    yf = y.astype(np.float64) if y.dtype != np.bool_ else y
+    try:
+        check_targets(yf, class_axis=1, hints=False)
+    except InvalidValueError as err:
+        raise _placed(err, inp, batch.row_offset) from None
+    axes = (0,) if y.ndim == 2 else (0, 2)
+    pos = yf.sum(axis=axes, dtype=np.float64)
+    return pos, y.shape[0] * (1 if y.ndim == 2 else y.shape[2]) - pos
 
 
 def _num(v) -> float | None:
@@ -198,26 +232,25 @@ def build_report(result, inp, opts: EvalOptions, n_rows: int) -> dict:
 
 def suggest(labels: str, *, targets: str | None = None, method: str = "ratio",
             beta: float = 0.999, clip_max: float | None = None, batch_rows: int = 65536,
-            class_dim: int = 1, warn: Callable[[str], None] = lambda msg: None) -> dict:
+            class_dim: int = 1, warn: Callable[[str], None] = lambda msg: None,
+            engine: str = "local", scheduler: str | None = None) -> dict:
     """`bce suggest-pos-weight`: per-class pos_weight from streamed class counts."""
     if clip_max is not None and not clip_max > 0:  # also NaN
         raise BCEInputError(f"--clip-max must be a number > 0, got {clip_max}")
     from .data import open_targets
     from .functional import pos_weight_from_counts
 
+    engine = check(Engine, engine, "engine")
+    if engine == "dask":
+        from . import _dask
+
+        _dask.check_paths(labels)
     n_pos = n_neg = None
     with open_targets(labels, targets=targets, batch_rows=batch_rows,
                       class_dim=class_dim) as inp:
-        for batch in inp.batches():
-            y = np.asarray(batch.targets)
-            yf = y.astype(np.float64) if y.dtype != np.bool_ else y
-            try:
-                check_targets(yf, class_axis=1, hints=False)
-            except InvalidValueError as err:
-                raise _placed(err, inp, batch.row_offset) from None
-            axes = (0,) if y.ndim == 2 else (0, 2)
-            pos = yf.sum(axis=axes, dtype=np.float64)
-            neg = y.shape[0] * (1 if y.ndim == 2 else y.shape[2]) - pos
+        counts = (_dask.count_batches(inp, scheduler) if engine == "dask"
+                  else (class_counts(batch, inp) for batch in inp.batches()))
+        for pos, neg in counts:
             n_pos = pos if n_pos is None else n_pos + pos
             n_neg = neg if n_neg is None else n_neg + neg
         names = [str(n) for n in inp.class_names]

@@ -108,3 +108,13 @@ def test_choice_does_not_depend_on_the_thread_count(monkeypatch):
         _tiers.set_threads(None)
     assert choices[0] == choices[1] == choices[2]
     assert "numpy" in choices[0] and "compiled" in choices[0]
+
+
+def test_a_job_keeps_the_tier_of_its_first_batch(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bce_cli.kernels", None)
+    monkeypatch.setattr(_tiers, "is_cached", lambda name: True)
+    job = _tiers.JobTier(10**12)
+    assert job.pick(2 * 10**7, FORM) == "compiled"
+    monkeypatch.setenv(_tiers.TIER_ENV, "numpy")  # later batches, or another process
+    assert job.pick(10, FORM) == "compiled"
+    assert _tiers.JobTier(10**12).pick(2 * 10**7, FORM) == "numpy"

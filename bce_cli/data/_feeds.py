@@ -6,6 +6,7 @@ role's values come from (feed, file, column names), for names and messages."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import islice
 from typing import Protocol
 
 from bce_cli._lazy import lazy
@@ -67,10 +68,12 @@ def table_role(feed, key, sel, file) -> Role:
 
 
 class ArrayFeed:
-    """Row blocks of one or more arrays of a file, all with the same row count."""
+    """Row blocks of one or more arrays of a file, all with the same row count;
+    ``rows``: only the blocks of global rows ``[start, stop)``."""
 
-    def __init__(self, views: dict, batch_rows, order):
+    def __init__(self, views: dict, batch_rows, order, rows=None):
         self.views = views
+        self.rows = rows
         self.batch_rows = batch_rows
         self.order = order
         ns = {v.h.shape[0] for v in views.values()}
@@ -87,6 +90,9 @@ class ArrayFeed:
 
     def __iter__(self):
         its = {k: v.blocks(self.batch_rows, self.order) for k, v in self.views.items()}
+        if self.rows is not None:  # whole blocks: start is a multiple of batch_rows
+            first, stop = self.rows[0] // self.batch_rows, -(-self.rows[1] // self.batch_rows)
+            its = {k: islice(it, first, stop) for k, it in its.items()}
         while True:
             out = {}
             for k, it in its.items():
@@ -98,10 +104,12 @@ class ArrayFeed:
 
 
 class TableFeed:
-    """Batches of exactly ``batch_rows`` rows (the last shorter), one array per role."""
+    """Batches of exactly ``batch_rows`` rows (the last shorter), one array per role;
+    ``rows``: only global rows ``[start, stop)``."""
 
-    def __init__(self, source, roles: dict, batch_rows, policy, order):
+    def __init__(self, source, roles: dict, batch_rows, policy, order, rows=None):
         self.source = source
+        self.rows = rows
         self.roles = roles
         self.batch_rows = batch_rows
         self.policy = policy
@@ -133,8 +141,8 @@ class TableFeed:
 
     def __iter__(self):
         size = self.batch_rows
-        buf, have, done = [], 0, 0
-        for rb, file, row0 in self.source.batches(self.columns, size):
+        buf, have, done = [], 0, 0 if self.rows is None else self.rows[0]
+        for rb, file, row0 in self.source.batches(self.columns, size, self.rows):
             self._note(done + have, file, row0)
             buf.append((rb, file, row0))
             have += rb.num_rows

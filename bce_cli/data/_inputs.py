@@ -135,7 +135,7 @@ class Inputs:
         column and row.
         """
         its = [iter(f) for f in self._feeds]
-        offset = 0
+        offset = start = 0 if self.spec.rows is None else self.spec.rows[0]
         S = self._targets.S
         while True:
             parts = [next(it, None) for it in its]
@@ -157,7 +157,7 @@ class Inputs:
                 weight = self._weight.for_batch(merged.get("weight"), n, S, offset)
             yield Batch(logits=logits, targets=targets, weight=weight, row_offset=offset)
             offset += n
-        if offset == 0:
+        if offset == start == 0:
             raise BCEInputError("the input has no rows", file=self._main_file)
 
     def _mismatch(self, parts, offset, sizes=None):

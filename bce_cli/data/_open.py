@@ -154,7 +154,7 @@ def _one_file(spec, res, src, exclude, wcol, feeds, closers):
             )
         lv = ArrayView(z.array(ln), spec.class_dim, "logits")
         tv = ArrayView(z.array(tn), spec.class_dim, "targets")
-        feed = ArrayFeed({"logits": lv, "targets": tv}, br, order)
+        feed = ArrayFeed({"logits": lv, "targets": tv}, br, order, spec.rows)
         feeds.append(feed)
         _check_array_shapes(lv, tv)
         return array_role(feed, "logits", lv), array_role(feed, "targets", tv), None
@@ -174,7 +174,7 @@ def _side(spec, res, src, role, chosen, exclude, feeds, closers, wcol, columns=N
         defaults = LOGIT_NAMES if role == "logits" else TARGET_NAMES
         h = _open_array(res, chosen, defaults, role, closers)
         view = ArrayView(h, spec.class_dim, role)
-        feed = ArrayFeed({role: view}, spec.batch_rows, spec.order)
+        feed = ArrayFeed({role: view}, spec.batch_rows, spec.order, spec.rows)
         feeds.append(feed)
         return array_role(feed, role, view), None
     file = res.display
@@ -193,7 +193,7 @@ def _table_feed(spec, src, file, selections, wcol, C, feeds):
     if wcol is not None and _columns.has_column(src, wcol):
         wsel, per_row = _columns.weight(src, wcol, file, C)
         roles["weight"] = wsel
-    feed = TableFeed(src, roles, spec.batch_rows, spec.nan_policy, spec.order)
+    feed = TableFeed(src, roles, spec.batch_rows, spec.nan_policy, spec.order, spec.rows)
     feeds.append(feed)
     wread = None
     if wsel is not None:
@@ -229,6 +229,7 @@ def open_targets(
     nan_policy: str = "error",
     class_dim: int = 1,
     stdin=None,
+    rows: tuple[int, int] | None = None,
 ) -> Inputs:
     """Open a file holding only targets (``bce suggest-pos-weight LABELS``).
 
@@ -245,9 +246,11 @@ def open_targets(
     ``(n, C)`` or ``(n, C, S)``, the stored dtype kept: bool stays bool) and
     ``logits`` None; ``spec`` is an :class:`InputSpec` with ``preds`` = ``path``;
     ``sources["labels"]`` describes the file (``sources["preds"]`` is None).
+    ``rows``: only these global rows (see :class:`InputSpec`).
     """
     spec = InputSpec(
-        path, targets=targets, batch_rows=batch_rows, nan_policy=nan_policy, class_dim=class_dim
+        path, targets=targets, batch_rows=batch_rows, nan_policy=nan_policy, class_dim=class_dim,
+        rows=rows,
     )
     res = resolve(path, stdin=stdin)
     closers = []
@@ -257,12 +260,12 @@ def open_targets(
         if res.fmt in _ARRAY_FORMATS:
             h = _open_array(res, targets, TARGET_NAMES, "targets", closers)
             view = ArrayView(h, spec.class_dim, "targets")
-            feed = ArrayFeed({"targets": view}, br, order)
+            feed = ArrayFeed({"targets": view}, br, order, spec.rows)
             role = array_role(feed, "targets", view)
         else:
             src = _sources.open_table_source(res)
             sel = _columns.targets_only(src, targets, res.display)
-            feed = TableFeed(src, {"targets": sel}, br, spec.nan_policy, order)
+            feed = TableFeed(src, {"targets": sel}, br, spec.nan_policy, order, spec.rows)
             role = table_role(feed, "targets", sel, res.display)
         feeds.append(feed)
         if feed.n_rows == 0:

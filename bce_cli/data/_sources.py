@@ -56,21 +56,39 @@ class TableSource:
     def _raw(self, columns, batch_rows):  # yields (RecordBatch, file_shown)
         raise NotImplementedError
 
-    def batches(self, columns, batch_rows):
-        """Yield ``(record_batch, file, row_in_file)``; read errors name the file."""
+    def _pieces(self, columns, batch_rows, start):
+        """Yield ``(record_batch, file, row_in_file, global_row)`` from the piece that
+        holds global row ``start`` on.  Sources that cannot seek read from the first
+        row (and the caller skips); Parquet skips files and row groups."""
+        current, row, first = None, 0, 0
+        for rb, shown in self._raw(columns, batch_rows):
+            if shown != current:
+                current, row = shown, 0
+            yield rb, shown, row, first
+            row += rb.num_rows
+            first += rb.num_rows
+
+    def batches(self, columns, batch_rows, rows=None):
+        """Yield ``(record_batch, file, row_in_file)``; read errors name the file.
+        ``rows``: only the global rows ``[start, stop)``."""
+        start, stop = (0, None) if rows is None else rows
         current = self.file_names[0]
-        row = 0
         self.stream_rows = batch_rows  # rows per decoded piece of a large row group
-        it = self._raw(list(columns), read_rows(batch_rows, len(columns)))
+        it = self._pieces(list(columns), read_rows(batch_rows, len(columns)), start)
         while True:
             try:
-                rb, shown = next(it)
-                # A corrupt file can hold offsets or lengths that point outside its
-                # buffers; using such a batch can crash the process.  A full
-                # validation of the selected columns catches that first.  For numeric
-                # columns it checks buffer sizes and null counts: 1.5 ms for 4M rows x
-                # 25 float32 columns of Parquet, 0.5% of the 0.3 s read.
-                rb.validate(full=True)
+                rb, shown, row, first = next(it)
+                if stop is not None and first >= stop:
+                    return
+                lo = max(start - first, 0)
+                hi = rb.num_rows if stop is None else min(rb.num_rows, stop - first)
+                if lo < hi:
+                    # A corrupt file can hold offsets or lengths that point outside its
+                    # buffers; using such a batch can crash the process.  A full
+                    # validation of the selected columns catches that first.  For
+                    # numeric columns it checks buffer sizes and null counts: 1.5 ms for
+                    # 4M rows x 25 float32 columns of Parquet, 0.5% of the 0.3 s read.
+                    rb.validate(full=True)
             except StopIteration:
                 return
             except BCEInputError:
@@ -79,11 +97,9 @@ class TableSource:
                 raise BCEInputError(
                     f"cannot read (file corrupt or truncated?): {printable(exc)}", file=current
                 ) from None
-            if shown != current:
-                current, row = shown, 0
-            if rb.num_rows:
-                yield rb, shown, row
-            row += rb.num_rows
+            current = shown
+            if lo < hi:
+                yield (rb if hi - lo == rb.num_rows else rb.slice(lo, hi - lo)), shown, row + lo
 
 
 def read_rows(batch_rows, n_columns, budget=32 << 20):
@@ -108,6 +124,7 @@ class ParquetSource(TableSource):
         super().__init__(res)
         total = 0
         first = None
+        self._file_rows = []
         for path in res.files:
             shown = res.show(path)
             try:
@@ -117,6 +134,7 @@ class ParquetSource(TableSource):
             except _READ_ERRORS as exc:
                 raise _open_error(exc, shown) from None
             check_names(schema, shown)
+            self._file_rows.append(md.num_rows)
             total += md.num_rows
             if first is None:
                 first = (shown, schema)
@@ -125,7 +143,7 @@ class ParquetSource(TableSource):
         self.schema = first[1]
         self.n_rows = total
 
-    def _raw(self, columns, batch_rows):
+    def _pieces(self, columns, batch_rows, start):
         # pre_buffer=True (pyarrow's default) makes iter_batches buffer the whole
         # file: 600+ MB resident for a 600 MB file.  Instead, read one row group at
         # a time: whole (read_row_group: fastest, fewest buffers) when its selected
@@ -133,32 +151,51 @@ class ParquetSource(TableSource):
         # --batch-rows rows, with column chunks read in 1 MiB pieces (``buffer_size``;
         # without it pyarrow holds whole chunks: a 1M-row group of 25 float32 columns
         # peaked at 318 MB instead of 216 MB).  Pre-buffering (coalesced reads) only
-        # for remote files, one group at a time.
+        # for remote files, one group at a time.  Files and row groups that end at or
+        # before global row ``start`` are skipped unread (their row counts are in the
+        # metadata).
         local = self.res.local or self.res.buffer is not None
         wanted = set(columns)
-        for path in self.res.files:
+        first = 0
+        for path, n_rows in zip(self.res.files, self._file_rows, strict=True):
+            if first + n_rows <= start:
+                first += n_rows
+                continue
             shown = self.res.show(path)
-            with self.res.open_random(path) as f:
-                pf = pq.ParquetFile(f, pre_buffer=not local,
-                                    buffer_size=1 << 20 if local else 0)
-                md = pf.metadata
-                for i in range(md.num_row_groups):
-                    rg = md.row_group(i)
-                    size = sum(
-                        rg.column(j).total_uncompressed_size
-                        for j in range(rg.num_columns)
-                        if rg.column(j).path_in_schema.split(".")[0] in wanted
-                    )
-                    if size <= GROUP_BUDGET:
-                        table = pf.read_row_group(i, columns=columns)
-                        for rb in table.to_batches():
-                            yield rb, shown
-                        del table
-                    else:
-                        for rb in pf.iter_batches(
-                            batch_size=self.stream_rows, columns=columns, row_groups=[i]
-                        ):
-                            yield rb, shown
+            row = 0
+            try:  # errors name the file being read (the reader's may not have started)
+                with self.res.open_random(path) as f:
+                    pf = pq.ParquetFile(f, pre_buffer=not local,
+                                        buffer_size=1 << 20 if local else 0)
+                    md = pf.metadata
+                    for i in range(md.num_row_groups):
+                        rg = md.row_group(i)
+                        if first + row + rg.num_rows <= start:
+                            row += rg.num_rows
+                            continue
+                        size = sum(
+                            rg.column(j).total_uncompressed_size
+                            for j in range(rg.num_columns)
+                            if rg.column(j).path_in_schema.split(".")[0] in wanted
+                        )
+                        if size <= GROUP_BUDGET:
+                            table = pf.read_row_group(i, columns=columns)
+                            for rb in table.to_batches():
+                                yield rb, shown, row, first + row
+                                row += rb.num_rows
+                            del table
+                        else:
+                            for rb in pf.iter_batches(
+                                batch_size=self.stream_rows, columns=columns, row_groups=[i]
+                            ):
+                                yield rb, shown, row, first + row
+                                row += rb.num_rows
+            except BCEInputError:
+                raise
+            except _READ_ERRORS as exc:
+                raise BCEInputError(f"cannot read (file corrupt or truncated?): "
+                                    f"{printable(exc)}", file=shown) from None
+            first += n_rows
 
 
 GROUP_BUDGET = 64 << 20

@@ -18,7 +18,9 @@ class InputSpec:
     ``weight``: a column name, a number, C comma-separated numbers or a ``.npy``
     file.  ``order``: memory order of the 2-D batch arrays, ``"F"`` (each
     class's column contiguous, the default) or ``"C"``; 3-D batches are always
-    C-contiguous.
+    C-contiguous.  ``rows``: only the global rows ``[start, stop)`` are read
+    (``start`` a multiple of ``batch_rows``, so the batches are the whole
+    input's; the Dask engine's tasks), positions in messages stay global.
     """
 
     preds: str
@@ -31,6 +33,7 @@ class InputSpec:
     batch_rows: int = 65536
     nan_policy: str = "error"
     order: str = "F"
+    rows: tuple[int, int] | None = None
 
     def __post_init__(self):
         from bce_cli.choices import NanPolicy, check
@@ -42,6 +45,12 @@ class InputSpec:
         self.nan_policy = check(NanPolicy, self.nan_policy, "nan_policy")
         if self.order not in ("C", "F"):
             raise BCEInputError(f"order must be 'C' or 'F', got {self.order!r}")
+        if self.rows is not None:
+            start, stop = (int(r) for r in self.rows)
+            if not 0 <= start <= stop or start % self.batch_rows:
+                raise BCEInputError(f"rows must be [start, stop) with start a multiple of "
+                                    f"batch_rows, got {self.rows}")
+            self.rows = (start, stop)
 
 
 @dataclass

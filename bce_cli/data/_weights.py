@@ -196,7 +196,7 @@ def _weight_file(path, targets, feeds, spec) -> ResolvedWeight:
             + (f" x {S}" if S else ""),
             file=h.file,
         )
-    feed = ArrayFeed({"weight": view}, spec.batch_rows, spec.order)
+    feed = ArrayFeed({"weight": view}, spec.batch_rows, spec.order, spec.rows)
     feeds.append(feed)
     return ResolvedWeight(role=array_role(feed, "weight", view))
 

@@ -1,0 +1,187 @@
+"""--engine dask: the same report as --engine local, bit for bit, on a small cluster of
+worker processes (one for the module); errors placed as locally; what is not yet
+supported is refused."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("distributed", reason="Dask is an optional extra: pip install "
+                    "'bce-cli[dask]'")
+
+from bce_cli.cli import app  # noqa: E402
+
+runner = CliRunner()
+# (rows, row group size) of each file: row groups and batches straddle the files
+FILES = [(1000, 300), (777, 100), (1500, 1000), (10, 3), (600, 600)]
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.NUMBA_NUM_THREADS": 1}):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=logging.ERROR,
+                               scheduler_kwargs={"dashboard_address": ":0"})
+    with cluster:
+        yield cluster.scheduler_address
+
+
+def _write(root, name, columns, files=FILES):
+    (root / name).mkdir()
+    start = 0
+    for k, (rows, group) in enumerate(files):
+        table = pa.table({c: v[start:start + rows] for c, v in columns.items()})
+        pq.write_table(table, root / name / f"part{k}.parquet", row_group_size=group)
+        start += rows
+    return str(root / name)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dask")
+    rng = np.random.default_rng(20261129)
+    n = sum(rows for rows, _ in FILES)
+    logits = {"logit_a": rng.normal(size=n).astype(np.float32), "logit_b": 3 * rng.normal(size=n)}
+    targets = {"a": (rng.random(n) > 0.7).astype(np.float32), "b": rng.random(n)}
+    weight = {"w": rng.random(n) * 2}
+    messy_t = {k: v.astype(np.float64).copy() for k, v in targets.items()}
+    messy_t["a"][rng.random(n) < 0.1] = -1.0
+    messy_t["b"][rng.random(n) < 0.05] = np.nan
+    messy_x = {k: v.copy() for k, v in logits.items()}
+    messy_x["logit_b"][rng.random(n) < 0.05] = np.nan
+    bad = {k: v.copy() for k, v in targets.items()}
+    bad["b"][1000 + 777 + 42] = np.nan  # the third file's row 42
+    pos_weight = root / "pw.json"
+    pos_weight.write_text(json.dumps({"pos_weight": [2.5, 0.5],
+                                      "classes": [{"name": "a", "pos_weight": 2.5},
+                                                  {"name": "b", "pos_weight": 0.5}]}))
+    return {
+        "both": _write(root, "both", {**logits, **targets, **weight}),
+        "preds": _write(root, "preds", {**logits, **weight}),
+        "labels": _write(root, "labels", targets),
+        "messy": _write(root, "messy", {**messy_x, **messy_t}),
+        "bad": _write(root, "bad", {**logits, **bad}),
+        "pos_weight": str(pos_weight),
+    }
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def both_engines(*args, scheduler):
+    """(local, dask) results of the same command."""
+    return invoke(*args, "--engine", "local"), invoke(*args, "--engine", "dask",
+                                                      "--scheduler", scheduler)
+
+
+CASES = {
+    "plain": lambda d: [d["both"], "--logits", "logit_*", "--targets", "a,b"],
+    "two datasets": lambda d: [d["preds"], d["labels"], "--logits", "logit_*"],
+    "weight column": lambda d: [d["both"], "--logits", "logit_*", "--targets", "a,b",
+                                "--weight", "w", "--reduction", "sum"],
+    "pos_weight json": lambda d: [d["preds"], d["labels"], "--logits", "logit_*",
+                                  "--pos-weight", d["pos_weight"]],
+    "smoothing, ignore, omit": lambda d: [d["messy"], "--logits", "logit_*", "--targets",
+                                          "a,b", "--label-smoothing", "0.1", "--ignore-value",
+                                          "-1", "--nan-policy", "omit"],
+}
+
+
+@pytest.mark.parametrize("batch_rows", [250, 1024])
+@pytest.mark.parametrize("case", list(CASES))
+def test_dask_report_is_the_local_report(data, scheduler, case, batch_rows):
+    args = [*CASES[case](data), "--format", "json", "--batch-rows", batch_rows]
+    local, dask = both_engines("eval", *args, scheduler=scheduler)
+    assert local.exit_code == 0, local.output
+    assert dask.exit_code == 0, dask.output
+    assert dask.stdout == local.stdout  # every number, to the last bit
+    assert json.loads(dask.stdout)["n_rows"] == sum(rows for rows, _ in FILES)
+
+
+@pytest.mark.parametrize("tier", ["numpy", "compiled"])
+def test_both_tiers_agree_bit_for_bit(data, scheduler, monkeypatch, tier):
+    monkeypatch.setenv("BCE_TIER", tier)
+    args = [*CASES["weight column"](data), "--format", "json", "--batch-rows", 500]
+    local, dask = both_engines("eval", *args, scheduler=scheduler)
+    assert local.exit_code == dask.exit_code == 0, local.output + dask.output
+    assert dask.stdout == local.stdout
+
+
+def test_gates_fail_the_same(data, scheduler):
+    args = [*CASES["plain"](data), "--max-class-loss", "0.5", "--batch-rows", 300]
+    local, dask = both_engines("eval", *args, scheduler=scheduler)
+    assert local.exit_code == dask.exit_code == 1
+    assert dask.output == local.output
+
+
+def test_suggest_pos_weight(data, scheduler):
+    args = [data["labels"], "--format", "json", "--batch-rows", 333]
+    local, dask = both_engines("suggest-pos-weight", *args, scheduler=scheduler)
+    assert local.exit_code == dask.exit_code == 0, dask.output
+    assert dask.stdout == local.stdout
+
+
+def test_bad_row_in_a_later_file_is_placed(data, scheduler):
+    args = ["eval", data["bad"], "--logits", "logit_*", "--targets", "a,b", "--batch-rows",
+            200]
+    local, dask = both_engines(*args, scheduler=scheduler)
+    assert local.exit_code == dask.exit_code == 2
+    assert "part2.parquet" in dask.stderr and "column 'b'" in dask.stderr
+    assert "row 42" in dask.stderr
+    assert dask.stderr == local.stderr
+
+
+def test_a_local_cluster_of_two(data):
+    args = [*CASES["two datasets"](data), "--format", "json", "--batch-rows", 700]
+    local = invoke("eval", *args)
+    dask = invoke("eval", *args, "--engine", "dask", "--scheduler", "local:2")
+    assert dask.exit_code == 0, dask.output
+    assert dask.stdout == local.stdout
+
+
+@pytest.mark.parametrize("extra", [["--on", "id"], ["--reduction", "none", "--output",
+                                                    "out.npy"]])
+def test_not_yet_supported(data, extra):
+    result = invoke("eval", data["preds"], data["labels"], *extra, "--engine", "dask")
+    assert result.exit_code == 2
+    assert "not yet supported with --engine dask" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _python(code):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, check=False)
+
+
+def test_without_dask_the_extra_is_named(data):
+    done = _python("import sys; sys.modules['distributed'] = None\n"
+                   "from bce_cli.cli import main\n"
+                   f"sys.argv = ['bce', 'eval', {data['both']!r}, '--engine', 'dask']\n"
+                   "main()")
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'bce-cli[dask]'" in done.stderr
+
+
+def test_the_local_engine_never_imports_dask(data):
+    done = _python("import sys\n"
+                   "from bce_cli.cli import main\n"
+                   f"sys.argv = ['bce', 'eval', {data['both']!r}, '--logits', 'logit_*', "
+                   "'--targets', 'a,b']\n"
+                   "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+                   "print('dask' in sys.modules, 'distributed' in sys.modules, code)")
+    assert done.stdout.strip().splitlines()[-1] == "False False 0", done.stderr
