@@ -14,54 +14,31 @@ from enum import Enum
 from .errors import BCEInputError
 
 
-class Reduction(str, Enum):
-    """Element losses to one number: mean (sum / elements, as PyTorch), sum, or none
-    (per element, written with ``--output``; the report then shows means)."""
-
-    MEAN = "mean"
-    SUM = "sum"
-    NONE = "none"
-
-
-class NanPolicy(str, Enum):
-    """A NaN (or an Arrow null): an input error, an element left out, or a NaN loss."""
-
-    ERROR = "error"
-    OMIT = "omit"
-    PROPAGATE = "propagate"
+def _choices(name: str, doc: str, *choices: str) -> type[Enum]:
+    """A ``str`` Enum whose members are the upper-cased choices (``-`` as ``_``)."""
+    enum = Enum(name, [(c.upper().replace("-", "_"), c) for c in choices], type=str,
+                module=__name__, qualname=name)
+    enum.__doc__ = doc
+    return enum
 
 
-class Method(str, Enum):
-    """How ``suggest-pos-weight`` turns class counts into a pos_weight."""
-
-    RATIO = "ratio"
-    SQRT = "sqrt"
-    EFFECTIVE_NUMBER = "effective-number"
-
-
-class EvalFormat(str, Enum):
-    """``bce eval``'s report on stdout."""
-
-    TABLE = "table"
-    JSON = "json"
-    CSV = "csv"
-    MARKDOWN = "markdown"
-
-
-class PosWeightFormat(str, Enum):
-    """``bce suggest-pos-weight``'s output on stdout."""
-
-    TABLE = "table"
-    JSON = "json"
-    CSV = "csv"
-
-
-class Engine(str, Enum):
-    """Where the batches are computed: this process, or the workers of a Dask cluster
-    (bit-identical reports)."""
-
-    LOCAL = "local"
-    DASK = "dask"
+Reduction = _choices(
+    "Reduction", "Element losses to one number: mean (sum / elements, as PyTorch), sum, or "
+    "none (per element, written with --output; the report then shows means).",
+    "mean", "sum", "none")
+NanPolicy = _choices(
+    "NanPolicy", "A NaN (or an Arrow null): an input error, an element left out, or a NaN loss.",
+    "error", "omit", "propagate")
+Method = _choices(
+    "Method", "How suggest-pos-weight turns class counts into a pos_weight.",
+    "ratio", "sqrt", "effective-number")
+EvalFormat = _choices("EvalFormat", "bce eval's report on stdout.",
+                      "table", "json", "csv", "markdown")
+PosWeightFormat = _choices("PosWeightFormat", "bce suggest-pos-weight's output on stdout.",
+                           "table", "json", "csv")
+Engine = _choices(
+    "Engine", "Where the batches are computed: this process, or the workers of a Dask "
+    "cluster (bit-identical reports).", "local", "dask")
 
 
 def values(enum: type[Enum]) -> tuple[str, ...]:
