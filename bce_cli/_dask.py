@@ -16,18 +16,22 @@ when ``--engine dask`` runs.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
 
 from . import _tiers
-from .errors import BCEInputError
+from .errors import BCEInputError, printable
 
 TASKS_PER_WORKER = 4  # a few tasks per worker: the slower ones do not hold up the rest
 STATE_BUDGET = 64 << 20  # at most this many bytes of per-batch states from one task
+RETRIES = 2  # a task that fails other than on bad data (a lost file system read) runs again
+CONNECT_TIMEOUT = 5.0  # seconds to reach a scheduler at an address
 
 
 def _require() -> None:
@@ -68,20 +72,25 @@ def _check_formats(inp) -> None:
 
 
 @contextmanager
-def _client(scheduler: str | None):
-    """A Client of the scheduler at an address, or of a LocalCluster of worker
-    processes (``local``: one per core; ``local:N``: N), one thread each."""
+def _client(scheduler: str | None, deadline: float | None = None):
+    """A Client of the scheduler at an address (given up on after CONNECT_TIMEOUT
+    seconds, or at the job's deadline), or of a LocalCluster of worker processes
+    (``local``: one per core; ``local:N``: N), one thread each."""
     import dask
     from distributed import Client, LocalCluster
 
     address = scheduler or "local"
     if address != "local" and not address.startswith("local:"):
+        wait = CONNECT_TIMEOUT if deadline is None else max(
+            0.1, min(CONNECT_TIMEOUT, deadline - time.monotonic()))
         try:
-            client = Client(address)
+            client = Client(address, timeout=wait)
         except (OSError, TimeoutError, ValueError) as exc:
-            raise BCEInputError(f"cannot reach the Dask scheduler at {address}: {exc}",
-                                hint="--scheduler takes a scheduler's address "
-                                "(tcp://host:8786), local or local:N") from None
+            detail = (f"no answer within {wait:g} s" if isinstance(exc, (TimeoutError, OSError))
+                      and "timed out" in str(exc).lower() else printable(exc))
+            raise BCEInputError(f"cannot reach the Dask scheduler at {address}: {detail}",
+                                hint="start one (dask scheduler; dask worker ADDRESS on each "
+                                "machine), or use --scheduler local or local:N") from None
         with client:
             yield client
         return
@@ -122,15 +131,110 @@ def plan(n_rows: int, batch_rows: int, first_batch: int, n_workers: int,
             for b in range(first_batch, n_batches, per)]
 
 
-def _in_order(client, fn, ranges, **kwargs):
+class _Deadline:
+    """``--timeout``: the seconds the whole job may take, from its start."""
+
+    def __init__(self, seconds: float | None):
+        if seconds is not None and not seconds > 0:  # also NaN
+            raise BCEInputError(f"--timeout must be a number of seconds > 0, got {seconds}")
+        self.seconds = seconds
+        self.at = None if seconds is None else time.monotonic() + seconds
+
+    def left(self) -> float | None:
+        return None if self.at is None else max(0.0, self.at - time.monotonic())
+
+    def passed(self, finished: int, total: int) -> BCEInputError:
+        return BCEInputError(f"the Dask job ran past --timeout {self.seconds:g} s with "
+                             f"{finished} of {total} tasks finished; it was cancelled")
+
+
+def _local(path: str | None) -> str | None:
+    """A local path made absolute (workers may run elsewhere than the driver's cwd);
+    URIs and standard input as they are."""
+    if path is None or path == "-" or "://" in path:
+        return path
+    return os.path.abspath(path)
+
+
+def _for_workers(spec):
+    """``spec`` with its local paths absolute, and the names a local run would show
+    for the files the workers will name (so that messages read as locally)."""
+    from .data._weights import parse_weight
+
+    weight = spec.weight
+    if weight is not None and parse_weight(weight).kind == "file":
+        weight = _local(weight)
+    return replace(spec, preds=_local(spec.preds), labels=_local(spec.labels), weight=weight)
+
+
+def _shown_names(inp) -> dict[str, str]:
+    names = {}
+    for source in inp.sources.values():
+        if isinstance(source, dict):
+            for shown in [source.get("path"), *source.get("files", ())]:
+                if isinstance(shown, str) and _local(shown) != shown:
+                    names[_local(shown)] = shown
+    weight = inp.spec.weight
+    if weight is not None and _for_workers(inp.spec).weight != weight:
+        names.setdefault(_local(weight), weight)
+    return names
+
+
+def _guarded(rows, *, task, **kwargs):
+    """``task(rows, **kwargs)`` on a worker: (None, result), or (error, None) for bad
+    data, which is returned rather than raised so that Dask does not retry it."""
+    try:
+        return None, task(rows, **kwargs)
+    except BCEInputError as exc:
+        return exc, None
+
+
+def _in_order(client, fn, ranges, *, deadline=None, done=None, names=None, **kwargs):
     """``fn(rows, **kwargs)`` for every range on the cluster; results in the ranges'
-    order (the first failing range's error is raised, as a local run meets it)."""
-    futures = client.map(fn, ranges, pure=False, **kwargs)
+    order (the first failing range's error is raised, as a local run meets it), while
+    ``done(i)`` is called as each range ``i`` finishes, in any order (progress).
+
+    A task whose worker dies runs again on another; one that raises other than
+    BCEInputError runs again up to RETRIES times.  Past the deadline the futures are
+    cancelled and an error says how many tasks had finished.  ``names`` maps the
+    absolute paths the workers name in errors to the names the user gave."""
+    from distributed import wait
+
+    deadline = deadline or _Deadline(None)
+    futures = client.map(_guarded, ranges, task=fn, pure=False, retries=RETRIES, **kwargs)
+    index = {future.key: i for i, future in enumerate(futures)}
+    pending = set(index)
     try:
         for future in futures:
-            yield future.result()
+            while future.key in pending:
+                try:
+                    finished = wait([f for f in futures if f.key in pending],
+                                    timeout=deadline.left(), return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    raise deadline.passed(len(futures) - len(pending), len(futures)) from None
+                for f in finished.done:
+                    if f.key in pending:
+                        pending.discard(f.key)
+                        if done is not None and f.status == "finished":
+                            done(index[f.key])
+            try:
+                error, result = future.result(timeout=deadline.left())
+            except TimeoutError:
+                raise deadline.passed(len(futures) - len(pending), len(futures)) from None
+            if error is not None:
+                raise _as_shown(error, names or {})
+            yield result
     finally:
         client.cancel(futures)
+
+
+def _as_shown(error: BCEInputError, names: dict[str, str]) -> BCEInputError:
+    """A worker's error with the file named as the user gave it.  Its message is built
+    again from its fields: unpickling rebuilt it from the rendered text."""
+    error = copy.copy(error)
+    error.file = names.get(error.file, error.file)
+    error.args = (error._render(),)
+    return error
 
 
 def eval_batches(inp, acc, opts, progress=None) -> tuple[float, float]:
@@ -138,6 +242,7 @@ def eval_batches(inp, acc, opts, progress=None) -> tuple[float, float]:
     does; return the predictions' ``lo, hi`` (see :func:`bce_cli.evaluate.add_batch`)."""
     from .evaluate import add_batch
 
+    deadline = _Deadline(getattr(opts, "timeout", None))
     _check_formats(inp)
     batches = inp.batches()
     first = next(batches)  # computed here: the job's tier is chosen by its first batch
@@ -148,28 +253,30 @@ def eval_batches(inp, acc, opts, progress=None) -> tuple[float, float]:
     spec = inp.spec
     if inp.n_rows <= spec.batch_rows:
         return lo, hi
-    with _client(opts.scheduler) as client:
+    with _client(opts.scheduler, deadline.at) as client:
         ranges = plan(inp.n_rows, spec.batch_rows, 1, _n_workers(client), acc.state.nbytes)
-        results = _in_order(client, _eval_task, ranges, spec=spec, acc=acc,
+        done = None if progress is None else (
+            lambda i: progress(ranges[i][1] - ranges[i][0]))
+        results = _in_order(client, _eval_task, ranges, deadline=deadline, done=done,
+                            names=_shown_names(inp), spec=_for_workers(spec), acc=acc,
                             from_probs=opts.from_probs, threads=opts.threads or 1)
-        for (states, n_rows, task_lo, task_hi), (start, stop) in zip(results, ranges,
-                                                                      strict=True):
+        for states, n_rows, task_lo, task_hi in results:
             for state, n in zip(states, n_rows, strict=True):
                 acc.add_state(state, n)
             lo, hi = min(lo, task_lo), max(hi, task_hi)
-            if progress is not None:
-                progress(stop - start)
     return lo, hi
 
 
-def count_batches(inp, scheduler):
+def count_batches(inp, scheduler, timeout=None):
     """``suggest-pos-weight``'s per-batch class counts of ``inp``, in order."""
+    deadline = _Deadline(timeout)
     _check_formats(inp)
     spec = inp.spec
-    with _client(scheduler) as client:
+    with _client(scheduler, deadline.at) as client:
         ranges = plan(inp.n_rows, spec.batch_rows, 0, _n_workers(client),
                       16 * inp.n_classes)
-        for counts in _in_order(client, _count_task, ranges, path=spec.preds,
+        for counts in _in_order(client, _count_task, ranges, deadline=deadline,
+                                names=_shown_names(inp), path=_local(spec.preds),
                                 targets=spec.targets, batch_rows=spec.batch_rows,
                                 class_dim=spec.class_dim):
             yield from counts

@@ -73,6 +73,9 @@ SchedulerOpt = Annotated[str | None, typer.Option(
     "--scheduler", metavar="ADDRESS",
     help="With --engine dask: a scheduler's address (tcp://host:8786), or local / local:N "
          "(N worker processes here; default one per core).")]
+TimeoutOpt = Annotated[float | None, typer.Option(
+    "--timeout", metavar="SECONDS",
+    help="With --engine dask: cancel the job (exit 2) if it takes longer than this.")]
 
 
 @app.command("eval", epilog=(
@@ -139,6 +142,7 @@ def eval_command(
     batch_rows: BatchRowsOpt = 65536,
     engine: EngineOpt = Engine.LOCAL,
     scheduler: SchedulerOpt = None,
+    timeout: TimeoutOpt = None,
     progress: Annotated[bool | None, typer.Option(
         "--progress/--no-progress", help="Progress bar on stderr (default: when a terminal).")
     ] = None,
@@ -157,6 +161,7 @@ def eval_command(
                            label_smoothing=label_smoothing, ignore_value=ignore_value,
                            from_probs=from_probs, output=output, report=report,
                            threads=threads, engine=engine.value, scheduler=scheduler,
+                           timeout=timeout,
                            max_loss=max_loss, max_class_loss=max_class_loss, baseline=baseline,
                            max_increase=max_increase)
         from ._safe_write import check_outputs
@@ -218,6 +223,7 @@ def suggest_pos_weight_command(
     batch_rows: BatchRowsOpt = 65536,
     engine: EngineOpt = Engine.LOCAL,
     scheduler: SchedulerOpt = None,
+    timeout: TimeoutOpt = None,
     debug: DebugOpt = False,
 ):
     """Suggest a per-class pos_weight (n_neg / n_pos) from the targets' class counts."""
@@ -230,7 +236,8 @@ def suggest_pos_weight_command(
         check_outputs({"--output": output}, {"LABELS": labels})
         result = suggest(labels, targets=targets, method=method.value, beta=beta,
                          clip_max=clip_max, batch_rows=batch_rows, class_dim=class_dim,
-                         warn=warn, engine=engine.value, scheduler=scheduler)
+                         warn=warn, engine=engine.value, scheduler=scheduler,
+                         timeout=timeout)
         if output:
             from ._safe_write import write_bytes
 

@@ -40,6 +40,7 @@ class EvalOptions:
     max_increase: float | None = None
     engine: str = "local"  # or "dask" (bce_cli._dask)
     scheduler: str | None = None  # --engine dask: an address, "local" or "local:N"
+    timeout: float | None = None  # --engine dask: seconds the whole job may take
 
 
 def probs_to_logits(p: np.ndarray) -> np.ndarray:
@@ -83,6 +84,8 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
         from . import _dask
 
         _dask.check_eval(spec, opts)
+    elif opts.timeout is not None:
+        raise BCEInputError("--timeout is for --engine dask")
     _tiers.set_threads(opts.threads)
     check_limits(opts)
     if opts.ignore_value is not None and math.isnan(opts.ignore_value):
@@ -233,7 +236,8 @@ def build_report(result, inp, opts: EvalOptions, n_rows: int) -> dict:
 def suggest(labels: str, *, targets: str | None = None, method: str = "ratio",
             beta: float = 0.999, clip_max: float | None = None, batch_rows: int = 65536,
             class_dim: int = 1, warn: Callable[[str], None] = lambda msg: None,
-            engine: str = "local", scheduler: str | None = None) -> dict:
+            engine: str = "local", scheduler: str | None = None,
+            timeout: float | None = None) -> dict:
     """`bce suggest-pos-weight`: per-class pos_weight from streamed class counts."""
     if clip_max is not None and not clip_max > 0:  # also NaN
         raise BCEInputError(f"--clip-max must be a number > 0, got {clip_max}")
@@ -245,10 +249,12 @@ def suggest(labels: str, *, targets: str | None = None, method: str = "ratio",
         from . import _dask
 
         _dask.check_paths(labels)
+    elif timeout is not None:
+        raise BCEInputError("--timeout is for --engine dask")
     n_pos = n_neg = None
     with open_targets(labels, targets=targets, batch_rows=batch_rows,
                       class_dim=class_dim) as inp:
-        counts = (_dask.count_batches(inp, scheduler) if engine == "dask"
+        counts = (_dask.count_batches(inp, scheduler, timeout) if engine == "dask"
                   else (class_counts(batch, inp) for batch in inp.batches()))
         for pos, neg in counts:
             n_pos = pos if n_pos is None else n_pos + pos
