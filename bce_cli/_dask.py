@@ -20,6 +20,7 @@ import copy
 import math
 import os
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -201,7 +202,9 @@ def _in_order(client, fn, ranges, *, deadline=None, done=None, names=None, **kwa
     from distributed import wait
 
     deadline = deadline or _Deadline(None)
-    futures = client.map(_guarded, ranges, task=fn, pure=False, retries=RETRIES, **kwargs)
+    job = uuid.uuid4().hex  # the tasks are named after what they run, not the wrapper
+    keys = [f"bce{fn.__name__}-{job}-{i}" for i in range(len(ranges))]
+    futures = client.map(_guarded, ranges, key=keys, task=fn, retries=RETRIES, **kwargs)
     index = {future.key: i for i, future in enumerate(futures)}
     pending = set(index)
     try:
