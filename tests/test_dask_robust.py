@@ -15,8 +15,6 @@ import sys
 import time
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -24,6 +22,8 @@ pytest.importorskip("distributed", reason="Dask is an optional extra: pip instal
                     "'bce-cli[dask]'")
 
 from bce_cli.cli import app  # noqa: E402
+
+from .test_dask import _write  # noqa: E402
 
 runner = CliRunner()
 FILES = [(700, 300), (555, 100), (900, 1000), (10, 3)]  # (rows, row group size)
@@ -35,16 +35,6 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def _write(root, name, columns):
-    (root / name).mkdir()
-    start = 0
-    for k, (rows, group) in enumerate(FILES):
-        table = pa.table({c: v[start:start + rows] for c, v in columns.items()})
-        pq.write_table(table, root / name / f"part{k}.parquet", row_group_size=group)
-        start += rows
-    return root / name
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("robust")
@@ -52,10 +42,10 @@ def data(tmp_path_factory):
     cols = {"logit_a": rng.normal(size=N_ROWS).astype(np.float32),
             "logit_b": 3 * rng.normal(size=N_ROWS),
             "a": (rng.random(N_ROWS) > 0.7).astype(np.float32), "b": rng.random(N_ROWS)}
-    _write(root, "both", cols)
+    _write(root, "both", cols, FILES)
     bad = dict(cols, b=cols["b"].copy())
     bad["b"][700 + 555 + 42] = np.nan  # the third file's row 42
-    _write(root, "bad", bad)
+    _write(root, "bad", bad, FILES)
     np.save(root / "w.npy", rng.random(N_ROWS) * 2)
     return root
 
