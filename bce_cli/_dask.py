@@ -87,7 +87,7 @@ def _client(scheduler: str | None, deadline: float | None = None):
         try:
             client = Client(address, timeout=wait)
         except (OSError, TimeoutError, ValueError) as exc:
-            detail = (f"no answer within {wait:g} s" if isinstance(exc, (TimeoutError, OSError))
+            detail = (f"no answer within {wait:.2g} s" if isinstance(exc, (TimeoutError, OSError))
                       and "timed out" in str(exc).lower() else printable(exc))
             raise BCEInputError(f"cannot reach the Dask scheduler at {address}: {detail}",
                                 hint="start one (dask scheduler; dask worker ADDRESS on each "
