@@ -54,7 +54,9 @@ def check_eval(spec, opts) -> None:
     if spec.on:
         raise _unsupported("--on (a join)")
     if opts.output:
-        raise _unsupported("--reduction none --output (per-element losses)")
+        from .outputs import check_dataset_path
+
+        check_dataset_path(opts.output, opts.report)
     check_paths(spec.preds, spec.labels)
 
 
@@ -240,9 +242,11 @@ def _as_shown(error: BCEInputError, names: dict[str, str]) -> BCEInputError:
     return error
 
 
-def eval_batches(inp, acc, opts, progress=None) -> tuple[float, float]:
+def eval_batches(inp, acc, opts, progress=None, writer=None) -> tuple[float, float]:
     """Add every batch of ``inp`` into ``acc`` (empty, with its job set) as a local run
-    does; return the predictions' ``lo, hi`` (see :func:`bce_cli.evaluate.add_batch`)."""
+    does; return the predictions' ``lo, hi`` (see :func:`bce_cli.evaluate.add_batch`).
+    With ``writer`` (a :class:`bce_cli.outputs.LossDataset`), every task also writes
+    its rows' losses into one file of the dataset."""
     from .evaluate import add_batch
 
     deadline = _Deadline(getattr(opts, "timeout", None))
@@ -250,7 +254,9 @@ def eval_batches(inp, acc, opts, progress=None) -> tuple[float, float]:
     batches = inp.batches()
     first = next(batches)  # computed here: the job's tier is chosen by its first batch
     batches.close()
-    _, lo, hi = add_batch(acc, first, inp, opts.from_probs, math.inf, -math.inf)
+    losses, lo, hi = add_batch(acc, first, inp, opts.from_probs, math.inf, -math.inf,
+                               return_losses=writer is not None)
+    parts = None if writer is None else _write_first(writer, inp, losses)
     if progress is not None:
         progress(first.n_rows)
     spec = inp.spec
@@ -260,14 +266,29 @@ def eval_batches(inp, acc, opts, progress=None) -> tuple[float, float]:
         ranges = plan(inp.n_rows, spec.batch_rows, 1, _n_workers(client), acc.state.nbytes)
         done = None if progress is None else (
             lambda i: progress(ranges[i][1] - ranges[i][0]))
+        if writer is not None:
+            writer.starts += [start for start, _ in ranges]
         results = _in_order(client, _eval_task, ranges, deadline=deadline, done=done,
                             names=_shown_names(inp), spec=_for_workers(spec), acc=acc,
-                            from_probs=opts.from_probs, threads=opts.threads or 1)
+                            from_probs=opts.from_probs, threads=opts.threads or 1,
+                            parts=parts)
         for states, n_rows, task_lo, task_hi in results:
             for state, n in zip(states, n_rows, strict=True):
                 acc.add_state(state, n)
             lo, hi = min(lo, task_lo), max(hi, task_hi)
     return lo, hi
+
+
+def _write_first(writer, inp, losses):
+    """The dataset's first file, the driver's first batch; the tasks' ``parts``."""
+    part = writer.parts.write(0, inp)
+    try:
+        part.write(losses)
+        part.commit()
+    finally:
+        part.abort()
+    writer.starts.append(0)
+    return writer.parts
 
 
 def count_batches(inp, scheduler, timeout=None):
@@ -290,19 +311,30 @@ def _n_workers(client) -> int:
 
 
 # ------------------------------------------------------------------ run by the workers
-def _eval_task(rows, *, spec, acc, from_probs, threads):
-    """One state per batch of rows ``[start, stop)``: (states, row counts, lo, hi)."""
+def _eval_task(rows, *, spec, acc, from_probs, threads, parts=None):
+    """One state per batch of rows ``[start, stop)``: (states, row counts, lo, hi); with
+    ``parts`` (:class:`bce_cli.outputs.Parts`), their losses also go to one file."""
     from .data import open_inputs
     from .evaluate import add_batch
 
     _tiers.set_threads(threads)
     states, n_rows, lo, hi = [], [], math.inf, -math.inf
     with open_inputs(replace(spec, rows=rows)) as inp:
-        for batch in inp.batches():
-            part = acc.spawn()  # the job's tier comes with it
-            _, lo, hi = add_batch(part, batch, inp, from_probs, lo, hi)
-            states.append(part.state)
-            n_rows.append(part.n_rows)
+        out = None if parts is None else parts.write(rows[0], inp)
+        try:
+            for batch in inp.batches():
+                part = acc.spawn()  # the job's tier comes with it
+                losses, lo, hi = add_batch(part, batch, inp, from_probs, lo, hi,
+                                           return_losses=out is not None)
+                if out is not None:
+                    out.write(losses)
+                states.append(part.state)
+                n_rows.append(part.n_rows)
+            if out is not None:
+                out.commit()
+        finally:
+            if out is not None:
+                out.abort()
     return np.stack(states), n_rows, lo, hi
 
 

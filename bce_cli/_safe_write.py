@@ -154,14 +154,26 @@ def remove_stale(path: str) -> list[str]:
         if len(middle) != 2 or not middle[0].isdigit() or _alive(int(middle[0])):
             continue
         try:
-            os.unlink(entry.path)
+            if entry.is_dir(follow_symlinks=False):  # a dataset being written (--engine dask)
+                import shutil
+
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
             removed.append(entry.path)
         except OSError:
             pass
     return removed
 
 
-def _fsync_dir(folder: str) -> None:
+def temp_path(path: str) -> str:
+    """A new hidden temporary name beside ``path`` (module doc)."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f"{_prefix(name)}{os.getpid()}.{secrets.token_hex(4)}"
+                                f"{TMP_SUFFIX}")
+
+
+def fsync_dir(folder: str) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
@@ -209,13 +221,11 @@ class SafeFile:
         if t.kind == "stream":
             return open(t.path, "wb")  # noqa: SIM115 - closed in commit / abort
         remove_stale(t.path)
-        folder, name = os.path.split(t.path)
         try:
             mode = stat.S_IMODE(os.stat(t.path).st_mode)
         except FileNotFoundError:
             mode = None
-        tmp = os.path.join(folder, f"{_prefix(name)}{os.getpid()}.{secrets.token_hex(4)}"
-                                   f"{TMP_SUFFIX}")
+        tmp = temp_path(t.path)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
                      0o666)  # the kernel applies the umask
         self.tmp = tmp
@@ -253,7 +263,7 @@ class SafeFile:
                 raise BCEInputError(f"cannot write: {err.strerror or err}",
                                     file=self.name) from None
             self.tmp = None
-            _fsync_dir(os.path.dirname(self.target.path))
+            fsync_dir(os.path.dirname(self.target.path))
         self.done = True
 
     def abort(self) -> None:

@@ -167,7 +167,8 @@ def eval_command(
         from ._safe_write import check_outputs
 
         check_stdout()
-        check_outputs({"--output": output, "--report": report},
+        check_outputs({"--output": None if engine.value == "dask" else output,  # a directory
+                       "--report": report},
                       {"PREDS": preds, "LABELS": labels, "--weight": weight,
                        "--pos-weight": pos_weight, "--baseline": baseline})
         show = sys.stderr.isatty() if progress is None else progress

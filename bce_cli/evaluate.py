@@ -20,7 +20,7 @@ from .accumulator import BCEAccumulator
 from .choices import Engine, check
 from .errors import BCEInputError, InvalidValueError, brief
 from .gates import apply_gates, baseline_for, check_limits
-from .outputs import LossWriter
+from .outputs import LossDataset, LossWriter
 from .report import finite_values, loss_value, loss_values
 
 
@@ -109,9 +109,12 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
                 warn(f"columns without a partner are left out: {brief(unpaired)}")
             if total is not None:
                 total(inp.n_rows)
-            writer = LossWriter.for_path(opts.output, inp) if opts.output else None
+            if opts.output and engine == "dask":  # a Parquet dataset, a file per task
+                writer = LossDataset(opts.output, inp)
+            elif opts.output:
+                writer = LossWriter.for_path(opts.output, inp)
             if engine == "dask":
-                lo, hi = _dask.eval_batches(inp, acc, opts, progress)
+                lo, hi = _dask.eval_batches(inp, acc, opts, progress, writer=writer)
             else:
                 lo, hi = math.inf, -math.inf
                 for batch in read_ahead(inp.batches()):

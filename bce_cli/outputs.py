@@ -8,6 +8,7 @@ is left and syncs it, ``commit`` puts it in place, ``abort`` (a no-op after
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +151,120 @@ class ParquetLossWriter(LossWriter):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+class LossDataset:
+    """``--engine dask``'s ``--output DIR``: a Parquet dataset, one file per task.
+
+    Files are named by their first row, zero-padded to one width
+    (``part-0000000.parquet``, ``part-0065536.parquet``, ...), so that sorted
+    names are row order; each holds the columns a :class:`ParquetLossWriter`
+    writes.  They are written (each through a :class:`SafeFile`, so a task run
+    twice replaces its file whole) into a hidden temporary directory beside DIR,
+    named as :mod:`bce_cli._safe_write` names temporary files; :meth:`commit`
+    renames it to DIR, :meth:`abort` removes it.  DIR must be new or an empty
+    directory (:func:`check_dataset_path`), and a directory the workers can write.
+    """
+
+    def __init__(self, path: str, inp):
+        from ._safe_write import remove_stale, temp_path
+
+        self.name = str(path)
+        self.path = os.path.realpath(path)
+        remove_stale(self.path)
+        self.tmp = temp_path(self.path)
+        try:
+            os.mkdir(self.tmp, 0o777)  # the kernel applies the umask
+        except OSError as err:
+            raise BCEInputError(f"cannot write: {err.strerror or err}", file=self.name) from None
+        self.parts = Parts(self.tmp, len(str(max(0, inp.n_rows - 1))))
+        self.starts: list[int] = []  # the first row of every file the job writes
+        self.done = False
+
+    def finish(self) -> None:
+        """Every file whole and synced, not yet in place."""
+        from ._safe_write import fsync_dir
+
+        missing = [s for s in self.starts if not os.path.isfile(self.parts.path(s))]
+        if missing:
+            raise BCEInputError(
+                f"{len(missing)} of the {len(self.starts)} files written by the workers are not "
+                "in the output's directory", file=self.name,
+                hint="with --engine dask, --output must be a directory that this machine and "
+                "every worker see at the same path (a shared file system)")
+        fsync_dir(self.tmp)
+
+    def commit(self) -> None:
+        from ._safe_write import fsync_dir
+
+        if self.done:
+            return
+        self.finish()
+        try:
+            os.rename(self.tmp, self.path)  # over an empty directory, or nothing
+        except OSError as err:
+            raise BCEInputError(f"cannot write: {err.strerror or err}", file=self.name,
+                                hint="--output takes a new or empty directory with "
+                                "--engine dask") from None
+        self.done = True
+        fsync_dir(os.path.dirname(self.path))
+
+    def abort(self) -> None:
+        import shutil
+        import time
+
+        if self.done:
+            return
+        self.done = True
+        for _ in range(5):  # a task still running elsewhere may add a file meanwhile
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            if not os.path.lexists(self.tmp):
+                return
+            time.sleep(0.1)
+
+
+class Parts:
+    """Where the tasks of a :class:`LossDataset` write (picklable, sent to the workers)."""
+
+    def __init__(self, folder: str, width: int):
+        self.folder, self.width = folder, width
+
+    def path(self, start: int) -> str:
+        return os.path.join(self.folder, f"part-{start:0{self.width}d}.parquet")
+
+    def write(self, start: int, inp) -> ParquetLossWriter:
+        """The writer of the file of rows from ``start``: ``write`` each batch's losses,
+        then ``commit`` (``abort`` on error)."""
+        return ParquetLossWriter(self.path(start), inp)
+
+
+def check_dataset_path(path: str, report: str | None = None) -> None:
+    """Refuse, before any work, an ``--output`` that ``--engine dask`` cannot write as a
+    dataset: a ``.npy`` name, a file, a directory that is not empty, a parent that is
+    missing or read-only, or the ``--report`` path."""
+    from ._safe_write import same_file
+
+    if Path(path).suffix.lower() == ".npy":
+        raise BCEInputError("--engine dask writes the per-element losses as a Parquet dataset "
+                            "(a directory), not .npy", file=path,
+                            hint="give a directory name, or use --engine local")
+    if os.path.lexists(path):
+        if not os.path.isdir(path):
+            raise BCEInputError("exists and is not a directory; --engine dask writes the "
+                                "per-element losses as a directory of Parquet files", file=path)
+        try:
+            empty = not os.listdir(path)
+        except OSError as err:
+            raise BCEInputError(f"cannot write: {err.strerror or err}", file=path) from None
+        if not empty:
+            raise BCEInputError("is a directory that is not empty; --engine dask writes the "
+                                "losses as a new directory", file=path,
+                                hint="give a new or empty directory")
+    parent = os.path.dirname(os.path.realpath(path))
+    if not os.path.isdir(parent):
+        raise BCEInputError("the output's directory does not exist", file=path)
+    if not os.access(parent, os.W_OK):
+        raise BCEInputError("the output's directory is not writable", file=path)
+    if report and same_file(path, report):
+        raise BCEInputError("--output and --report name the same path; give each its own",
+                            file=path)
