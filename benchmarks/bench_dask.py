@@ -1,11 +1,18 @@
 """``bce eval --engine local`` against ``--engine dask`` with 1 and 2 local workers.
 
     python benchmarks/bench_dask.py [--elements 2e7] [--classes 10] [--files 4] [--repeat 2]
+                                    [--memory 1,2,4]
 
 Writes a Parquet dataset (float32 logits and targets, one column per class, in
 ``--files`` files) to a temporary directory, then times whole ``bce eval`` processes
 (best of ``--repeat``; the dask figures include starting the LocalCluster) and checks
 that every engine printed the same JSON report.
+
+``--memory``: at each of these multiples of the data (the same files hard-linked
+again, so 4x costs no disk), the peak RSS of a local run, and of the driver and of
+each worker of a run on a fresh LocalCluster of 2 workers (``ru_maxrss`` of each
+process, read on the workers with ``client.run``; the workers' idle peak is shown
+beside it).  Empty: no memory runs.
 """
 
 from __future__ import annotations
@@ -33,6 +40,61 @@ def write_dataset(root: Path, elements: int, classes: int, files: int) -> None:
         pq.write_table(pa.table(cols), root / f"part{k}.parquet", row_group_size=1 << 17)
 
 
+def scaled(base: Path, scale: int) -> Path:
+    """A directory holding the files of ``base`` ``scale`` times (hard links)."""
+    if scale == 1:
+        return base
+    out = base.parent / f"x{scale}"
+    out.mkdir()
+    files = sorted(base.iterdir())
+    for k in range(scale * len(files)):
+        os.link(files[k % len(files)], out / f"part{k:04d}.parquet")
+    return out
+
+
+def _peak_kib() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+
+def peak_of_run(args: list[str]) -> tuple[int, str]:
+    """(peak RSS in KiB, stdout) of one ``bce eval`` process."""
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bce_cli", "eval", *args], stdout=out,
+                                stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"bce eval {' '.join(args)} failed")
+        out.seek(0)
+        return usage.ru_maxrss, out.read()
+
+
+def memory(args: list[str], scale: int, elements: int) -> list[str]:
+    """Peak RSS of a local run and of a dask run on 2 fresh workers, as report lines."""
+    import logging
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    local, report = peak_of_run([*args, "--engine", "local"])
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.NUMBA_NUM_THREADS": 1}):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=logging.ERROR,
+                               scheduler_kwargs={"dashboard_address": ":0"})
+    with cluster, Client(cluster) as client:
+        idle = client.run(_peak_kib)
+        driver, dask_report = peak_of_run([*args, "--engine", "dask", "--scheduler",
+                                           cluster.scheduler_address])
+        busy = client.run(_peak_kib)
+    if dask_report != report:
+        raise SystemExit("the dask report differs from the local one")
+    mib = lambda kib: f"{kib / 1024:,.0f} MiB"  # noqa: E731
+    workers = ", ".join(f"{mib(busy[w])} (idle {mib(idle[w])})" for w in sorted(busy))
+    return [f"  {scale}x ({scale * elements:.1e} elements): local {mib(local)}; dask driver "
+            f"{mib(driver)}, workers {workers}"]
+
+
 def run(args: list[str], repeat: int) -> tuple[float, str]:
     best, out = float("inf"), ""
     for _ in range(repeat):
@@ -50,11 +112,15 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--memory", default="",
+                        help="multiples of the data at which to measure peak RSS: 1,2,4")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = Path(tmp) / "x1"
+        root.mkdir()
         write_dataset(root, int(opts.elements), opts.classes, opts.files)
-        base = [str(root), "--logits", "logit_*", "--targets", "label_*", "--format", "json"]
+        select = ["--logits", "logit_*", "--targets", "label_*", "--format", "json"]
+        base = [str(root), *select]
         print(f"{int(opts.elements):.2e} elements, {opts.classes} classes, {opts.files} "
               f"Parquet files, {os.cpu_count()} cores; best of {opts.repeat} whole runs")
         reports = {}
@@ -67,6 +133,12 @@ def main() -> None:
         print("  reports identical:", same)
         if not same:
             sys.exit(1)
+        scales = [int(s) for s in opts.memory.split(",") if s.strip()]
+        if scales:
+            print("peak RSS (dask: a fresh LocalCluster of 2 workers, started beforehand)")
+        for scale in scales:
+            print(*memory([str(scaled(root, scale)), *select], scale, int(opts.elements)),
+                  sep="\n", flush=True)
 
 
 if __name__ == "__main__":
