@@ -153,17 +153,23 @@ def remove_stale(path: str) -> list[str]:
         middle = entry.name[len(prefix):-len(TMP_SUFFIX)].split(".")
         if len(middle) != 2 or not middle[0].isdigit() or _alive(int(middle[0])):
             continue
-        try:
-            if entry.is_dir(follow_symlinks=False):  # a dataset being written (--engine dask)
-                import shutil
-
-                shutil.rmtree(entry.path)
-            else:
-                os.unlink(entry.path)
+        if remove_entry(entry):  # a file, or a dataset's directory (--engine dask)
             removed.append(entry.path)
-        except OSError:
-            pass
     return removed
+
+
+def remove_entry(entry: os.DirEntry) -> bool:
+    """Remove a file or a directory tree (not following links); whether it went."""
+    import shutil
+
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+    except OSError:
+        return False
+    return True
 
 
 def temp_path(path: str) -> str:

@@ -111,7 +111,8 @@ def eval_command(
     output: Annotated[str | None, typer.Option(
         "--output", metavar="PATH",
         help="With --reduction none: per-element losses (.parquet: one column per class, "
-             "after the --on key column when joined; or .npy).")] = None,
+             "after the --on key column when joined; or .npy). With --engine dask: a new "
+             "or empty directory, a Parquet dataset of one file per task.")] = None,
     label_smoothing: Annotated[float, typer.Option(
         "--label-smoothing", min=0.0, max=1.0, help="Targets become y*(1-A) + A/2.")] = 0.0,
     ignore_value: Annotated[float | None, typer.Option(

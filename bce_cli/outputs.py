@@ -183,8 +183,16 @@ class LossDataset:
 
     def finish(self) -> None:
         """Every file whole and synced, not yet in place."""
-        from ._safe_write import fsync_dir
+        from ._safe_write import fsync_dir, remove_entry
 
+        wanted = {os.path.basename(self.parts.path(s)) for s in self.starts}
+        try:
+            entries = list(os.scandir(self.tmp))
+        except OSError as err:
+            raise BCEInputError(f"cannot write: {err.strerror or err}", file=self.name) from None
+        for entry in entries:  # what a task killed mid-write left
+            if entry.name not in wanted:
+                remove_entry(entry)
         missing = [s for s in self.starts if not os.path.isfile(self.parts.path(s))]
         if missing:
             raise BCEInputError(

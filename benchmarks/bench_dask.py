@@ -53,21 +53,29 @@ def scaled(base: Path, scale: int) -> Path:
 
 
 def _peak_kib() -> int:
-    import resource
+    """This process's peak RSS (VmHWM, Linux; ``ru_maxrss`` would count the RSS of the
+    process that forked it, here the benchmark holding its data)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+# bce eval, printing its peak RSS on stderr as it exits
+_BCE = ("import atexit, sys\n"
+        "from benchmarks.bench_dask import _peak_kib\n"
+        "atexit.register(lambda: print('PEAK', _peak_kib(), file=sys.stderr))\n"
+        "from bce_cli.cli import main\n"
+        "sys.argv[0] = 'bce'\n"
+        "main()\n")
 
 
 def peak_of_run(args: list[str]) -> tuple[int, str]:
     """(peak RSS in KiB, stdout) of one ``bce eval`` process."""
-    with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bce_cli", "eval", *args], stdout=out,
-                                stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"bce eval {' '.join(args)} failed")
-        out.seek(0)
-        return usage.ru_maxrss, out.read()
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _BCE, "eval", *args], capture_output=True,
+                          text=True, env=env, check=True)
+    peak = [line for line in done.stderr.splitlines() if line.startswith("PEAK ")]
+    return int(peak[-1].split()[1]), done.stdout
 
 
 def memory(args: list[str], scale: int, elements: int) -> list[str]:

@@ -167,3 +167,29 @@ def test_a_killed_run_s_directory_is_removed_by_the_next(data, scheduler, tmp_pa
                  tmp_path / "losses", "--engine", "dask", "--scheduler", scheduler)
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["losses"]
+
+
+def test_files_the_workers_left_elsewhere_are_an_error(tmp_path):
+    """A worker that wrote its file where this machine cannot see it (no shared file
+    system): exit 2 with a hint, nothing left; a task's half-written temporary, gone."""
+    from types import SimpleNamespace
+
+    from bce_cli.errors import BCEInputError
+    from bce_cli.outputs import LossDataset
+
+    out = tmp_path / "losses"
+    for seen in ([0], [0, 100]):
+        ds = LossDataset(str(out), SimpleNamespace(n_rows=200))
+        ds.starts = [0, 100]
+        for start in seen:
+            pq.write_table(pa.table({"a": [0.5]}), ds.parts.path(start))
+        (tmp_path / ds.tmp / ".part-100.parquet.1.abcd.bce.tmp").write_bytes(b"half")
+        if seen == [0]:
+            with pytest.raises(BCEInputError, match="1 of the 2 files") as err:
+                ds.commit()
+            assert "shared file system" in err.value.hint
+            ds.abort()
+            assert list(tmp_path.iterdir()) == []
+        else:
+            ds.commit()
+            assert _parts(out) == ["part-000.parquet", "part-100.parquet"]
