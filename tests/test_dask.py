@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import numpy as np
 import pyarrow as pa
@@ -26,8 +27,9 @@ runner = CliRunner()
 FILES = [(1000, 300), (777, 100), (1500, 1000), (10, 3), (600, 600)]
 
 
-@pytest.fixture(scope="module")
-def scheduler():
+@contextmanager
+def local_cluster():
+    """The address of a LocalCluster of 2 worker processes, one thread each."""
     import dask
     from distributed import LocalCluster
 
@@ -37,6 +39,12 @@ def scheduler():
                                scheduler_kwargs={"dashboard_address": ":0"})
     with cluster:
         yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    with local_cluster() as address:
+        yield address
 
 
 def _write(root, name, columns, files=FILES):

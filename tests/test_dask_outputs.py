@@ -5,7 +5,6 @@ in a hidden directory beside DIR and renamed into place, so a failed job leaves 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -18,22 +17,15 @@ import pytest
 pytest.importorskip("distributed", reason="Dask is an optional extra: pip install "
                     "'bce-cli[dask]'")
 
-from tests.test_dask import FILES, _write, invoke  # noqa: E402
+from tests.test_dask import FILES, _write, invoke, local_cluster  # noqa: E402
 
 N = sum(rows for rows, _ in FILES)
 
 
 @pytest.fixture(scope="module")
 def scheduler():
-    import dask
-    from distributed import LocalCluster
-
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.NUMBA_NUM_THREADS": 1}):
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR,
-                               scheduler_kwargs={"dashboard_address": ":0"})
-    with cluster:
-        yield cluster.scheduler_address
+    with local_cluster() as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
