@@ -185,3 +185,24 @@ def test_files_the_workers_left_elsewhere_are_an_error(tmp_path):
         else:
             ds.commit()
             assert _parts(out) == ["part-000.parquet", "part-100.parquet"]
+
+
+def test_a_directory_filled_meanwhile_is_left_alone(tmp_path):
+    """Another run (or anyone) put files in DIR after the check: the rename fails (exit 2),
+    DIR keeps what it has, and the temporary directory goes."""
+    from types import SimpleNamespace
+
+    from bce_cli.errors import BCEInputError
+    from bce_cli.outputs import LossDataset
+
+    out = tmp_path / "losses"
+    ds = LossDataset(str(out), SimpleNamespace(n_rows=10))
+    ds.starts = [0]
+    pq.write_table(pa.table({"a": [0.5]}), ds.parts.path(0))
+    out.mkdir()
+    (out / "theirs.parquet").write_bytes(b"theirs")
+    with pytest.raises(BCEInputError, match="cannot write") as err:
+        ds.commit()
+    assert "new or empty directory" in err.value.hint
+    ds.abort()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["losses", "theirs.parquet"]
