@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -206,3 +207,63 @@ def test_a_directory_filled_meanwhile_is_left_alone(tmp_path):
     assert "new or empty directory" in err.value.hint
     ds.abort()
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["losses", "theirs.parquet"]
+
+
+# ------------------------------------------------- with tasks run again, with --timeout
+@pytest.fixture
+def cluster():
+    """A fresh cluster of two workers (the tests patch them), with a client."""
+    from distributed import Client
+
+    from tests.test_dask_robust import _cluster
+
+    with _cluster() as cluster, Client(cluster) as client:
+        yield cluster.scheduler_address, client
+
+
+def test_a_task_run_again_replaces_its_file(data, cluster, tmp_path):
+    """The first task on each worker writes its file and a half-written temporary, then
+    loses its connection: run again, the file is replaced whole, the temporary dropped."""
+    address, client = cluster
+
+    def flaky():
+        import bce_cli._dask as d
+
+        task, failed = d._eval_task, []
+
+        def once(rows, *, parts=None, **kwargs):
+            result = task(rows, parts=parts, **kwargs)
+            if not failed:
+                failed.append(rows)
+                with open(parts.path(rows[0]) + ".half.bce.tmp", "wb") as f:
+                    f.write(b"half")
+                raise OSError("connection reset by peer")
+            return result
+
+        d._eval_task = once
+
+    client.run(flaky)
+    local, dask, local_out, dask_out = _run_both(tmp_path, ARGS["wide"](data), address, 250)
+    assert dask.exit_code == 0, dask.output
+    assert all(re.fullmatch(r"part-\d{4}\.parquet", n) for n in _parts(dask_out))
+    assert pq.read_table(dask_out).equals(pq.read_table(local_out))
+
+
+def test_timeout_leaves_nothing(data, cluster, tmp_path):
+    """Past --timeout: exit 2, and neither DIR nor the temporary directory, even once the
+    cancelled tasks that were still running have ended."""
+    import time
+
+    from tests.test_dask_robust import _slow
+
+    address, client = cluster
+    client.run(_slow(1.5))
+    out = tmp_path / "losses"
+    res = invoke("eval", *ARGS["wide"](data), "--reduction", "none", "--output", out,
+                 "--batch-rows", 250, "--engine", "dask", "--scheduler", address,
+                 "--timeout", "1")
+    assert res.exit_code == 2, res.output
+    assert "it was cancelled" in res.stderr
+    assert list(tmp_path.iterdir()) == []
+    time.sleep(2.5)  # the running tasks end, and find their directory gone
+    assert list(tmp_path.iterdir()) == []
