@@ -252,6 +252,10 @@ def check_dataset_path(path: str, report: str | None = None) -> None:
     missing or read-only, or the ``--report`` path."""
     from ._safe_write import same_file
 
+    if "://" in path:
+        raise BCEInputError("--output to a URI is not yet supported with --engine dask",
+                            file=path, hint="give a directory that this machine and the "
+                            "workers share")
     if Path(path).suffix.lower() == ".npy":
         raise BCEInputError("--engine dask writes the per-element losses as a Parquet dataset "
                             "(a directory), not .npy", file=path,

@@ -125,6 +125,7 @@ def test_a_local_cluster_of_two_and_an_empty_directory(data, tmp_path):
     ("npy", "not .npy"),
     ("no parent", "the output's directory does not exist"),
     ("the report", "--output and --report name the same path"),
+    ("s3", "--output to a URI is not yet supported"),
 ])
 def test_refused_before_any_work(data, tmp_path, what, message):
     out = tmp_path / "losses"
@@ -136,6 +137,8 @@ def test_refused_before_any_work(data, tmp_path, what, message):
         out.write_text("mine")
     elif what == "npy":
         out = tmp_path / "losses.npy"
+    elif what == "s3":
+        out = "s3://bucket/losses"
     elif what == "no parent":
         out = tmp_path / "nowhere" / "losses"
     else:
