@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ pytest.importorskip("distributed", reason="Dask is an optional extra: pip instal
 
 from bce_cli.cli import app  # noqa: E402
 
+from ._net import free_port  # noqa: E402
 from .test_dask import _write  # noqa: E402
 
 runner = CliRunner()
@@ -279,12 +279,6 @@ def test_progress_as_tasks_finish_fold_in_order(data, cluster, tmp_path):
 
 
 # ---------------------------------------------------------------------------------- S3
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3(data):
     """A moto S3 server holding the dataset; AWS credentials in the environment, which
@@ -296,7 +290,7 @@ def s3(data):
                  "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}.items():
         mp.setenv(k, v)
     mp.delenv("AWS_PROFILE", raising=False)
-    port = _free_port()
+    port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,16 +10,12 @@ import pytest
 from bce_cli.data import InputSpec, open_inputs
 from bce_cli.errors import BCEInputError
 
+from ._net import free_port
+
 moto_server = pytest.importorskip(
     "moto.server", reason="moto[server] is not installed (pip install 'moto[server]' boto3)"
 )
 boto3 = pytest.importorskip("boto3", reason="boto3 is not installed")
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +29,7 @@ def s3(tmp_path_factory):
     }.items():
         mp.setenv(k, v)
     mp.delenv("AWS_PROFILE", raising=False)
-    port = _free_port()
+    port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"127.0.0.1:{port}"
