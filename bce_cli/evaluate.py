@@ -197,11 +197,6 @@ def class_counts(batch, inp) -> tuple[np.ndarray, np.ndarray]:
     return pos, y.shape[0] * (1 if y.ndim == 2 else y.shape[2]) - pos
 
 
-def _num(v) -> float | None:
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
 def build_report(result, inp, opts: EvalOptions, n_rows: int) -> dict:
     # Whole arrays to lists in one pass each: per-class work stays linear and cheap
     # (a million classes).  NaN counts (only with --nan-policy propagate) are null.
@@ -268,7 +263,7 @@ def suggest(labels: str, *, targets: str | None = None, method: str = "ratio",
     if missing:
         warn(f"{len(missing)} class(es) have no positive targets ({brief(missing)}): their "
              "pos_weight is null")
-    values = [_num(v) for v in pw]
+    values = finite_values(pw)
     return {
         "method": method,
         "pos_weight": values,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import sys
 
 import numpy as np
@@ -19,12 +18,7 @@ INF = "inf"
 
 def loss_value(v) -> float | str | None:
     """A loss as the report holds it: a float, ``"inf"``, or None for NaN."""
-    v = float(v)
-    if v != v:
-        return None
-    if math.isinf(v):
-        return INF if v > 0 else "-" + INF
-    return v
+    return loss_values([v])[0]
 
 
 def loss_values(a) -> list:
@@ -56,13 +50,7 @@ def loss_number(v) -> float | None:
 
 
 def _g(v, digits: int = 6) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, str):  # an infinite loss
-        return v
-    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
-        return str(int(v))
-    return f"{v:.{digits}g}"
+    return _g_column([v], digits)[0]
 
 
 def _g_column(values, digits: int = 6, none: str = "-") -> list[str]:
@@ -84,11 +72,11 @@ def _pct_column(values) -> list[str]:
 
 
 def _loss(v, digits: int = 6) -> str:
-    return "NaN" if v is None else _g(v, digits)
+    return _g_column([v], digits, none="NaN")[0]
 
 
 def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
+    return _pct_column([v])[0]
 
 
 def to_json(report: dict) -> str:
