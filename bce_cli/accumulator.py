@@ -176,15 +176,22 @@ class BCEAccumulator:
         if wfull is None:
             w = 1.0 if wvec is None else wvec
             return np.stack([w * stats[POS], w * stats[NEG]])
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        w = wfull if wvec is None else wfull * wvec.reshape(shape)
+        axes = (0, *range(2, x.ndim))
+        if self.ignore_value is None and self.nan_policy != "omit":  # every element counts
+            wb = np.broadcast_to(w, y.shape)
+            ix = "abcdefghijklmnop"[:y.ndim]
+            wy = np.einsum(f"{ix},{ix}->{ix[1]}", wb, y, dtype=np.float64, casting="unsafe")
+            reps = np.prod([y.shape[i] for i in axes if w.shape[i] == 1], dtype=np.float64)
+            total = np.broadcast_to(w.sum(axis=axes, dtype=np.float64) * reps, wy.shape)
+            return np.stack([wy, total - wy])
         yf = y.astype(np.float64)
         skip = np.zeros(yf.shape, dtype=bool)
         if self.ignore_value is not None:
             skip |= yf == self.ignore_value
         if self.nan_policy == "omit":
             skip |= np.isnan(yf) | np.isnan(x)
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        w = wfull if wvec is None else wfull * wvec.reshape(shape)
-        axes = (0, *range(2, x.ndim))
         with np.errstate(invalid="ignore"):
             wy = np.where(skip, 0.0, w * yf).sum(axis=axes)
             wn = np.where(skip, 0.0, w * (1.0 - yf)).sum(axis=axes)
