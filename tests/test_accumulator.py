@@ -285,7 +285,7 @@ def test_reset_empties_the_state_and_keeps_the_options(rng):
 # large enough for the NumPy tier's threads too (more than 2**18 elements, several blocks)
 @pytest.mark.parametrize("shape", [(3 * CHUNK + 17,), (CHUNK // 3, 7), (5, 3, CHUNK + 5),
                                    (9 * CHUNK + 3,), (60_001, 7)])
-def test_result_does_not_depend_on_thread_count(rng, shape):
+def test_result_does_not_depend_on_thread_count(rng, shape, engine):  # both tiers
     x = (rng.standard_normal(shape) * 3).astype(np.float32)
     y = (rng.random(shape) < 0.3).astype(np.float32)
     pw = np.full(shape[-1] if len(shape) == 2 else 1, 2.0)

@@ -111,7 +111,8 @@ def test_a_failed_job_leaves_nothing(data, scheduler, tmp_path):
     assert list(tmp_path.iterdir()) == []  # no DIR, no temporary directory, no report
 
 
-def test_a_local_cluster_of_two_and_an_empty_directory(data, tmp_path):
+def test_a_local_cluster_of_two_and_an_empty_directory(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("BCE_TIER", "numpy")  # see test_the_files_in_order_are_the_local_table
     out = tmp_path / "losses"
     out.mkdir()
     res = invoke("eval", *ARGS["wide"](data), "--reduction", "none", "--output", out,
@@ -229,9 +230,10 @@ def cluster():
         yield cluster.scheduler_address, client
 
 
-def test_a_task_run_again_replaces_its_file(data, cluster, tmp_path):
+def test_a_task_run_again_replaces_its_file(data, cluster, tmp_path, monkeypatch):
     """The first task on each worker writes its file and a half-written temporary, then
     loses its connection: run again, the file is replaced whole, the temporary dropped."""
+    monkeypatch.setenv("BCE_TIER", "numpy")  # see test_the_files_in_order_are_the_local_table
     address, client = cluster
 
     def flaky():

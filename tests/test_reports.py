@@ -50,23 +50,23 @@ def weighted_table(tmp_path, rng):
 
 
 PRIOR_CASES = [
-    # pos_weight, weight, label smoothing, ignore -1, reduction
-    (None, None, 0.0, True, "mean"),
-    ("4,0.5,2", None, 0.0, True, "mean"),
-    (None, "w", 0.0, True, "mean"),
-    (None, None, 0.2, True, "mean"),
-    ("4,0.5,2", "w", 0.1, True, "mean"),
-    ("4,0.5,2", "w", 0.1, True, "sum"),
-    ("3", "0.5,2,1.5", 0.05, True, "sum"),
-    ("3", "w", 0.0, True, "none"),
-    ("0", "w", 0.0, True, "mean"),  # pos_weight 0: only the negatives' term is left
+    # pos_weight, weight, label smoothing, reduction (the data's -1 targets are ignored)
+    (None, None, 0.0, "mean"),
+    ("4,0.5,2", None, 0.0, "mean"),
+    (None, "w", 0.0, "mean"),
+    (None, None, 0.2, "mean"),
+    ("4,0.5,2", "w", 0.1, "mean"),
+    ("4,0.5,2", "w", 0.1, "sum"),
+    ("3", "0.5,2,1.5", 0.05, "sum"),
+    ("3", "w", 0.0, "none"),
+    ("0", "w", 0.0, "mean"),  # pos_weight 0: only the negatives' term is left
 ]
 
 
-@pytest.mark.parametrize(("pos_weight", "weight", "smoothing", "ignore", "reduction"),
+@pytest.mark.parametrize(("pos_weight", "weight", "smoothing", "reduction"),
                          PRIOR_CASES)
 def test_prior_predicts_the_positive_rate_under_the_same_options(
-        weighted_table, pos_weight, weight, smoothing, ignore, reduction):
+        weighted_table, pos_weight, weight, smoothing, reduction):
     path, _, y, w = weighted_table
     args = [path, "--logits", "logit_*", "--targets", ",".join(NAMES), "--reduction", reduction,
             "--label-smoothing", smoothing, "--ignore-value", -1]

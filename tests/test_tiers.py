@@ -21,10 +21,14 @@ def auto(monkeypatch):
     _tiers.set_tier(None)
 
 
-def test_small_inputs_take_numpy(monkeypatch):
+def test_small_inputs_take_numpy_even_when_compiling_costs_nothing(monkeypatch):
     monkeypatch.setitem(sys.modules, "bce_cli.kernels", None)  # numba not started
     monkeypatch.setattr(_tiers, "is_cached", lambda name: True)
+    for cost in ("NUMBA_START_S", "LOAD_S", "COMPILE_S"):
+        monkeypatch.setattr(_tiers, cost, 0.0)
+    monkeypatch.setattr(_tiers, "COMPILED_RATE", 1e15)
     assert _tiers.choose(_tiers.SMALL, FORM) == "numpy"
+    assert _tiers.choose(_tiers.SMALL + 1, FORM) == "compiled"
 
 
 def test_uncached_form_is_compiled_only_for_jobs_that_repay_it(monkeypatch):
