@@ -130,7 +130,7 @@ def check_baseline_matches(report: dict, baseline: dict, path: str) -> list[str]
         raise BCEInputError(f"the baseline's losses are {red!r} reductions but this run's are "
                             f"{report['reduction']!r}: they cannot be compared", file=path)
     names = [c["name"] for c in report["classes"]]
-    base_names = [str(c.get("name")) for c in baseline.get("classes", [])]
+    base_names = [c["name"] for c in baseline["classes"]]
     if base_names and not set(names) & set(base_names):
         raise BCEInputError(f"no class of this run ({brief(names)}) is in the baseline "
                             f"({brief(base_names)})", file=path,
@@ -151,14 +151,10 @@ def _rise(new, base):
     return 0.0 if new == base else new - base
 
 
-def _baseline_loss(v, path: str, where: str) -> float | None:
-    """A baseline's loss as a float; None (not compared) for null or NaN."""
-    try:
-        v = loss_number(v)
-    except (TypeError, ValueError):
-        raise BCEInputError(f"the baseline's {where} loss {v!r} is not a number",
-                            file=path) from None
-    return None if v is None or math.isnan(v) else v
+def _compared(v: float | None) -> float | None:
+    """A baseline loss as :func:`load_baseline` left it (a float or None), None for NaN:
+    a class whose baseline loss is not a number is not compared."""
+    return None if v is None or v != v else v
 
 
 def check_gates(report: dict, opts: EvalOptions, baseline: dict | None) -> list[str]:
@@ -174,14 +170,13 @@ def check_gates(report: dict, opts: EvalOptions, baseline: dict | None) -> list[
                                 f"--max-class-loss {opts.max_class_loss:g}")
     if baseline is not None:
         limit = opts.max_increase
-        base_loss = _baseline_loss(baseline.get("loss"), opts.baseline, "overall")
+        base_loss = _compared(baseline["loss"])
         if base_loss is not None and _exceeds(_rise(loss, base_loss), limit):
             failures.append(f"overall loss {_fmt(loss)} rose by more than {limit:g} over the "
                             f"baseline's {_fmt(base_loss)}")
-        base_classes = {str(c.get("name")): c.get("loss") for c in baseline.get("classes", [])}
+        base_classes = {c["name"]: c["loss"] for c in baseline["classes"]}
         for c in report["classes"]:
-            b = _baseline_loss(base_classes.get(c["name"]), opts.baseline,
-                               f"class {c['name']}'s")
+            b = _compared(base_classes.get(c["name"]))
             if b is None:
                 continue
             if _exceeds(_rise(loss_number(c["loss"]), b), limit):
