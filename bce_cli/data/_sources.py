@@ -40,8 +40,9 @@ class TableSource:
     """Common part of the Arrow-backed sources."""
 
     fmt = "arrow"
-
-    stream_rows = 1 << 16
+    # Batches held in memory were validated when they were read (a join's tables, a
+    # Feather v1 table from its child process): not again on every pass.
+    validated = False
 
     def __init__(self, res: Resolved):
         self.res = res
@@ -61,7 +62,7 @@ class TableSource:
         holds global row ``start`` on.  Sources that cannot seek read from the first
         row (and the caller skips); Parquet skips files and row groups."""
         current, row, first = None, 0, 0
-        for rb, shown in self._raw(columns, batch_rows):
+        for rb, shown in self._raw(columns, read_rows(batch_rows, len(columns))):
             if shown != current:
                 current, row = shown, 0
             yield rb, shown, row, first
@@ -73,8 +74,7 @@ class TableSource:
         ``rows``: only the global rows ``[start, stop)``."""
         start, stop = (0, None) if rows is None else rows
         current = self.file_names[0]
-        self.stream_rows = batch_rows  # rows per decoded piece of a large row group
-        it = self._pieces(list(columns), read_rows(batch_rows, len(columns)), start)
+        it = self._pieces(list(columns), batch_rows, start)
         while True:
             try:
                 rb, shown, row, first = next(it)
@@ -88,7 +88,8 @@ class TableSource:
                     # validation of the selected columns catches that first.  For
                     # numeric columns it checks buffer sizes and null counts: 1.5 ms for
                     # 4M rows x 25 float32 columns of Parquet, 0.5% of the 0.3 s read.
-                    rb.validate(full=True)
+                    if not self.validated:
+                        rb.validate(full=True)
             except StopIteration:
                 return
             except BCEInputError:
@@ -124,7 +125,7 @@ class ParquetSource(TableSource):
         super().__init__(res)
         total = 0
         first = None
-        self._file_rows = []
+        self._metadata = []  # each file's footer, read once
         for path in res.files:
             shown = res.show(path)
             try:
@@ -134,7 +135,7 @@ class ParquetSource(TableSource):
             except _READ_ERRORS as exc:
                 raise _open_error(exc, shown) from None
             check_names(schema, shown)
-            self._file_rows.append(md.num_rows)
+            self._metadata.append(md)
             total += md.num_rows
             if first is None:
                 first = (shown, schema)
@@ -157,7 +158,8 @@ class ParquetSource(TableSource):
         local = self.res.local or self.res.buffer is not None
         wanted = set(columns)
         first = 0
-        for path, n_rows in zip(self.res.files, self._file_rows, strict=True):
+        for path, file_md in zip(self.res.files, self._metadata, strict=True):
+            n_rows = file_md.num_rows
             if first + n_rows <= start:
                 first += n_rows
                 continue
@@ -165,7 +167,7 @@ class ParquetSource(TableSource):
             row = 0
             try:  # errors name the file being read (the reader's may not have started)
                 with self.res.open_random(path) as f:
-                    pf = pq.ParquetFile(f, pre_buffer=not local,
+                    pf = pq.ParquetFile(f, metadata=file_md, pre_buffer=not local,
                                         buffer_size=1 << 20 if local else 0)
                     md = pf.metadata
                     for i in range(md.num_row_groups):
@@ -186,7 +188,7 @@ class ParquetSource(TableSource):
                             del table
                         else:
                             for rb in pf.iter_batches(
-                                batch_size=self.stream_rows, columns=columns, row_groups=[i]
+                                batch_size=batch_rows, columns=columns, row_groups=[i]
                             ):
                                 yield rb, shown, row, first + row
                                 row += rb.num_rows
@@ -286,9 +288,11 @@ class IpcStreamSource(TableSource):
 
 
 class MemorySource(TableSource):
-    """An in-memory table (joined inputs, Feather v1)."""
+    """An in-memory table (joined inputs, Feather v1), validated when it was read
+    (each batch of a join's inputs, and the Feather v1 table after its child)."""
 
     fmt = "memory"
+    validated = True
 
     def __init__(self, res: Resolved, table: pa.Table, file_shown: str | None = None):
         super().__init__(res)
