@@ -35,12 +35,6 @@ SUM_FLAGS = ELEMENT_FLAGS | {"reassoc"}
 _cache_warned = False
 
 
-def _njit(**options):
-    """``numba.njit`` without a disk cache: helpers are compiled into the form
-    kernels that call them, and only those are cached."""
-    return numba.njit(cache=False, **options)
-
-
 def inline():
     """Decorator for thin element wrappers, inlined into their caller by numba.
 
@@ -49,7 +43,7 @@ def inline():
     Inlining at numba level keeps LLVM's call depth short enough for its own
     inliner to pull the ``scalar`` leaves into the loop and vectorise it.
     """
-    return _njit(inline="always", error_model="numpy")
+    return numba.njit(inline="always", error_model="numpy")
 
 
 def inline_copy(dispatcher):
@@ -57,7 +51,7 @@ def inline_copy(dispatcher):
     ELEMENT_FLAGS: numba inlines the body there (taking those flags), so the
     loop vectorises without relying on LLVM's inliner.  Never call the copy
     from a loop with ``reassoc``."""
-    return _njit(inline="always", error_model="numpy")(dispatcher.py_func)
+    return numba.njit(inline="always", error_model="numpy")(dispatcher.py_func)
 
 
 def scalar(flags=ELEMENT_FLAGS, *, python: bool = False):
@@ -71,7 +65,7 @@ def scalar(flags=ELEMENT_FLAGS, *, python: bool = False):
     ``reassoc`` deletes compensation terms.  LLVM still inlines the call (each
     instruction keeps its own flags) and the caller's loop still vectorises.
     """
-    return _njit(error_model="numpy", nogil=True, fastmath=set(flags),
+    return numba.njit(error_model="numpy", nogil=True, fastmath=set(flags),
                  no_cpython_wrapper=not python, no_cfunc_wrapper=True)
 
 

@@ -154,7 +154,8 @@ PRIOR_LEGEND = ("prior: loss of always predicting the class's positive rate, und
 
 def eval_markdown(report: dict) -> str:
     loss_head = "loss (sum)" if report["reduction"] == "sum" else "loss"
-    mark = any(worse_than_prior(c) for c in report["classes"])
+    worse = [worse_than_prior(c) for c in report["classes"]]
+    mark = any(worse)
     lines = [
         f"### bce eval: loss {_loss(report['loss'])} — {_verdict(report)}",
         "",
@@ -162,12 +163,12 @@ def eval_markdown(report: dict) -> str:
         "| suggested pos_weight |" + (" vs prior |" if mark else ""),
         "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if mark else ""),
     ]
-    for c in report["classes"]:
+    for c, is_worse in zip(report["classes"], worse, strict=True):
         name = _shown(c["name"]).replace("|", "\\|")  # a | would end the cell
         lines.append(f"| {name} | {_loss(c['loss'])} | {_g(c['prior_loss'])} | "
                      f"{_g(c['n_pos'])} | {_g(c['n_neg'])} | {_pct(c['positive_rate'])} | "
                      f"{_pct(c['accuracy'])} | {_g(c['suggested_pos_weight'], 4)} |"
-                     + ((" **worse** |" if worse_than_prior(c) else " |") if mark else ""))
+                     + ((" **worse** |" if is_worse else " |") if mark else ""))
     lines += ["", f"Overall {report['reduction']} loss **{_loss(report['loss'])}** over "
               f"{report['n_elements']} elements ({report['n_rows']} rows, "
               f"{report['n_classes']} classes)."]
