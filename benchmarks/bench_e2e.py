@@ -174,7 +174,7 @@ def main() -> None:
     ap.add_argument("--data", help="directory for the generated inputs (kept between runs)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--max-elements", type=float, default=1e8)
-    ap.add_argument("--skip-warmup", action="store_true", help="skip bce warmup (90 s)")
+    ap.add_argument("--skip-warmup", action="store_true", help="skip bce warmup (about 60 s)")
     args = ap.parse_args()
     subprocess.run([PY, "-m", "compileall", "-q", str(HERE.parent / "bce_cli")], check=True)
     data = Path(args.data or tempfile.mkdtemp(prefix="bce-e2e-"))
