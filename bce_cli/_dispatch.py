@@ -18,7 +18,8 @@ from . import _tiers, _vectorised
 from ._checks import check_targets
 from ._forms import planes_form, planes_geometry, rows_form, rows_geometry
 from .errors import BCEInputError
-from .stats import N_STATS, NAN_ERROR, NAN_POLICIES, OUT_NONE, OUT_ONLY
+from .stats import COUNT, LOSS, NAN_ERROR, NAN_POLICIES, NSQ, OUT_NONE, OUT_ONLY, RNSQ, SQ, SQN
+from .uncertainty import row_moments
 
 
 class LossOptions(NamedTuple):
@@ -69,7 +70,8 @@ def as_targets(y, like: np.dtype) -> np.ndarray:
 
 def class_stats(x, y, class_axis: int | None, opts: LossOptions, *,
                 write: int = OUT_NONE, job: _tiers.JobTier | None = None):
-    """Per-class statistics ``(N_STATS, C)`` and, unless ``write`` is OUT_NONE,
+    """Per-class statistics ``(N_STATS, C)`` (rows: axis 0 of ``x``, or each
+    element when ``class_axis`` is None) and, unless ``write`` is OUT_NONE,
     per-element losses of ``x``'s shape (else None).
 
     ``x`` and ``y`` have the same shape; ``class_axis`` is the axis holding the
@@ -104,21 +106,33 @@ def _transposed(opts: LossOptions) -> LossOptions:
                          pos_weight_full=t(opts.pos_weight_full))
 
 
+def _layout(shape, class_axis):
+    """``(canon, along_b)``: the ``(A, C, B)`` shape the tiers see, and whether each
+    position of B is a row for the row moments (1-D data, one class pooled, or a
+    column-major table seen as ``(C, n)``: ``class_axis`` 0); else each entry of
+    A is a row, which is axis 0 of ``shape`` when ``class_axis`` is 1 (the
+    accumulator's layout; the functional API reports no intervals)."""
+    size = int(np.prod(shape, dtype=np.int64))
+    if class_axis is None:
+        return (1, 1, size), True
+    a_count = int(np.prod(shape[:class_axis], dtype=np.int64))
+    c_count = shape[class_axis]
+    b_count = int(np.prod(shape[class_axis + 1:], dtype=np.int64))
+    if b_count == 1 and c_count == 1:  # (n, 1): one long run
+        return (1, 1, size), True
+    return (a_count, c_count, b_count), class_axis == 0 or b_count == 1
+
+
 def _run(x, y, class_axis, opts: LossOptions, write, job):
     """Normalise, pick a form and a tier, run it; the statistics are None when an
     element is invalid."""
     shape = x.shape
     x = np.ascontiguousarray(as_logits(x))
     y = np.ascontiguousarray(as_targets(y, x.dtype))
-    if class_axis is None or shape[class_axis] == 1:
-        a_count, c_count, b_count = 1, 1, x.size
-    else:
-        a_count = int(np.prod(shape[:class_axis], dtype=np.int64))
-        c_count = shape[class_axis]
-        b_count = int(np.prod(shape[class_axis + 1:], dtype=np.int64))
+    canon, along_b = _layout(shape, class_axis)
+    a_count, c_count, b_count = canon
     wvec = _vector(opts.weight, c_count)
     pvec = _vector(opts.pos_weight, c_count)
-    canon = (a_count, c_count, b_count)
     wf = None if opts.weight_full is None else _full(opts.weight_full, shape).reshape(canon)
     pf = None if opts.pos_weight_full is None else _full(opts.pos_weight_full,
                                                           shape).reshape(canon)
@@ -134,39 +148,57 @@ def _run(x, y, class_axis, opts: LossOptions, write, job):
     out = None if write == OUT_NONE else np.empty(canon, dtype=x.dtype)
     tier = job.pick(x.size, form) if job is not None else _tiers.choose(x.size, form)
     if tier == "numpy":
-        stats = _vectorised.class_stats(x.reshape(canon), y.reshape(canon), wvec, pvec, wf, pf,
-                                        smooth, ignore, mode, out, write != OUT_ONLY)
+        stats, side = _vectorised.class_stats(x.reshape(canon), y.reshape(canon), wvec, pvec,
+                                              wf, pf, smooth, ignore, mode, out,
+                                              write != OUT_ONLY, along_b)
     else:
-        stats = _compiled_stats(form, x, y, canon, wvec, pvec, wf, pf, smooth, ignore, mode,
-                                out)
+        stats, side = _compiled_stats(form, x, y, canon, along_b, wvec, pvec, wf, pf, smooth,
+                                      ignore, mode, out)
+    if stats is not None and write != OUT_ONLY:
+        _row_moments(stats, side, canon)
     return stats, (None if out is None else out.reshape(shape))
 
 
-def _compiled_stats(form, x, y, canon, wvec, pvec, wf, pf, smooth, ignore, mode, out):
-    """Run a compiled kernel form over flat views; None when an element is invalid."""
+def _row_moments(stats, side, canon) -> None:
+    """Fill the rows SQ .. RNSQ of ``stats``.  With rows along B (``side`` None) the
+    tiers summed the rows' moments, and a row's part in one class is one element,
+    so its sums of a*n and n^2 are the loss and the count.  With rows along A,
+    ``side`` holds each (entry of A, class, block)'s loss sum and count: folded
+    into rows here (a few floats per row and class)."""
+    if side is None:
+        stats[SQN] = stats[LOSS]
+        stats[NSQ] = stats[COUNT]
+        return
+    a_count, c_count, _ = canon
+    sums = side.reshape(a_count, c_count, -1, 2).sum(axis=2)
+    stats[SQ:RNSQ + 1] = row_moments(sums[..., 0], sums[..., 1])
+
+
+def _compiled_stats(form, x, y, canon, along_b, wvec, pvec, wf, pf, smooth, ignore, mode,
+                    out):
+    """Run a compiled kernel form over flat views: ``(stats, side)``, stats None when
+    an element is invalid (see :func:`_row_moments` for ``side``)."""
     from . import _launch  # numba: only when the compiled tier pays (bce_cli._tiers)
 
     a_count, c_count, b_count = canon
+    side = None
     if form.kernel == "rows":
         geom, n_tasks = rows_geometry(a_count, c_count)
-        part_shape = (N_STATS, c_count)
     else:
-        geom, n_tasks = planes_geometry(a_count, c_count, b_count)
-        part_shape = (N_STATS,)
+        geom, n_tasks = planes_geometry(a_count, c_count, b_count, along_b)
+        if not along_b and not form.direct:
+            side = np.zeros(2 * a_count * c_count * geom[4])
     partials, n_bad = _launch.run(
         form, geom, n_tasks, x.reshape(-1), y.reshape(-1), wvec, pvec,
         _factor_for(wf, x.dtype), _factor_for(pf, x.dtype), smooth,
         0.0 if ignore is None else ignore, ignore is not None, mode,
         out.reshape(-1) if out is not None else np.zeros(0, dtype=x.dtype), out is not None,
-        part_shape, parallel=False, pool=_tiers.pool() if _tiers.threads() > 1 else None,
+        np.zeros(0) if side is None else side,
+        parallel=False, pool=_tiers.pool() if _tiers.threads() > 1 else None,
         workers=_tiers.threads())
     if n_bad.any():
-        return None
-    if form.kernel == "rows":
-        return np.ascontiguousarray(partials.sum(axis=0))
-    n_ablocks = n_tasks // (c_count * geom[4])
-    return np.ascontiguousarray(
-        partials.reshape(n_ablocks, c_count, geom[4], N_STATS).sum(axis=(0, 2)).T)
+        return None, None
+    return np.ascontiguousarray(partials.sum(axis=0)), side
 
 
 def _factor_for(f, dtype) -> np.ndarray:

@@ -4,7 +4,7 @@ Two kernels cover every layout (classes on one axis):
 
 * planes: ``x`` of shape ``(A, C, B)``, C-contiguous; each class's elements come
   in contiguous runs along ``B`` (1-D data is ``(1, 1, N)``, masks ``[B, C, H, W]``
-  are ``(B, C, H*W)``).  A task is one class and about ``CHUNK`` elements.
+  are ``(B, C, H*W)``).  A task is every class of about ``CHUNK`` elements.
 * rows: ``x`` of shape ``(N, C)``, C-contiguous, ``C > 1``; a task is a block of
   whole rows taken as flat memory, in lines of ``line_length(C)`` elements.
 
@@ -102,17 +102,21 @@ def all_forms() -> list[Form]:
     return forms
 
 
-def planes_geometry(a_count: int, c_count: int, b_count: int):
-    """``(geom, n_tasks)`` of the planes kernel: a task covers one class and about
-    CHUNK elements, a block of B when B is long, else a block of whole rows of A.
-    ``geom`` = (A, C, B, rows of A per task, blocks of B, B per block)."""
-    if b_count >= CHUNK:
-        a_per_task, n_bblocks, b_step = 1, -(-b_count // CHUNK), CHUNK
+def planes_geometry(a_count: int, c_count: int, b_count: int, along_b: bool = True):
+    """``(geom, n_tasks)`` of the planes kernel: a task covers every class of about
+    CHUNK elements, a block of B (a whole number of BLOCKs) when a row of A is
+    long, else a block of whole rows of A.  ``geom`` = (A, C, B, rows of A per
+    task, blocks of B, B per block, rows along B?)."""
+    plane = c_count * b_count
+    if plane >= CHUNK:
+        a_per_task = 1
+        b_step = min(b_count, BLOCK * max(1, CHUNK // (c_count * BLOCK)))
     else:
-        a_per_task, n_bblocks, b_step = max(1, CHUNK // max(b_count, 1)), 1, b_count
+        a_per_task, b_step = max(1, CHUNK // max(plane, 1)), max(b_count, 1)
+    n_bblocks = max(1, -(-b_count // b_step))
     n_ablocks = -(-a_count // a_per_task)
-    geom = (a_count, c_count, b_count, a_per_task, n_bblocks, b_step)
-    return geom, n_ablocks * c_count * n_bblocks
+    geom = (a_count, c_count, b_count, a_per_task, n_bblocks, b_step, int(along_b))
+    return geom, n_ablocks * n_bblocks
 
 
 def line_length(c_count: int) -> int:

@@ -27,21 +27,23 @@ def _read_only(a: np.ndarray) -> np.ndarray:
 
 
 def run(form: Form, geom, n_tasks: int, x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore,
-        nan_mode, out, write_out, partials_shape, parallel: bool = False, pool=None,
+        nan_mode, out, write_out, side, parallel: bool = False, pool=None,
         workers: int = 1):
     """Run ``form`` over flat arrays; returns ``(partials, n_bad)`` with ``partials`` of
-    shape ``(n_tasks, *partials_shape)`` (summed in order by the caller).
+    shape ``(n_tasks, N_STATS, C)`` (summed in order by the caller).  ``side``: the
+    planes kernel's per-(row, class) sums with rows along A (zeros, filled), else
+    empty.
 
     The serial entry point runs runs of consecutive tasks on ``pool``'s ``workers`` threads
     (it releases the GIL; the partials do not depend on which thread ran a
     task); ``parallel`` runs the ``prange`` entry point instead.  ``wf``/``pf``:
     per-element factors (empty when unused)."""
-    partials = np.zeros((n_tasks, *partials_shape), dtype=np.float64)
+    partials = np.zeros((n_tasks, N_STATS, len(wvec)), dtype=np.float64)
     n_bad = np.zeros(n_tasks, dtype=np.int64)
     fn = entry(form, parallel)
     args = tuple(_read_only(np.asarray(a)) for a in (x, y, wvec, pvec, wf, pf))
     args += (float(smooth), float(ignore), bool(has_ignore), int(nan_mode), out,
-             bool(write_out), tuple(int(g) for g in geom), partials, n_bad)
+             bool(write_out), tuple(int(g) for g in geom), partials, side, n_bad)
     if pool is None or parallel:
         fn(*args, 0, n_tasks)
     else:
@@ -68,13 +70,11 @@ def warmup(report=lambda form, seconds: None) -> list[Form]:
         for y in (np.zeros(64, dtype=np.uint8), np.zeros(64, dtype=dtype)):
             if form.kernel == "rows":
                 (geom, n_tasks), c = rows_geometry(16, 4), 4
-                part = (N_STATS, c)
             else:
                 (geom, n_tasks), c = planes_geometry(1, 1, 64), 1
-                part = (N_STATS,)
             full = form.loop in (WS, PS, WSPS, SMOOTH) or form.kernel == "rows"
             weights = np.ones(64 if full else 0, dtype=dtype)
             run(form, geom, n_tasks, x, y, np.ones(c), np.ones(c), weights, weights, 0.0, 0.0,
-                False, 0, np.zeros(64, dtype=dtype), True, part)
+                False, 0, np.zeros(64, dtype=dtype), True, np.zeros(0))
         report(form, time.perf_counter() - start)
     return forms

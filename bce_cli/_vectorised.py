@@ -22,7 +22,20 @@ import threading
 import numpy as np
 
 from . import _tiers
-from .stats import CORRECT, COUNT, LOSS, N_STATS, NAN_ERROR, NAN_OMIT, NEG, POS
+from .stats import (
+    CORRECT,
+    COUNT,
+    LOSS,
+    N_STATS,
+    NAN_ERROR,
+    NAN_OMIT,
+    NEG,
+    POS,
+    RNSQ,
+    RSQ,
+    RSQN,
+    SQ,
+)
 
 BLOCK = 1 << 16
 # Below this many elements the blocks run on the calling thread.
@@ -72,14 +85,19 @@ def geometry(shape):
     return max(1, BLOCK // max(plane, 1)), b_count
 
 
-def class_stats(x, y, wvec, pvec, wfull, pfull, smooth, ignore, mode, out, want_stats=True):
-    """Statistics ``(N_STATS, C)`` of ``x``/``y`` of shape (A, C, B), or None when an
-    element is invalid.  ``wvec``/``pvec``: float64 per class; ``wfull``/``pfull``:
+def class_stats(x, y, wvec, pvec, wfull, pfull, smooth, ignore, mode, out, want_stats=True,
+                along_b=True):
+    """``(stats, side)``: statistics ``(N_STATS, C)`` of ``x``/``y`` of shape (A, C, B)
+    (``(None, None)`` when an element is invalid) and, with rows along A (not
+    ``along_b``), each (entry of A, class, block of B)'s loss sum and count, an
+    array ``(A, C, blocks, 2)`` (as the compiled tier's; ``bce_cli._dispatch``
+    folds it into rows).  ``wvec``/``pvec``: float64 per class; ``wfull``/``pfull``:
     None or arrays of x's shape; ``out``: None or an array of x's shape and dtype
     that receives per-element losses (NaN where left out)."""
-    a_count, _, b_count = x.shape
+    a_count, c_count, b_count = x.shape
     a_step, b_step = geometry(x.shape)
     blocks = [(a, b) for a in range(0, a_count, a_step) for b in range(0, b_count, b_step)]
+    side = None if along_b else np.zeros((a_count, c_count, -(-b_count // b_step), 2))
     general = ignore is not None or mode != NAN_ERROR
     w3 = wvec[None, :, None]
     p3 = pvec[None, :, None]
@@ -91,11 +109,13 @@ def class_stats(x, y, wvec, pvec, wfull, pfull, smooth, ignore, mode, out, want_
         wf = None if wfull is None else wfull[sl]
         pf = None if pfull is None else pfull[sl]
         ob = None if out is None else out[sl]
+        rows = (side[a:a + a_step, :, b // b_step] if side is not None else None,)
         if not general:
-            stats = _fast_block(x[sl], y[sl], w3, p3, unit, wf, pf, smooth, ob, want_stats)
+            stats = _fast_block(x[sl], y[sl], w3, p3, unit, wf, pf, smooth, ob, want_stats,
+                                rows)
             if stats is not None:
                 return stats
-        return _careful_block(x[sl], y[sl], w3, p3, wf, pf, smooth, ignore, mode, ob)
+        return _careful_block(x[sl], y[sl], w3, p3, wf, pf, smooth, ignore, mode, ob, rows)
 
     n_threads = _tiers.threads()
     if len(blocks) > 1 and x.size >= THREADED_MIN and n_threads > 1:
@@ -106,24 +126,45 @@ def class_stats(x, y, wvec, pvec, wfull, pfull, smooth, ignore, mode, out, want_
     else:
         parts = [one(block) for block in blocks]
     if any(p is None for p in parts):
-        return None
+        return None, None
     stats = np.zeros((N_STATS, x.shape[1]))
     for part in parts:  # in block order
         stats += part
-    return stats
+    return stats, side
 
 
-def _fast_block(xb, yb, w3, p3, unit, wf, pf, smooth, ob, want_stats):
+def _row_parts(stats, u, keep, rows) -> None:
+    """A block's part of the row moments, from its losses ``u`` (A, C, B) (0 where left
+    out) and ``keep`` (None: every element counts).  ``rows[0]``: None with rows
+    along B (each position a row: its moments are summed here), else the block's
+    cells of the tier's ``side`` array (A, C, 2), which receive its (row, class)
+    sums."""
+    cells = rows[0]
+    with np.errstate(over="ignore", invalid="ignore"):  # huge losses: inf, as the kernels
+        if cells is not None:
+            u.sum(axis=2, out=cells[..., 0])
+            cells[..., 1] = u.shape[2] if keep is None else keep.sum(axis=2)
+            return
+        stats[SQ] = np.einsum("ijk,ijk->j", u, u)
+        row_a = u.sum(axis=1)
+        row_n = u.shape[1] if keep is None else keep.sum(axis=1, dtype=np.float64)
+        stats[RSQ, 0] = np.vdot(row_a, row_a)
+        stats[RSQN, 0] = (row_a * row_n).sum()
+        stats[RNSQ, 0] = (row_n * row_n * row_a.size if keep is None
+                          else np.vdot(row_n, row_n))
+
+
+def _fast_block(xb, yb, w3, p3, unit, wf, pf, smooth, ob, want_stats, rows):
     """Statistics of one block under the default options, or None when its loss sum
     is NaN (a NaN input, or 0 * inf from an infinite logit) or a target lies
     outside [0, 1]: the careful path then decides."""
     if yb.dtype != np.uint8 and yb.size and (yb.min() < 0 or yb.max() > 1):
         return None
     with np.errstate(invalid="ignore", over="ignore"):  # 0 * inf: the careful path decides
-        return _fast_losses(xb, yb, w3, p3, unit, wf, pf, smooth, ob, want_stats)
+        return _fast_losses(xb, yb, w3, p3, unit, wf, pf, smooth, ob, want_stats, rows)
 
 
-def _fast_losses(xb, yb, w3, p3, unit, wf, pf, smooth, ob, want_stats):
+def _fast_losses(xb, yb, w3, p3, unit, wf, pf, smooth, ob, want_stats, rows):
     """The loss as ``(1-y) * sp(x) + p*y * sp(-x)`` with ``sp(x) = t + m``,
     ``sp(-x) = t + (m - x)``, ``t = log1p(exp(-|x|))``, ``m = max(x, 0)``
     (``m - x`` is exact).  Unweighted, with float32 or bool inputs, it is
@@ -179,12 +220,13 @@ def _fast_losses(xb, yb, w3, p3, unit, wf, pf, smooth, ob, want_stats):
         np.equal(m1, m2, out=m1)
         np.copyto(t, m1)
         stats[CORRECT] = class_sums(t)
+        _row_parts(stats, u, None, rows)
     if ob is not None:  # a loss beyond float32's range is inf there
         np.copyto(ob, u, casting="unsafe")
     return stats
 
 
-def _careful_block(xb, yb, w3, p3, wf, pf, smooth, ignore, mode, ob):
+def _careful_block(xb, yb, w3, p3, wf, pf, smooth, ignore, mode, ob, rows):
     """Statistics of one block with the exact zero-coefficient rules and every option,
     or None when an element is invalid; writes ``ob`` (NaN where left out)."""
     with np.errstate(invalid="ignore"):  # a signalling NaN is "invalid" to cast: it is a NaN
@@ -210,11 +252,13 @@ def _careful_block(xb, yb, w3, p3, wf, pf, smooth, ignore, mode, ob):
     loss = np.where(skip, np.nan, loss)
     keep = ~skip
     stats = np.zeros((N_STATS, xf.shape[1]))
-    stats[LOSS] = np.where(keep, loss, 0.0).sum(axis=(0, 2))
+    kept = np.where(keep, loss, 0.0)
+    stats[LOSS] = kept.sum(axis=(0, 2))
     stats[COUNT] = keep.sum(axis=(0, 2))
     stats[POS] = np.where(keep, yf, 0.0).sum(axis=(0, 2))
     stats[NEG] = np.where(keep, 1.0 - yf, 0.0).sum(axis=(0, 2))
     stats[CORRECT] = (keep & ((xf > 0.0) == (yf >= 0.5))).sum(axis=(0, 2))
+    _row_parts(stats, kept, keep, rows)
     if ob is not None:
         with np.errstate(over="ignore"):
             np.copyto(ob, loss, casting="unsafe")

@@ -34,8 +34,9 @@ from .stats import (
     WNEG,
     WPOS,
 )
+from .uncertainty import check_confidence, intervals, standard_errors
 
-STATE_FORMAT = 1  # the version of state_dict()'s layout
+STATE_FORMAT = 2  # the version of state_dict()'s layout (2: the row moments)
 
 
 @dataclass
@@ -55,6 +56,14 @@ class BCEResult:
     # per class: the loss of always predicting the positive rate under the same
     # weights, pos_weight and label smoothing, reduced like class_loss (see prior_loss)
     prior_loss: np.ndarray | None = None
+    # standard errors with rows as the units (bce_cli.uncertainty; NaN below 2 rows)
+    # and the intervals at ``confidence``: (low, high) overall, (2, C) per class
+    loss_se: float = float("nan")
+    class_loss_se: np.ndarray | None = None
+    confidence: float = 0.95
+    loss_ci: tuple[float, float] = (float("nan"), float("nan"))
+    class_loss_ci: np.ndarray | None = None
+    n_rows: int = 0
 
     @cached_property
     def positive_rate(self) -> np.ndarray:
@@ -309,9 +318,11 @@ class BCEAccumulator:
         return self
 
     def compute(self, reduction: str = "mean", *, method: str = "ratio", beta: float = 0.999,
-                clip_max: float | None = None) -> BCEResult:
-        """The losses and counts so far (the state is not changed)."""
+                clip_max: float | None = None, confidence: float = 0.95) -> BCEResult:
+        """The losses and counts so far, with standard errors and intervals at
+        ``confidence`` (rows as the units); the state is not changed."""
         reduction = check(Reduction, reduction, "reduction")
+        check_confidence(confidence)
         s = self.state
         count = s[COUNT].copy()
         n_elements = int(count.sum())
@@ -323,10 +334,20 @@ class BCEAccumulator:
             per_class_mean = loss_sum / count
             accuracy = s[CORRECT] / count
         total = float(loss_sum.sum())
+        loss = total if reduction == "sum" else total / n_elements
+        class_loss = loss_sum if reduction == "sum" else per_class_mean
+        class_se, se = standard_errors(s, self.n_rows, reduction)
+        lo, hi = intervals(loss, se, self.n_rows, confidence)
         return BCEResult(
             reduction=reduction,
-            loss=total if reduction == "sum" else total / n_elements,
-            class_loss=loss_sum if reduction == "sum" else per_class_mean,
+            loss=loss,
+            class_loss=class_loss,
+            loss_se=se,
+            class_loss_se=class_se,
+            confidence=confidence,
+            loss_ci=(float(lo), float(hi)),
+            class_loss_ci=np.stack(intervals(class_loss, class_se, self.n_rows, confidence)),
+            n_rows=self.n_rows,
             loss_sum=loss_sum,
             count=count,
             n_pos=s[POS].copy(),

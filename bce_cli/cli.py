@@ -73,6 +73,9 @@ SchedulerOpt = Annotated[str | None, typer.Option(
     "--scheduler", metavar="ADDRESS",
     help="With --engine dask: a scheduler's address (tcp://host:8786), or local / local:N "
          "(N worker processes here; default one per core).")]
+ConfidenceOpt = Annotated[float, typer.Option(
+    "--confidence", metavar="P",
+    help="Confidence of every interval (rows as the independent units).")]
 TimeoutOpt = Annotated[float | None, typer.Option(
     "--timeout", metavar="SECONDS",
     help="With --engine dask: cancel the job (exit 2) if it takes longer than this.")]
@@ -137,6 +140,7 @@ def eval_command(
     max_increase: Annotated[float | None, typer.Option(
         "--max-increase", help="With --baseline: allowed absolute increase of any loss.")
     ] = None,
+    confidence: ConfidenceOpt = 0.95,
     threads: Annotated[int | None, typer.Option("--threads", min=1,
                                                 help="Compute threads (default: all cores).")
                        ] = None,
@@ -162,7 +166,7 @@ def eval_command(
                            label_smoothing=label_smoothing, ignore_value=ignore_value,
                            from_probs=from_probs, output=output, report=report,
                            threads=threads, engine=engine.value, scheduler=scheduler,
-                           timeout=timeout,
+                           timeout=timeout, confidence=confidence,
                            max_loss=max_loss, max_class_loss=max_class_loss, baseline=baseline,
                            max_increase=max_increase)
         from ._safe_write import check_outputs

@@ -21,7 +21,8 @@ from .choices import Engine, check
 from .errors import BCEInputError, InvalidValueError, brief
 from .gates import apply_gates, baseline_for, check_limits
 from .outputs import LossDataset, LossWriter
-from .report import finite_values, loss_value, loss_values
+from .report import finite_values, interval_values, loss_value, loss_values
+from .uncertainty import check_confidence
 
 
 @dataclass
@@ -41,6 +42,7 @@ class EvalOptions:
     engine: str = "local"  # or "dask" (bce_cli._dask)
     scheduler: str | None = None  # --engine dask: an address, "local" or "local:N"
     timeout: float | None = None  # --engine dask: seconds the whole job may take
+    confidence: float = 0.95  # of every interval in the report
 
 
 def probs_to_logits(p: np.ndarray) -> np.ndarray:
@@ -88,6 +90,7 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
         raise BCEInputError("--timeout is for --engine dask")
     _tiers.set_threads(opts.threads)
     check_limits(opts)
+    check_confidence(opts.confidence)
     if opts.ignore_value is not None and math.isnan(opts.ignore_value):
         raise BCEInputError("--ignore-value nan matches nothing; use --nan-policy omit to leave "
                             "NaN targets out")
@@ -127,7 +130,8 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
             if not opts.from_probs and 0.0 <= lo and hi <= 1.0:
                 warn("the predictions all lie in [0, 1]: these look like probabilities, not "
                      "logits; pass --from-probs if they are")
-            result = acc.compute("mean" if opts.reduction == "none" else opts.reduction)
+            result = acc.compute("mean" if opts.reduction == "none" else opts.reduction,
+                                 confidence=opts.confidence)
             if writer is not None:
                 writer.finish()
             report = build_report(result, inp, opts, acc.n_rows)
@@ -201,16 +205,20 @@ def build_report(result, inp, opts: EvalOptions, n_rows: int) -> dict:
     # Whole arrays to lists in one pass each: per-class work stays linear and cheap
     # (a million classes).  NaN counts (only with --nan-policy propagate) are null.
     columns = zip([str(n) for n in inp.class_names], loss_values(result.class_loss),
+                  finite_values(result.class_loss_se), interval_values(result.class_loss_ci),
                   finite_values(result.n_pos), finite_values(result.n_neg),
                   finite_values(result.suggested_pos_weight),
                   result.count.astype(np.int64).tolist(), finite_values(result.positive_rate),
                   finite_values(result.accuracy), loss_values(result.prior_loss), strict=True)
-    classes = [{"name": name, "loss": loss, "n_pos": n_pos, "n_neg": n_neg,
-                "suggested_pos_weight": spw, "count": count, "positive_rate": rate,
-                "accuracy": acc, "prior_loss": prior}
-               for name, loss, n_pos, n_neg, spw, count, rate, acc, prior in columns]
+    classes = [{"name": name, "loss": loss, "loss_se": se, "loss_ci": ci, "n_pos": n_pos,
+                "n_neg": n_neg, "suggested_pos_weight": spw, "count": count,
+                "positive_rate": rate, "accuracy": acc, "prior_loss": prior}
+               for name, loss, se, ci, n_pos, n_neg, spw, count, rate, acc, prior in columns]
     return {
         "loss": loss_value(result.loss),
+        "loss_se": finite_values([result.loss_se])[0],
+        "loss_ci": interval_values(np.array(result.loss_ci).reshape(2, 1))[0],
+        "confidence": result.confidence,
         "reduction": opts.reduction,
         "n_rows": int(n_rows),
         "n_classes": len(classes),

@@ -49,7 +49,22 @@ from ._forms import (
     Form,
 )
 from ._jit import ELEMENT_FLAGS, SUM_FLAGS, form_kernel, inline, inline_copy, scalar
-from .stats import CORRECT, COUNT, LOSS, N_STATS, NAN_ERROR, NAN_OMIT, NEG, POS
+from .stats import (
+    CORRECT,
+    COUNT,
+    LOSS,
+    NAN_ERROR,
+    NAN_OMIT,
+    NEG,
+    POS,
+    RNSQ,
+    RSQ,
+    RSQN,
+    SQ,
+)
+
+# The per-position sums of a rows task: LOSS .. SQ.
+N_LINE_STATS = SQ + 1
 
 
 @inline()
@@ -135,7 +150,8 @@ def _block_losses_for(softplus_core, loop):
 
 @scalar(SUM_FLAGS)
 def block_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out):
-    """(loss, count, n_pos, n_neg, n_correct, n_bad) of one block; writes ``out``.
+    """(loss, count, n_pos, n_neg, n_correct, sum of squared losses, n_bad) of one
+    block; writes ``out``.
 
     n_bad is counted here only under the general options (``block_losses``
     counts it otherwise)."""
@@ -144,6 +160,7 @@ def block_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out
     s_pos = 0.0
     s_neg = 0.0
     s_cor = 0.0
+    s_sq = 0.0
     n_bad = 0
     n = x.size
     if not general:  # every element counts
@@ -151,12 +168,13 @@ def block_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out
             xv = np.float64(x[i])
             yv = np.float64(y[i])
             s_loss += lbuf[i]
+            s_sq += lbuf[i] * lbuf[i]
             s_pos += yv
             s_cor += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
         if write_out:
             for i in range(n):
                 out[i] = lbuf[i]
-        return s_loss, np.float64(n), s_pos, n - s_pos, s_cor, n_bad
+        return s_loss, np.float64(n), s_pos, n - s_pos, s_cor, s_sq, n_bad
     for i in range(n):
         xv = np.float64(x[i])
         yv = np.float64(y[i])
@@ -164,6 +182,7 @@ def block_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out
         n_bad += bad
         c = 0.0 if skip else 1.0
         s_loss += 0.0 if skip else lbuf[i]
+        s_sq += 0.0 if skip else lbuf[i] * lbuf[i]
         s_count += c
         s_pos += 0.0 if skip else yv
         s_neg += 0.0 if skip else 1.0 - yv
@@ -173,52 +192,135 @@ def block_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out
             skip, _ = element_flags(np.float64(x[i]), np.float64(y[i]), ignore, has_ignore,
                                     nan_mode)
             out[i] = np.nan if skip else lbuf[i]
-    return s_loss, s_count, s_pos, s_neg, s_cor, n_bad
+    return s_loss, s_count, s_pos, s_neg, s_cor, s_sq, n_bad
+
+
+@scalar()
+def add_to_rows(x, y, lbuf, rowtot, rowcnt, general, ignore, has_ignore, nan_mode):
+    """Add one class's block of losses (and, under the general options, its counts)
+    to the per-position row totals: with rows along B, each position is a row."""
+    m = lbuf.size
+    if not general:
+        for i in range(m):
+            rowtot[i] += lbuf[i]
+        return
+    for i in range(m):
+        skip, _ = element_flags(np.float64(x[i]), np.float64(y[i]), ignore, has_ignore,
+                                nan_mode)
+        rowtot[i] += 0.0 if skip else lbuf[i]
+        rowcnt[i] += 0.0 if skip else 1.0
+
+
+@scalar(SUM_FLAGS)
+def row_moments(rowtot, rowcnt, m, general, per_row):
+    """(sum of A^2, of A*N, of N^2) over ``m`` rows whose loss totals A are ``rowtot``
+    and whose counts N are ``rowcnt`` (general options) or ``per_row`` (every
+    element counts)."""
+    s_aa = 0.0
+    s_an = 0.0
+    s_nn = 0.0
+    if not general:
+        for i in range(m):
+            s_aa += rowtot[i] * rowtot[i]
+            s_an += rowtot[i]
+        return s_aa, s_an * per_row, m * per_row * per_row
+    for i in range(m):
+        s_aa += rowtot[i] * rowtot[i]
+        s_an += rowtot[i] * rowcnt[i]
+        s_nn += rowcnt[i] * rowcnt[i]
+    return s_aa, s_an, s_nn
+
+
+@scalar(SUM_FLAGS)
+def line_rows(lrow, lcnt, m, c_count, general):
+    """Row moments (as :func:`row_moments`) of a line of ``m // c_count`` whole rows of
+    ``c_count`` losses each (``lcnt``: their counts under the general options)."""
+    s_aa = 0.0
+    s_an = 0.0
+    s_nn = 0.0
+    for q in range(m // c_count):
+        base = q * c_count
+        t = 0.0
+        n = 0.0
+        for c in range(c_count):
+            t += lrow[base + c]
+        if general:
+            for c in range(c_count):
+                n += lcnt[base + c]
+        else:
+            n = np.float64(c_count)
+        s_aa += t * t
+        s_an += t * n
+        s_nn += n * n
+    return s_aa, s_an, s_nn
 
 
 def _planes_task_for(block_losses, direct):
-    """One planes task: class ``c``, rows ``ablk`` of A, block ``blk`` of B.
+    """One planes task: rows ``ablk`` of A, block ``blk`` of B, every class.
 
-    Adds into ``partials[k]`` (N_STATS floats) and sets ``n_bad[k]``.  ``direct``:
-    losses only, written straight into ``out`` in one pass (nothing summed).
+    Adds into ``partials[k]`` (N_STATS, C) and sets ``n_bad[k]``.  Row moments:
+    with rows along B (``along_b``: 1-D data, a column-major table seen as (C, n)),
+    each position of B is a row, and the task adds its rows' moments itself
+    (all classes of a position are in the task); with rows along A, it adds
+    each (row, class)'s loss sum and count into ``side`` at
+    ``2 * ((a * C + c) * n_bblocks + blk)``, and the caller folds them into rows.
+    ``direct``: losses only, written straight into ``out`` (nothing summed).
     """
 
     def task(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out, write_out,
-             geom, partials, n_bad, k0, k1):
+             geom, partials, side, n_bad, k0, k1):
+        a_count, c_count, b_count, a_per_task, n_bblocks, b_step, along_b = geom
+        general = has_ignore or nan_mode != NAN_ERROR
+        rows_b = along_b != 0 and not direct
+        lbuf = np.empty(0 if direct else BLOCK, dtype=np.float64)
+        rowtot = np.empty(BLOCK if rows_b else 0, dtype=np.float64)
+        rowcnt = np.empty(BLOCK if rows_b and general else 0, dtype=np.float64)
         for k in range(k0, k1):
-            a_count, c_count, b_count, a_per_task, n_bblocks, b_step = geom
             blk = k % n_bblocks
-            ac = k // n_bblocks
-            c = ac % c_count
-            ablk = ac // c_count
+            ablk = k // n_bblocks
             b_lo = blk * b_step
-            b_len = min(b_count, b_lo + b_step) - b_lo
-            general = has_ignore or nan_mode != NAN_ERROR
-            w = wvec[c]
-            p = pvec[c]
+            b_hi = min(b_count, b_lo + b_step)
             acc = partials[k]
-            lbuf = np.empty(0 if direct else BLOCK, dtype=np.float64)
             bad_count = 0
             for a in range(ablk * a_per_task, min(a_count, (ablk + 1) * a_per_task)):
-                lo = (a * c_count + c) * b_count + b_lo
-                hi = lo + b_len
-                if direct:
-                    bad_count += block_losses(x[lo:hi], y[lo:hi], wf[lo:hi], pf[lo:hi], w, p,
-                                              smooth, out[lo:hi])
-                    continue
-                for blo in range(lo, hi, BLOCK):
-                    bhi = min(hi, blo + BLOCK)
-                    buf = lbuf[: bhi - blo]
-                    bad = block_losses(x[blo:bhi], y[blo:bhi], wf[blo:bhi], pf[blo:bhi], w, p,
-                                       smooth, buf)
-                    s = block_sums(x[blo:bhi], y[blo:bhi], buf, general, ignore, has_ignore,
-                                   nan_mode, out[blo:bhi] if write_out else out[0:0], write_out)
-                    acc[LOSS] += s[0]
-                    acc[COUNT] += s[1]
-                    acc[POS] += s[2]
-                    acc[NEG] += s[3]
-                    acc[CORRECT] += s[4]
-                    bad_count += s[5] + (0 if general else bad)
+                for blo in range(b_lo, b_hi, BLOCK):
+                    m = min(b_hi, blo + BLOCK) - blo
+                    if rows_b:
+                        rowtot[:m] = 0.0
+                        if general:
+                            rowcnt[:m] = 0.0
+                    for c in range(c_count):
+                        lo = (a * c_count + c) * b_count + blo
+                        hi = lo + m
+                        if direct:
+                            bad_count += block_losses(x[lo:hi], y[lo:hi], wf[lo:hi], pf[lo:hi],
+                                                      wvec[c], pvec[c], smooth, out[lo:hi])
+                            continue
+                        buf = lbuf[:m]
+                        bad = block_losses(x[lo:hi], y[lo:hi], wf[lo:hi], pf[lo:hi], wvec[c],
+                                           pvec[c], smooth, buf)
+                        s = block_sums(x[lo:hi], y[lo:hi], buf, general, ignore, has_ignore,
+                                       nan_mode, out[lo:hi] if write_out else out[0:0],
+                                       write_out)
+                        acc[LOSS, c] += s[0]
+                        acc[COUNT, c] += s[1]
+                        acc[POS, c] += s[2]
+                        acc[NEG, c] += s[3]
+                        acc[CORRECT, c] += s[4]
+                        acc[SQ, c] += s[5]
+                        bad_count += s[6] + (0 if general else bad)
+                        if rows_b:
+                            add_to_rows(x[lo:hi], y[lo:hi], buf, rowtot, rowcnt, general,
+                                        ignore, has_ignore, nan_mode)
+                        elif not direct:
+                            i = 2 * ((a * c_count + c) * n_bblocks + blk)
+                            side[i] += s[0]
+                            side[i + 1] += s[1]
+                    if rows_b:
+                        r = row_moments(rowtot, rowcnt, m, general, np.float64(c_count))
+                        acc[RSQ, 0] += r[0]
+                        acc[RSQN, 0] += r[1]
+                        acc[RNSQ, 0] += r[2]
             n_bad[k] = bad_count
 
     return task, SUM_FLAGS
@@ -228,18 +330,19 @@ def _rows_task_for(softplus_core, loop):
     """One rows task: rows ``k*rows .. (k+1)*rows`` as flat memory, in lines of
     ``width`` elements (a whole number of rows; the per-class factors repeated
     along a line).  One loop per line computes each element's loss and adds
-    it, its target and its correctness into a per-position float64 sum: no sum
-    runs across the loop, so it vectorises without ``reassoc`` and the
-    transcendental keeps its compensation.  The positions are folded into
-    classes at the end, into ``partials[k]`` (N_STATS, C).  Targets are
-    smoothed as ``y * keep + half``.
+    it, its square, its target and its correctness into a per-position float64
+    sum: no sum runs across the loop, so it vectorises without ``reassoc`` and
+    the transcendental keeps its compensation.  The line's losses are kept in
+    float64 for its rows' moments (:func:`line_rows`).  The positions are
+    folded into classes at the end, into ``partials[k]`` (N_STATS, C).  Targets
+    are smoothed as ``y * keep + half``.
     """
     general_loop = loop == ROWS_GENERAL
     write_loop = loop == ROWS_WRITE
     unit = loop == ROWS_UNIT  # constant factors fold away
 
     def task(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out, write_out,
-             geom, partials, n_bad, k0, k1):
+             geom, partials, side, n_bad, k0, k1):
         for k in range(k0, k1):
             n_rows, c_count, width, rows = geom
             lo_all = k * rows * c_count
@@ -254,16 +357,22 @@ def _rows_task_for(softplus_core, loop):
             for j in range(width):
                 w_line[j] = wvec[j % c_count]
                 p_line[j] = pvec[j % c_count]
-            acc = np.zeros((N_STATS, width), dtype=np.float64)
+            acc = np.zeros((N_LINE_STATS, width), dtype=np.float64)
             a_loss = acc[LOSS]
             a_count = acc[COUNT]
             a_pos = acc[POS]
             a_neg = acc[NEG]
             a_cor = acc[CORRECT]
+            a_sq = acc[SQ]
+            lrow = np.empty(width, dtype=np.float64)
+            lcnt = np.empty(width if general_loop else 0, dtype=np.float64)
             scratch = np.empty(width if general_loop else 0, dtype=out.dtype)
             wbuf = np.empty(width if use_wf else 0, dtype=np.float64)
             pbuf = np.empty(width if use_pf else 0, dtype=np.float64)
             bad_count = 0
+            r_aa = 0.0
+            r_an = 0.0
+            r_nn = 0.0
             for lo in range(lo_all, hi_all, width):
                 m = min(hi_all, lo + width) - lo
                 xs = x[lo:lo + m]
@@ -287,8 +396,12 @@ def _rows_task_for(softplus_core, loop):
                         loss = element_loss(xv, yv * keep + half, ws[j], ps[j],
                                             softplus_core(abs(xv)))
                         one = 0.0 if skip else 1.0
+                        kept = 0.0 if skip else loss
                         dst[j] = np.nan if skip else loss
-                        a_loss[j] += 0.0 if skip else loss
+                        lrow[j] = kept
+                        lcnt[j] = one
+                        a_loss[j] += kept
+                        a_sq[j] += kept * kept
                         a_count[j] += one
                         a_pos[j] += 0.0 if skip else yv
                         a_neg[j] += 0.0 if skip else 1.0 - yv
@@ -307,12 +420,18 @@ def _rows_task_for(softplus_core, loop):
                                                 softplus_core(abs(xv)))
                         if write_loop:
                             dst[j] = loss
+                        lrow[j] = loss
                         a_loss[j] += loss
+                        a_sq[j] += loss * loss
                         a_pos[j] += yv
                         a_cor[j] += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
                         bad_count += invalid(xv, yv)
+                r = line_rows(lrow, lcnt, m, c_count, general_loop)
+                r_aa += r[0]
+                r_an += r[1]
+                r_nn += r[2]
             stats = partials[k]
-            for s in range(N_STATS):
+            for s in range(N_LINE_STATS):
                 for q in range(width // c_count):
                     for c in range(c_count):
                         stats[s, c] += acc[s, q * c_count + c]
@@ -320,6 +439,9 @@ def _rows_task_for(softplus_core, loop):
                 for c in range(c_count):
                     stats[COUNT, c] = (hi_all - lo_all) // c_count
                     stats[NEG, c] = stats[COUNT, c] - stats[POS, c]
+            stats[RSQ, 0] += r_aa
+            stats[RSQN, 0] += r_an
+            stats[RNSQ, 0] += r_nn
             n_bad[k] = bad_count
 
     return task, ELEMENT_FLAGS
@@ -341,10 +463,10 @@ def _entry_for(form: Form, parallel: bool):
     serial = scalar(flags)(task)
 
     def run_tasks(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out,
-                  write_out, geom, partials, n_bad, k0, k1):
+                  write_out, geom, partials, side, n_bad, k0, k1):
         for k in prange(k0, k1):
             serial(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out,
-                   write_out, geom, partials, n_bad, k, k + 1)
+                   write_out, geom, partials, side, n_bad, k, k + 1)
 
     return form_kernel(f"{form.name}_prange", parallel=True)(run_tasks)
 

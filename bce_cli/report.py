@@ -44,6 +44,20 @@ def finite_values(a) -> list:
     return out.tolist()
 
 
+def interval_values(ci) -> list:
+    """Intervals ``(2, C)`` (lows, highs) as the report holds them: ``[low, high]`` per
+    class (each a :func:`loss_value`), or None where either end is NaN (fewer than
+    two rows: no spread to estimate).
+
+    >>> interval_values(np.array([[0.1, np.nan], [0.3, 0.5]]))
+    [[0.1, 0.3], None]
+    """
+    ci = np.asarray(ci, dtype=np.float64)
+    lows, highs = loss_values(ci[0]), loss_values(ci[1])
+    return [None if lo is None or hi is None else [lo, hi]
+            for lo, hi in zip(lows, highs, strict=True)]
+
+
 def loss_number(v) -> float | None:
     """A loss of a report (this run's or a baseline read back) as a float or None."""
     return None if v is None else float(v)

@@ -1,7 +1,7 @@
 """Layout of the per-class statistics shared by every engine (no numba here).
 
 The mergeable state is a float64 array of shape ``(N_ACC_STATS, C)``, one row per
-:class:`Stat`.  The kernels fill the first ``N_STATS`` rows; the accumulator adds
+:class:`Stat`.  The tiers fill the first ``N_STATS`` rows; the accumulator adds
 ``WPOS``/``WNEG`` after them (see :class:`Stat`).  The plain ``int`` constants
 below index those rows in the kernels: numba freezes them at compile time.
 """
@@ -18,13 +18,22 @@ class Stat(IntEnum):
     POS = 2       # sum of y
     NEG = 3       # sum of 1 - y
     CORRECT = 4   # elements with (logit > 0) == (target >= 0.5)
-    WPOS = 5      # sum of w*y (w the element's weight): the prior loss follows from these
-    WNEG = 6      # sum of w*(1 - y)
+    # Row moments (bce_cli.uncertainty): with a[r], n[r] the class's loss sum and count
+    # in row r, and A[r], N[r] those of the whole row (all classes),
+    SQ = 5        # sum over rows of a^2
+    SQN = 6       # sum over rows of a*n
+    NSQ = 7       # sum over rows of n^2
+    RSQ = 8       # sum over rows of A^2   (overall: in the first class's column, others 0)
+    RSQN = 9      # sum over rows of A*N   (the same)
+    RNSQ = 10     # sum over rows of N^2   (the same)
+    WPOS = 11     # sum of w*y (w the element's weight): the prior loss follows from these
+    WNEG = 12     # sum of w*(1 - y)
 
 
 STAT_NAMES = tuple(s.name.lower() for s in Stat)
-LOSS, COUNT, POS, NEG, CORRECT, WPOS, WNEG = map(int, Stat)
-N_STATS = 5  # the rows a kernel writes
+(LOSS, COUNT, POS, NEG, CORRECT, SQ, SQN, NSQ, RSQ, RSQN, RNSQ, WPOS,
+ WNEG) = map(int, Stat)
+N_STATS = 11  # the rows a tier returns for a batch (the kernels write some, see _dispatch)
 N_ACC_STATS = len(Stat)
 
 NAN_ERROR, NAN_OMIT, NAN_PROPAGATE = 0, 1, 2

@@ -36,15 +36,15 @@ def _run_form(form, parallel, pool=None):
     y = (rng.random(shape) < 0.3).astype(np.float32).reshape(-1)
     if form.kernel == "rows":
         geom, n_tasks = rows_geometry(*shape)
-        part, c = (5, 7), 7
+        c = 7
     else:
         geom, n_tasks = planes_geometry(1, 1, x.size)
-        part, c = (5,), 1
+        c = 1
     empty = np.zeros(0)
     from bce_cli import _launch
 
     return _launch.run(form, geom, n_tasks, x, y, np.ones(c), np.full(c, 2.0), empty, empty,
-                       0.0, 0.0, False, 0, np.zeros(0, np.float32), False, part,
+                       0.0, 0.0, False, 0, np.zeros(0, np.float32), False, empty,
                        parallel=parallel, pool=pool, workers=_tiers.threads())
 
 

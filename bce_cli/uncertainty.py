@@ -1,0 +1,210 @@
+"""Standard errors and confidence intervals of losses, with rows as the units.
+
+Rows (axis 0) are the independent units: the elements of one row (its
+classes, the pixels of one image) are not assumed independent.  For row
+``r`` and class ``c`` let ``a[r, c]`` be the sum of the row's weighted element
+losses in that class and ``n[r, c]`` the number of its elements that count;
+``A[r]``, ``N[r]`` their sums over classes.  A mean loss ``sum(a) / sum(n)`` is
+a ratio estimator: its standard error (linearised, as for cluster samples) is
+
+    se^2 = R / (R - 1) * sum_r (a_r - L * n_r)^2 / (sum_r n_r)^2
+
+with ``L`` the loss and ``R`` the number of rows; a summed loss ``T = sum(a)``
+has ``se^2 = R / (R - 1) * sum_r (a_r - T / R)^2``.  Both need only the sums of
+``a^2``, ``a*n`` and ``n^2`` over rows next to the plain sums, so the state
+stays a set of sums that streaming, threads and Dask add up
+(:func:`row_moments`; the rows of :class:`bce_cli.stats.Stat`).  Intervals
+are ``loss +- t * se`` with Student's t quantile on ``R - 1`` degrees of
+freedom (computed here: no SciPy at run time).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import BCEInputError
+from .stats import COUNT, LOSS, NSQ, RNSQ, RSQ, RSQN, SQ, SQN
+
+ROW_STATS = (SQ, SQN, NSQ, RSQ, RSQN, RNSQ)
+
+
+def row_moments(a, n=None, *, m: float | None = None) -> np.ndarray:
+    """The rows ``SQ, SQN, NSQ, RSQ, RSQN, RNSQ`` (shape ``(6, C)``) from per-row,
+    per-class loss sums ``a`` of shape ``(R, C)`` and counts ``n`` of the same shape,
+    or, when every element counts, the count ``m`` of elements per row and class.
+
+    The per-class rows are sums over rows of ``a^2``, ``a*n``, ``n^2``; the overall
+    ones (``RSQ``: sum over rows of ``A^2``; ``RSQN``: of ``A*N``; ``RNSQ``: of
+    ``N^2``) are kept in the first class's column, the others 0.
+
+    >>> row_moments(np.array([[1.0, 2.0], [3.0, 0.0]]), m=1)[:, :].tolist()
+    [[10.0, 4.0], [4.0, 2.0], [2.0, 2.0], [18.0, 0.0], [12.0, 0.0], [8.0, 0.0]]
+    """
+    with np.errstate(over="ignore", invalid="ignore"):  # huge losses give inf, as in sums
+        return _row_moments(np.asarray(a, dtype=np.float64), n, m)
+
+
+def _row_moments(a, n, m):
+    r_count, c_count = a.shape
+    out = np.zeros((len(ROW_STATS), c_count))
+    out[0] = np.einsum("rc,rc->c", a, a)
+    row_a = a.sum(axis=1)
+    out[3, 0] = row_a @ row_a
+    if n is None:
+        out[1] = m * a.sum(axis=0)
+        out[2] = r_count * m * m
+        out[4, 0] = c_count * m * row_a.sum()
+        out[5, 0] = r_count * (c_count * m) ** 2
+        return out
+    n = np.asarray(n, dtype=np.float64)
+    row_n = n.sum(axis=1)
+    out[1] = np.einsum("rc,rc->c", a, n)
+    out[2] = np.einsum("rc,rc->c", n, n)
+    out[4, 0] = row_a @ row_n
+    out[5, 0] = row_n @ row_n
+    return out
+
+
+def _residual(s_a, s_n, s_aa, s_an, s_nn):
+    """sum over rows of (a - L n)^2, L = s_a / s_n, from the sums (never below 0)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loss = s_a / s_n
+        return np.maximum(s_aa - 2.0 * loss * s_an + loss * loss * s_nn, 0.0)
+
+
+def standard_errors(state: np.ndarray, n_rows: int, reduction: str):
+    """``(per-class se (C,), overall se)`` from an accumulator state; NaN with fewer
+    than two rows (nothing to estimate a spread from) or a loss that is not finite."""
+    s_a, s_n = state[LOSS], state[COUNT]
+    r = float(n_rows)
+    if n_rows < 2:
+        nan = np.full(s_a.shape, np.nan)
+        return nan, math.nan
+    t_a, t_n = float(s_a.sum()), float(s_n.sum())
+    factor = r / (r - 1.0)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if reduction == "sum":
+            cls = np.maximum(state[SQ] - s_a * s_a / r, 0.0) * factor
+            total = max(float(state[RSQ].sum()) - t_a * t_a / r, 0.0) * factor
+        else:
+            cls = _residual(s_a, s_n, state[SQ], state[SQN], state[NSQ]) * factor / (s_n * s_n)
+            total = float(_residual(t_a, t_n, state[RSQ].sum(), state[RSQN].sum(),
+                                    state[RNSQ].sum())) * factor / (t_n * t_n)
+        cls = np.sqrt(cls)
+        cls[~np.isfinite(s_a)] = np.nan
+        total = math.sqrt(total) if math.isfinite(t_a) and total == total else math.nan
+    return cls, total
+
+
+def check_confidence(confidence: float) -> float:
+    """``confidence`` if it lies strictly between 0 and 1, else BCEInputError."""
+    if not 0.0 < confidence < 1.0:  # also NaN
+        raise BCEInputError(f"--confidence must lie strictly between 0 and 1, got {confidence}",
+                            hint="0.95 gives 95% intervals")
+    return confidence
+
+
+def intervals(loss, se, n_rows: int, confidence: float):
+    """``(low, high)`` arrays: ``loss -+ t * se``, t the two-sided Student quantile at
+    ``confidence`` on ``n_rows - 1`` degrees of freedom."""
+    if n_rows < 2:
+        t = math.nan
+    else:
+        t = t_quantile(0.5 + 0.5 * confidence, n_rows - 1)
+    loss = np.asarray(loss, dtype=np.float64)
+    se = np.asarray(se, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return loss - t * se, loss + t * se
+
+
+# Student's t distribution, from the regularised incomplete beta function.
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """The continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 10_000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                     + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_sf(t: float, dof: float) -> float:
+    """P(T > t) for Student's t with ``dof`` degrees of freedom.
+
+    >>> round(t_sf(2.0, 10), 6)
+    0.036694
+    """
+    if t != t:
+        return math.nan
+    if math.isinf(dof):
+        return 0.5 * math.erfc(t / math.sqrt(2.0))
+    tail = 0.5 * _betainc(0.5 * dof, 0.5, dof / (dof + t * t))
+    return tail if t >= 0 else 1.0 - tail
+
+
+def two_sided_p(t: float, dof: float) -> float:
+    """The two-sided p-value of a t statistic."""
+    return min(1.0, 2.0 * t_sf(abs(t), dof)) if t == t else math.nan
+
+
+def t_quantile(p: float, dof: float) -> float:
+    """The ``p`` quantile of Student's t with ``dof`` degrees of freedom (bisection on
+    :func:`t_sf` to 1e-12; exact forms for 1 and 2 degrees of freedom).
+
+    >>> round(t_quantile(0.975, 10), 6), round(t_quantile(0.975, 1e9), 6)
+    (2.228139, 1.959964)
+    """
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"a quantile needs 0 < p < 1, got {p}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, dof)
+    if dof == 1:
+        return math.tan(math.pi * (p - 0.5))
+    if dof == 2:
+        return (2.0 * p - 1.0) / math.sqrt(2.0 * p * (1.0 - p))
+    q = 1.0 - p
+    lo, hi = 0.0, 1.0
+    while t_sf(hi, dof) > q:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_sf(mid, dof) > q:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
