@@ -130,8 +130,14 @@ def _json(v, pad: str) -> str:
 
 
 OVERALL_ROW = "(overall)"  # the CSV's last row: the overall loss and counts
-EVAL_COLUMNS = ("name", "loss", "prior_loss", "n_pos", "n_neg", "positive_rate", "accuracy",
-                "suggested_pos_weight", "count")
+EVAL_COLUMNS = ("name", "loss", "loss_se", "loss_ci_low", "loss_ci_high", "prior_loss", "n_pos",
+                "n_neg", "positive_rate", "accuracy", "suggested_pos_weight", "count")
+
+
+def _with_ends(row: dict) -> dict:
+    """A report row with its interval as two cells (the CSV's columns)."""
+    ci = row.get("loss_ci") or (None, None)
+    return {**row, "loss_ci_low": ci[0], "loss_ci_high": ci[1]}
 
 
 def eval_csv(report: dict) -> str:
@@ -139,12 +145,26 @@ def eval_csv(report: dict) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(EVAL_COLUMNS)
     for c in report["classes"]:
+        c = _with_ends(c)
         w.writerow(["" if c[k] is None else c[k] for k in EVAL_COLUMNS])
-    total = {"name": OVERALL_ROW, "loss": report["loss"], "count": report["n_elements"],
-             "n_pos": sum(c["n_pos"] or 0.0 for c in report["classes"]),
-             "n_neg": sum(c["n_neg"] or 0.0 for c in report["classes"])}
+    total = _with_ends({
+        "name": OVERALL_ROW, "loss": report["loss"], "loss_se": report["loss_se"],
+        "loss_ci": report["loss_ci"], "count": report["n_elements"],
+        "n_pos": sum(c["n_pos"] or 0.0 for c in report["classes"]),
+        "n_neg": sum(c["n_neg"] or 0.0 for c in report["classes"])})
     w.writerow(["" if total.get(k) is None else total[k] for k in EVAL_COLUMNS])
     return buf.getvalue()
+
+
+def _ci_column(intervals, digits: int = 4) -> list[str]:
+    """Intervals as table cells, ``low–high`` ("-" where there is none)."""
+    lows = _g_column([None if ci is None else ci[0] for ci in intervals], digits, none="")
+    highs = _g_column([None if ci is None else ci[1] for ci in intervals], digits, none="")
+    return [f"{lo}–{hi}" if lo else "-" for lo, hi in zip(lows, highs, strict=True)]
+
+
+def _ci_head(report: dict) -> str:
+    return f"{100 * report['confidence']:g}% CI"
 
 
 def _verdict(report: dict) -> str:
@@ -170,22 +190,26 @@ def eval_markdown(report: dict) -> str:
     loss_head = "loss (sum)" if report["reduction"] == "sum" else "loss"
     worse = [worse_than_prior(c) for c in report["classes"]]
     mark = any(worse)
+    ci_head = _ci_head(report)
+    cis = _ci_column([c["loss_ci"] for c in report["classes"]], 6)
     lines = [
         f"### bce eval: loss {_loss(report['loss'])} — {_verdict(report)}",
         "",
-        f"| class | {loss_head} | prior loss | n_pos | n_neg | pos. rate | accuracy "
+        f"| class | {loss_head} | {ci_head} | prior loss | n_pos | n_neg | pos. rate | accuracy "
         "| suggested pos_weight |" + (" vs prior |" if mark else ""),
-        "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if mark else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if mark else ""),
     ]
-    for c, is_worse in zip(report["classes"], worse, strict=True):
+    for c, ci, is_worse in zip(report["classes"], cis, worse, strict=True):
         name = _shown(c["name"]).replace("|", "\\|")  # a | would end the cell
-        lines.append(f"| {name} | {_loss(c['loss'])} | {_g(c['prior_loss'])} | "
+        lines.append(f"| {name} | {_loss(c['loss'])} | {ci} | {_g(c['prior_loss'])} | "
                      f"{_g(c['n_pos'])} | {_g(c['n_neg'])} | {_pct(c['positive_rate'])} | "
                      f"{_pct(c['accuracy'])} | {_g(c['suggested_pos_weight'], 4)} |"
                      + ((" **worse** |" if is_worse else " |") if mark else ""))
-    lines += ["", f"Overall {report['reduction']} loss **{_loss(report['loss'])}** over "
+    lines += ["", f"Overall {report['reduction']} loss **{_loss(report['loss'])}** "
+              f"({ci_head} {_ci_column([report['loss_ci']], 6)[0]}) over "
               f"{report['n_elements']} elements ({report['n_rows']} rows, "
-              f"{report['n_classes']} classes)."]
+              f"{report['n_classes']} classes); intervals take rows as the independent "
+              "units."]
     if mark:
         lines += ["", PRIOR_LEGEND + "; worse: a loss above the prior."]
     if report["failures"]:
@@ -272,6 +296,7 @@ def print_eval_table(report: dict, console) -> None:
              _g_column([c["loss"] for c in classes], 5, none="NaN")]
     if mark:
         cells.append([WORSE_MARK if w else "" for w in worse])
+    cells.append(_ci_column([c["loss_ci"] for c in classes]))
     cells += [_g_column([c["prior_loss"] for c in classes], 4),
               _g_column([c["n_pos"] for c in classes]),
               _g_column([c["n_neg"] for c in classes]),
@@ -281,12 +306,13 @@ def print_eval_table(report: dict, console) -> None:
     rows = list(zip(*cells, strict=True))
     red = {(r, k) for r, w in enumerate(worse) if w for k in (1, 2)}
     columns = [("class", "left"), (loss_head, "right")] + [("", "left")] * mark + [
-        ("prior", "right"), ("n_pos", "right"), ("n_neg", "right"), ("pos %", "right"),
+        (_ci_head(report), "right"), ("prior", "right"), ("n_pos", "right"), ("n_neg", "right"), ("pos %", "right"),
         ("acc.", "right"), ("pos_weight*", "right")]
     _print_table(console, "bce eval" + (" — per class" if many else ""), columns, rows, red)
     # Lines of prose: a terminal wraps them; a log keeps each on one line.
     soft = not console.is_terminal
-    console.print(f"overall {report['reduction']} loss: [bold]{_loss(report['loss'])}[/]   "
+    console.print(f"overall {report['reduction']} loss: [bold]{_loss(report['loss'])}[/] "
+                  f"({_ci_head(report)} {_ci_column([report['loss_ci']], 5)[0]})   "
                   f"rows: {report['n_rows']}   elements: {report['n_elements']}   "
                   f"classes: {report['n_classes']}", soft_wrap=soft)
     src = report.get("inputs") or {}
@@ -294,8 +320,9 @@ def print_eval_table(report: dict, console) -> None:
     if used:
         console.print("inputs: " + escape(", ".join(used)), highlight=False, soft_wrap=soft)
     worse = f"; red loss, {WORSE_MARK}: worse than the prior" if mark else " (red loss: above it)"
-    console.print(f"{PRIOR_LEGEND}{worse}; acc.: accuracy at logit 0; "
-                  "*suggested pos_weight = n_neg/n_pos", style="dim", soft_wrap=soft)
+    console.print(f"{PRIOR_LEGEND}{worse}; CI: rows as the independent units; acc.: "
+                  "accuracy at logit 0; *suggested pos_weight = n_neg/n_pos", style="dim",
+                  soft_wrap=soft)
     gates = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in report.get("gates", {}).items())
     if report["failures"]:
         console.print(f"[bold red]FAILED[/] ({escape(gates)})", soft_wrap=soft)

@@ -148,17 +148,30 @@ def _betacf(a: float, b: float, x: float) -> float:
     return h
 
 
-def _betainc(a: float, b: float, x: float) -> float:
-    """The regularised incomplete beta function I_x(a, b)."""
+def _log_beta(a: float, b: float) -> float:
+    """log B(a, b); for b = 1/2 and large a (Student's t on many degrees of freedom)
+    lgamma(a + 1/2) - lgamma(a) from its asymptotic series, which keeps the digits
+    that the difference of two large lgammas loses."""
+    if b == 0.5 and a > 50.0:
+        ratio = (0.5 * math.log(a) - 1.0 / (8.0 * a) + 1.0 / (192.0 * a ** 3)
+                 - 1.0 / (640.0 * a ** 5) + 17.0 / (14336.0 * a ** 7))
+        return math.lgamma(0.5) - ratio
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+
+def _betainc(a: float, b: float, x: float, y: float) -> float:
+    """The regularised incomplete beta function I_x(a, b), given ``y = 1 - x`` computed
+    without cancellation."""
     if x <= 0.0:
         return 0.0
-    if x >= 1.0:
+    if y <= 0.0:
         return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                     + a * math.log(x) + b * math.log1p(-x))
+    log_x = math.log1p(-y) if y < 0.5 else math.log(x)
+    log_y = math.log1p(-x) if x < 0.5 else math.log(y)
+    front = math.exp(a * log_x + b * log_y - _log_beta(a, b))
     if x < (a + 1.0) / (a + b + 2.0):
         return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+    return 1.0 - front * _betacf(b, a, y) / b
 
 
 def t_sf(t: float, dof: float) -> float:
@@ -171,7 +184,7 @@ def t_sf(t: float, dof: float) -> float:
         return math.nan
     if math.isinf(dof):
         return 0.5 * math.erfc(t / math.sqrt(2.0))
-    tail = 0.5 * _betainc(0.5 * dof, 0.5, dof / (dof + t * t))
+    tail = 0.5 * _betainc(0.5 * dof, 0.5, dof / (dof + t * t), t * t / (dof + t * t))
     return tail if t >= 0 else 1.0 - tail
 
 

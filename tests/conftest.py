@@ -16,3 +16,15 @@ def engine(request):
     _tiers.set_tier(request.param)
     yield request.param
     _tiers.set_tier(None)
+
+
+@pytest.fixture
+def cli():
+    """Run ``bce`` in this process: ``cli("eval", ...)`` returns typer's Result
+    (exit_code, stdout, stderr, output)."""
+    from typer.testing import CliRunner
+
+    from bce_cli.cli import app
+
+    runner = CliRunner()
+    return lambda *args: runner.invoke(app, [str(a) for a in args])

@@ -371,5 +371,5 @@ def test_a_class_name_with_a_newline_tab_or_bar_stays_one_row(tmp_path, fmt):
     assert len(rows) == 3, res.stdout
     assert any("line\\nbreak" in r for r in rows) and any("tab\\there" in r for r in rows)
     if fmt == "markdown":
-        assert all(r.count(" | ") == 7 for r in rows)  # 8 cells in every row
+        assert all(r.count(" | ") == 8 for r in rows)  # 9 cells in every row
         assert any("a\\|b" in r for r in rows)
