@@ -16,9 +16,29 @@ import numpy as np
 
 from . import _tiers, _vectorised
 from ._checks import check_targets
-from ._forms import planes_form, planes_geometry, rows_form, rows_geometry
+from ._forms import (
+    MOMENTS_ALONG_A,
+    MOMENTS_ALONG_B,
+    MOMENTS_NONE,
+    planes_form,
+    planes_geometry,
+    rows_form,
+    rows_geometry,
+)
 from .errors import BCEInputError
-from .stats import COUNT, LOSS, NAN_ERROR, NAN_POLICIES, NSQ, OUT_NONE, OUT_ONLY, RNSQ, SQ, SQN
+from .stats import (
+    COUNT,
+    LOSS,
+    NAN_ERROR,
+    NAN_POLICIES,
+    NSQ,
+    OUT_NONE,
+    OUT_ONLY,
+    RNSQ,
+    RSQ,
+    SQ,
+    SQN,
+)
 from .uncertainty import row_moments
 
 
@@ -69,7 +89,8 @@ def as_targets(y, like: np.dtype) -> np.ndarray:
 
 
 def class_stats(x, y, class_axis: int | None, opts: LossOptions, *,
-                write: int = OUT_NONE, job: _tiers.JobTier | None = None):
+                write: int = OUT_NONE, job: _tiers.JobTier | None = None,
+                moments: bool = False):
     """Per-class statistics ``(N_STATS, C)`` (rows: axis 0 of ``x``, or each
     element when ``class_axis`` is None) and, unless ``write`` is OUT_NONE,
     per-element losses of ``x``'s shape (else None).
@@ -80,6 +101,7 @@ def class_stats(x, y, class_axis: int | None, opts: LossOptions, *,
     is still validated, but the statistics returned are meaningless).
     ``job``: the streamed job this call is part of: its size decides the tier
     at its first batch, and that tier is kept (:class:`~bce_cli._tiers.JobTier`).
+    ``moments``: also the row moments (rows ``SQ`` .. ``RNSQ``; else they are 0).
     Raises InvalidValueError at the first invalid element.
     """
     x, y = np.asarray(x), np.asarray(y)
@@ -87,10 +109,10 @@ def class_stats(x, y, class_axis: int | None, opts: LossOptions, *,
             and not x.flags.c_contiguous):
         # Column-major (n, C), as wide tables arrive: run on the (C, n) view
         # instead of copying, and hand back per-element losses in (n, C).
-        stats, out = _run(x.T, y.T, 0, _transposed(opts), write, job)
+        stats, out = _run(x.T, y.T, 0, _transposed(opts), write, job, moments)
         out = None if out is None else out.T
     else:
-        stats, out = _run(x, y, class_axis, opts, write, job)
+        stats, out = _run(x, y, class_axis, opts, write, job, moments)
     if stats is None:  # an invalid element: find the first one (slow path, only on error)
         check_targets(y, logits=x, class_axis=class_axis, ignore=opts.ignore,
                       nan_policy=opts.nan_policy)
@@ -123,7 +145,7 @@ def _layout(shape, class_axis):
     return (a_count, c_count, b_count), class_axis == 0 or b_count == 1
 
 
-def _run(x, y, class_axis, opts: LossOptions, write, job):
+def _run(x, y, class_axis, opts: LossOptions, write, job, moments):
     """Normalise, pick a form and a tier, run it; the statistics are None when an
     element is invalid."""
     shape = x.shape
@@ -147,34 +169,40 @@ def _run(x, y, class_axis, opts: LossOptions, write, job):
                            write)
     out = None if write == OUT_NONE else np.empty(canon, dtype=x.dtype)
     tier = job.pick(x.size, form) if job is not None else _tiers.choose(x.size, form)
+    one_element_rows = along_b and c_count == 1  # each element a row: nothing to add up
+    kind = (MOMENTS_NONE if not moments or write == OUT_ONLY or one_element_rows
+            else MOMENTS_ALONG_B if along_b else MOMENTS_ALONG_A)
     if tier == "numpy":
         stats, side = _vectorised.class_stats(x.reshape(canon), y.reshape(canon), wvec, pvec,
                                               wf, pf, smooth, ignore, mode, out,
-                                              write != OUT_ONLY, along_b)
+                                              write != OUT_ONLY, kind, moments)
     else:
-        stats, side = _compiled_stats(form, x, y, canon, along_b, wvec, pvec, wf, pf, smooth,
+        stats, side = _compiled_stats(form, x, y, canon, kind, wvec, pvec, wf, pf, smooth,
                                       ignore, mode, out)
-    if stats is not None and write != OUT_ONLY:
-        _row_moments(stats, side, canon)
+    if stats is not None and moments and write != OUT_ONLY:
+        _row_moments(stats, side, canon, one_element_rows)
     return stats, (None if out is None else out.reshape(shape))
 
 
-def _row_moments(stats, side, canon) -> None:
-    """Fill the rows SQ .. RNSQ of ``stats``.  With rows along B (``side`` None) the
-    tiers summed the rows' moments, and a row's part in one class is one element,
-    so its sums of a*n and n^2 are the loss and the count.  With rows along A,
-    ``side`` holds each (entry of A, class, block)'s loss sum and count: folded
-    into rows here (a few floats per row and class)."""
+def _row_moments(stats, side, canon, one_element_rows) -> None:
+    """Fill the rows SQ .. RNSQ of ``stats``.  A row's part in one class that is one
+    element has a*n = its loss and n^2 = its count; when the whole row is one
+    element (one class), its moments are its class's.  With rows along B the
+    tiers summed the rows' moments; with rows along A, ``side`` holds each
+    (entry of A, class, block)'s loss sum and count: folded into rows here (a
+    few floats per row and class).  Every tier sums the squared losses (SQ)."""
     if side is None:
         stats[SQN] = stats[LOSS]
         stats[NSQ] = stats[COUNT]
+        if one_element_rows:
+            stats[RSQ:RNSQ + 1] = stats[[SQ, LOSS, COUNT]]
         return
     a_count, c_count, _ = canon
     sums = side.reshape(a_count, c_count, -1, 2).sum(axis=2)
     stats[SQ:RNSQ + 1] = row_moments(sums[..., 0], sums[..., 1])
 
 
-def _compiled_stats(form, x, y, canon, along_b, wvec, pvec, wf, pf, smooth, ignore, mode,
+def _compiled_stats(form, x, y, canon, moments, wvec, pvec, wf, pf, smooth, ignore, mode,
                     out):
     """Run a compiled kernel form over flat views: ``(stats, side)``, stats None when
     an element is invalid (see :func:`_row_moments` for ``side``)."""
@@ -183,10 +211,10 @@ def _compiled_stats(form, x, y, canon, along_b, wvec, pvec, wf, pf, smooth, igno
     a_count, c_count, b_count = canon
     side = None
     if form.kernel == "rows":
-        geom, n_tasks = rows_geometry(a_count, c_count)
+        geom, n_tasks = rows_geometry(a_count, c_count, moments == MOMENTS_ALONG_B)
     else:
-        geom, n_tasks = planes_geometry(a_count, c_count, b_count, along_b)
-        if not along_b and not form.direct:
+        geom, n_tasks = planes_geometry(a_count, c_count, b_count, moments)
+        if moments == MOMENTS_ALONG_A:
             side = np.zeros(2 * a_count * c_count * geom[4])
     partials, n_bad = _launch.run(
         form, geom, n_tasks, x.reshape(-1), y.reshape(-1), wvec, pvec,

@@ -102,11 +102,18 @@ def all_forms() -> list[Form]:
     return forms
 
 
-def planes_geometry(a_count: int, c_count: int, b_count: int, along_b: bool = True):
+# Row moments (bce_cli.uncertainty) a kernel adds: none, with each position of B a
+# row (the kernel sums them), or with each entry of A a row (per-(row, class) sums
+# into the caller's ``side`` array).
+MOMENTS_NONE, MOMENTS_ALONG_B, MOMENTS_ALONG_A = range(3)
+
+
+def planes_geometry(a_count: int, c_count: int, b_count: int,
+                    moments: int = MOMENTS_NONE):
     """``(geom, n_tasks)`` of the planes kernel: a task covers every class of about
     CHUNK elements, a block of B (a whole number of BLOCKs) when a row of A is
     long, else a block of whole rows of A.  ``geom`` = (A, C, B, rows of A per
-    task, blocks of B, B per block, rows along B?)."""
+    task, blocks of B, B per block, moments)."""
     plane = c_count * b_count
     if plane >= CHUNK:
         a_per_task = 1
@@ -115,7 +122,7 @@ def planes_geometry(a_count: int, c_count: int, b_count: int, along_b: bool = Tr
         a_per_task, b_step = max(1, CHUNK // max(plane, 1)), max(b_count, 1)
     n_bblocks = max(1, -(-b_count // b_step))
     n_ablocks = -(-a_count // a_per_task)
-    geom = (a_count, c_count, b_count, a_per_task, n_bblocks, b_step, int(along_b))
+    geom = (a_count, c_count, b_count, a_per_task, n_bblocks, b_step, moments)
     return geom, n_ablocks * n_bblocks
 
 
@@ -135,11 +142,12 @@ def line_length(c_count: int) -> int:
     return best_len
 
 
-def rows_geometry(n: int, c_count: int):
+def rows_geometry(n: int, c_count: int, moments: bool = False):
     """``(geom, n_tasks)`` of the rows kernel: ``geom`` = (N, C, line length, rows per
-    task); a task is a whole number of lines (see the constants above)."""
+    task, row moments?); a task is a whole number of lines (see the constants
+    above)."""
     width = line_length(c_count)
     line_rows = width // c_count
     rows = max(CHUNK // c_count, min(CHUNK_ROWS, max(MIN_CHUNK_ROWS, n // CHUNKS_WANTED)))
     rows = line_rows * -(-rows // line_rows)
-    return (n, c_count, width, rows), -(-n // rows)
+    return (n, c_count, width, rows, int(moments)), -(-n // rows)

@@ -69,7 +69,7 @@ def warmup(report=lambda form, seconds: None) -> list[Form]:
         x = np.zeros(64, dtype=dtype)
         for y in (np.zeros(64, dtype=np.uint8), np.zeros(64, dtype=dtype)):
             if form.kernel == "rows":
-                (geom, n_tasks), c = rows_geometry(16, 4), 4
+                (geom, n_tasks), c = rows_geometry(16, 4, True), 4
             else:
                 (geom, n_tasks), c = planes_geometry(1, 1, 64), 1
             full = form.loop in (WS, PS, WSPS, SMOOTH) or form.kernel == "rows"

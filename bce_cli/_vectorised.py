@@ -22,6 +22,7 @@ import threading
 import numpy as np
 
 from . import _tiers
+from ._forms import MOMENTS_ALONG_A, MOMENTS_NONE
 from .stats import (
     CORRECT,
     COUNT,
@@ -86,18 +87,20 @@ def geometry(shape):
 
 
 def class_stats(x, y, wvec, pvec, wfull, pfull, smooth, ignore, mode, out, want_stats=True,
-                along_b=True):
+                moments=MOMENTS_NONE, squares=False):
     """``(stats, side)``: statistics ``(N_STATS, C)`` of ``x``/``y`` of shape (A, C, B)
-    (``(None, None)`` when an element is invalid) and, with rows along A (not
-    ``along_b``), each (entry of A, class, block of B)'s loss sum and count, an
-    array ``(A, C, blocks, 2)`` (as the compiled tier's; ``bce_cli._dispatch``
-    folds it into rows).  ``wvec``/``pvec``: float64 per class; ``wfull``/``pfull``:
+    (``(None, None)`` when an element is invalid) and, with row moments along A
+    (``moments``, see ``bce_cli._forms``), each (entry of A, class, block of B)'s
+    loss sum and count, an array ``(A, C, blocks, 2)`` (as the compiled tier's;
+    ``bce_cli._dispatch`` folds it into rows).  ``squares``: also the sums of
+    squared losses (SQ).  ``wvec``/``pvec``: float64 per class; ``wfull``/``pfull``:
     None or arrays of x's shape; ``out``: None or an array of x's shape and dtype
     that receives per-element losses (NaN where left out)."""
     a_count, c_count, b_count = x.shape
     a_step, b_step = geometry(x.shape)
     blocks = [(a, b) for a in range(0, a_count, a_step) for b in range(0, b_count, b_step)]
-    side = None if along_b else np.zeros((a_count, c_count, -(-b_count // b_step), 2))
+    side = (np.zeros((a_count, c_count, -(-b_count // b_step), 2))
+            if moments == MOMENTS_ALONG_A else None)
     general = ignore is not None or mode != NAN_ERROR
     w3 = wvec[None, :, None]
     p3 = pvec[None, :, None]
@@ -109,7 +112,8 @@ def class_stats(x, y, wvec, pvec, wfull, pfull, smooth, ignore, mode, out, want_
         wf = None if wfull is None else wfull[sl]
         pf = None if pfull is None else pfull[sl]
         ob = None if out is None else out[sl]
-        rows = (side[a:a + a_step, :, b // b_step] if side is not None else None,)
+        rows = (moments, side[a:a + a_step, :, b // b_step] if side is not None else None,
+                squares)
         if not general:
             stats = _fast_block(x[sl], y[sl], w3, p3, unit, wf, pf, smooth, ob, want_stats,
                                 rows)
@@ -134,20 +138,28 @@ def class_stats(x, y, wvec, pvec, wfull, pfull, smooth, ignore, mode, out, want_
 
 
 def _row_parts(stats, u, keep, rows) -> None:
-    """A block's part of the row moments, from its losses ``u`` (A, C, B) (0 where left
-    out) and ``keep`` (None: every element counts).  ``rows[0]``: None with rows
-    along B (each position a row: its moments are summed here), else the block's
-    cells of the tier's ``side`` array (A, C, 2), which receive its (row, class)
-    sums."""
-    cells = rows[0]
+    """A block's sums of squared losses and its part of the row moments, from its
+    losses ``u`` (A, C, B) (0 where left out) and ``keep`` (None: every element
+    counts).  ``rows``: (moments, the block's cells of the tier's ``side`` array
+    (A, C, 2) with moments along A, which receive its (row, class) sums, whether
+    to sum the squares)."""
+    kind, cells, squares = rows
     with np.errstate(over="ignore", invalid="ignore"):  # huge losses: inf, as the kernels
-        if cells is not None:
+        if squares:
+            stats[SQ] = class_sums(u * u)
+        if kind == MOMENTS_ALONG_A:
             u.sum(axis=2, out=cells[..., 0])
             cells[..., 1] = u.shape[2] if keep is None else keep.sum(axis=2)
             return
-        stats[SQ] = np.einsum("ijk,ijk->j", u, u)
-        row_a = u.sum(axis=1)
-        row_n = u.shape[1] if keep is None else keep.sum(axis=1, dtype=np.float64)
+        if kind == MOMENTS_NONE:
+            return
+        a_count, c_count, b_count = u.shape  # each (a, b) is a row: add up its classes
+        if a_count == 1:
+            row_a = np.ones(c_count) @ u.reshape(c_count, b_count)
+        else:
+            row_a = u.reshape(a_count, c_count * b_count) @ np.ones(c_count)
+        row_n = (c_count if keep is None
+                 else keep.sum(axis=1, dtype=np.float64).reshape(-1))
         stats[RSQ, 0] = np.vdot(row_a, row_a)
         stats[RSQN, 0] = (row_a * row_n).sum()
         stats[RNSQ, 0] = (row_n * row_n * row_a.size if keep is None

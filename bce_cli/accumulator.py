@@ -172,7 +172,7 @@ class BCEAccumulator:
                            nan_policy=self.nan_policy)
         stats, out = class_stats(x, y, 1, opts,
                                  write=OUT_WITH_STATS if return_losses else OUT_NONE,
-                                 job=self.job)
+                                 job=self.job, moments=True)
         self.state[:N_STATS] += stats
         self.state[WPOS:] += self._weighted_counts(x, y, stats, wvec, wfull)
         self.n_rows += x.shape[0]

@@ -38,6 +38,8 @@ from numba import prange
 from ._fastmath import log1p_exp_neg, log1p_exp_neg_f32
 from ._forms import (
     BLOCK,
+    MOMENTS_ALONG_A,
+    MOMENTS_ALONG_B,
     PS,
     ROWS_GENERAL,
     ROWS_UNIT,
@@ -258,20 +260,22 @@ def line_rows(lrow, lcnt, m, c_count, general):
 def _planes_task_for(block_losses, direct):
     """One planes task: rows ``ablk`` of A, block ``blk`` of B, every class.
 
-    Adds into ``partials[k]`` (N_STATS, C) and sets ``n_bad[k]``.  Row moments:
-    with rows along B (``along_b``: 1-D data, a column-major table seen as (C, n)),
-    each position of B is a row, and the task adds its rows' moments itself
-    (all classes of a position are in the task); with rows along A, it adds
-    each (row, class)'s loss sum and count into ``side`` at
-    ``2 * ((a * C + c) * n_bblocks + blk)``, and the caller folds them into rows.
+    Adds into ``partials[k]`` (N_STATS, C) and sets ``n_bad[k]``.  Row moments
+    (``geom[6]``, see ``bce_cli._forms``): with rows along B (1-D data, a
+    column-major table seen as (C, n)), each position of B is a row, and the
+    task adds its rows' moments itself (all classes of a position are in the
+    task); with rows along A, it adds each (row, class)'s loss sum and count
+    into ``side`` at ``2 * ((a * C + c) * n_bblocks + blk)``, and the caller
+    folds them into rows.
     ``direct``: losses only, written straight into ``out`` (nothing summed).
     """
 
     def task(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out, write_out,
              geom, partials, side, n_bad, k0, k1):
-        a_count, c_count, b_count, a_per_task, n_bblocks, b_step, along_b = geom
+        a_count, c_count, b_count, a_per_task, n_bblocks, b_step, moments = geom
         general = has_ignore or nan_mode != NAN_ERROR
-        rows_b = along_b != 0 and not direct
+        rows_b = moments == MOMENTS_ALONG_B and not direct
+        rows_a = moments == MOMENTS_ALONG_A and not direct
         lbuf = np.empty(0 if direct else BLOCK, dtype=np.float64)
         rowtot = np.empty(BLOCK if rows_b else 0, dtype=np.float64)
         rowcnt = np.empty(BLOCK if rows_b and general else 0, dtype=np.float64)
@@ -312,7 +316,7 @@ def _planes_task_for(block_losses, direct):
                         if rows_b:
                             add_to_rows(x[lo:hi], y[lo:hi], buf, rowtot, rowcnt, general,
                                         ignore, has_ignore, nan_mode)
-                        elif not direct:
+                        elif rows_a:
                             i = 2 * ((a * c_count + c) * n_bblocks + blk)
                             side[i] += s[0]
                             side[i + 1] += s[1]
@@ -344,7 +348,7 @@ def _rows_task_for(softplus_core, loop):
     def task(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out, write_out,
              geom, partials, side, n_bad, k0, k1):
         for k in range(k0, k1):
-            n_rows, c_count, width, rows = geom
+            n_rows, c_count, width, rows, moments = geom
             lo_all = k * rows * c_count
             hi_all = min(n_rows, (k + 1) * rows) * c_count
             use_wf = wf.size > 0
@@ -426,10 +430,11 @@ def _rows_task_for(softplus_core, loop):
                         a_pos[j] += yv
                         a_cor[j] += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
                         bad_count += invalid(xv, yv)
-                r = line_rows(lrow, lcnt, m, c_count, general_loop)
-                r_aa += r[0]
-                r_an += r[1]
-                r_nn += r[2]
+                if moments:
+                    r = line_rows(lrow, lcnt, m, c_count, general_loop)
+                    r_aa += r[0]
+                    r_an += r[1]
+                    r_nn += r[2]
             stats = partials[k]
             for s in range(N_LINE_STATS):
                 for q in range(width // c_count):

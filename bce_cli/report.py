@@ -306,8 +306,8 @@ def print_eval_table(report: dict, console) -> None:
     rows = list(zip(*cells, strict=True))
     red = {(r, k) for r, w in enumerate(worse) if w for k in (1, 2)}
     columns = [("class", "left"), (loss_head, "right")] + [("", "left")] * mark + [
-        (_ci_head(report), "right"), ("prior", "right"), ("n_pos", "right"), ("n_neg", "right"), ("pos %", "right"),
-        ("acc.", "right"), ("pos_weight*", "right")]
+        (_ci_head(report), "right"), ("prior", "right"), ("n_pos", "right"),
+        ("n_neg", "right"), ("pos %", "right"), ("acc.", "right"), ("pos_weight*", "right")]
     _print_table(console, "bce eval" + (" — per class" if many else ""), columns, rows, red)
     # Lines of prose: a terminal wraps them; a log keeps each on one line.
     soft = not console.is_terminal
