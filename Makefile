@@ -23,6 +23,7 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/bench_e2e.py --data .bench-data
+	$(BIN)/python benchmarks/bench_stats.py --data .bench-data
 
 # Malformed and adversarial inputs through the command line for FUZZ_SECONDS (failures are
 # kept in .fuzz-failures/); tests/test_fuzz.py runs a fixed handful of cases in `make test`.
