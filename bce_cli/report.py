@@ -144,7 +144,27 @@ def eval_csv(report: dict) -> str:
              "n_pos": sum(c["n_pos"] or 0.0 for c in report["classes"]),
              "n_neg": sum(c["n_neg"] or 0.0 for c in report["classes"])}
     w.writerow(["" if total.get(k) is None else total[k] for k in EVAL_COLUMNS])
+    if "groups" not in report:
+        return buf.getvalue()
+    # With --by: a first column "group", ALL_GROUPS on the rows above, then per group
+    # (by key) its classes and its (overall) row; a null key is an empty cell.
+    lines = buf.getvalue().splitlines(keepends=True)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(("group", *EVAL_COLUMNS))
+    buf.writelines(f"{ALL_GROUPS}," + line for line in lines[1:])
+    for g in report["groups"]:
+        key = "" if g["key"] is None else g["key"]
+        for c in g["classes"]:
+            w.writerow([key] + ["" if c.get(k) is None else c[k] for k in EVAL_COLUMNS])
+        total = {"name": OVERALL_ROW, "loss": g["loss"], "count": g["n_elements"],
+                 "n_pos": sum(c["n_pos"] or 0.0 for c in g["classes"]),
+                 "n_neg": sum(c["n_neg"] or 0.0 for c in g["classes"])}
+        w.writerow([key] + ["" if total.get(k) is None else total[k] for k in EVAL_COLUMNS])
     return buf.getvalue()
+
+
+ALL_GROUPS = "(all)"  # the CSV's group of the whole input's rows, with --by
 
 
 def _verdict(report: dict) -> str:
@@ -188,9 +208,48 @@ def eval_markdown(report: dict) -> str:
               f"{report['n_classes']} classes)."]
     if mark:
         lines += ["", PRIOR_LEGEND + "; worse: a loss above the prior."]
+    if "groups" in report:
+        shown, rest = worst_groups(report["groups"])
+        lines += ["", f"#### Worst groups by {_shown(str(report['by']))}", "",
+                  f"| group | {loss_head} | {_ci_head(report)} | rows | elements |",
+                  "|---|---:|---|---:|---:|"]
+        for g in shown:
+            lines.append(f"| {group_label(g['key']).replace('|', chr(92) + '|')} | "
+                         f"{_loss(g['loss'])} | {_ci(g['loss_ci'])} | {g['n_rows']} | "
+                         f"{g['n_elements']} |")
+        if rest:
+            lines += ["", f"{rest} more group(s) not shown (the JSON report lists them all)."]
     if report["failures"]:
         lines += ["", "Failed gates:", ""] + [f"- {f}" for f in report["failures"]]
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------ groups (--by)
+WORST_GROUPS = 20  # groups a table or markdown report shows, worst first
+
+
+def worst_groups(groups: list, n: int = WORST_GROUPS) -> tuple[list, int]:
+    """The ``n`` groups of highest loss (a loss that is not a number first), and how
+    many are left out."""
+    def badness(g):
+        v = loss_number(g["loss"])
+        return (v is None, -1.0 if v is None else v)
+
+    ranked = sorted(groups, key=badness, reverse=True)
+    return ranked[:n], max(len(groups) - n, 0)
+
+
+def group_label(key) -> str:
+    """A group's key in a table: the value itself, ``(null)`` for a null key."""
+    return "(null)" if key is None else _shown(str(key))
+
+
+def _ci(ci) -> str:
+    return "-" if ci is None else f"{_loss(ci[0], 4)} – {_loss(ci[1], 4)}"
+
+
+def _ci_head(report: dict) -> str:
+    return f"{100 * report.get('confidence', 0.95):g}% interval"
 
 
 # Rich lays out about a thousand rows a second; past this many rows (and whenever the
@@ -296,6 +355,8 @@ def print_eval_table(report: dict, console) -> None:
     worse = f"; red loss, {WORSE_MARK}: worse than the prior" if mark else " (red loss: above it)"
     console.print(f"{PRIOR_LEGEND}{worse}; acc.: accuracy at logit 0; "
                   "*suggested pos_weight = n_neg/n_pos", style="dim", soft_wrap=soft)
+    if "groups" in report:
+        _print_groups(report, console, loss_head, soft)
     gates = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in report.get("gates", {}).items())
     if report["failures"]:
         console.print(f"[bold red]FAILED[/] ({escape(gates)})", soft_wrap=soft)
@@ -303,6 +364,25 @@ def print_eval_table(report: dict, console) -> None:
             console.print(f"  - {escape(f)}", highlight=False, soft_wrap=soft)
     elif gates:
         console.print(f"[bold green]passed[/] ({escape(gates)})", soft_wrap=soft)
+
+
+def _print_groups(report: dict, console, loss_head: str, soft: bool) -> None:
+    """The second table of ``--by``: the worst groups first."""
+    groups = report["groups"]
+    shown, rest = worst_groups(groups)
+    limit = report.get("gates", {}).get("max_group_loss")
+    rows = [[group_label(g["key"]), _loss(g["loss"], 5), _ci(g["loss_ci"]), str(g["n_rows"]),
+             str(g["n_elements"])] for g in shown]
+    red = set()
+    if limit is not None:
+        red = {(r, 1) for r, g in enumerate(shown)
+               if loss_number(g["loss"]) is None or loss_number(g["loss"]) > limit}
+    columns = [(str(report["by"]), "left"), (loss_head, "right"), (_ci_head(report), "left"),
+               ("rows", "right"), ("elements", "right")]
+    _print_table(console, f"per group of {report['by']}, worst first", columns, rows, red)
+    console.print(f"{len(groups)} group(s)" + (f"; {rest} more not shown (--format json lists "
+                                               "them all)" if rest else ""),
+                  style="dim", soft_wrap=soft)
 
 
 # ---------------------------------------------------------------- suggest-pos-weight
