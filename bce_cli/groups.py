@@ -135,7 +135,7 @@ class GroupStats:
         if n is None:  # every element counts: C * S of them per row
             m = float(C * S)
             out[:, C:2 * C] = (rows * S)[:, None]
-            extra[:, RSQN] = m * np.bincount(ids, weights=big_a, minlength=n_groups)
+            extra[:, RSQN] = m * out[:, :C].sum(axis=1)  # the sum of A: of the class sums
             extra[:, RNSQ] = rows * m * m
         else:
             for c in range(C):
