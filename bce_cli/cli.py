@@ -140,6 +140,13 @@ def eval_command(
     max_increase: Annotated[float | None, typer.Option(
         "--max-increase", help="With --baseline: allowed absolute increase of any loss.")
     ] = None,
+    by: Annotated[str | None, typer.Option(
+        "--by", metavar="COLUMN",
+        help="Also report the loss of each value of this column of PREDS or LABELS "
+             "(a split, a country, a source; at most 100,000 values).")] = None,
+    max_group_loss: Annotated[float | None, typer.Option(
+        "--max-group-loss", help="With --by: fail if any group's loss exceeds this.")
+    ] = None,
     confidence: ConfidenceOpt = 0.95,
     threads: Annotated[int | None, typer.Option("--threads", min=1,
                                                 help="Compute threads (default: all cores).")
@@ -161,14 +168,14 @@ def eval_command(
 
         spec = InputSpec(preds=preds, labels=labels, logits=logits, targets=targets, on=on,
                          weight=weight, class_dim=class_dim, batch_rows=batch_rows,
-                         nan_policy=nan_policy.value)
+                         nan_policy=nan_policy.value, by=by)
         opts = EvalOptions(reduction=reduction.value, pos_weight=pos_weight,
                            label_smoothing=label_smoothing, ignore_value=ignore_value,
                            from_probs=from_probs, output=output, report=report,
                            threads=threads, engine=engine.value, scheduler=scheduler,
                            timeout=timeout, confidence=confidence,
                            max_loss=max_loss, max_class_loss=max_class_loss, baseline=baseline,
-                           max_increase=max_increase)
+                           max_increase=max_increase, max_group_loss=max_group_loss)
         from ._safe_write import check_outputs
 
         check_stdout()

@@ -43,6 +43,7 @@ class EvalOptions:
     scheduler: str | None = None  # --engine dask: an address, "local" or "local:N"
     timeout: float | None = None  # --engine dask: seconds the whole job may take
     confidence: float = 0.95  # of every interval in the report
+    max_group_loss: float | None = None  # with InputSpec.by: gate on every group's loss
 
 
 def probs_to_logits(p: np.ndarray) -> np.ndarray:
@@ -86,10 +87,15 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
         from . import _dask
 
         _dask.check_eval(spec, opts)
+        if spec.by:
+            raise BCEInputError("--by is not available with --engine dask yet",
+                                hint="run it with --engine local")
     elif opts.timeout is not None:
         raise BCEInputError("--timeout is for --engine dask")
     _tiers.set_threads(opts.threads)
     check_limits(opts)
+    if opts.max_group_loss is not None and not spec.by:
+        raise BCEInputError("--max-group-loss needs --by COLUMN (the groups to gate on)")
     check_confidence(opts.confidence)
     if opts.ignore_value is not None and math.isnan(opts.ignore_value):
         raise BCEInputError("--ignore-value nan matches nothing; use --nan-policy omit to leave "
@@ -116,13 +122,23 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
                 writer = LossDataset(opts.output, inp)
             elif opts.output:
                 writer = LossWriter.for_path(opts.output, inp)
+            groups = keys = None
+            if spec.by:
+                from .groups import GroupKeys, GroupStats, counted_mask
+
+                groups, keys = GroupStats(inp.n_classes), GroupKeys(spec.by)
             if engine == "dask":
                 lo, hi = _dask.eval_batches(inp, acc, opts, progress, writer=writer)
             else:
                 lo, hi = math.inf, -math.inf
                 for batch in read_ahead(inp.batches()):
                     losses, lo, hi = add_batch(acc, batch, inp, opts.from_probs, lo, hi,
-                                               return_losses=writer is not None)
+                                               return_losses=writer is not None
+                                               or groups is not None)
+                    if groups is not None:
+                        groups.add(keys.ids(batch.key), losses, batch.targets,
+                                   counted_mask(batch.logits, batch.targets, opts.ignore_value,
+                                                spec.nan_policy))
                     if writer is not None:
                         writer.write(losses)
                     if progress is not None:
@@ -135,6 +151,12 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
             if writer is not None:
                 writer.finish()
             report = build_report(result, inp, opts, acc.n_rows)
+            if groups is not None:
+                from .groups import group_report
+
+                report["by"] = spec.by
+                report["groups"] = group_report(groups, keys, inp.class_names,
+                                                result.reduction, opts.confidence)
         no_pos = [c["name"] for c in report["classes"] if c["n_pos"] == 0]
         if no_pos:
             warn(f"{len(no_pos)} class(es) have no positive targets ({brief(no_pos)}): their "

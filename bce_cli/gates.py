@@ -2,7 +2,7 @@
 --max-increase (the baseline report read and checked here).
 
 The functions take the evaluation's options (``EvalOptions``: ``max_loss``,
-``max_class_loss``, ``baseline``, ``max_increase``) and the report as
+``max_class_loss``, ``baseline``, ``max_increase``, ``max_group_loss``) and the report as
 :func:`bce_cli.evaluate.evaluate` builds it.
 """
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 # The limits of the gates, with the flags that set them.
 LIMITS = (("max_loss", "--max-loss"), ("max_class_loss", "--max-class-loss"),
-          ("max_increase", "--max-increase"))
+          ("max_increase", "--max-increase"), ("max_group_loss", "--max-group-loss"))
 
 
 def check_limits(opts: EvalOptions) -> None:
@@ -55,7 +55,8 @@ def apply_gates(report: dict, opts: EvalOptions, baseline: dict | None,
     report["gates"] = {k: v for k, v in (("max_loss", opts.max_loss),
                                           ("max_class_loss", opts.max_class_loss),
                                           ("baseline", opts.baseline),
-                                          ("max_increase", opts.max_increase))
+                                          ("max_increase", opts.max_increase),
+                                          ("max_group_loss", opts.max_group_loss))
                        if v is not None}
     report["passed"] = not failures
     report["failures"] = failures
@@ -168,6 +169,11 @@ def check_gates(report: dict, opts: EvalOptions, baseline: dict | None) -> list[
             if _exceeds(loss_number(c["loss"]), opts.max_class_loss):
                 failures.append(f"class {c['name']}: loss {_fmt(c['loss'])} > "
                                 f"--max-class-loss {opts.max_class_loss:g}")
+    if opts.max_group_loss is not None:
+        for g in report.get("groups", []):
+            if _exceeds(loss_number(g["loss"]), opts.max_group_loss):
+                failures.append(f"group {_key(g['key'])}: loss {_fmt(g['loss'])} > "
+                                f"--max-group-loss {opts.max_group_loss:g}")
     if baseline is not None:
         limit = opts.max_increase
         base_loss = _compared(baseline["loss"])
@@ -183,6 +189,11 @@ def check_gates(report: dict, opts: EvalOptions, baseline: dict | None) -> list[
                 failures.append(f"class {c['name']}: loss {_fmt(c['loss'])} rose by more than "
                                 f"{limit:g} over the baseline's {_fmt(b)}")
     return failures
+
+
+def _key(key) -> str:
+    """A group's key in a message: JSON's spelling (strings quoted, null)."""
+    return printable(json.dumps(key), 80)
 
 
 def _fmt(v) -> str:

@@ -153,6 +153,25 @@ def eval_csv(report: dict) -> str:
         "n_pos": sum(c["n_pos"] or 0.0 for c in report["classes"]),
         "n_neg": sum(c["n_neg"] or 0.0 for c in report["classes"])})
     w.writerow(["" if total.get(k) is None else total[k] for k in EVAL_COLUMNS])
+    if "groups" not in report:
+        return buf.getvalue()
+    # With --by: a first column "group", ALL_GROUPS on the rows above, then per group
+    # (by key) its classes and its (overall) row; a null key is an empty cell.
+    lines = buf.getvalue().splitlines(keepends=True)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(("group", *EVAL_COLUMNS))
+    buf.writelines(f"{ALL_GROUPS}," + line for line in lines[1:])
+    for g in report["groups"]:
+        key = "" if g["key"] is None else g["key"]
+        for c in g["classes"]:
+            w.writerow([key] + ["" if c.get(k) is None else c[k] for k in EVAL_COLUMNS])
+        total = _with_ends({
+            "name": OVERALL_ROW, "loss": g["loss"], "loss_se": g["loss_se"],
+            "loss_ci": g["loss_ci"], "count": g["n_elements"],
+            "n_pos": sum(c["n_pos"] or 0.0 for c in g["classes"]),
+            "n_neg": sum(c["n_neg"] or 0.0 for c in g["classes"])})
+        w.writerow([key] + ["" if total.get(k) is None else total[k] for k in EVAL_COLUMNS])
     return buf.getvalue()
 
 
@@ -165,6 +184,9 @@ def _ci_column(intervals, digits: int = 4) -> list[str]:
 
 def _ci_head(report: dict) -> str:
     return f"{100 * report['confidence']:g}% CI"
+
+
+ALL_GROUPS = "(all)"  # the CSV's group of the whole input's rows, with --by
 
 
 def _verdict(report: dict) -> str:
@@ -212,9 +234,41 @@ def eval_markdown(report: dict) -> str:
               "units."]
     if mark:
         lines += ["", PRIOR_LEGEND + "; worse: a loss above the prior."]
+    if "groups" in report:
+        shown, rest = worst_groups(report["groups"])
+        lines += ["", f"#### Worst groups by {_shown(str(report['by']))}", "",
+                  f"| group | {loss_head} | {_ci_head(report)} | rows | elements |",
+                  "|---|---:|---:|---:|---:|"]
+        cis = _ci_column([g["loss_ci"] for g in shown], 6)
+        for g, ci in zip(shown, cis, strict=True):
+            lines.append(f"| {group_label(g['key']).replace('|', chr(92) + '|')} | "
+                         f"{_loss(g['loss'])} | {ci} | {g['n_rows']} | "
+                         f"{g['n_elements']} |")
+        if rest:
+            lines += ["", f"{rest} more group(s) not shown (the JSON report lists them all)."]
     if report["failures"]:
         lines += ["", "Failed gates:", ""] + [f"- {f}" for f in report["failures"]]
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------ groups (--by)
+WORST_GROUPS = 20  # groups a table or markdown report shows, worst first
+
+
+def worst_groups(groups: list, n: int = WORST_GROUPS) -> tuple[list, int]:
+    """The ``n`` groups of highest loss (a loss that is not a number first), and how
+    many are left out."""
+    def badness(g):
+        v = loss_number(g["loss"])
+        return (v is None, -1.0 if v is None else v)
+
+    ranked = sorted(groups, key=badness, reverse=True)
+    return ranked[:n], max(len(groups) - n, 0)
+
+
+def group_label(key) -> str:
+    """A group's key in a table: the value itself, ``(null)`` for a null key."""
+    return "(null)" if key is None else _shown(str(key))
 
 
 # Rich lays out about a thousand rows a second; past this many rows (and whenever the
@@ -323,6 +377,8 @@ def print_eval_table(report: dict, console) -> None:
     console.print(f"{PRIOR_LEGEND}{worse}; CI: rows as the independent units; acc.: "
                   "accuracy at logit 0; *suggested pos_weight = n_neg/n_pos", style="dim",
                   soft_wrap=soft)
+    if "groups" in report:
+        _print_groups(report, console, loss_head, soft)
     gates = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in report.get("gates", {}).items())
     if report["failures"]:
         console.print(f"[bold red]FAILED[/] ({escape(gates)})", soft_wrap=soft)
@@ -330,6 +386,26 @@ def print_eval_table(report: dict, console) -> None:
             console.print(f"  - {escape(f)}", highlight=False, soft_wrap=soft)
     elif gates:
         console.print(f"[bold green]passed[/] ({escape(gates)})", soft_wrap=soft)
+
+
+def _print_groups(report: dict, console, loss_head: str, soft: bool) -> None:
+    """The second table of ``--by``: the worst groups first."""
+    groups = report["groups"]
+    shown, rest = worst_groups(groups)
+    limit = report.get("gates", {}).get("max_group_loss")
+    cis = _ci_column([g["loss_ci"] for g in shown])
+    rows = [[group_label(g["key"]), _loss(g["loss"], 5), ci, str(g["n_rows"]),
+             str(g["n_elements"])] for g, ci in zip(shown, cis, strict=True)]
+    red = set()
+    if limit is not None:
+        red = {(r, 1) for r, g in enumerate(shown)
+               if loss_number(g["loss"]) is None or loss_number(g["loss"]) > limit}
+    columns = [(str(report["by"]), "left"), (loss_head, "right"), (_ci_head(report), "right"),
+               ("rows", "right"), ("elements", "right")]
+    _print_table(console, f"per group of {report['by']}, worst first", columns, rows, red)
+    console.print(f"{len(groups)} group(s)" + (f"; {rest} more not shown (--format json lists "
+                                               "them all)" if rest else ""),
+                  style="dim", soft_wrap=soft)
 
 
 # ---------------------------------------------------------------- suggest-pos-weight

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from bce_cli.errors import BCEInputError
@@ -16,7 +17,8 @@ class Selection:
     """How one role (logits / targets / weight) is read from a table source.
 
     kind: 'wide' (one scalar column per class), 'list' (one list column of k
-    values), 'row' (one scalar column, one value per row: a weight).
+    values), 'row' (one scalar column, one value per row: a weight), 'key' (one
+    column of group keys, ``--by``, kept as Arrow).
     """
 
     def __init__(self, kind, columns, dtype, k=None, shown=None):
@@ -211,3 +213,21 @@ def weight(source, chosen, file, C) -> tuple:
             column=cols[0],
         )
     return sel, False
+
+
+# ------------------------------------------------------------------------- --by key
+def group_key(source, column, file) -> Selection:
+    """The :class:`Selection` of the ``--by`` column: one plain value per row (strings,
+    integers, booleans, or those dictionary-encoded; nulls allowed), read as Arrow."""
+    t = source.schema.field(column).type
+    v = t.value_type if pa.types.is_dictionary(t) else t
+    if not (pa.types.is_string(v) or pa.types.is_large_string(v) or pa.types.is_integer(v)
+            or pa.types.is_boolean(v)):
+        raise BCEInputError(
+            f"a --by column must hold strings, integers or booleans (or those "
+            f"dictionary-encoded), not {t}",
+            file=file,
+            column=column,
+            hint="cast it to strings or integers",
+        )
+    return Selection("key", [column], object)

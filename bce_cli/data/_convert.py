@@ -163,7 +163,12 @@ def _needs_float(pieces, sel: Selection, policy) -> bool:
     return False
 
 
-def fill_role(pieces, n, sel: Selection, policy, order) -> np.ndarray:
+def fill_role(pieces, n, sel: Selection, policy, order):
+    """One role's values of a batch: a NumPy array, or for a ``key`` selection
+    (``--by``) the Arrow chunks as they are (a chunked array)."""
+    if sel.kind == "key":
+        return pa.chunked_array([rb.column(sel.columns[0]) for rb, _, _ in pieces],
+                                type=pieces[0][0].schema.field(sel.columns[0]).type)
     dtype = np.dtype(np.float64) if _needs_float(pieces, sel, policy) else sel.dtype
     if sel.kind == "row":
         out = np.empty(n, dtype=dtype)

@@ -146,6 +146,7 @@ class Inputs:
             merged = {}
             for p in parts:
                 merged.update(p)
+            key = merged.pop("key", None)  # --by: Arrow values, one per row
             ns = {v.shape[0] for v in merged.values()}
             if len(ns) != 1:
                 self._mismatch(parts, offset, sizes=merged)
@@ -155,7 +156,8 @@ class Inputs:
             weight = None
             if self._weight is not None:
                 weight = self._weight.for_batch(merged.get("weight"), n, S, offset)
-            yield Batch(logits=logits, targets=targets, weight=weight, row_offset=offset)
+            yield Batch(logits=logits, targets=targets, weight=weight, row_offset=offset,
+                        key=key)
             offset += n
         if offset == start == 0:
             raise BCEInputError("the input has no rows", file=self._main_file)

@@ -30,10 +30,10 @@ def join(spec, res_p, src_p, res_l, src_l, exclude, wcol):
             )
     # only the key, the selected columns and the weight are loaded
     tp = _load_all(
-        src_p, res_p.display, _join_columns(spec.logits, src_p, res_p, on, exclude, wcol)
+        src_p, res_p.display, _join_columns(spec.logits, src_p, res_p, on, exclude, wcol, spec.by)
     )
     tl = _load_all(
-        src_l, res_l.display, _join_columns(spec.targets, src_l, res_l, on, exclude, wcol)
+        src_l, res_l.display, _join_columns(spec.targets, src_l, res_l, on, exclude, wcol, spec.by)
     )
     kp, kl = tp.column(on), tl.column(on)
     for key, res in ((kp, res_p), (kl, res_l)):
@@ -112,7 +112,7 @@ def join(spec, res_p, src_p, res_l, src_l, exclude, wcol):
         for t, res in ((tp, res_p), (tl, res_l)):
             for name in t.column_names:
                 col = t.column(name)
-                if name != on and col.null_count and column_kind(col.type):
+                if name not in (on, spec.by) and col.null_count and column_kind(col.type):
                     row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
                     raise BCEInputError(
                         "missing value (null)",
@@ -128,7 +128,7 @@ def join(spec, res_p, src_p, res_l, src_l, exclude, wcol):
     )
 
 
-def _join_columns(selection, src, res, on, exclude, wcol):
+def _join_columns(selection, src, res, on, exclude, wcol, by=None):
     names = list(src.schema.names)
     if selection:
         cols = _names.explicit(selection, names, res.display, "columns")
@@ -136,6 +136,8 @@ def _join_columns(selection, src, res, on, exclude, wcol):
         cols = _names.default_all_numeric(src.schema, exclude, skip_keys=True)
     chosen = set(cols)
     extra = [n for n in names if wcol and _names.excluded(n, (wcol,)) and n not in chosen]
+    if by is not None and by in names and by not in chosen and by not in extra:
+        extra.append(by)  # the --by column, whichever side holds it
     return [on] + [c for c in cols + extra if c != on]
 
 

@@ -17,6 +17,7 @@ from ._weights import ResolvedWeight, parse_weight, resolve_weight
 # Tables only: an array input never imports pyarrow.
 _columns = lazy("bce_cli.data._columns")
 _join = lazy("bce_cli.data._join")
+_names = lazy("bce_cli.data._names")
 _sources = lazy("bce_cli.data._sources")
 
 _ARRAY_FORMATS = ("npy", "npz")
@@ -48,9 +49,10 @@ def open_inputs(spec: InputSpec, *, stdin=None) -> Inputs:
 
 def _open_inputs(spec, res_p, res_l, wspec, closers) -> Inputs:
     wcol = wspec.value if wspec is not None and wspec.kind == "column" else None
-    exclude = {c for c in (spec.on, wcol) if c}
+    exclude = {c for c in (spec.on, wcol, spec.by) if c}
     src_p = _open_table(res_p, spec)
     src_l = _open_table(res_l, spec) if res_l is not None else None
+    by_side = _by_side(spec, res_p, src_p, res_l, src_l)
     feeds = []
     sources = {
         "preds": {"path": res_p.display, "format": res_p.fmt, "files": _files(res_p)},
@@ -73,9 +75,10 @@ def _open_inputs(spec, res_p, res_l, wspec, closers) -> Inputs:
                 src_p, spec.logits, res_p.display, src_l, spec.targets, res_l.display, exclude
             )
         logits, wread = _side(spec, res_p, src_p, "logits", spec.logits, exclude, feeds, closers,
-                              wcol, lcols)
+                              wcol, lcols, by=spec.by if by_side == "preds" else None)
         targets, wread_l = _side(spec, res_l, src_l, "targets", spec.targets, exclude, feeds,
-                                 closers, None if wread else wcol, tcols)
+                                 closers, None if wread else wcol, tcols,
+                                 by=spec.by if by_side == "labels" else None)
         wread = wread or wread_l
 
     if (logits.C, logits.S) != (targets.C, targets.S):
@@ -93,6 +96,8 @@ def _open_inputs(spec, res_p, res_l, wspec, closers) -> Inputs:
         layout=logits.layout,
         unpaired=unpaired,
     )
+    if spec.by:
+        sources["by"] = {"column": spec.by, "from": by_side}
     inputs = Inputs(spec, feeds, logits, targets, weight, sources, closers)
     if spec.on and src_l is not None:  # joined: rows come in PREDS's order, with its keys
         inputs.key = (spec.on, logits.feed.source.table.column(spec.on))
@@ -103,7 +108,32 @@ def _open_table(res, spec):
     """The table source of a table input; None for a NumPy file."""
     if res.fmt in _ARRAY_FORMATS:
         return None
-    return _sources.open_table_source(res, keep_types=(spec.on,) if spec.on else ())
+    return _sources.open_table_source(res, keep_types=tuple(c for c in (spec.on, spec.by) if c))
+
+
+def _by_side(spec, res_p, src_p, res_l, src_l) -> str | None:
+    """Which input holds the ``--by`` column: "preds" (looked at first) or "labels";
+    None without ``--by``.  A NumPy file has no named columns."""
+    if not spec.by:
+        return None
+    sides = [("preds", res_p, src_p)] + ([("labels", res_l, src_l)] if res_l is not None else [])
+    tables = [(name, res, src) for name, res, src in sides if src is not None]
+    for name, res, src in tables:
+        if src.schema.get_field_index(spec.by) >= 0:
+            _columns.group_key(src, spec.by, res.display)  # checks the type
+            return name
+    if not tables:
+        raise BCEInputError(
+            "--by needs a table (Parquet, Arrow, CSV): a NumPy file has no named columns",
+            file=res_p.display,
+            hint="save the predictions with a group column as Parquet",
+        )
+    names = [n for _, _, src in tables for n in src.schema.names]
+    raise BCEInputError(
+        f"no column for --by; available: {_names.avail(names)}",
+        file=", ".join(res.display for _, res, _ in tables),
+        column=spec.by,
+    )
 
 
 def _check_row_counts(feeds):
@@ -161,15 +191,16 @@ def _one_file(spec, res, src, exclude, wcol, feeds, closers):
     file = res.display
     lsel, tsel = _columns.one_file(src, spec.logits, spec.targets, exclude, file)
     (logits, targets), wread = _table_feed(spec, src, file, {"logits": lsel, "targets": tsel},
-                                           wcol, max(lsel.n_classes, 1), feeds)
+                                           wcol, max(lsel.n_classes, 1), feeds, spec.by)
     return logits, targets, wread
 
 
-def _side(spec, res, src, role, chosen, exclude, feeds, closers, wcol, columns=None):
+def _side(spec, res, src, role, chosen, exclude, feeds, closers, wcol, columns=None, by=None):
     """Open one side of a two-file input: ``(Role, weight read from a column or None)``.
 
     ``columns``: the table's columns for the role, already chosen and paired with the
-    other side's (else they are chosen here from ``chosen``)."""
+    other side's (else they are chosen here from ``chosen``); ``by``: the ``--by``
+    column, when this side's feed reads it."""
     if res.fmt in _ARRAY_FORMATS:
         defaults = LOGIT_NAMES if role == "logits" else TARGET_NAMES
         h = _open_array(res, chosen, defaults, role, closers)
@@ -181,14 +212,17 @@ def _side(spec, res, src, role, chosen, exclude, feeds, closers, wcol, columns=N
     if columns is None:
         columns = _columns.one_side(src, chosen, role, exclude, file)
     sel = _columns.selection(src, columns, role, file)
-    (made,), wread = _table_feed(spec, src, file, {role: sel}, wcol, sel.n_classes, feeds)
+    (made,), wread = _table_feed(spec, src, file, {role: sel}, wcol, sel.n_classes, feeds, by)
     return made, wread
 
 
-def _table_feed(spec, src, file, selections, wcol, C, feeds):
+def _table_feed(spec, src, file, selections, wcol, C, feeds, by=None):
     """One feed for a table's ``selections`` (and its weight column, when it has
-    ``wcol``): ``([Role per selection], weight read or None)``."""
+    ``wcol``; the ``--by`` column ``by``, as role "key"): ``([Role per selection],
+    weight read or None)``."""
     roles = dict(selections)
+    if by is not None:
+        roles["key"] = _columns.group_key(src, by, file)
     wsel = None
     if wcol is not None and _columns.has_column(src, wcol):
         wsel, per_row = _columns.weight(src, wcol, file, C)

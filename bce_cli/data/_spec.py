@@ -21,6 +21,8 @@ class InputSpec:
     C-contiguous.  ``rows``: only the global rows ``[start, stop)`` are read
     (``start`` a multiple of ``batch_rows``, so the batches are the whole
     input's; the Dask engine's tasks), positions in messages stay global.
+    ``by``: a column of PREDS or LABELS (a table) whose values name each row's
+    group (``bce eval --by``); the batches then carry it as ``Batch.key``.
     """
 
     preds: str
@@ -34,6 +36,7 @@ class InputSpec:
     nan_policy: str = "error"
     order: str = "F"
     rows: tuple[int, int] | None = None
+    by: str | None = None
 
     def __post_init__(self):
         from bce_cli.choices import NanPolicy, check
@@ -62,13 +65,16 @@ class Batch:
     ``weight`` is ``None`` or broadcasts to that shape (``(n, 1)`` per row,
     ``(1, C)`` per class, ``(1, 1)`` a constant, or the full shape; with a third
     axis, one more trailing 1).  ``row_offset`` is the global index of the
-    batch's first row.
+    batch's first row.  ``key``: with ``InputSpec.by``, the batch's values of that
+    column as an Arrow chunked array (strings, integers, dictionary-encoded; nulls
+    kept), else None.
     """
 
     logits: np.ndarray | None
     targets: np.ndarray
     weight: np.ndarray | None = None
     row_offset: int = 0
+    key: object = None
 
     @property
     def n_rows(self) -> int:
