@@ -461,3 +461,33 @@ def test_interval_covers_the_true_change():
         hits0 += lo0 <= true0 <= hi0
     assert 0.93 <= hits / n_sets <= 0.97, hits
     assert 0.93 <= hits0 / n_sets <= 0.97, hits0
+
+
+def test_join_pairs_rows_by_key_order(tmp_path, rng):
+    n = 50
+    y = rng.random(n) < 0.4
+    xb = rng.normal(size=n)
+    xn = xb + rng.normal(scale=0.3, size=n)
+    ids, perm = np.arange(n), rng.permutation(n)
+    pq.write_table(pa.table({"id": ids, "target": y}), tmp_path / "labels.parquet")
+    pq.write_table(pa.table({"id": ids[perm], "logit": xb[perm]}), tmp_path / "b.parquet")
+    pq.write_table(pa.table({"id": ids[perm], "logit": xn[perm]}), tmp_path / "n.parquet")
+    pq.write_table(pa.table({"id": ids, "logit": xn}), tmp_path / "n_sorted.parquet")
+    got = run_json(tmp_path / "b.parquet", tmp_path / "n.parquet", tmp_path / "labels.parquet",
+                   "--on", "id")
+    assert_matches(got, reference(xb, xn, y.astype(float)))
+    res = run(tmp_path / "b.parquet", tmp_path / "n_sorted.parquet",
+              tmp_path / "labels.parquet", "--on", "id", expect=2)
+    assert "n_sorted.parquet" in res.stderr and "order" in res.stderr
+
+
+def test_one_row_has_no_interval(tmp_path):
+    for name, a in (("b", [0.5]), ("n", [-0.5]), ("y", [1.0])):
+        np.save(tmp_path / f"{name}.npy", np.array(a))
+    files = [tmp_path / "b.npy", tmp_path / "n.npy", tmp_path / "y.npy"]
+    got = run_json(*files, "--max-increase", 0)  # nothing shows the change above 0
+    assert got["delta"] > 0 and got["delta_ci"] is None and got["p_value"] is None
+    assert got["passed"] is True
+    report = json.loads(run(*files, "--max-increase-upper", 10, "--format", "json",
+                            expect=1).stdout)  # nor below 10
+    assert report["passed"] is False
