@@ -194,6 +194,119 @@ def eval_command(
         raise typer.Exit(EXIT_GATE)
 
 
+@app.command("compare", epilog=(
+    "NEW_PREDS may be left out when BASE_PREDS holds both models' logits (--logits-base, "
+    "--logits-new) and the targets; with the targets in a file of their own, name the "
+    "predictions file twice. Rows are paired by position.\n\n"
+    "[bold]Examples[/]\n\n"
+    "  bce compare sample_data/digits_preds.parquet sample_data/digits_preds_new.parquet "
+    "sample_data/digits_labels.parquet --max-increase-upper 0.005\n\n"
+    "  bce compare preds.parquet --logits-base 'base_*' --logits-new 'new_*' "
+    "--targets 'label_*' --max-increase 0 --format json\n\n"
+    "  bce compare preds.parquet preds.parquet labels.parquet --logits-base 'base_*' "
+    "--logits-new 'new_*' --report compare.json\n"))
+def compare_command(
+    base: Annotated[str, typer.Argument(
+        metavar="BASE_PREDS",
+        help="The base (deployed) model's predictions: as PREDS of bce eval.")],
+    new: Annotated[str | None, typer.Argument(
+        metavar="[NEW_PREDS]",
+        help="The new model's predictions, the same rows in the same order.")] = None,
+    labels: Annotated[str | None, typer.Argument(
+        metavar="[LABELS]",
+        help="Targets, if not in the predictions files (rows aligned, or joined with --on)."
+    )] = None,
+    logits_base: Annotated[str | None, typer.Option(
+        "--logits-base", metavar="COLUMNS",
+        help="The base model's logit columns (or .npz array) in BASE_PREDS.")] = None,
+    logits_new: Annotated[str | None, typer.Option(
+        "--logits-new", metavar="COLUMNS",
+        help="The new model's logit columns (or .npz array), in NEW_PREDS or BASE_PREDS.")
+    ] = None,
+    logits: Annotated[str | None, typer.Option(
+        "--logits", metavar="COLUMNS",
+        help="Logit columns of both models (when named alike in their files).")] = None,
+    targets: TargetsOpt = None,
+    on: Annotated[str | None, typer.Option(
+        "--on", metavar="COLUMN",
+        help="Join each predictions file and LABELS on this key column.")] = None,
+    weight: Annotated[str | None, typer.Option(
+        "--weight", metavar="WEIGHT",
+        help="Element weight: a column, a number, C numbers, or a .npy file.")] = None,
+    pos_weight: Annotated[str | None, typer.Option(
+        "--pos-weight", metavar="POS_WEIGHT",
+        help="A number, C numbers, a .npy file, or the JSON of [cyan]bce suggest-pos-weight[/]."
+    )] = None,
+    reduction: Annotated[Reduction, typer.Option(
+        "--reduction", help="mean (sum / elements) or sum (none has nothing to compare).")
+    ] = Reduction.MEAN,
+    label_smoothing: Annotated[float, typer.Option(
+        "--label-smoothing", min=0.0, max=1.0, help="Targets become y*(1-A) + A/2.")] = 0.0,
+    ignore_value: Annotated[float | None, typer.Option(
+        "--ignore-value", help="Leave out elements whose target equals this (e.g. -1).")] = None,
+    from_probs: Annotated[bool, typer.Option(
+        "--from-probs", help="Predictions are probabilities, not logits.")] = False,
+    nan_policy: Annotated[NanPolicy, typer.Option(
+        "--nan-policy", help="NaN (and Arrow nulls): error, omit (from both models), or "
+        "propagate.")] = NanPolicy.ERROR,
+    class_dim: ClassDimOpt = 1,
+    fmt: Annotated[EvalFormat, typer.Option("--format", help="Report format on stdout.")
+                   ] = EvalFormat.TABLE,
+    report: Annotated[str | None, typer.Option("--report", metavar="PATH",
+                                               help="Also write the JSON report here.")] = None,
+    max_increase: Annotated[float | None, typer.Option(
+        "--max-increase", metavar="X",
+        help="Gate: fail (exit 1) when the whole interval of the overall or any class's "
+             "delta (new - base) lies above X (the new model is surely worse by more).")
+    ] = None,
+    max_increase_upper: Annotated[float | None, typer.Option(
+        "--max-increase-upper", metavar="X",
+        help="Gate: fail when the interval's upper end exceeds X (the new model is not "
+             "shown to be at most X worse).")] = None,
+    confidence: ConfidenceOpt = 0.95,
+    threads: Annotated[int | None, typer.Option("--threads", min=1,
+                                                help="Compute threads (default: all cores).")
+                       ] = None,
+    batch_rows: BatchRowsOpt = 65536,
+    engine: Annotated[Engine, typer.Option(
+        "--engine", help="local only (compare does not run on Dask).")] = Engine.LOCAL,
+    progress: Annotated[bool | None, typer.Option(
+        "--progress/--no-progress", help="Progress bar on stderr (default: when a terminal).")
+    ] = None,
+    debug: DebugOpt = False,
+):
+    """Compare two models' losses on the same targets, row by row (paired): each loss, the
+    change (new - base) with its interval and p-value, per class and overall; gate on it."""
+    with guard(debug):
+        from ._safe_write import check_outputs
+        from .compare import CompareOptions, compare, compare_specs
+        from .report import emit
+
+        spec_base, spec_new = compare_specs(
+            base, new, labels, logits_base=logits_base, logits_new=logits_new, logits=logits,
+            targets=targets, on=on, weight=weight, class_dim=class_dim, batch_rows=batch_rows,
+            nan_policy=nan_policy.value)
+        opts = CompareOptions(reduction=reduction.value, pos_weight=pos_weight,
+                              label_smoothing=label_smoothing, ignore_value=ignore_value,
+                              from_probs=from_probs, report=report, threads=threads,
+                              engine=engine.value, confidence=confidence,
+                              max_increase=max_increase, max_increase_upper=max_increase_upper)
+        check_stdout()
+        check_outputs({"--report": report},
+                      {"BASE_PREDS": base, "NEW_PREDS": new, "LABELS": labels,
+                       "--weight": weight, "--pos-weight": pos_weight})
+        show = sys.stderr.isatty() if progress is None else progress
+        with _progress(show) as (advance, set_total):  # also writes --report
+            result = compare(spec_base, spec_new, opts, warn=warn, progress=advance,
+                             total=set_total)
+        with report_on_stdout():
+            emit("compare", fmt.value, result, out_console)
+    if not result["passed"]:
+        for f in result["failures"]:
+            err_console().print(f"[bold red]gate failed:[/] {escape(f)}", soft_wrap=True)
+        raise typer.Exit(EXIT_GATE)
+
+
 def _progress(show: bool):
     @contextmanager
     def bar():

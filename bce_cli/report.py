@@ -429,15 +429,112 @@ def print_pos_weight_table(report: dict, console) -> None:
 
 
 
+# ---------------------------------------------------------------------- compare
+COMPARE_COLUMNS = ("name", "loss_base", "loss_new", "delta", "delta_se", "delta_ci_low",
+                   "delta_ci_high", "p_value", "count")
+
+
+def _compare_rows(report: dict) -> list[dict]:
+    """The classes, then the overall figures as a last row named OVERALL_ROW."""
+    overall = {"name": OVERALL_ROW, "count": report["n_elements"],
+               **{k: report[k] for k in ("loss_base", "loss_new", "delta", "delta_se",
+                                         "delta_ci", "p_value")}}
+    return [*report["classes"], overall]
+
+
+def _ci_ends(c: dict) -> tuple:
+    return (None, None) if c["delta_ci"] is None else tuple(c["delta_ci"])
+
+
+def compare_csv(report: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(COMPARE_COLUMNS)
+    for c in _compare_rows(report):
+        lo, hi = _ci_ends(c)
+        row = [c["name"], c["loss_base"], c["loss_new"], c["delta"], c["delta_se"], lo, hi,
+               c["p_value"], c["count"]]
+        w.writerow(["" if v is None else v for v in row])
+    return buf.getvalue()
+
+
+def _compare_legend(report: dict) -> str:
+    pct = f"{100 * report['confidence']:g}%"
+    return (f"delta = new - base, paired row by row ({report['n_rows']} rows as the units); "
+            f"{pct} interval and two-sided p-value of no change, Student t on "
+            f"{report['n_rows'] - 1} degrees of freedom")
+
+
+def _p(v) -> str:
+    return "-" if v is None else f"{v:.3g}" if v >= 1e-4 else "<1e-4"
+
+
+def compare_markdown(report: dict) -> str:
+    pct = f"{100 * report['confidence']:g}%"
+    head = "loss (sum)" if report["reduction"] == "sum" else "loss"
+    lines = [f"### bce compare: delta {_loss(report['delta'])} {pct} CI "
+             f"{_ci_text(report['delta_ci'])} — {_verdict(report)}", "",
+             f"base: `{report['base']}`, new: `{report['new']}`", "",
+             f"| class | base {head} | new {head} | delta | {pct} CI | p |",
+             "|---|---:|---:|---:|---|---:|"]
+    for c in _compare_rows(report):
+        name = _shown(c["name"]).replace("|", "\\|")
+        lines.append(f"| {name} | {_loss(c['loss_base'])} | {_loss(c['loss_new'])} | "
+                     f"{_loss(c['delta'])} | {_ci_text(c['delta_ci'])} | {_p(c['p_value'])} |")
+    lines += ["", _compare_legend(report) + "."]
+    if report["failures"]:
+        lines += ["", "Failed gates:", ""] + [f"- {f}" for f in report["failures"]]
+    return "\n".join(lines) + "\n"
+
+
+def _ci_text(ci) -> str:
+    return "-" if ci is None else f"[{_loss(ci[0], 4)}, {_loss(ci[1], 4)}]"
+
+
+def print_compare_table(report: dict, console) -> None:
+    from rich.markup import escape
+
+    rows = _compare_rows(report)
+    head = "loss (sum)" if report["reduction"] == "sum" else "loss"
+    pct = f"{100 * report['confidence']:g}%"
+    cells = [[_shown(c["name"]) for c in rows],
+             _g_column([c["loss_base"] for c in rows], 5, none="NaN"),
+             _g_column([c["loss_new"] for c in rows], 5, none="NaN"),
+             _g_column([c["delta"] for c in rows], 4, none="NaN"),
+             _g_column([_ci_ends(c)[0] for c in rows], 4),
+             _g_column([_ci_ends(c)[1] for c in rows], 4),
+             [_p(c["p_value"]) for c in rows]]
+    worse = {r for r, c in enumerate(rows)
+             if _ci_ends(c)[0] is not None and loss_number(_ci_ends(c)[0]) > 0}
+    columns = [("class", "left"), (f"base {head}", "right"), (f"new {head}", "right"),
+               ("delta", "right"), (f"{pct} low", "right"), (f"{pct} high", "right"),
+               ("p", "right")]
+    _print_table(console, "bce compare", columns, list(zip(*cells, strict=True)),
+                 {(r, k) for r in worse for k in (3, 4)})
+    soft = not console.is_terminal
+    console.print(f"base: {escape(report['base'])}   new: {escape(report['new'])}",
+                  highlight=False, soft_wrap=soft)
+    console.print(_compare_legend(report) + "; red: surely worse", style="dim", soft_wrap=soft)
+    gates = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in report.get("gates", {}).items())
+    if report["failures"]:
+        console.print(f"[bold red]FAILED[/] ({escape(gates)})", soft_wrap=soft)
+        for f in report["failures"]:
+            console.print(f"  - {escape(f)}", highlight=False, soft_wrap=soft)
+    elif gates:
+        console.print(f"[bold green]passed[/] ({escape(gates)})", soft_wrap=soft)
+
+
 # ---------------------------------------------------------------------- the switch
 def emit(kind: str, fmt: str, report: dict, console) -> None:
-    """Write ``report`` (``kind`` "eval" or "pos_weight") on stdout in ``fmt`` (a value
+    """Write ``report`` (``kind`` "eval", "compare" or "pos_weight") on stdout in ``fmt`` (a value
     of choices.EvalFormat / PosWeightFormat); ``console`` makes the Rich console that
     a table needs, so that the other formats never import Rich."""
     if fmt == "table":
-        {"eval": print_eval_table, "pos_weight": print_pos_weight_table}[kind](report, console())
+        {"eval": print_eval_table, "compare": print_compare_table,
+         "pos_weight": print_pos_weight_table}[kind](report, console())
         return
-    render = {"json": lambda r: to_json(r) + "\n", "csv": eval_csv if kind == "eval"
-              else pos_weight_csv, "markdown": eval_markdown}[fmt]
+    render = {"json": lambda r: to_json(r) + "\n",
+              "csv": {"eval": eval_csv, "compare": compare_csv, "pos_weight": pos_weight_csv}[kind],
+              "markdown": compare_markdown if kind == "compare" else eval_markdown}[fmt]
     sys.stdout.write(render(report))
     sys.stdout.flush()
