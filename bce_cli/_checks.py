@@ -1,4 +1,5 @@
-"""The one description of invalid targets (and NaN logits): the slow path.
+"""The one description of invalid targets (and NaN logits), and of the elements left
+out of every sum (:func:`left_out`).
 
 The kernels validate as they go (the fast path) and only say *that* an element
 is invalid; :func:`check_targets` finds the first one and says which, where and
@@ -59,3 +60,22 @@ def check_targets(y, *, logits=None, class_axis: int | None = None, ignore=None,
     raise InvalidValueError(what, role=role, index=index,
                             class_index=0 if class_axis is None else index[class_axis],
                             hint=hint if hints else None)
+
+
+def left_out(x, y, ignore_value: float | None, nan_policy: str) -> np.ndarray | None:
+    """Where an element is left out of every sum and count, as the accumulator decides:
+    a target equal to ``ignore_value``; with ``nan_policy`` "omit", a NaN logit or
+    target.  None when every element counts."""
+    skip = None
+    if ignore_value is not None:
+        skip = np.asarray(y) == ignore_value
+    if nan_policy == "omit":
+        nan = isnan(x) | isnan(y)
+        skip = nan if skip is None else skip | nan
+    return skip
+
+
+def isnan(a) -> np.ndarray:
+    """np.isnan of any numeric array (False for bool and integer ones)."""
+    a = np.asarray(a)
+    return np.isnan(a) if a.dtype.kind == "f" else np.zeros(a.shape, dtype=bool)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from . import __version__, _tiers
+from ._checks import isnan, left_out
 from ._safe_write import SafeFile
 from .accumulator import BCEAccumulator
 from .choices import Engine, Reduction, check
@@ -61,24 +62,6 @@ LIMITS = (("max_increase", "--max-increase"), ("max_increase_upper", "--max-incr
 
 
 # ------------------------------------------------------------------ the paired state
-def left_out(x, y, ignore_value: float | None, nan_policy: str) -> np.ndarray | None:
-    """Where an element is left out of every sum and count (as the accumulator
-    decides: a target equal to ``ignore_value``; with ``nan_policy`` "omit", a NaN
-    logit or target); None when every element counts."""
-    skip = None
-    if ignore_value is not None:
-        skip = np.asarray(y) == ignore_value
-    if nan_policy == "omit":
-        nan = _isnan(x) | _isnan(y)
-        skip = nan if skip is None else skip | nan
-    return skip
-
-
-def _isnan(a) -> np.ndarray:
-    a = np.asarray(a)
-    return np.isnan(a) if a.dtype.kind == "f" else np.zeros(a.shape, dtype=bool)
-
-
 @dataclass
 class DeltaResult:
     """What :meth:`PairedDelta.compute` returns: per class arrays of shape (C,)."""
@@ -225,7 +208,7 @@ def compare_arrays(base_logits, new_logits, targets, weight=None, *, pos_weight=
 def same_nans(xb, xn):
     """Both logits with a NaN wherever either has one (``--nan-policy omit``: an element
     left out of one model is left out of both, so both losses cover the same elements)."""
-    nb, nn = _isnan(xb), _isnan(xn)
+    nb, nn = isnan(xb), isnan(xn)
     if nn.any():
         xb = np.where(nn, np.nan, xb).astype(xb.dtype if xb.dtype.kind == "f" else np.float64)
     if nb.any():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._checks import left_out
 from .errors import BCEInputError
 from .uncertainty import intervals, overall_standard_errors
 
@@ -175,16 +176,9 @@ class GroupStats:
 
 def counted_mask(x, y, ignore_value, nan_policy):
     """The elements that take part in the sums (None: all of them), as the accumulator
-    decides: not the ignore value, and not NaN under ``--nan-policy omit``."""
-    if ignore_value is None and nan_policy != "omit":
-        return None
-    y = np.asarray(y)
-    keep = np.ones(y.shape, dtype=bool)
-    if ignore_value is not None:
-        keep &= y != ignore_value
-    if nan_policy == "omit":
-        keep &= ~(np.isnan(np.asarray(x, dtype=np.float64)) | np.isnan(y.astype(np.float64)))
-    return keep
+    decides (:func:`bce_cli._checks.left_out`)."""
+    skip = left_out(x, y, ignore_value, nan_policy)
+    return None if skip is None else ~skip
 
 
 def sort_key(key):
