@@ -73,6 +73,21 @@ SchedulerOpt = Annotated[str | None, typer.Option(
     "--scheduler", metavar="ADDRESS",
     help="With --engine dask: a scheduler's address (tcp://host:8786), or local / local:N "
          "(N worker processes here; default one per core).")]
+WeightOpt = Annotated[str | None, typer.Option(
+    "--weight", metavar="WEIGHT",
+    help="Element weight: a column, a number, C numbers, or a .npy file.")]
+PosWeightOpt = Annotated[str | None, typer.Option(
+    "--pos-weight", metavar="POS_WEIGHT",
+    help="A number, C numbers, a .npy file, or the JSON of [cyan]bce suggest-pos-weight[/].")]
+SmoothingOpt = Annotated[float, typer.Option(
+    "--label-smoothing", min=0.0, max=1.0, help="Targets become y*(1-A) + A/2.")]
+IgnoreOpt = Annotated[float | None, typer.Option(
+    "--ignore-value", help="Leave out elements whose target equals this (e.g. -1).")]
+FromProbsOpt = Annotated[bool, typer.Option(
+    "--from-probs", help="Predictions are probabilities, not logits.")]
+FormatOpt = Annotated[EvalFormat, typer.Option("--format", help="Report format on stdout.")]
+ReportOpt = Annotated[str | None, typer.Option("--report", metavar="PATH",
+                                               help="Also write the JSON report here.")]
 ConfidenceOpt = Annotated[float, typer.Option(
     "--confidence", metavar="P",
     help="Confidence of every interval (rows as the independent units).")]
@@ -102,13 +117,8 @@ def eval_command(
     targets: TargetsOpt = None,
     on: Annotated[str | None, typer.Option(
         "--on", metavar="COLUMN", help="Join PREDS and LABELS on this key column.")] = None,
-    weight: Annotated[str | None, typer.Option(
-        "--weight", metavar="WEIGHT",
-        help="Element weight: a column, a number, C numbers, or a .npy file.")] = None,
-    pos_weight: Annotated[str | None, typer.Option(
-        "--pos-weight", metavar="POS_WEIGHT",
-        help="A number, C numbers, a .npy file, or the JSON of [cyan]bce suggest-pos-weight[/]."
-    )] = None,
+    weight: WeightOpt = None,
+    pos_weight: PosWeightOpt = None,
     reduction: Annotated[Reduction, typer.Option("--reduction", help="mean (sum / elements), "
                                                  "sum, or none (with --output).")] = Reduction.MEAN,
     output: Annotated[str | None, typer.Option(
@@ -116,20 +126,15 @@ def eval_command(
         help="With --reduction none: per-element losses (.parquet: one column per class, "
              "after the --on key column when joined; or .npy). With --engine dask: a new "
              "or empty directory, a Parquet dataset of one file per task.")] = None,
-    label_smoothing: Annotated[float, typer.Option(
-        "--label-smoothing", min=0.0, max=1.0, help="Targets become y*(1-A) + A/2.")] = 0.0,
-    ignore_value: Annotated[float | None, typer.Option(
-        "--ignore-value", help="Leave out elements whose target equals this (e.g. -1).")] = None,
-    from_probs: Annotated[bool, typer.Option(
-        "--from-probs", help="Predictions are probabilities, not logits.")] = False,
+    label_smoothing: SmoothingOpt = 0.0,
+    ignore_value: IgnoreOpt = None,
+    from_probs: FromProbsOpt = False,
     nan_policy: Annotated[NanPolicy, typer.Option(
         "--nan-policy", help="NaN (and Arrow nulls): error, omit, or propagate.")
     ] = NanPolicy.ERROR,
     class_dim: ClassDimOpt = 1,
-    fmt: Annotated[EvalFormat, typer.Option("--format", help="Report format on stdout.")
-                   ] = EvalFormat.TABLE,
-    report: Annotated[str | None, typer.Option("--report", metavar="PATH",
-                                               help="Also write the JSON report here.")] = None,
+    fmt: FormatOpt = EvalFormat.TABLE,
+    report: ReportOpt = None,
     max_loss: Annotated[float | None, typer.Option(
         "--max-loss", help="Gate: fail (exit 1) if the overall loss exceeds this.")] = None,
     max_class_loss: Annotated[float | None, typer.Option(
@@ -230,30 +235,20 @@ def compare_command(
     on: Annotated[str | None, typer.Option(
         "--on", metavar="COLUMN",
         help="Join each predictions file and LABELS on this key column.")] = None,
-    weight: Annotated[str | None, typer.Option(
-        "--weight", metavar="WEIGHT",
-        help="Element weight: a column, a number, C numbers, or a .npy file.")] = None,
-    pos_weight: Annotated[str | None, typer.Option(
-        "--pos-weight", metavar="POS_WEIGHT",
-        help="A number, C numbers, a .npy file, or the JSON of [cyan]bce suggest-pos-weight[/]."
-    )] = None,
+    weight: WeightOpt = None,
+    pos_weight: PosWeightOpt = None,
     reduction: Annotated[Reduction, typer.Option(
         "--reduction", help="mean (sum / elements) or sum (none has nothing to compare).")
     ] = Reduction.MEAN,
-    label_smoothing: Annotated[float, typer.Option(
-        "--label-smoothing", min=0.0, max=1.0, help="Targets become y*(1-A) + A/2.")] = 0.0,
-    ignore_value: Annotated[float | None, typer.Option(
-        "--ignore-value", help="Leave out elements whose target equals this (e.g. -1).")] = None,
-    from_probs: Annotated[bool, typer.Option(
-        "--from-probs", help="Predictions are probabilities, not logits.")] = False,
+    label_smoothing: SmoothingOpt = 0.0,
+    ignore_value: IgnoreOpt = None,
+    from_probs: FromProbsOpt = False,
     nan_policy: Annotated[NanPolicy, typer.Option(
         "--nan-policy", help="NaN (and Arrow nulls): error, omit (from both models), or "
         "propagate.")] = NanPolicy.ERROR,
     class_dim: ClassDimOpt = 1,
-    fmt: Annotated[EvalFormat, typer.Option("--format", help="Report format on stdout.")
-                   ] = EvalFormat.TABLE,
-    report: Annotated[str | None, typer.Option("--report", metavar="PATH",
-                                               help="Also write the JSON report here.")] = None,
+    fmt: FormatOpt = EvalFormat.TABLE,
+    report: ReportOpt = None,
     max_increase: Annotated[float | None, typer.Option(
         "--max-increase", metavar="X",
         help="Gate: fail (exit 1) when the whole interval of the overall or any class's "

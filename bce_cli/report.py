@@ -379,6 +379,13 @@ def print_eval_table(report: dict, console) -> None:
                   soft_wrap=soft)
     if "groups" in report:
         _print_groups(report, console, loss_head, soft)
+    _print_gates(report, console, soft)
+
+
+def _print_gates(report: dict, console, soft: bool) -> None:
+    """The gates that were set and their outcome, each failure on its own line."""
+    from rich.markup import escape
+
     gates = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in report.get("gates", {}).items())
     if report["failures"]:
         console.print(f"[bold red]FAILED[/] ({escape(gates)})", soft_wrap=soft)
@@ -515,13 +522,7 @@ def print_compare_table(report: dict, console) -> None:
     console.print(f"base: {escape(report['base'])}   new: {escape(report['new'])}",
                   highlight=False, soft_wrap=soft)
     console.print(_compare_legend(report) + "; red: surely worse", style="dim", soft_wrap=soft)
-    gates = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in report.get("gates", {}).items())
-    if report["failures"]:
-        console.print(f"[bold red]FAILED[/] ({escape(gates)})", soft_wrap=soft)
-        for f in report["failures"]:
-            console.print(f"  - {escape(f)}", highlight=False, soft_wrap=soft)
-    elif gates:
-        console.print(f"[bold green]passed[/] ({escape(gates)})", soft_wrap=soft)
+    _print_gates(report, console, soft)
 
 
 # ---------------------------------------------------------------------- the switch
