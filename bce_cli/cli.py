@@ -88,6 +88,10 @@ FromProbsOpt = Annotated[bool, typer.Option(
 FormatOpt = Annotated[EvalFormat, typer.Option("--format", help="Report format on stdout.")]
 ReportOpt = Annotated[str | None, typer.Option("--report", metavar="PATH",
                                                help="Also write the JSON report here.")]
+ByOpt = Annotated[str | None, typer.Option(
+    "--by", metavar="COLUMN",
+    help="Also report each value of this column of the predictions or LABELS "
+         "(a split, a country, a source; at most 100,000 values).")]
 ConfidenceOpt = Annotated[float, typer.Option(
     "--confidence", metavar="P",
     help="Confidence of every interval (rows as the independent units).")]
@@ -145,10 +149,7 @@ def eval_command(
     max_increase: Annotated[float | None, typer.Option(
         "--max-increase", help="With --baseline: allowed absolute increase of any loss.")
     ] = None,
-    by: Annotated[str | None, typer.Option(
-        "--by", metavar="COLUMN",
-        help="Also report the loss of each value of this column of PREDS or LABELS "
-             "(a split, a country, a source; at most 100,000 values).")] = None,
+    by: ByOpt = None,
     max_group_loss: Annotated[float | None, typer.Option(
         "--max-group-loss", help="With --by: fail if any group's loss exceeds this.")
     ] = None,
@@ -258,6 +259,7 @@ def compare_command(
         "--max-increase-upper", metavar="X",
         help="Gate: fail when the interval's upper end exceeds X (the new model is not "
              "shown to be at most X worse).")] = None,
+    by: ByOpt = None,
     confidence: ConfidenceOpt = 0.95,
     threads: Annotated[int | None, typer.Option("--threads", min=1,
                                                 help="Compute threads (default: all cores).")
@@ -280,7 +282,7 @@ def compare_command(
         spec_base, spec_new = compare_specs(
             base, new, labels, logits_base=logits_base, logits_new=logits_new, logits=logits,
             targets=targets, on=on, weight=weight, class_dim=class_dim, batch_rows=batch_rows,
-            nan_policy=nan_policy.value)
+            nan_policy=nan_policy.value, by=by)
         opts = CompareOptions(reduction=reduction.value, pos_weight=pos_weight,
                               label_smoothing=label_smoothing, ignore_value=ignore_value,
                               from_probs=from_probs, report=report, threads=threads,

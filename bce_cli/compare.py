@@ -243,7 +243,8 @@ def compare_specs(base: str, new: str | None, labels: str | None, *,
                             hint="save it to a file first")
     lb = logits_base if logits_base is not None else logits
     ln = logits_new if logits_new is not None else logits
-    return (InputSpec(preds=base, labels=labels, logits=lb, **common),
+    by = common.pop("by", None)  # the groups are read with the base model's batches
+    return (InputSpec(preds=base, labels=labels, logits=lb, by=by, **common),
             InputSpec(preds=new, labels=labels, logits=ln, **common))
 
 
@@ -299,6 +300,7 @@ def compare(spec_base, spec_new, opts: CompareOptions, *,
             # targets read from two files (no LABELS) must be the same targets
             own_targets = spec_base.labels is None and spec_new.preds != spec_base.preds
             paired = PairedDelta(inp_b.n_classes)
+            groups = _Groups(inp_b.n_classes, spec_base.by) if spec_base.by else None
             seen = [(math.inf, -math.inf), (math.inf, -math.inf)]
             for bb, bn in _aligned(read_ahead(inp_b.batches()), read_ahead(inp_n.batches()),
                                    spec_base.preds, new_file):
@@ -314,7 +316,10 @@ def compare(spec_base, spec_new, opts: CompareOptions, *,
                                             opts.from_probs, *seen[k], return_losses=True)
                     losses.append(out)
                     seen[k] = (lo, hi)
-                paired.add(*losses, left_out(xb, bb.targets, opts.ignore_value, nan_policy))
+                skip = left_out(xb, bb.targets, opts.ignore_value, nan_policy)
+                paired.add(*losses, skip)
+                if groups is not None:
+                    groups.add(bb, losses, skip)
                 if progress is not None:
                     progress(bb.n_rows)
             for (lo, hi), spec in zip(seen, (spec_base, spec_new), strict=True):
@@ -324,6 +329,9 @@ def compare(spec_base, spec_new, opts: CompareOptions, *,
             rb, rn = (a.compute(opts.reduction, confidence=opts.confidence) for a in accs)
             delta = paired.compute(opts.reduction, opts.confidence)
             report = build_report(rb, rn, delta, inp_b, inp_n, spec_base, spec_new, opts)
+            if groups is not None:
+                report["by"] = spec_base.by
+                report["groups"] = groups.report(opts.reduction, opts.confidence)
         if report["n_rows"] < 2:
             warn("one row: the change has no interval (no spread to estimate); "
                  "--max-increase cannot fail on it and --max-increase-upper fails")
@@ -339,6 +347,42 @@ def compare(spec_base, spec_new, opts: CompareOptions, *,
         if report_file is not None:
             report_file.abort()
     return report
+
+
+class _Groups:
+    """``bce compare --by``: per group, each model's loss and the change with its
+    interval and p-value, from three :class:`~bce_cli.groups.GroupStats` (the base
+    losses, the new ones, their per-element differences)."""
+
+    def __init__(self, n_classes: int, column: str):
+        from .groups import GroupKeys, GroupStats
+
+        self.keys = GroupKeys(column)
+        self.base, self.new, self.delta = (GroupStats(n_classes) for _ in range(3))
+
+    def add(self, batch, losses, skip) -> None:
+        ids = self.keys.ids(batch.key)
+        counted = None if skip is None else ~skip
+        lb, ln = losses
+        with np.errstate(invalid="ignore"):  # inf - inf: a change that is not a number
+            diff = ln.astype(np.float64) - lb
+        for stats, values in ((self.base, lb), (self.new, ln), (self.delta, diff)):
+            stats.add(ids, values, batch.targets, counted)
+
+    def report(self, reduction: str, confidence: float) -> list[dict]:
+        from .groups import sort_key
+
+        b, n, d = (s.compute(reduction, confidence) for s in (self.base, self.new, self.delta))
+        rows = d["n_rows"]
+        p = [p_value(dl, se, int(r) - 1)
+             for dl, se, r in zip(d["loss"], d["loss_se"], rows, strict=True)]
+        lb, ln, dl = loss_values(b["loss"]), loss_values(n["loss"]), loss_values(d["loss"])
+        se, ci, pv = finite_values(d["loss_se"]), interval_values(d["loss_ci"]), finite_values(p)
+        keys = self.keys.keys
+        return [{"key": keys[g], "n_rows": int(rows[g]), "n_elements": int(d["n_elements"][g]),
+                 "loss_base": lb[g], "loss_new": ln[g], "delta": dl[g], "delta_se": se[g],
+                 "delta_ci": ci[g], "p_value": pv[g]}
+                for g in sorted(range(len(keys)), key=lambda i: sort_key(keys[i]))]
 
 
 def _check_pair(inp_b, inp_n, new_file: str) -> None:

@@ -255,11 +255,11 @@ def eval_markdown(report: dict) -> str:
 WORST_GROUPS = 20  # groups a table or markdown report shows, worst first
 
 
-def worst_groups(groups: list, n: int = WORST_GROUPS) -> tuple[list, int]:
-    """The ``n`` groups of highest loss (a loss that is not a number first), and how
-    many are left out."""
+def worst_groups(groups: list, n: int = WORST_GROUPS, key: str = "loss") -> tuple[list, int]:
+    """The ``n`` groups of highest ``key`` (the loss; for compare, the change; one that
+    is not a number first), and how many are left out."""
     def badness(g):
-        v = loss_number(g["loss"])
+        v = loss_number(g[key])
         return (v is None, -1.0 if v is None else v)
 
     ranked = sorted(groups, key=badness, reverse=True)
@@ -458,11 +458,27 @@ def compare_csv(report: dict) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(COMPARE_COLUMNS)
     for c in _compare_rows(report):
-        lo, hi = _ci_ends(c)
-        row = [c["name"], c["loss_base"], c["loss_new"], c["delta"], c["delta_se"], lo, hi,
-               c["p_value"], c["count"]]
-        w.writerow(["" if v is None else v for v in row])
+        w.writerow(_compare_cells(c))
+    if "groups" not in report:
+        return buf.getvalue()
+    # With --by: a first column "group", ALL_GROUPS on the rows above, then a row per
+    # group (by key) named OVERALL_ROW; a null key is an empty cell.
+    lines = buf.getvalue().splitlines(keepends=True)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(("group", *COMPARE_COLUMNS))
+    buf.writelines(f"{ALL_GROUPS}," + line for line in lines[1:])
+    for g in report["groups"]:
+        w.writerow(["" if g["key"] is None else g["key"],
+                    *_compare_cells({**g, "name": OVERALL_ROW, "count": g["n_elements"]})])
     return buf.getvalue()
+
+
+def _compare_cells(c: dict) -> list:
+    lo, hi = _ci_ends(c)
+    row = [c["name"], c["loss_base"], c["loss_new"], c["delta"], c["delta_se"], lo, hi,
+           c["p_value"], c["count"]]
+    return ["" if v is None else v for v in row]
 
 
 def _compare_legend(report: dict) -> str:
@@ -489,6 +505,18 @@ def compare_markdown(report: dict) -> str:
         lines.append(f"| {name} | {_loss(c['loss_base'])} | {_loss(c['loss_new'])} | "
                      f"{_loss(c['delta'])} | {_ci_text(c['delta_ci'])} | {_p(c['p_value'])} |")
     lines += ["", _compare_legend(report) + "."]
+    if "groups" in report:
+        shown, rest = worst_groups(report["groups"], key="delta")
+        lines += ["", f"#### Largest changes by {_shown(str(report['by']))}", "",
+                  f"| group | base {head} | new {head} | delta | {pct} CI | p | rows |",
+                  "|---|---:|---:|---:|---|---:|---:|"]
+        for g in shown:
+            lines.append(f"| {group_label(g['key']).replace('|', chr(92) + '|')} | "
+                         f"{_loss(g['loss_base'])} | {_loss(g['loss_new'])} | "
+                         f"{_loss(g['delta'])} | {_ci_text(g['delta_ci'])} | "
+                         f"{_p(g['p_value'])} | {g['n_rows']} |")
+        if rest:
+            lines += ["", f"{rest} more group(s) not shown (the JSON report lists them all)."]
     if report["failures"]:
         lines += ["", "Failed gates:", ""] + [f"- {f}" for f in report["failures"]]
     return "\n".join(lines) + "\n"
@@ -522,6 +550,22 @@ def print_compare_table(report: dict, console) -> None:
     console.print(f"base: {escape(report['base'])}   new: {escape(report['new'])}",
                   highlight=False, soft_wrap=soft)
     console.print(_compare_legend(report) + "; red: surely worse", style="dim", soft_wrap=soft)
+    if "groups" in report:
+        shown, rest = worst_groups(report["groups"], key="delta")
+        cells = [[group_label(g["key"]) for g in shown],
+                 _g_column([g["loss_base"] for g in shown], 5, none="NaN"),
+                 _g_column([g["loss_new"] for g in shown], 5, none="NaN"),
+                 _g_column([g["delta"] for g in shown], 4, none="NaN"),
+                 _ci_column([g["delta_ci"] for g in shown]),
+                 [_p(g["p_value"]) for g in shown], [str(g["n_rows"]) for g in shown]]
+        columns = [(str(report["by"]), "left"), (f"base {head}", "right"),
+                   (f"new {head}", "right"), ("delta", "right"), (f"{pct} CI", "right"),
+                   ("p", "right"), ("rows", "right")]
+        _print_table(console, f"per group of {report['by']}, largest change first", columns,
+                     list(zip(*cells, strict=True)))
+        console.print(f"{len(report['groups'])} group(s)" + (
+            f"; {rest} more not shown (--format json lists them all)" if rest else ""),
+            style="dim", soft_wrap=soft)
     _print_gates(report, console, soft)
 
 

@@ -491,3 +491,46 @@ def test_one_row_has_no_interval(tmp_path):
     report = json.loads(run(*files, "--max-increase-upper", 10, "--format", "json",
                             expect=1).stdout)  # nor below 10
     assert report["passed"] is False
+
+
+# ----------------------------------------------------------------------- --by
+@pytest.mark.parametrize("split", [None, 7])
+def test_by_gives_each_groups_change(tmp_path, rng, split):
+    """Per group the change and its interval are the reference's on that group's rows
+    alone; the groups' element counts add up to the whole; several batches agree."""
+    xb, xn, y = two_models(rng, n=240, c=3, shift=0.3)
+    y[rng.random(y.shape) < 0.1] = -1.0  # unlabelled: counts differ from row to row
+    keys = np.array(["train", "valid", "test", None], dtype=object)[rng.integers(0, 4, 240)]
+    cols = {"split": pa.array(keys.tolist(), pa.string())}
+    for k in range(3):
+        cols[f"base_{k}"], cols[f"new_{k}"], cols[f"y_{k}"] = xb[:, k], xn[:, k], y[:, k]
+    pq.write_table(pa.table(cols), tmp_path / "p.parquet")
+    extra = [] if split is None else ["--batch-rows", split]
+    got = run_json(tmp_path / "p.parquet", "--logits-base", "base_*", "--logits-new", "new_*",
+                   "--targets", "y_*", "--ignore-value", "-1", "--by", "split", *extra)
+    assert got["by"] == "split"
+    assert [g["key"] for g in got["groups"]] == ["test", "train", "valid", None]
+    for g in got["groups"]:
+        rows = np.array([k == g["key"] for k in keys])
+        want = reference(xb[rows], xn[rows], y[rows], ignore=-1.0)
+        assert g["n_rows"] == rows.sum()
+        for k in (*KEYS, "delta_ci"):  # groups have no per-class changes
+            assert g[k] == pytest.approx(want[k], rel=1e-9, abs=1e-12), k
+    assert sum(g["n_elements"] for g in got["groups"]) == got["n_elements"]
+    table = run(tmp_path / "p.parquet", "--logits-base", "base_*", "--logits-new", "new_*",
+                "--targets", "y_*", "--ignore-value", "-1", "--by", "split").stdout
+    assert "largest change first" in table and "(null)" in table
+    csv_rows = run(tmp_path / "p.parquet", "--logits-base", "base_*", "--logits-new", "new_*",
+                   "--targets", "y_*", "--ignore-value", "-1", "--by", "split", "--format",
+                   "csv").stdout.splitlines()
+    assert csv_rows[0].startswith("group,name,")
+    train = next(r for r in csv_rows if r.startswith("train,(overall),"))
+    g = next(g for g in got["groups"] if g["key"] == "train")
+    assert float(train.split(",")[4]) == pytest.approx(g["delta"], rel=1e-12)
+
+
+def test_by_names_a_missing_column(table_files):
+    d, *_ = table_files
+    res = run(d / "preds.parquet", "--logits-base", "base_*", "--logits-new", "new_*",
+              "--targets", "label_*", "--by", "nope", expect=2)
+    assert "nope" in res.stderr and "Traceback" not in res.output
