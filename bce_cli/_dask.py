@@ -242,11 +242,14 @@ def _as_shown(error: BCEInputError, names: dict[str, str]) -> BCEInputError:
     return error
 
 
-def eval_batches(inp, acc, opts, progress=None, writer=None) -> tuple[float, float]:
+def eval_batches(inp, acc, opts, progress=None, writer=None,
+                 groups=None) -> tuple[float, float]:
     """Add every batch of ``inp`` into ``acc`` (empty, with its job set) as a local run
     does; return the predictions' ``lo, hi`` (see :func:`bce_cli.evaluate.add_batch`).
     With ``writer`` (a :class:`bce_cli.outputs.LossDataset`), every task also writes
-    its rows' losses into one file of the dataset."""
+    its rows' losses into one file of the dataset; with ``groups`` (``--by``,
+    :class:`bce_cli.groups.Groups`), every task returns each batch's group sums, added
+    here in order."""
     from .evaluate import add_batch
 
     deadline = _Deadline(getattr(opts, "timeout", None))
@@ -255,7 +258,9 @@ def eval_batches(inp, acc, opts, progress=None, writer=None) -> tuple[float, flo
     first = next(batches)  # computed here: the job's tier is chosen by its first batch
     batches.close()
     losses, lo, hi = add_batch(acc, first, inp, opts.from_probs, math.inf, -math.inf,
-                               return_losses=writer is not None)
+                               return_losses=writer is not None or groups is not None)
+    if groups is not None:
+        groups.add(first, losses)
     parts = None if writer is None else _write_first(writer, inp, losses)
     if progress is not None:
         progress(first.n_rows)
@@ -271,10 +276,12 @@ def eval_batches(inp, acc, opts, progress=None, writer=None) -> tuple[float, flo
         results = _in_order(client, _eval_task, ranges, deadline=deadline, done=done,
                             names=_shown_names(inp), spec=_for_workers(spec), acc=acc,
                             from_probs=opts.from_probs, threads=opts.threads or 1,
-                            parts=parts)
-        for states, n_rows, task_lo, task_hi in results:
+                            parts=parts, groups=None if groups is None else groups.empty())
+        for states, n_rows, task_lo, task_hi, group_parts in results:
             for state, n in zip(states, n_rows, strict=True):
                 acc.add_state(state, n)
+            for keys, sums in group_parts:
+                groups.add_part(keys, sums)
             lo, hi = min(lo, task_lo), max(hi, task_hi)
     return lo, hi
 
@@ -311,23 +318,27 @@ def _n_workers(client) -> int:
 
 
 # ------------------------------------------------------------------ run by the workers
-def _eval_task(rows, *, spec, acc, from_probs, threads, parts=None):
-    """One state per batch of rows ``[start, stop)``: (states, row counts, lo, hi); with
-    ``parts`` (:class:`bce_cli.outputs.Parts`), their losses also go to one file."""
+def _eval_task(rows, *, spec, acc, from_probs, threads, parts=None, groups=None):
+    """One state per batch of rows ``[start, stop)``: (states, row counts, lo, hi, group
+    sums per batch); with ``parts`` (:class:`bce_cli.outputs.Parts`), their losses also
+    go to one file; with ``groups`` (an empty :class:`bce_cli.groups.Groups`), each
+    batch's ``(keys, sums)``."""
     from .data import open_inputs
     from .evaluate import add_batch
 
     _tiers.set_threads(threads)
-    states, n_rows, lo, hi = [], [], math.inf, -math.inf
+    states, n_rows, group_parts, lo, hi = [], [], [], math.inf, -math.inf
     with open_inputs(replace(spec, rows=rows)) as inp:
         out = None if parts is None else parts.write(rows[0], inp)
         try:
             for batch in inp.batches():
                 part = acc.spawn()  # the job's tier comes with it
                 losses, lo, hi = add_batch(part, batch, inp, from_probs, lo, hi,
-                                           return_losses=out is not None)
+                                           return_losses=out is not None or groups is not None)
                 if out is not None:
                     out.write(losses)
+                if groups is not None:
+                    group_parts.append(groups.part(batch, losses))
                 states.append(part.state)
                 n_rows.append(part.n_rows)
             if out is not None:
@@ -335,7 +346,7 @@ def _eval_task(rows, *, spec, acc, from_probs, threads, parts=None):
         finally:
             if out is not None:
                 out.abort()
-    return np.stack(states), n_rows, lo, hi
+    return np.stack(states), n_rows, lo, hi, group_parts
 
 
 def _count_task(rows, *, path, targets, batch_rows, class_dim):

@@ -87,9 +87,6 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
         from . import _dask
 
         _dask.check_eval(spec, opts)
-        if spec.by:
-            raise BCEInputError("--by is not available with --engine dask yet",
-                                hint="run it with --engine local")
     elif opts.timeout is not None:
         raise BCEInputError("--timeout is for --engine dask")
     _tiers.set_threads(opts.threads)
@@ -122,13 +119,14 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
                 writer = LossDataset(opts.output, inp)
             elif opts.output:
                 writer = LossWriter.for_path(opts.output, inp)
-            groups = keys = None
+            groups = None
             if spec.by:
-                from .groups import GroupKeys, GroupStats, counted_mask
+                from .groups import Groups
 
-                groups, keys = GroupStats(inp.n_classes), GroupKeys(spec.by)
+                groups = Groups(inp.n_classes, spec.by, opts.ignore_value, spec.nan_policy)
             if engine == "dask":
-                lo, hi = _dask.eval_batches(inp, acc, opts, progress, writer=writer)
+                lo, hi = _dask.eval_batches(inp, acc, opts, progress, writer=writer,
+                                            groups=groups)
             else:
                 lo, hi = math.inf, -math.inf
                 for batch in read_ahead(inp.batches()):
@@ -136,9 +134,7 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
                                                return_losses=writer is not None
                                                or groups is not None)
                     if groups is not None:
-                        groups.add(keys.ids(batch.key), losses, batch.targets,
-                                   counted_mask(batch.logits, batch.targets, opts.ignore_value,
-                                                spec.nan_policy))
+                        groups.add(batch, losses)
                     if writer is not None:
                         writer.write(losses)
                     if progress is not None:
@@ -152,11 +148,9 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
                 writer.finish()
             report = build_report(result, inp, opts, acc.n_rows)
             if groups is not None:
-                from .groups import group_report
-
                 report["by"] = spec.by
-                report["groups"] = group_report(groups, keys, inp.class_names,
-                                                result.reduction, opts.confidence)
+                report["groups"] = groups.report(inp.class_names, result.reduction,
+                                                 opts.confidence)
         no_pos = [c["name"] for c in report["classes"] if c["n_pos"] == 0]
         if no_pos:
             warn(f"{len(no_pos)} class(es) have no positive targets ({brief(no_pos)}): their "

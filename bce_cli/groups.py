@@ -174,6 +174,45 @@ class GroupStats:
                 "n_pos": n_pos, "n_neg": count - n_pos}
 
 
+class Groups:
+    """``--by`` for one run: the keys and their mergeable sums, fed batch by batch
+    (:meth:`add`), or from the batches of Dask tasks (:meth:`part` in the worker,
+    :meth:`add_part` in the driver, in the dataset's order: the same sums, bit for
+    bit, as the batches added here in that order)."""
+
+    def __init__(self, n_classes: int, column: str, ignore_value=None,
+                 nan_policy: str = "error"):
+        self.n_classes, self.column = n_classes, column
+        self.ignore_value, self.nan_policy = ignore_value, nan_policy
+        self.keys, self.stats = GroupKeys(column), GroupStats(n_classes)
+
+    def add(self, batch, losses) -> None:
+        """Add one batch (its ``key`` column, targets and logits) and its per-element
+        losses."""
+        self.stats.add(self.keys.ids(batch.key), losses, batch.targets,
+                       counted_mask(batch.logits, batch.targets, self.ignore_value,
+                                    self.nan_policy))
+
+    def empty(self) -> Groups:
+        """A new, empty one with these settings (what a Dask task is given)."""
+        return Groups(self.n_classes, self.column, self.ignore_value, self.nan_policy)
+
+    def part(self, batch, losses) -> tuple[list, np.ndarray]:
+        """One batch's ``(keys, sums)``, one row of sums per key, for the driver."""
+        one = self.empty()
+        one.add(batch, losses)
+        return one.keys.keys, one.stats.sums
+
+    def add_part(self, keys: list, sums: np.ndarray) -> None:
+        ids = np.array([self.keys._id(k) for k in keys], dtype=np.intp)
+        if ids.size:
+            self.stats._grow(int(ids.max()) + 1)
+            self.stats.sums[ids] += sums
+
+    def report(self, class_names, reduction: str, confidence: float) -> list[dict]:
+        return group_report(self.stats, self.keys, class_names, reduction, confidence)
+
+
 def counted_mask(x, y, ignore_value, nan_policy):
     """The elements that take part in the sums (None: all of them), as the accumulator
     decides (:func:`bce_cli._checks.left_out`)."""

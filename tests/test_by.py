@@ -282,10 +282,3 @@ def test_too_many_groups(tmp_path, rng):
     assert res.exit_code == 2 and "more than 100,000 distinct values" in res.output
     ok = invoke("eval", path, "--by", "g", "--format", "json", "--batch-rows", "1000000")
     assert ok.exit_code == 2  # also in one batch
-
-
-def test_dask_refuses_by(tmp_path, data):
-    x, y, _, keys = data
-    path = write(tmp_path, "p.parquet", table(x, y, keys))
-    res = invoke("eval", path, "--by", "g", "--engine", "dask")
-    assert res.exit_code == 2 and "--engine dask" in res.output

@@ -65,6 +65,9 @@ def data(tmp_path_factory):
     logits = {"logit_a": rng.normal(size=n).astype(np.float32), "logit_b": 3 * rng.normal(size=n)}
     targets = {"a": (rng.random(n) > 0.7).astype(np.float32), "b": rng.random(n)}
     weight = {"w": rng.random(n) * 2}
+    keys = np.array(["north", "south", "east", "west", None], dtype=object)[
+        rng.integers(0, 5, n)]
+    group = {"g": pa.array(keys.tolist(), pa.string())}  # --by: a null key is a group too
     messy_t = {k: v.astype(np.float64).copy() for k, v in targets.items()}
     messy_t["a"][rng.random(n) < 0.1] = -1.0
     messy_t["b"][rng.random(n) < 0.05] = np.nan
@@ -77,10 +80,10 @@ def data(tmp_path_factory):
                                       "classes": [{"name": "a", "pos_weight": 2.5},
                                                   {"name": "b", "pos_weight": 0.5}]}))
     return {
-        "both": _write(root, "both", {**logits, **targets, **weight}),
+        "both": _write(root, "both", {**logits, **targets, **weight, **group}),
         "preds": _write(root, "preds", {**logits, **weight}),
-        "labels": _write(root, "labels", targets),
-        "messy": _write(root, "messy", {**messy_x, **messy_t}),
+        "labels": _write(root, "labels", {**targets, **group}),
+        "messy": _write(root, "messy", {**messy_x, **messy_t, **group}),
         "bad": _write(root, "bad", {**logits, **bad}),
         "pos_weight": str(pos_weight),
     }
@@ -106,6 +109,11 @@ CASES = {
     "smoothing, ignore, omit": lambda d: [d["messy"], "--logits", "logit_*", "--targets",
                                           "a,b", "--label-smoothing", "0.1", "--ignore-value",
                                           "-1", "--nan-policy", "omit"],
+    "by": lambda d: [d["both"], "--logits", "logit_*", "--targets", "a,b", "--by", "g",
+                     "--weight", "w"],
+    "by in labels": lambda d: [d["preds"], d["labels"], "--logits", "logit_*", "--by", "g"],
+    "by, ignore, omit": lambda d: [d["messy"], "--logits", "logit_*", "--targets", "a,b",
+                                   "--ignore-value", "-1", "--nan-policy", "omit", "--by", "g"],
 }
 
 
