@@ -61,8 +61,8 @@ def _gpu_found() -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def problem() -> str | None:
-    """What keeps CUDA from being usable here, and how to get it (None: usable)."""
+def problem() -> tuple[str, str] | None:
+    """``(what keeps CUDA from being usable here, how to get it)``, or None: usable."""
     if simulated():
         return None
     driver, target = _driver_found(), _target_installed()
@@ -78,9 +78,8 @@ def problem() -> str | None:
     if driver and target:
         missing.append("the NVIDIA driver sees no usable GPU")
         fixes.append("check it with nvidia-smi")
-    return (f"--device cuda: {'; '.join(missing)}.\n"
-            f"To use the GPU: {' and '.join(fixes)}; or run with --device cpu (the same "
-            "report).")
+    return (f"--device cuda: {'; '.join(missing)}",
+            f"{' and '.join(fixes)}; or run with --device cpu (the same report)")
 
 
 def resolve(device: str, *arrays) -> str:
@@ -95,5 +94,5 @@ def resolve(device: str, *arrays) -> str:
         return "cuda" if not simulated() and problem() is None else "cpu"
     reason = problem()
     if reason is not None:
-        raise BCEInputError(reason)
+        raise BCEInputError(reason[0], hint=reason[1])
     return "cuda"
