@@ -89,9 +89,9 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
         _dask.check_eval(spec, opts)
     elif opts.timeout is not None:
         raise BCEInputError("--timeout is for --engine dask")
-    device = _device.resolve(opts.device)  # exit 2 at once when the GPU is not usable
-    if device == "cuda" and engine == "dask":
+    if opts.device == "cuda" and engine == "dask":
         raise BCEInputError("--device cuda runs with --engine local (one GPU in this process)")
+    device = "cpu" if engine == "dask" else _device.resolve(opts.device)  # exit 2 at once
     _tiers.set_threads(opts.threads)
     check_limits(opts)
     check_confidence(opts.confidence)
