@@ -5,7 +5,8 @@ byte order and contiguity are normalised in one place (each distinct array
 type is another numba compile) and invalid values are reported the same way
 (:func:`bce_cli._checks.check_targets`).  ``bce_cli._tiers`` picks the tier:
 vectorised NumPy (``_vectorised``), or a compiled kernel form (``kernels``)
-when it pays.
+when it pays.  ``device="cuda"`` sends the same call to the GPU (``bce_cli._cuda``),
+with the same layouts, options, statistics and errors.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .errors import BCEInputError
 from .stats import (
     COUNT,
     LOSS,
+    N_ACC_STATS,
     NAN_ERROR,
     NAN_POLICIES,
     NSQ,
@@ -90,7 +92,7 @@ def as_targets(y, like: np.dtype) -> np.ndarray:
 
 def class_stats(x, y, class_axis: int | None, opts: LossOptions, *,
                 write: int = OUT_NONE, job: _tiers.JobTier | None = None,
-                moments: bool = False):
+                moments: bool = False, device: str = "cpu"):
     """Per-class statistics ``(N_STATS, C)`` (rows: axis 0 of ``x``, or each
     element when ``class_axis`` is None) and, unless ``write`` is OUT_NONE,
     per-element losses of ``x``'s shape (else None).
@@ -102,8 +104,13 @@ def class_stats(x, y, class_axis: int | None, opts: LossOptions, *,
     ``job``: the streamed job this call is part of: its size decides the tier
     at its first batch, and that tier is kept (:class:`~bce_cli._tiers.JobTier`).
     ``moments``: also the row moments (rows ``SQ`` .. ``RNSQ``; else they are 0).
+    ``device``: "cpu", or "cuda" (``bce_cli._cuda``; device arrays are read in place,
+    and the losses of device inputs stay on the device); the GPU also returns the
+    rows ``WPOS``, ``WNEG`` (``N_ACC_STATS`` rows in all).
     Raises InvalidValueError at the first invalid element.
     """
+    if device == "cuda":
+        return _cuda_stats(x, y, class_axis, opts, write, moments)
     x, y = np.asarray(x), np.asarray(y)
     if (x.ndim == 2 and class_axis == 1 and x.flags.f_contiguous
             and not x.flags.c_contiguous):
@@ -169,9 +176,7 @@ def _run(x, y, class_axis, opts: LossOptions, write, job, moments):
                            write)
     out = None if write == OUT_NONE else np.empty(canon, dtype=x.dtype)
     tier = job.pick(x.size, form) if job is not None else _tiers.choose(x.size, form)
-    one_element_rows = along_b and c_count == 1  # each element a row: nothing to add up
-    kind = (MOMENTS_NONE if not moments or write == OUT_ONLY or one_element_rows
-            else MOMENTS_ALONG_B if along_b else MOMENTS_ALONG_A)
+    kind, one_element_rows = _moments_kind(moments, write, along_b, c_count)
     if tier == "numpy":
         stats, side = _vectorised.class_stats(x.reshape(canon), y.reshape(canon), wvec, pvec,
                                               wf, pf, smooth, ignore, mode, out,
@@ -182,6 +187,82 @@ def _run(x, y, class_axis, opts: LossOptions, write, job, moments):
     if stats is not None and moments and write != OUT_ONLY:
         _row_moments(stats, side, canon, one_element_rows)
     return stats, (None if out is None else out.reshape(shape))
+
+
+def _moments_kind(moments, write, along_b, c_count):
+    """(kind of row moments a tier adds (``bce_cli._forms.MOMENTS_*``), whether each row
+    is one element)."""
+    one_element_rows = along_b and c_count == 1  # each element a row: nothing to add up
+    kind = (MOMENTS_NONE if not moments or write == OUT_ONLY or one_element_rows
+            else MOMENTS_ALONG_B if along_b else MOMENTS_ALONG_A)
+    return kind, one_element_rows
+
+
+def _cuda_stats(x, y, class_axis, opts: LossOptions, write, moments):
+    """:func:`class_stats` on the GPU: host arrays are normalised as for the CPU and
+    streamed; device arrays are read in place (float32/float64 logits)."""
+    from . import _cuda
+    from ._device import is_device_array
+
+    on_device = is_device_array(x)
+    if on_device:
+        x = _cuda.as_device(x)
+        y = _cuda.as_device(y) if is_device_array(y) else _cuda.cuda.to_device(
+            as_targets(y, np.dtype(x.dtype)))
+        if np.dtype(x.dtype) not in (np.float32, np.float64):
+            raise BCEInputError(f"logits on the GPU must be float32 or float64, got "
+                                f"{np.dtype(x.dtype)}: convert them there first")
+        if np.dtype(y.dtype).kind not in "fbiu":
+            raise BCEInputError(f"targets must be numeric or bool, got dtype {y.dtype}")
+    else:
+        x, y = np.asarray(x), np.asarray(y)
+    transposed = (len(x.shape) == 2 and class_axis == 1 and _f_only(x, on_device))
+    if transposed:  # column-major (n, C): the (C, n) view, as on the CPU
+        x, y, class_axis, opts = x.T, y.T, 0, _transposed(opts)
+    shape = tuple(x.shape)
+    if on_device:
+        if not (x.is_c_contiguous() and y.is_c_contiguous()):
+            raise BCEInputError("device arrays must be contiguous (C order, or an (n, C) "
+                                "array in F order)")
+        size = int(np.prod(shape, dtype=np.int64))
+        xk, yk = x.reshape(size), y.reshape(size)
+    else:
+        xk = np.ascontiguousarray(as_logits(x))
+        yk = np.ascontiguousarray(as_targets(y, xk.dtype))
+    canon, along_b = _layout(shape, class_axis)
+    c_count = canon[1]
+    if not on_device:
+        xk, yk = xk.reshape(canon), yk.reshape(canon)
+    wvec = _vector(opts.weight, c_count)
+    pvec = _vector(opts.pos_weight, c_count)
+    wf = None if opts.weight_full is None else _full(opts.weight_full, shape).reshape(canon)
+    pf = None if opts.pos_weight_full is None else _full(opts.pos_weight_full,
+                                                          shape).reshape(canon)
+    kind, one_element_rows = _moments_kind(moments, write, along_b, c_count)
+    stats, side, out = _cuda.run(xk, yk, canon, wvec, pvec, wf, pf, opts.smoothing, opts.ignore,
+                                 NAN_POLICIES[opts.nan_policy], kind, write != OUT_NONE)
+    if stats[_cuda.BAD, 0] > 0:  # find the first invalid element as the CPU does
+        xh = x.copy_to_host() if on_device else x
+        yh = y.copy_to_host() if on_device else y
+        check_targets(yh, logits=xh, class_axis=class_axis, ignore=opts.ignore,
+                      nan_policy=opts.nan_policy)
+        raise AssertionError("a kernel found an invalid element that check_targets did not")
+    stats = np.ascontiguousarray(stats[:N_ACC_STATS])
+    if moments and write != OUT_ONLY:
+        _row_moments(stats, side, canon, one_element_rows)
+    else:
+        stats[SQ:RNSQ + 1] = 0.0
+    if out is not None:
+        out = out.reshape(shape)
+        out = out.T if transposed else out
+    return stats, out
+
+
+def _f_only(x, on_device: bool) -> bool:
+    """Whether a 2-D array is column-major and not also row-major."""
+    if on_device:
+        return x.is_f_contiguous() and not x.is_c_contiguous()
+    return x.flags.f_contiguous and not x.flags.c_contiguous
 
 
 def _row_moments(stats, side, canon, one_element_rows) -> None:

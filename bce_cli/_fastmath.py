@@ -29,8 +29,10 @@ loop still vectorises.  The float32
 path has no compensation and keeps its accuracy even under ``reassoc``.
 
 Portability: the only non-Python operation is ``_f64_from_bits`` (an int64 to
-float64 bitcast); a CUDA variant swaps it for ``libdevice.longlong_as_double``.
-``round()`` is LLVM's ``rint`` on the CPU and ``cvt.rni`` on CUDA.
+float64 bitcast); :func:`retargeted` compiles this module's functions for another
+target with that helper swapped (``bce_cli._cuda``: ``libdevice.longlong_as_double``
+on a GPU, a ``struct`` round trip on numba's CUDA simulator).  ``round()`` is
+LLVM's ``rint`` on the CPU and ``cvt.rni`` on CUDA.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from bce_cli._jit import scalar
+from bce_cli._jit import retarget, scalar
 
 _scalar = scalar()  # a plain njit with ELEMENT_FLAGS: see "Flags" above
 _public = scalar(python=True)  # the same, callable from Python as well
@@ -160,3 +162,19 @@ def log1p_exp_neg_f32(a):
                    + z4 * ((0.1115293930945003 + z * 0.08558256232622283)
                            + z2 * 0.10939338135121426))
     return 0.0 if a > A32_MAX else v
+
+
+# The functions above in the order they call each other (each only those before it).
+_CHAIN = ("_pow2_neg", "_scale", "_exp_neg_parts", "log1p_exp_neg", "log1p_exp_neg_f32")
+
+
+def retargeted(decorate, f64_from_bits, **helpers) -> dict:
+    """This module's functions compiled by ``decorate`` (another numba target, such as
+    ``cuda.jit(device=True)``) from the same Python source, with the bit-cast helper
+    ``_f64_from_bits`` replaced by ``f64_from_bits`` (and any other global named in
+    ``helpers``); returns ``{name: compiled}`` for the names in ``_CHAIN``."""
+    namespace = dict(globals(), _f64_from_bits=f64_from_bits, **helpers)
+    built = {}
+    for name in _CHAIN:
+        built[name] = namespace[name] = retarget(globals()[name], namespace, decorate)
+    return built

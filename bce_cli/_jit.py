@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import types
 import warnings
 
 import numba
@@ -67,6 +68,20 @@ def scalar(flags=ELEMENT_FLAGS, *, python: bool = False):
     """
     return numba.njit(error_model="numpy", nogil=True, fastmath=set(flags),
                  no_cpython_wrapper=not python, no_cfunc_wrapper=True)
+
+
+def retarget(fn, namespace: dict, decorate):
+    """``fn``'s Python source compiled by another target: a function with the code of
+    ``fn`` (a numba dispatcher or a plain function) whose globals are
+    ``namespace``, decorated with ``decorate`` (say ``cuda.jit(device=True)``).
+    One formula for every target: a caller swaps only the helpers it names in
+    ``namespace`` (the CUDA kernels swap the bit-cast of ``bce_cli._fastmath``)."""
+    py = getattr(fn, "py_func", fn)
+    copy = types.FunctionType(py.__code__, namespace, py.__name__, py.__defaults__,
+                              py.__closure__)
+    copy.__qualname__ = py.__qualname__
+    copy.__doc__ = py.__doc__
+    return decorate(copy)
 
 
 class _Locator(caching._CacheLocator):

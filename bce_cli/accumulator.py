@@ -15,6 +15,7 @@ from functools import cached_property
 
 import numpy as np
 
+from ._device import is_device_array, resolve
 from ._dispatch import LossOptions, as_weight, class_stats
 from ._tiers import JobTier
 from .choices import NanPolicy, Reduction, check
@@ -76,7 +77,9 @@ class BCEAccumulator:
 
     Classes lie on axis 1 (a 1-D batch is one class).  ``pos_weight`` and
     ``weight`` given here are per-class vectors (or scalars); ``update`` also
-    takes a per-batch ``weight`` broadcastable to the batch.
+    takes a per-batch ``weight`` broadcastable to the batch.  ``device``: "cpu",
+    "cuda" (an NVIDIA GPU: host batches are streamed to it, device arrays read in
+    place) or "auto"; a batch of device arrays is always computed on the GPU.
 
     >>> acc = BCEAccumulator(2)
     >>> _ = acc.update(np.array([[0.0, 2.0]]), np.array([[1, 1]]))
@@ -87,7 +90,8 @@ class BCEAccumulator:
     """
 
     def __init__(self, n_classes: int, *, pos_weight=None, weight=None, ignore_value=None,
-                 label_smoothing: float = 0.0, nan_policy: str = "error"):
+                 label_smoothing: float = 0.0, nan_policy: str = "error",
+                 device: str = "cpu"):
         if n_classes < 1:
             raise BCEInputError(f"n_classes must be at least 1, got {n_classes}")
         nan_policy = check(NanPolicy, nan_policy, "nan_policy")
@@ -99,6 +103,7 @@ class BCEAccumulator:
         self.ignore_value = ignore_value
         self.label_smoothing = float(label_smoothing)
         self.nan_policy = nan_policy
+        self.device = resolve(device)
         self.state = np.zeros((N_ACC_STATS, self.n_classes), dtype=np.float64)
         self.n_rows = 0
         # A stream of known size (the whole input's elements): the choice between
@@ -138,10 +143,19 @@ class BCEAccumulator:
         index in this batch) for NaN or targets outside [0, 1]; the state is
         left unchanged then.
         """
-        x = np.asarray(logits)
-        y = np.asarray(targets)
+        device = self.device
+        if is_device_array(logits):  # read where it is
+            from . import _cuda
+
+            device = resolve("cuda", logits)
+            x = _cuda.as_device(logits)
+            y = _cuda.as_device(targets) if is_device_array(targets) else np.asarray(targets)
+        else:
+            x = np.asarray(logits)
+            y = np.asarray(targets)
         if x.ndim == 1:
-            x, y = x[:, None], y.reshape(-1, 1) if y.ndim == 1 else y
+            x = x.reshape(x.shape[0], 1)
+            y = y.reshape(-1, 1) if y.ndim == 1 else y
         if x.shape != y.shape:
             raise BCEInputError(f"targets of shape {y.shape} do not match logits of shape "
                                 f"{x.shape}")
@@ -172,11 +186,16 @@ class BCEAccumulator:
                            nan_policy=self.nan_policy)
         stats, out = class_stats(x, y, 1, opts,
                                  write=OUT_WITH_STATS if return_losses else OUT_NONE,
-                                 job=self.job, moments=True)
-        self.state[:N_STATS] += stats
-        self.state[WPOS:] += self._weighted_counts(x, y, stats, wvec, wfull)
+                                 job=self.job, moments=True, device=device)
+        self.state[:N_STATS] += stats[:N_STATS]
+        if len(stats) > N_STATS:  # the GPU sums w*y and w*(1 - y) itself
+            self.state[WPOS:] += stats[WPOS:]
+        else:
+            self.state[WPOS:] += self._weighted_counts(x, y, stats, wvec, wfull)
         self.n_rows += x.shape[0]
-        return out.reshape(np.shape(logits)) if return_losses else self
+        if not return_losses:
+            return self
+        return out.reshape(tuple(logits.shape) if is_device_array(logits) else np.shape(logits))
 
     def _weighted_counts(self, x, y, stats, wvec, wfull):
         """Rows ``WPOS``, ``WNEG`` of a batch: the sums of w*y and w*(1 - y) over the

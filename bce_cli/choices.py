@@ -39,6 +39,9 @@ PosWeightFormat = _choices("PosWeightFormat", "bce suggest-pos-weight's output o
 Engine = _choices(
     "Engine", "Where the batches are computed: this process, or the workers of a Dask "
     "cluster (bit-identical reports).", "local", "dask")
+Device = _choices(
+    "Device", "Where the losses are computed: the CPU, an NVIDIA GPU (the [cuda] extra), or "
+    "the GPU when one is usable, else the CPU.", "cpu", "cuda", "auto")
 
 
 def values(enum: type[Enum]) -> tuple[str, ...]:

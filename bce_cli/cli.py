@@ -27,7 +27,7 @@ from ._shell import (
     usage_error,
     warn,
 )
-from .choices import Engine, EvalFormat, Method, NanPolicy, PosWeightFormat, Reduction
+from .choices import Device, Engine, EvalFormat, Method, NanPolicy, PosWeightFormat, Reduction
 
 app = typer.Typer(
     name="bce",
@@ -161,6 +161,9 @@ def eval_command(
     engine: EngineOpt = Engine.LOCAL,
     scheduler: SchedulerOpt = None,
     timeout: TimeoutOpt = None,
+    device: Annotated[Device, typer.Option(
+        "--device", help="cpu, cuda (an NVIDIA GPU; pip install 'bce-cli\\[cuda]'), or auto "
+        "(the GPU when one is usable). Same report (within 1e-12).")] = Device.CPU,
     progress: Annotated[bool | None, typer.Option(
         "--progress/--no-progress", help="Progress bar on stderr (default: when a terminal).")
     ] = None,
@@ -179,7 +182,7 @@ def eval_command(
                            label_smoothing=label_smoothing, ignore_value=ignore_value,
                            from_probs=from_probs, output=output, report=report,
                            threads=threads, engine=engine.value, scheduler=scheduler,
-                           timeout=timeout, confidence=confidence,
+                           timeout=timeout, confidence=confidence, device=device.value,
                            max_loss=max_loss, max_class_loss=max_class_loss, baseline=baseline,
                            max_increase=max_increase, max_group_loss=max_group_loss)
         from ._safe_write import check_outputs

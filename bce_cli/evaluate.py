@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import __version__, _tiers
+from . import __version__, _device, _tiers
 from ._checks import check_targets
 from ._safe_write import SafeFile
 from .accumulator import BCEAccumulator
@@ -44,6 +44,7 @@ class EvalOptions:
     timeout: float | None = None  # --engine dask: seconds the whole job may take
     confidence: float = 0.95  # of every interval in the report
     max_group_loss: float | None = None  # with InputSpec.by: gate on every group's loss
+    device: str = "cpu"  # or "cuda" / "auto" (bce_cli._device)
 
 
 def probs_to_logits(p: np.ndarray) -> np.ndarray:
@@ -89,6 +90,9 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
         _dask.check_eval(spec, opts)
     elif opts.timeout is not None:
         raise BCEInputError("--timeout is for --engine dask")
+    if opts.device == "cuda" and engine == "dask":
+        raise BCEInputError("--device cuda runs with --engine local (one GPU in this process)")
+    device = "cpu" if engine == "dask" else _device.resolve(opts.device)  # exit 2 at once
     _tiers.set_threads(opts.threads)
     check_limits(opts)
     if opts.max_group_loss is not None and not spec.by:
@@ -107,7 +111,8 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
                           else parse_pos_weight(opts.pos_weight, inp.class_names))
             acc = BCEAccumulator(inp.n_classes, pos_weight=pos_weight,
                                  ignore_value=opts.ignore_value,
-                                 label_smoothing=opts.label_smoothing, nan_policy=spec.nan_policy)
+                                 label_smoothing=opts.label_smoothing, nan_policy=spec.nan_policy,
+                                 device=device)
             if inp.n_rows:
                 acc.job = _tiers.JobTier(inp.n_rows * inp.elements_per_row)
             unpaired = inp.sources.get("unpaired")

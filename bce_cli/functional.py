@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._checks import check_targets
+from ._device import is_device_array, resolve
 from ._dispatch import LossOptions, as_logits, as_weight, class_stats
 from .choices import Method, Reduction, check
 from .errors import BCEInputError
@@ -27,12 +28,12 @@ def legacy_reduction(size_average=None, reduce=None, reduction: str = "mean") ->
 
 
 def _check_pair(input, target):
-    x = np.asarray(input)
-    y = np.asarray(target)
-    if x.shape != y.shape:
+    x = input if is_device_array(input) else np.asarray(input)
+    y = target if is_device_array(target) else np.asarray(target)
+    if tuple(x.shape) != tuple(y.shape):
         raise BCEInputError(f"target shape {y.shape} must be the same as input shape {x.shape}")
-    if x.size == 0:
-        raise BCEInputError(f"input has no elements (shape {x.shape})")
+    if int(np.prod(x.shape, dtype=np.int64)) == 0:
+        raise BCEInputError(f"input has no elements (shape {tuple(x.shape)})")
     return x, y
 
 
@@ -70,23 +71,26 @@ def _plan(shape, weight, pos_weight):
                   for n, (a, ax) in factors.items()}
 
 
-def _stats(x, y, weight, pos_weight, write):
-    axis, parts = _plan(x.shape, weight, pos_weight)
+def _stats(x, y, weight, pos_weight, write, device="cpu"):
+    axis, parts = _plan(tuple(x.shape), weight, pos_weight)
     wvec, wfull = parts.get("weight", (None, None))
     pvec, pfull = parts.get("pos_weight", (None, None))
     opts = LossOptions(weight=wvec, pos_weight=pvec, weight_full=wfull, pos_weight_full=pfull)
-    return class_stats(x, y, axis, opts, write=write)
+    return class_stats(x, y, axis, opts, write=write, device=resolve(device, x, y))
 
 
 def bce_with_logits(input, target, weight=None, size_average=None, reduce=None,
-                    reduction: str = "mean", pos_weight=None):
+                    reduction: str = "mean", pos_weight=None, device: str = "cpu"):
     """Binary cross-entropy with logits, exactly PyTorch's quantity.
 
     ``l = w * (p*y*softplus(-x) + (1-y)*softplus(x))``, reduced by ``mean``
     (sum / number of elements), ``sum`` or ``none``.  ``weight`` broadcasts to
     the input's shape, ``pos_weight`` to the target's (``[C]`` acts on the last
     axis, ``[C, 1, 1]`` per channel of ``[B, C, H, W]``).  Reductions add in
-    float64; ``none`` returns an array of the input's float dtype.
+    float64; ``none`` returns an array of the input's float dtype.  ``device``:
+    "cpu", "cuda" (an NVIDIA GPU; the ``[cuda]`` extra) or "auto"; device arrays
+    (``__cuda_array_interface__``: CuPy, PyTorch CUDA tensors, numba) are read in
+    place on the GPU, and ``none`` then returns a numba device array.
 
     >>> round(bce_with_logits(np.array([1.5]), np.array([1.0])), 12)
     0.201413277983
@@ -96,11 +100,12 @@ def bce_with_logits(input, target, weight=None, size_average=None, reduce=None,
     """
     red = legacy_reduction(size_average, reduce, reduction)
     x, y = _check_pair(input, target)
-    stats, out = _stats(x, y, weight, pos_weight, OUT_ONLY if red == "none" else OUT_NONE)
+    stats, out = _stats(x, y, weight, pos_weight, OUT_ONLY if red == "none" else OUT_NONE,
+                        device)
     if red == "none":
         return out.astype(x.dtype) if x.dtype == np.float16 else out
     total = float(stats[LOSS].sum())
-    return total / x.size if red == "mean" else total
+    return total / int(np.prod(x.shape, dtype=np.int64)) if red == "mean" else total
 
 
 def bce_with_logits_grad(input, target, weight=None, size_average=None, reduce=None,
@@ -142,14 +147,15 @@ class BCEWithLogitsLoss:
     """
 
     def __init__(self, weight=None, size_average=None, reduce=None, reduction: str = "mean",
-                 pos_weight=None):
+                 pos_weight=None, device: str = "cpu"):
         self.weight = weight
         self.pos_weight = pos_weight
         self.reduction = legacy_reduction(size_average, reduce, reduction)
+        self.device = resolve(device)
 
     def __call__(self, input, target):
         return bce_with_logits(input, target, weight=self.weight, reduction=self.reduction,
-                               pos_weight=self.pos_weight)
+                               pos_weight=self.pos_weight, device=self.device)
 
     forward = __call__
 

@@ -1,5 +1,25 @@
+import os
+
 import numpy as np
 import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cudasim`` run CUDA kernels: on numba's simulator (which must be
+    switched on before numba is imported) or on a GPU.  In a process with neither
+    they are deselected: ``tests/test_cuda.py::test_kernels_on_the_simulator`` runs
+    them in a subprocess with the simulator."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
+        return
+    marked = [item for item in items if item.get_closest_marker("cudasim")]
+    if not marked:
+        return
+    from bce_cli import _device
+
+    if _device.problem() is None:  # a GPU: run them here, for real
+        return
+    items[:] = [item for item in items if not item.get_closest_marker("cudasim")]
+    config.hook.pytest_deselected(items=marked)
 
 
 @pytest.fixture

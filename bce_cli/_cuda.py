@@ -1,0 +1,436 @@
+"""The CUDA device: the kernels' statistics on an NVIDIA GPU (``--device cuda``).
+
+**One formula.**  The device functions are compiled from the same Python source
+as the CPU kernels: ``element_loss`` and ``element_flags`` of ``bce_cli.kernels``
+and the ``log1p(exp(-|x|))`` of ``bce_cli._fastmath``, with only the bit-cast helper swapped
+(``libdevice.longlong_as_double``; on numba's simulator a ``struct`` round trip,
+and a ``round`` that gives 0 for NaN as the hardware's ``cvt.rni`` does where
+Python's raises).  No second copy of the math.  Every input width takes the
+full-precision ``log1p_exp_neg`` (0.92 ulp; the GPU's float64 units are not
+what limits it): the results then agree with the exact NumPy tier and the
+compiled float64 path to rounding, while the CPU's shorter float32 polynomial
+(relative error 4.3e-11) differs from both by up to ~4e-11.
+
+**Geometry.**  Arrays are seen as ``(A, C, B)`` (``bce_cli._dispatch._layout``).
+A block of ``THREADS`` threads takes one *tile*: ``P = THREADS * per_thread``
+positions, a position being one ``(a, b)`` (a run of B, or whole rows of A when
+B is short), and every class of them, one class after the other, as a CPU
+planes task does.  Thread ``t`` takes positions ``t, t + THREADS, ...``, so
+neighbouring threads read neighbouring elements.  ``per_thread`` is
+``MAX_PER_THREAD`` for one class and less for many, about that many elements
+per thread and tile.
+
+**Bit-stable reductions.**  Each thread adds its elements in a fixed order in
+float64; a block adds its threads' sums by a fixed tree in shared memory (no
+atomics) and writes one partial per tile, statistic and class; a second kernel
+adds the partials of each (statistic, class) in tile order (strided per thread,
+then the same tree).  The same input and geometry give the same bits on every
+run; the CPU tiers add in another order, so results agree to rounding (1e-12
+relative is what the tests hold them to).  The kernel counts invalid elements;
+the host then finds the first one with ``bce_cli._checks.check_targets``, so an
+error names the same row and element as on the CPU.
+
+**Row moments** (``bce_cli.uncertainty``).  Rows along B (1-D data, a column-major
+table, rows of ``(N, C)``): each position is a row, and each thread keeps its
+positions' row totals over the classes (a local array) and adds their squares;
+the per-(row, class) moments follow from the class sums
+(``bce_cli._dispatch._row_moments``).  Rows along A (``(N, C, ...)``): a tile
+holds one entry of A, and its per-class sums are that (row, class)'s part,
+written to ``side`` in the CPU planes kernel's layout and folded into rows on
+the host (a few floats per row and class).  The kernel also sums ``w*y`` and
+``w*(1-y)`` (the accumulator's ``WPOS``/``WNEG``), so per-element weights need
+no host pass.
+
+**Streaming.**  Host arrays go to the GPU in chunks through two slots of pinned
+buffers: chunk ``k+1`` is copied on one stream while chunk ``k``'s kernel runs on
+another (double buffering); per-element losses come back the same way.  Device
+arrays (``__cuda_array_interface__``) are read in place.  Importing this module
+imports ``numba.cuda`` (``bce_cli._device`` says first whether it is usable).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+from numba import cuda
+
+from . import _fastmath
+from ._device import simulated
+from ._forms import MOMENTS_ALONG_A, MOMENTS_ALONG_B
+from ._jit import retarget
+from .kernels import element_flags, element_loss
+from .stats import (
+    CORRECT,
+    COUNT,
+    LOSS,
+    N_ACC_STATS,
+    NEG,
+    NSQ,
+    POS,
+    RNSQ,
+    RSQ,
+    RSQN,
+    SQ,
+    SQN,
+    WNEG,
+    WPOS,
+)
+
+# Threads per block (a power of two: the tree reductions halve it).  numba's simulator
+# runs one Python thread per CUDA thread and a barrier costs all of them: it gets
+# blocks of 8 (the same code; only the tiles are smaller), so tests stay quick.
+THREADS = 8 if simulated() else 128
+MAX_PER_THREAD = 16    # positions per thread and tile, at most (one class)
+ELEMENTS_PER_THREAD = 16  # about this many elements per thread and tile (many classes)
+BAD = N_ACC_STATS      # the row of the partials that counts invalid elements (column 0)
+N_ROWS = N_ACC_STATS + 1
+CHUNK = 1 << 22        # elements per host-to-device chunk (streaming host arrays)
+
+
+def _device(fn):
+    return cuda.jit(device=True)(fn)
+
+
+if simulated():
+    # The simulator runs device functions as the Python functions they are; its
+    # wrapper only swaps the ``cuda`` module in their globals on every call (these
+    # use none), a cost per element: pure math functions are called directly there.
+    def _device(fn):  # noqa: F811
+        return fn
+
+    def _f64_from_bits(bits):
+        return struct.unpack("<d", struct.pack("<q", int(bits)))[0]
+
+    def _rint(v):  # cvt.rni: NaN gives 0 on the device; Python's round() raises
+        return 0 if v != v else round(v)
+
+    _MATH = _fastmath.retargeted(_device, _f64_from_bits, round=_rint)
+else:
+    from numba.cuda import libdevice
+
+    _MATH = _fastmath.retargeted(_device, libdevice.longlong_as_double)
+
+_LOSS = retarget(element_loss, dict(element_loss.py_func.__globals__), _device)
+_FLAGS = retarget(element_flags, dict(element_flags.py_func.__globals__), _device)
+
+
+@cuda.jit(device=True)
+def _block_sum(sh, n, tid):
+    """Add rows ``0..n-1`` of ``sh`` (n, THREADS) over the threads, by a fixed tree:
+    the sums end in column 0."""
+    s = THREADS // 2
+    while s > 0:
+        cuda.syncthreads()
+        if tid < s:
+            for k in range(n):
+                sh[k, tid] += sh[k, tid + s]
+        s //= 2
+    cuda.syncthreads()
+
+
+def _tiles_kernel(core):
+    """The tiles kernel with ``core`` = log1p(exp(-a)) for the logits' width."""
+
+    def tiles(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out, write_out,
+              geom, partials, side):
+        a_count, c_count, b_count, a_per_tile, n_bblocks, b_step, per_thread, moments = geom
+        tile = cuda.blockIdx.x
+        tid = cuda.threadIdx.x
+        blk = tile % n_bblocks
+        a_lo = (tile // n_bblocks) * a_per_tile
+        b_lo = blk * b_step
+        n_b = min(b_count, b_lo + b_step) - b_lo
+        n_here = (min(a_count, a_lo + a_per_tile) - a_lo) * n_b
+        use_wf = wf.size > 0
+        use_pf = pf.size > 0
+        keep = 1.0 - smooth
+        half = 0.5 * smooth
+        sh = cuda.shared.array((8, THREADS), np.float64)
+        rowtot = cuda.local.array(MAX_PER_THREAD, np.float64)
+        rowcnt = cuda.local.array(MAX_PER_THREAD, np.float64)
+        for m in range(MAX_PER_THREAD):
+            rowtot[m] = 0.0
+            rowcnt[m] = 0.0
+        n_bad = 0.0
+        for c in range(c_count):
+            s_loss = 0.0
+            s_count = 0.0
+            s_pos = 0.0
+            s_neg = 0.0
+            s_cor = 0.0
+            s_sq = 0.0
+            s_wy = 0.0
+            s_wn = 0.0
+            wc = wvec[c]
+            pc = pvec[c]
+            for m in range(per_thread):
+                q = tid + m * THREADS
+                if q < n_here:
+                    i = ((a_lo + q // n_b) * c_count + c) * b_count + b_lo + q % n_b
+                    xv = float(x[i])
+                    yv = float(y[i])
+                    skip, bad = _FLAGS(xv, yv, ignore, has_ignore, nan_mode)
+                    wi = wc * wf[i] if use_wf else wc
+                    pi = pc * pf[i] if use_pf else pc
+                    loss = _LOSS(xv, yv * keep + half, wi, pi, core(abs(xv)))
+                    if write_out:
+                        out[i] = math.nan if skip else loss
+                    one = 0.0 if skip else 1.0
+                    kept = 0.0 if skip else loss
+                    s_loss += kept
+                    s_sq += kept * kept
+                    s_count += one
+                    s_pos += 0.0 if skip else yv
+                    s_neg += 0.0 if skip else 1.0 - yv
+                    s_cor += one if (xv > 0.0) == (yv >= 0.5) else 0.0
+                    s_wy += 0.0 if skip else wi * yv
+                    s_wn += 0.0 if skip else wi * (1.0 - yv)
+                    n_bad += 1.0 if bad else 0.0
+                    rowtot[m] += kept
+                    rowcnt[m] += one
+            sh[0, tid] = s_loss
+            sh[1, tid] = s_count
+            sh[2, tid] = s_pos
+            sh[3, tid] = s_neg
+            sh[4, tid] = s_cor
+            sh[5, tid] = s_sq
+            sh[6, tid] = s_wy
+            sh[7, tid] = s_wn
+            _block_sum(sh, 8, tid)
+            if tid == 0:
+                acc = partials[tile]
+                acc[LOSS, c] = sh[0, 0]
+                acc[COUNT, c] = sh[1, 0]
+                acc[POS, c] = sh[2, 0]
+                acc[NEG, c] = sh[3, 0]
+                acc[CORRECT, c] = sh[4, 0]
+                acc[SQ, c] = sh[5, 0]
+                acc[SQN, c] = 0.0
+                acc[NSQ, c] = 0.0
+                acc[RSQ, c] = 0.0
+                acc[RSQN, c] = 0.0
+                acc[RNSQ, c] = 0.0
+                acc[WPOS, c] = sh[6, 0]
+                acc[WNEG, c] = sh[7, 0]
+                acc[BAD, c] = 0.0
+                if moments == MOMENTS_ALONG_A:  # the tile is one entry of A: its row
+                    k = 2 * ((a_lo * c_count + c) * n_bblocks + blk)
+                    side[k] = sh[0, 0]
+                    side[k + 1] = sh[1, 0]
+            cuda.syncthreads()
+        r_aa = 0.0
+        r_an = 0.0
+        r_nn = 0.0
+        if moments == MOMENTS_ALONG_B:
+            for m in range(per_thread):
+                r_aa += rowtot[m] * rowtot[m]
+                r_an += rowtot[m] * rowcnt[m]
+                r_nn += rowcnt[m] * rowcnt[m]
+        sh[0, tid] = r_aa
+        sh[1, tid] = r_an
+        sh[2, tid] = r_nn
+        sh[3, tid] = n_bad
+        _block_sum(sh, 4, tid)
+        if tid == 0:
+            acc = partials[tile]
+            acc[RSQ, 0] = sh[0, 0]
+            acc[RSQN, 0] = sh[1, 0]
+            acc[RNSQ, 0] = sh[2, 0]
+            acc[BAD, 0] = sh[3, 0]
+
+    return cuda.jit(tiles)
+
+
+@cuda.jit
+def _add_partials(partials, total):
+    """total[s, c] = the sum over tiles of partials[tile, s, c], in a fixed order: one
+    block per (statistic, class), strided per thread, then the tree."""
+    n_tiles, _, c_count = partials.shape
+    col = cuda.blockIdx.x
+    s = col // c_count
+    c = col % c_count
+    tid = cuda.threadIdx.x
+    acc = 0.0
+    k = tid
+    while k < n_tiles:
+        acc += partials[k, s, c]
+        k += THREADS
+    sh = cuda.shared.array((1, THREADS), np.float64)
+    sh[0, tid] = acc
+    _block_sum(sh, 1, tid)
+    if tid == 0:
+        total[s, c] = sh[0, 0]
+
+
+_TILES = _tiles_kernel(_MATH["log1p_exp_neg"])  # compiled per argument types on first use
+
+
+def geometry(a_count: int, c_count: int, b_count: int, moments: int):
+    """``(geom, n_tiles)``: geom = (A, C, B, entries of A per tile, blocks of B, B per
+    block, positions per thread, moments)."""
+    per_thread = max(1, min(MAX_PER_THREAD, ELEMENTS_PER_THREAD // max(c_count, 1)))
+    positions = THREADS * per_thread
+    if b_count >= positions:
+        a_per_tile, b_step = 1, positions
+    else:
+        b_step = max(b_count, 1)
+        a_per_tile = 1 if moments == MOMENTS_ALONG_A else max(1, positions // b_step)
+    n_bblocks = max(1, -(-b_count // b_step))
+    n_tiles = -(-a_count // a_per_tile) * n_bblocks
+    return ((a_count, c_count, b_count, a_per_tile, n_bblocks, b_step, per_thread, moments),
+            n_tiles)
+
+
+def as_device(a):
+    """A device array as numba sees it, read in place (no copy)."""
+    if getattr(type(a), "__cuda_ndarray__", False):
+        return a
+    return cuda.as_cuda_array(a)
+
+
+def _empty_on_device(dtype):
+    return cuda.device_array(0, dtype=dtype)
+
+
+class _Slot:
+    """One of the two sets of pinned host and device buffers of a stream of chunks."""
+
+    def __init__(self):
+        self.host = {}
+        self.dev = {}
+        self.done = None  # an event: the slot's last kernel and copies have finished
+        self.pending = None  # (pinned losses, destination) to copy once done
+
+    def buffers(self, name, n, dtype):
+        dtype = np.dtype(dtype)
+        h = self.host.get(name)
+        if h is None or h.size < n or h.dtype != dtype:
+            h = self.host[name] = cuda.pinned_array(max(n, 1), dtype=dtype)
+            self.dev[name] = cuda.device_array(max(n, 1), dtype=dtype)
+        return h[:n], self.dev[name][:n]
+
+    def finish(self):
+        if self.done is not None:
+            self.done.synchronize()
+            self.done = None
+        if self.pending is not None:
+            src, dst = self.pending
+            dst[...] = src.reshape(dst.shape)
+            self.pending = None
+
+
+class _Streams:
+    """The process's copy and compute streams and the two slots (made on first use)."""
+
+    _made = None
+
+    @classmethod
+    def get(cls):
+        if cls._made is None:
+            cls._made = (cuda.stream(), cuda.stream(), [_Slot(), _Slot()])
+        return cls._made
+
+
+def _chunks(canon, chunk: int):
+    """Index ranges ``(a0, a1, b0, b1)`` of the chunks of ``(A, C, B)``: whole entries of A
+    when A > 1, else runs of B; about ``chunk`` elements each."""
+    a_count, c_count, b_count = canon
+    if a_count > 1:
+        step = max(1, chunk // max(c_count * b_count, 1))
+        return [(a, min(a_count, a + step), 0, b_count) for a in range(0, a_count, step)]
+    step = max(1, chunk // max(c_count, 1))
+    return [(0, 1, b, min(b_count, b + step)) for b in range(0, b_count, step)] or [(0, 1, 0, 0)]
+
+
+def run(x, y, canon, wvec, pvec, wf, pf, smooth, ignore, nan_mode, moments, write_out: bool,
+        chunk: int = CHUNK):
+    """Statistics ``(N_ACC_STATS + 1, C)`` (the last row: invalid elements, column 0),
+    ``side`` (host; with moments along A) and the per-element losses (host ``out``
+    for host inputs, a device array for device inputs; None without ``write_out``).
+
+    ``x``, ``y``: C-contiguous host arrays of shape ``canon`` (streamed in chunks) or
+    device arrays of that many elements (read in place); ``wf``/``pf``: host arrays
+    of shape ``canon`` or None."""
+    a_count, c_count, b_count = canon
+    on_device = not isinstance(x, np.ndarray)
+    kernel = _TILES
+    copy_s, compute_s, slots = _Streams.get()
+    wvec_d = cuda.to_device(np.ascontiguousarray(wvec, dtype=np.float64), stream=compute_s)
+    pvec_d = cuda.to_device(np.ascontiguousarray(pvec, dtype=np.float64), stream=compute_s)
+    ranges = [(0, a_count, 0, b_count)] if on_device else _chunks(canon, chunk)
+    plans = [geometry(a1 - a0, c_count, b1 - b0, moments) for a0, a1, b0, b1 in ranges]
+    n_tiles = sum(n for _, n in plans)
+    partials = cuda.device_array((max(n_tiles, 1), N_ROWS, c_count), dtype=np.float64,
+                                 stream=compute_s)
+    side = side_h = None
+    if moments == MOMENTS_ALONG_A:
+        n_bblocks = plans[0][0][4]  # chunks along A keep B whole: the same blocks of B
+        side = cuda.device_array(2 * a_count * c_count * n_bblocks, dtype=np.float64,
+                                 stream=compute_s)
+    out = None
+    if write_out:
+        out = (cuda.device_array(a_count * c_count * b_count, dtype=x.dtype, stream=compute_s)
+               if on_device else np.empty(canon, dtype=x.dtype))
+    empty = _empty_on_device(np.float64)
+    if on_device:
+        flat = (x, y, wf, pf)
+        dev = [a if a is not None else empty for a in
+               (flat[0], flat[1],
+                None if wf is None else cuda.to_device(wf.reshape(-1), stream=compute_s),
+                None if pf is None else cuda.to_device(pf.reshape(-1), stream=compute_s))]
+        kernel[max(n_tiles, 1), THREADS, compute_s](
+            dev[0], dev[1], wvec_d, pvec_d, dev[2], dev[3], float(smooth), float(ignore or 0.0),
+            ignore is not None, int(nan_mode), out if write_out else _empty_on_device(x.dtype),
+            bool(write_out), plans[0][0], partials, side if side is not None else empty)
+    else:
+        tile0 = 0
+        for k, ((a0, a1, b0, b1), (geom, n)) in enumerate(zip(ranges, plans, strict=True)):
+            slot = slots[k % 2]
+            slot.finish()  # its previous chunk's kernel and copies are done
+            shape = (a1 - a0, c_count, b1 - b0)
+            size = shape[0] * shape[1] * shape[2]
+            args = []
+            for name, arr in (("x", x), ("y", y), ("wf", wf), ("pf", pf)):
+                if arr is None:
+                    args.append(empty)
+                    continue
+                h, d = slot.buffers(name, size, arr.dtype)
+                np.copyto(h.reshape(shape), arr[a0:a1, :, b0:b1])  # into pinned memory
+                d.copy_to_device(h, stream=copy_s)
+                args.append(d)
+            copied = cuda.event()
+            copied.record(copy_s)
+            copied.wait(compute_s)
+            o_h = o_d = None
+            if write_out:
+                o_h, o_d = slot.buffers("out", size, x.dtype)
+            s = None
+            if side is not None:
+                per_a = 2 * c_count * geom[4]
+                s = side[a0 * per_a:a1 * per_a]
+            kernel[max(n, 1), THREADS, compute_s](
+                args[0], args[1], wvec_d, pvec_d, args[2], args[3], float(smooth),
+                float(ignore or 0.0), ignore is not None, int(nan_mode),
+                o_d if write_out else _empty_on_device(x.dtype), bool(write_out), geom,
+                partials[tile0:tile0 + max(n, 1)], s if s is not None else empty)
+            tile0 += n
+            done = cuda.event()
+            done.record(compute_s)
+            if write_out:  # losses back on the copy stream, after the kernel
+                done.wait(copy_s)
+                o_d.copy_to_host(o_h, stream=copy_s)
+                done = cuda.event()
+                done.record(copy_s)
+                slot.pending = (o_h, out[a0:a1, :, b0:b1])
+            slot.done = done
+        for slot in slots:
+            slot.finish()
+    total = cuda.device_array((N_ROWS, c_count), dtype=np.float64, stream=compute_s)
+    _add_partials[N_ROWS * c_count, THREADS, compute_s](partials[:max(n_tiles, 1)], total)
+    stats = total.copy_to_host(stream=compute_s)
+    if side is not None:
+        side_h = side.copy_to_host(stream=compute_s)
+    compute_s.synchronize()
+    return stats, side_h, out

@@ -1,0 +1,413 @@
+"""The CUDA device against the CPU tiers: every layout and option, the statistics the
+accumulator keeps (row moments included), errors, device arrays, streaming, the CLI.
+
+Tests marked ``cudasim`` run the kernels: on numba's CUDA simulator
+(``NUMBA_ENABLE_CUDASIM=1``, set before numba is imported) or on a GPU.  A plain
+``pytest`` (CI, no GPU) deselects them in its own process (``tests/conftest.py``)
+and runs them in a subprocess with the simulator instead:
+:func:`test_kernels_on_the_simulator`.  Tests marked ``gpu`` need the real thing
+and skip without one.  Arrays stay small: the simulator runs a Python thread per
+CUDA thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bce_cli import BCEAccumulator, BCEInputError, _device, _tiers, bce_with_logits
+from bce_cli._dispatch import LossOptions, class_stats
+from bce_cli.errors import InvalidValueError
+from bce_cli.stats import N_ACC_STATS, N_STATS, STAT_NAMES
+
+ROOT = Path(__file__).resolve().parent.parent
+SIM = _device.simulated()
+REAL_GPU = not SIM and _device.problem() is None
+RTOL = 1e-12
+
+if SIM:
+    # numba's simulator polls its threads while holding the GIL: a short switch
+    # interval lets them run (6x faster here); it changes nothing they compute.
+    sys.setswitchinterval(1e-4)
+
+gpu = pytest.mark.skipif(not REAL_GPU, reason="needs an NVIDIA GPU")
+
+
+def _cpu(tier="numpy"):
+    class Tier:
+        def __enter__(self):
+            _tiers.set_tier(tier)
+
+        def __exit__(self, *exc):
+            _tiers.set_tier(None)
+
+    return Tier()
+
+
+def _close(gpu_value, cpu_value, rtol=RTOL):
+    """Equal to ``rtol`` relative, NaN where the other is NaN, inf where it is inf."""
+    a = np.asarray(gpu_value, dtype=np.float64)
+    b = np.asarray(cpu_value, dtype=np.float64)
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    np.testing.assert_array_equal(np.isinf(a), np.isinf(b))
+    ok = np.isfinite(b)
+    np.testing.assert_allclose(a[ok], b[ok], rtol=rtol, atol=1e-300)
+
+
+def _data(rng, shape, dtype=np.float32, soft=False):
+    x = (rng.standard_normal(shape) * 4).astype(dtype)
+    x.reshape(-1)[:3] = [40.0, -40.0, 0.0]  # saturated logits and zero
+    y = rng.random(shape).astype(dtype) if soft else (rng.random(shape) < 0.3).astype(dtype)
+    return x, y
+
+
+# (name, batch shape): 1-D (one class), (n, 1), (n, C), (n, C) column-major (a wide
+# table), (n, C, B) (rows along A: the per-(row, class) fold).
+LAYOUTS = {
+    "1d": (1500,),
+    "n1": (700, 1),
+    "rows": (300, 5),
+    "fortran": (300, 4),
+    "nd": (12, 3, 40),
+}
+OPTIONS = {
+    "plain": {},
+    "class_weight": {"weight": "class"},
+    "pos_weight": {"pos_weight": True},
+    "element_weight": {"weight": "element"},
+    "smoothing": {"label_smoothing": 0.1},
+    "ignore": {"ignore_value": -1.0},
+    "omit": {"nan_policy": "omit"},
+    "propagate": {"nan_policy": "propagate"},
+}
+CASES = [("1d", "plain"), ("1d", "element_weight"), ("n1", "smoothing"),
+         ("rows", "plain"), ("rows", "class_weight"), ("rows", "ignore"),
+         ("rows", "omit"), ("fortran", "pos_weight"), ("fortran", "element_weight"),
+         ("nd", "plain"), ("nd", "propagate"), ("nd", "ignore")]
+
+
+def _accumulate(layout, option, rng, device, dtype=np.float32, **kw):
+    shape = LAYOUTS[layout]
+    x, y = _data(rng, shape, dtype, soft=option == "smoothing")
+    if layout == "fortran":
+        x, y = np.asfortranarray(x), np.asfortranarray(y)
+    c = 1 if len(shape) == 1 else shape[1]
+    opts = dict(OPTIONS[option])
+    weight = None
+    if opts.pop("weight", None) == "class":
+        opts["weight"] = np.linspace(0.5, 2.0, c)
+    elif option == "element_weight":
+        weight = rng.random(shape).astype(dtype)
+        if len(shape) == 1:
+            weight = weight[:, None]  # a 1-D batch is (n, 1) to the accumulator
+        if layout == "fortran":
+            weight = np.asfortranarray(weight)
+    if opts.pop("pos_weight", None):
+        opts["pos_weight"] = np.linspace(1.0, 3.0, c)
+    if option == "ignore":
+        y.reshape(-1)[::7] = -1.0
+    if option in ("omit", "propagate"):
+        x.reshape(-1)[5::11] = np.nan
+        y.reshape(-1)[8::13] = np.nan
+    acc = BCEAccumulator(c, device=device, **opts, **kw)
+    losses = acc.update(x, y, weight, return_losses=True)
+    return acc, losses
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("layout", "option"), CASES)
+def test_accumulator_state_matches_the_cpu(rng, layout, option, dtype):
+    """Every row of the state (sums, counts, row moments, w*y) and the per-element losses,
+    against the exact NumPy tier; then standard errors and intervals."""
+    gpu_acc, gpu_losses = _accumulate(layout, option, np.random.default_rng(1), "cuda", dtype)
+    with _cpu():
+        cpu_acc, cpu_losses = _accumulate(layout, option, np.random.default_rng(1), "cpu",
+                                          dtype)
+    for i, name in enumerate(STAT_NAMES):
+        try:
+            _close(gpu_acc.state[i], cpu_acc.state[i])
+        except AssertionError as err:
+            raise AssertionError(f"state row {name}") from err
+    assert gpu_losses.dtype == cpu_losses.dtype and gpu_losses.shape == cpu_losses.shape
+    _close(gpu_losses, cpu_losses, RTOL if dtype == np.float64 else 2 ** -23)
+    g = gpu_acc.compute(confidence=0.9)
+    c = cpu_acc.compute(confidence=0.9)
+    for field in ("loss", "class_loss", "loss_se", "class_loss_se", "loss_ci", "class_loss_ci",
+                  "prior_loss", "accuracy"):
+        _close(getattr(g, field), getattr(c, field), 1e-10 if "se" in field else RTOL)
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("layout", ["1d", "rows", "nd"])
+def test_float64_matches_the_compiled_tier(layout):
+    """The compiled CPU kernels' float64 path uses the same polynomial: 1e-12 again."""
+    gpu_acc, _ = _accumulate(layout, "pos_weight", np.random.default_rng(2), "cuda",
+                             np.float64)
+    with _cpu("compiled"):
+        cpu_acc, _ = _accumulate(layout, "pos_weight", np.random.default_rng(2), "cpu",
+                                 np.float64)
+    _close(gpu_acc.state[:N_STATS], cpu_acc.state[:N_STATS])
+
+
+@pytest.mark.cudasim
+def test_results_are_bit_identical_run_to_run(rng):
+    x, y = _data(rng, (400, 6), soft=True)
+    runs = [BCEAccumulator(6, device="cuda", label_smoothing=0.05).update(x, y).state
+            for _ in range(2)]
+    assert runs[0].tobytes() == runs[1].tobytes()
+    a = bce_with_logits(x, y, device="cuda")
+    b = bce_with_logits(x, y, device="cuda")
+    assert a == b
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_functional_api(rng, reduction):
+    x, y = _data(rng, (8, 3, 30), np.float64)
+    pw = np.array([1.0, 2.0, 4.0]).reshape(3, 1)
+    w = rng.random((30,))
+    got = bce_with_logits(x, y, weight=w, pos_weight=pw, reduction=reduction, device="cuda")
+    with _cpu():
+        want = bce_with_logits(x, y, weight=w, pos_weight=pw, reduction=reduction)
+    _close(got, want)
+
+
+@pytest.mark.cudasim
+def test_loss_module_and_float16():
+    from bce_cli import BCEWithLogitsLoss
+
+    rng = np.random.default_rng(3)
+    x, y = _data(rng, (500,), np.float16)
+    got = BCEWithLogitsLoss(reduction="sum", device="cuda")(x, y)
+    with _cpu():
+        want = BCEWithLogitsLoss(reduction="sum")(x, y)
+    _close(got, want)
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize(("bad", "policy", "what"), [
+    (2.0, "error", "outside [0, 1]"), (np.nan, "error", "target is NaN"),
+    (-0.5, "omit", "outside [0, 1]")])
+def test_invalid_elements_name_the_same_element(rng, bad, policy, what):
+    x, y = _data(rng, (60, 4, 5))
+    y[17, 2, 3] = bad
+    y[40, 1, 0] = bad
+    errors = []
+    for device in ("cuda", "cpu"):
+        acc = BCEAccumulator(4, device=device, nan_policy=policy)
+        with pytest.raises(InvalidValueError) as info:
+            acc.update(x, y)
+        errors.append(info.value)
+        assert acc.state.sum() == 0.0  # unchanged
+    g, c = errors
+    assert (g.index, g.class_index, g.role, str(g)) == (c.index, c.class_index, c.role, str(c))
+    assert g.index == (17, 2, 3) and what in str(g)
+
+
+@pytest.mark.cudasim
+def test_nan_logit_is_an_error_on_the_gpu_too(rng):
+    x, y = _data(rng, (100, 3))
+    x[7, 1] = np.nan
+    with pytest.raises(InvalidValueError, match="logit is NaN") as info:
+        bce_with_logits(x, y, device="cuda")
+    assert info.value.index == (7, 1)
+
+
+@pytest.mark.cudasim
+def test_streaming_in_chunks_through_two_slots(rng, monkeypatch):
+    """Host batches go through pinned buffers in chunks on two streams: small chunks
+    (many through each slot) give the CPU's figures and losses."""
+    from bce_cli import _cuda
+
+    monkeypatch.setattr(_cuda, "CHUNK", 100)
+    x, y = _data(rng, (90, 4, 6))  # rows along A: the fold across chunks
+    acc = BCEAccumulator(4, device="cuda")
+    losses = acc.update(x, y, return_losses=True)
+    x1, y1 = _data(rng, (700,), np.float64)  # one class: chunks along B
+    stats, out = class_stats(x1, y1, None, LossOptions(nan_policy="omit"), write=1,
+                             moments=True, device="cuda")
+    with _cpu():
+        cpu = BCEAccumulator(4)
+        want = cpu.update(x, y, return_losses=True)
+        stats1, out1 = class_stats(x1, y1, None, LossOptions(nan_policy="omit"), write=1,
+                                   moments=True)
+    _close(acc.state, cpu.state)
+    _close(losses, want, 2 ** -23)
+    _close(stats[:N_STATS], stats1)
+    _close(out, out1)
+
+
+@pytest.mark.cudasim
+def test_device_arrays_are_read_in_place(rng, monkeypatch):
+    """A numba device array is passed to the kernel as it is: copying it to the host
+    (all a read through NumPy could do) fails here, and the results are the host's."""
+    from numba import cuda
+
+    x, y = _data(rng, (200, 3), np.float64)
+    xd, yd = cuda.to_device(x), cuda.to_device(y)
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("a device array was copied to the host")
+
+    monkeypatch.setattr(xd, "copy_to_host", no_copy)
+    monkeypatch.setattr(yd, "copy_to_host", no_copy)
+    got = bce_with_logits(xd, yd)  # device="cpu", but the data is on the GPU
+    acc = BCEAccumulator(3, device="cuda").update(xd, yd)
+    losses = bce_with_logits(xd, yd, reduction="none")
+    monkeypatch.undo()
+    with _cpu():
+        want = bce_with_logits(x, y)
+        want_acc = BCEAccumulator(3).update(x, y)
+        want_losses = bce_with_logits(x, y, reduction="none")
+    _close(got, want)
+    _close(acc.state, want_acc.state)
+    assert type(losses) is type(xd)  # the losses stay on the device
+    _close(losses.copy_to_host(), want_losses)
+
+
+def _eval_json(cli, *args):
+    res = cli("eval", *args, "--format", "json")
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def _close_reports(a, b, path="report"):
+    if isinstance(b, dict):
+        assert a.keys() == b.keys(), path
+        for k in b:
+            _close_reports(a[k], b[k], f"{path}.{k}")
+    elif isinstance(b, list):
+        assert len(a) == len(b), path
+        for i, (u, v) in enumerate(zip(a, b, strict=True)):
+            _close_reports(u, v, f"{path}[{i}]")
+    elif isinstance(b, float) and isinstance(a, float):
+        assert a == pytest.approx(b, rel=RTOL, abs=1e-300), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.cudasim
+def test_cli_device_cuda_gives_the_cpu_report(cli, tmp_path):
+    preds = ROOT / "sample_data" / "digits_preds.parquet"
+    labels = ROOT / "sample_data" / "digits_labels.parquet"
+    args = (preds, labels, "--pos-weight", "2", "--label-smoothing", "0.05")
+    gpu_report = _eval_json(cli, *args, "--device", "cuda")
+    cpu_report = _eval_json(cli, *args, "--device", "cpu")
+    _close_reports(gpu_report, cpu_report)
+    for device in ("cuda", "cpu"):
+        res = cli("eval", ROOT / "sample_data" / "digits_logits.npy",
+                  ROOT / "sample_data" / "digits_targets.npy", "--reduction", "none",
+                  "--output", tmp_path / f"{device}.npy", "--device", device)
+        assert res.exit_code == 0, res.output
+    _close(np.load(tmp_path / "cuda.npy"), np.load(tmp_path / "cpu.npy"), 2 ** -23)
+
+
+@pytest.mark.cudasim
+def test_auto_takes_the_cpu_on_the_simulator():
+    assert _device.resolve("auto") == ("cuda" if REAL_GPU else "cpu")
+    assert _device.resolve("cuda") == "cuda"
+
+
+# --- without a GPU (every run) --------------------------------------------------------
+
+@pytest.mark.skipif(SIM or REAL_GPU, reason="CUDA is usable here")
+def test_device_cuda_without_a_gpu_exits_2(cli):
+    res = cli("eval", ROOT / "sample_data" / "digits_preds.parquet",
+              ROOT / "sample_data" / "digits_labels.parquet", "--device", "cuda")
+    assert res.exit_code == 2
+    assert "Traceback" not in res.output
+    assert "--device cuda:" in res.stderr and "--device cpu" in res.stderr
+    assert len(res.stderr.strip().splitlines()) <= 2
+    with pytest.raises(BCEInputError, match="--device cuda"):
+        bce_with_logits(np.zeros(3), np.zeros(3), device="cuda")
+    assert _device.resolve("auto") == "cpu"
+
+
+@pytest.mark.parametrize(("driver", "target", "gpu_found", "words"), [
+    (False, True, False, ["no NVIDIA driver", "install the NVIDIA driver"]),
+    (True, False, False, ["numba's CUDA target is not installed", "bce-cli[cuda]"]),
+    (False, False, False, ["no NVIDIA driver", "bce-cli[cuda]"]),
+    (True, True, False, ["sees no usable GPU", "nvidia-smi"]),
+])
+def test_what_is_missing_is_named(monkeypatch, driver, target, gpu_found, words):
+    monkeypatch.delenv("NUMBA_ENABLE_CUDASIM", raising=False)
+    monkeypatch.setattr(_device, "_driver_found", lambda: driver)
+    monkeypatch.setattr(_device, "_target_installed", lambda: target)
+    monkeypatch.setattr(_device, "_gpu_found", lambda: gpu_found)
+    _device.problem.cache_clear()
+    try:
+        with pytest.raises(BCEInputError) as info:
+            _device.resolve("cuda")
+        for w in words:
+            assert w in str(info.value)
+        assert _device.resolve("auto") == "cpu"
+    finally:
+        _device.problem.cache_clear()
+
+
+def test_dask_engine_refuses_the_gpu(cli):
+    res = cli("eval", ROOT / "sample_data" / "digits_preds.parquet",
+              ROOT / "sample_data" / "digits_labels.parquet", "--device", "cuda",
+              "--engine", "dask")
+    assert res.exit_code == 2
+    assert "--device" in res.stderr
+
+
+@pytest.mark.skipif(SIM, reason="this is the simulator run")
+def test_kernels_on_the_simulator():
+    """Runs this module's ``cudasim`` tests in a subprocess on numba's CUDA simulator
+    (the variable must be set before numba is imported): how CI, with no GPU, runs them."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(ROOT))
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cudasim",
+         str(Path(__file__))], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=900)
+    tail = res.stdout[-3000:] + res.stderr[-2000:]
+    assert res.returncode == 0, tail
+    assert " passed" in res.stdout and " skipped" not in res.stdout, tail
+
+
+# --- on a real GPU (skip without one) ---------------------------------------------------
+
+@gpu
+@pytest.mark.gpu
+def test_torch_cuda_tensors_in_place():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch without CUDA")
+    rng = np.random.default_rng(4)
+    x, y = _data(rng, (20000, 8))
+    xt, yt = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
+    got = bce_with_logits(xt, yt, device="cuda")
+    with _cpu():
+        want = bce_with_logits(x, y)
+    assert got == pytest.approx(want, rel=RTOL)
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(xt.double(), yt.double())
+    assert got == pytest.approx(float(ref), rel=1e-9)
+
+
+@gpu
+@pytest.mark.gpu
+def test_large_batches_on_the_gpu():
+    rng = np.random.default_rng(5)
+    x, y = _data(rng, (200_000, 20))
+    acc = BCEAccumulator(20, device="cuda", ignore_value=-1.0).update(x, y)
+    with _cpu():
+        cpu = BCEAccumulator(20, ignore_value=-1.0).update(x, y)
+    _close(acc.state[:N_ACC_STATS], cpu.state)
+
+
+@gpu
+@pytest.mark.gpu
+def test_benchmark_runs():
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_cuda.py"),
+                          "--elements", "4000000"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "GB/s" in res.stdout
