@@ -424,9 +424,10 @@ def _rows_task_for(softplus_core, loop):
                                                 softplus_core(abs(xv)))
                         if write_loop:
                             dst[j] = loss
-                        lrow[j] = loss
+                        if moments:  # loop-invariant: LLVM unswitches the loop
+                            lrow[j] = loss
+                            a_sq[j] += loss * loss
                         a_loss[j] += loss
-                        a_sq[j] += loss * loss
                         a_pos[j] += yv
                         a_cor[j] += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
                         bad_count += invalid(xv, yv)
