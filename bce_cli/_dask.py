@@ -60,6 +60,14 @@ def check_eval(spec, opts) -> None:
     check_paths(spec.preds, spec.labels)
 
 
+def check_compare(spec_base, spec_new) -> None:
+    """``bce compare --engine dask``: refuse, before any work, what it does not do."""
+    _require()
+    if spec_base.on:
+        raise _unsupported("--on (a join)")
+    check_paths(spec_base.preds, spec_new.preds, spec_base.labels)
+
+
 def check_paths(*paths) -> None:
     _require()
     if "-" in paths:
@@ -284,6 +292,38 @@ def eval_batches(inp, acc, opts, progress=None, writer=None,
                 groups.add_part(keys, sums)
             lo, hi = min(lo, task_lo), max(hi, task_hi)
     return lo, hi
+
+
+def compare_batches(inp_b, inp_n, spec_base, spec_new, pairing, opts, progress=None) -> None:
+    """``bce compare``: add every pair of batches into ``pairing``
+    (:class:`bce_cli.compare._Pairing`) as a local run does: the first here (it chooses
+    the job's tier), the rest as per-batch states from the workers, in order."""
+    from .compare import _aligned, pair_range
+
+    deadline = _Deadline(getattr(opts, "timeout", None))
+    _check_formats(inp_b)
+    _check_formats(inp_n)
+    pairs = _aligned(inp_b.batches(), inp_n.batches(), spec_base.preds, spec_new.preds)
+    bb, bn = next(pairs)
+    pairs.close()
+    pairing.add(bb, bn, inp_b, inp_n)
+    if progress is not None:
+        progress(bb.n_rows)
+    if inp_b.n_rows <= spec_base.batch_rows:
+        return
+    names = {**_shown_names(inp_n), **_shown_names(inp_b)}
+    with _client(opts.scheduler, deadline.at) as client:
+        ranges = plan(inp_b.n_rows, spec_base.batch_rows, 1, _n_workers(client),
+                      3 * pairing.paired.state.nbytes)
+        done = None if progress is None else (
+            lambda i: progress(ranges[i][1] - ranges[i][0]))
+        results = _in_order(client, pair_range, ranges, deadline=deadline, done=done,
+                            names=names, spec_base=_for_workers(spec_base),
+                            spec_new=_for_workers(spec_new), pairing=pairing.empty(),
+                            threads=opts.threads or 1)
+        for states, seen in results:
+            for one in states:
+                pairing.add_states(one, seen)
 
 
 def _write_first(writer, inp, losses):

@@ -268,8 +268,9 @@ def compare_command(
                                                 help="Compute threads (default: all cores).")
                        ] = None,
     batch_rows: BatchRowsOpt = 65536,
-    engine: Annotated[Engine, typer.Option(
-        "--engine", help="local only (compare does not run on Dask).")] = Engine.LOCAL,
+    engine: EngineOpt = Engine.LOCAL,
+    scheduler: SchedulerOpt = None,
+    timeout: TimeoutOpt = None,
     progress: Annotated[bool | None, typer.Option(
         "--progress/--no-progress", help="Progress bar on stderr (default: when a terminal).")
     ] = None,
@@ -289,7 +290,8 @@ def compare_command(
         opts = CompareOptions(reduction=reduction.value, pos_weight=pos_weight,
                               label_smoothing=label_smoothing, ignore_value=ignore_value,
                               from_probs=from_probs, report=report, threads=threads,
-                              engine=engine.value, confidence=confidence,
+                              engine=engine.value, scheduler=scheduler, timeout=timeout,
+                              confidence=confidence,
                               max_increase=max_increase, max_increase_upper=max_increase_upper)
         check_stdout()
         check_outputs({"--report": report},

@@ -51,7 +51,9 @@ class CompareOptions:
     from_probs: bool = False
     report: str | None = None  # the JSON report is also written here
     threads: int | None = None
-    engine: str = "local"  # "dask" is refused
+    engine: str = "local"  # or "dask" (bce_cli._dask)
+    scheduler: str | None = None  # --engine dask: an address, "local" or "local:N"
+    timeout: float | None = None  # --engine dask: seconds the whole job may take
     confidence: float = 0.95
     max_increase: float | None = None        # fails when the whole interval lies above it
     max_increase_upper: float | None = None  # fails when the interval's upper end exceeds it
@@ -260,10 +262,14 @@ def compare(spec_base, spec_new, opts: CompareOptions, *,
     ``opts.report`` the JSON is also written (atomically)."""
     from .data import open_inputs, parse_pos_weight
     from .data._readahead import read_ahead
-    from .evaluate import add_batch
 
-    if check(Engine, opts.engine, "engine") == "dask":
-        raise BCEInputError("compare runs with --engine local")
+    engine = check(Engine, opts.engine, "engine")
+    if engine == "dask":
+        from . import _dask
+
+        _dask.check_compare(spec_base, spec_new)
+    elif opts.timeout is not None:
+        raise BCEInputError("--timeout is for --engine dask")
     if check(Reduction, opts.reduction, "reduction") == "none":
         raise BCEInputError("compare needs one number per class: --reduction mean or sum",
                             hint="per-element losses come from bce eval --reduction none")
@@ -299,29 +305,18 @@ def compare(spec_base, spec_new, opts: CompareOptions, *,
                 total(inp_b.n_rows)
             # targets read from two files (no LABELS) must be the same targets
             own_targets = spec_base.labels is None and spec_new.preds != spec_base.preds
-            paired = PairedDelta(inp_b.n_classes)
-            groups = _Groups(inp_b.n_classes, spec_base.by) if spec_base.by else None
-            seen = [(math.inf, -math.inf), (math.inf, -math.inf)]
-            for bb, bn in _aligned(read_ahead(inp_b.batches()), read_ahead(inp_n.batches()),
-                                   spec_base.preds, new_file):
-                if own_targets:
-                    _check_same_targets(bb, bn, inp_n, new_file)
-                xb, xn = bb.logits, bn.logits
-                if nan_policy == "omit":
-                    xb, xn = same_nans(xb, xn)
-                losses = []
-                for k, (acc, batch, inp, x) in enumerate(((accs[0], bb, inp_b, xb),
-                                                          (accs[1], bn, inp_n, xn))):
-                    out, lo, hi = add_batch(acc, replace(batch, logits=x), inp,
-                                            opts.from_probs, *seen[k], return_losses=True)
-                    losses.append(out)
-                    seen[k] = (lo, hi)
-                skip = left_out(xb, bb.targets, opts.ignore_value, nan_policy)
-                paired.add(*losses, skip)
-                if groups is not None:
-                    groups.add(bb, losses, skip)
-                if progress is not None:
-                    progress(bb.n_rows)
+            pairing = _Pairing(accs, spec_base.by, opts, nan_policy, own_targets, new_file)
+            if engine == "dask":
+                _dask.compare_batches(inp_b, inp_n, spec_base, spec_new, pairing, opts,
+                                      progress)
+            else:
+                for bb, bn in _aligned(read_ahead(inp_b.batches()),
+                                       read_ahead(inp_n.batches()), spec_base.preds, new_file):
+                    pairing.add(bb, bn, inp_b, inp_n)
+                    if progress is not None:
+                        progress(bb.n_rows)
+            accs, paired, groups, seen = (pairing.accs, pairing.paired, pairing.groups,
+                                          pairing.seen)
             for (lo, hi), spec in zip(seen, (spec_base, spec_new), strict=True):
                 if not opts.from_probs and 0.0 <= lo and hi <= 1.0:
                     warn(f"the predictions of {_describe(spec)} all lie in [0, 1]: these look "
@@ -349,6 +344,87 @@ def compare(spec_base, spec_new, opts: CompareOptions, *,
     return report
 
 
+class _Pairing:
+    """One comparison's state, fed pairs of batches (the same rows of both models):
+    each model's accumulator, the paired differences, the groups (``--by``), and the
+    smallest and largest prediction of each model (``seen``, for the "these look like
+    probabilities" warning).  :meth:`empty` makes one with the same settings for a
+    Dask task, whose per-batch :meth:`states` the driver adds with :meth:`add_states`
+    in the dataset's order (the sums a local run makes, bit for bit)."""
+
+    def __init__(self, accs, by, opts, nan_policy, own_targets, new_file):
+        self.accs, self.by, self.opts = accs, by, opts
+        self.nan_policy, self.own_targets, self.new_file = nan_policy, own_targets, new_file
+        n_classes = accs[0].n_classes
+        self.paired = PairedDelta(n_classes)
+        self.groups = _Groups(n_classes, by) if by else None
+        self.seen = [(math.inf, -math.inf), (math.inf, -math.inf)]
+
+    def empty(self) -> _Pairing:
+        return _Pairing([a.spawn() for a in self.accs], self.by, self.opts, self.nan_policy,
+                        self.own_targets, self.new_file)
+
+    def add(self, bb, bn, inp_b, inp_n) -> None:
+        """Add one pair of batches: both models' losses on the same targets."""
+        from .evaluate import add_batch
+
+        opts = self.opts
+        if self.own_targets:
+            _check_same_targets(bb, bn, inp_n, self.new_file)
+        xb, xn = bb.logits, bn.logits
+        if self.nan_policy == "omit":
+            xb, xn = same_nans(xb, xn)
+        losses = []
+        for k, (acc, batch, inp, x) in enumerate(((self.accs[0], bb, inp_b, xb),
+                                                  (self.accs[1], bn, inp_n, xn))):
+            out, lo, hi = add_batch(acc, replace(batch, logits=x), inp, opts.from_probs,
+                                    *self.seen[k], return_losses=True)
+            losses.append(out)
+            self.seen[k] = (lo, hi)
+        skip = left_out(xb, bb.targets, opts.ignore_value, self.nan_policy)
+        self.paired.add(*losses, skip)
+        if self.groups is not None:
+            self.groups.add(bb, losses, skip)
+
+    def states(self):
+        """This (one batch's) state: both accumulators', the paired one, its rows and
+        its groups' keys and sums."""
+        g = self.groups
+        return (self.accs[0].state, self.accs[1].state, self.paired.state, self.paired.n_rows,
+                None if g is None else (g.keys.keys, [s.sums for s in (g.base, g.new, g.delta)]))
+
+    def add_states(self, states, seen) -> None:
+        """Add one batch's :meth:`states` from a task, and what it has seen."""
+        state_b, state_n, state_d, n_rows, group_part = states
+        self.accs[0].add_state(state_b, n_rows)
+        self.accs[1].add_state(state_n, n_rows)
+        self.paired.state += state_d
+        self.paired.n_rows += n_rows
+        if group_part is not None:
+            self.groups.add_part(*group_part)
+        self.seen = [(min(a[0], b[0]), max(a[1], b[1])) for a, b in zip(self.seen, seen,
+                                                                         strict=True)]
+
+
+def pair_range(rows, *, spec_base, spec_new, pairing, threads):
+    """Run on a Dask worker: the per-batch states of rows ``[start, stop)`` of both
+    inputs, and what each model's predictions have seen."""
+    from .data import open_inputs
+
+    _tiers.set_threads(threads)
+    out, seen = [], [(math.inf, -math.inf), (math.inf, -math.inf)]
+    with (open_inputs(replace(spec_base, rows=rows)) as inp_b,
+          open_inputs(replace(spec_new, rows=rows)) as inp_n):
+        for bb, bn in _aligned(inp_b.batches(), inp_n.batches(), spec_base.preds,
+                               spec_new.preds):
+            one = pairing.empty()
+            one.seen = seen
+            one.add(bb, bn, inp_b, inp_n)
+            seen = one.seen
+            out.append(one.states())
+    return out, seen
+
+
 class _Groups:
     """``bce compare --by``: per group, each model's loss and the change with its
     interval and p-value, from three :class:`~bce_cli.groups.GroupStats` (the base
@@ -368,6 +444,14 @@ class _Groups:
             diff = ln.astype(np.float64) - lb
         for stats, values in ((self.base, lb), (self.new, ln), (self.delta, diff)):
             stats.add(ids, values, batch.targets, counted)
+
+    def add_part(self, keys: list, sums: list) -> None:
+        """Add one batch's sums (base, new, delta) of the groups ``keys`` (a Dask task's)."""
+        ids = np.array([self.keys._id(k) for k in keys], dtype=np.intp)
+        if ids.size:
+            for stats, part in zip((self.base, self.new, self.delta), sums, strict=True):
+                stats._grow(int(ids.max()) + 1)
+                stats.sums[ids] += part
 
     def report(self, reduction: str, confidence: float) -> list[dict]:
         from .groups import sort_key

@@ -68,6 +68,8 @@ def data(tmp_path_factory):
     keys = np.array(["north", "south", "east", "west", None], dtype=object)[
         rng.integers(0, 5, n)]
     group = {"g": pa.array(keys.tolist(), pa.string())}  # --by: a null key is a group too
+    shifted = {"new_a": (logits["logit_a"] + rng.normal(scale=0.3, size=n)).astype(np.float32),
+               "new_b": logits["logit_b"] * 0.9}  # bce compare: a second model
     messy_t = {k: v.astype(np.float64).copy() for k, v in targets.items()}
     messy_t["a"][rng.random(n) < 0.1] = -1.0
     messy_t["b"][rng.random(n) < 0.05] = np.nan
@@ -80,8 +82,10 @@ def data(tmp_path_factory):
                                       "classes": [{"name": "a", "pos_weight": 2.5},
                                                   {"name": "b", "pos_weight": 0.5}]}))
     return {
-        "both": _write(root, "both", {**logits, **targets, **weight, **group}),
+        "both": _write(root, "both", {**logits, **targets, **weight, **group, **shifted}),
         "preds": _write(root, "preds", {**logits, **weight}),
+        "preds_new": _write(root, "preds_new", {"logit_a": shifted["new_a"],
+                                                "logit_b": shifted["new_b"], **weight}),
         "labels": _write(root, "labels", {**targets, **group}),
         "messy": _write(root, "messy", {**messy_x, **messy_t, **group}),
         "bad": _write(root, "bad", {**logits, **bad}),
@@ -122,6 +126,28 @@ CASES = {
 def test_dask_report_is_the_local_report(data, scheduler, case, batch_rows):
     args = [*CASES[case](data), "--format", "json", "--batch-rows", batch_rows]
     local, dask = both_engines("eval", *args, scheduler=scheduler)
+    assert local.exit_code == 0, local.output
+    assert dask.exit_code == 0, dask.output
+    assert dask.stdout == local.stdout  # every number, to the last bit
+    assert json.loads(dask.stdout)["n_rows"] == sum(rows for rows, _ in FILES)
+
+
+COMPARE_CASES = {
+    "one dataset, two column sets": lambda d: [
+        d["both"], "--logits-base", "logit_*", "--logits-new", "new_*", "--targets", "a,b",
+        "--weight", "w"],
+    "three datasets": lambda d: [d["preds"], d["preds_new"], d["labels"], "--logits",
+                                 "logit_*", "--by", "g"],
+    "by, reduction sum": lambda d: [
+        d["both"], "--logits-base", "logit_*", "--logits-new", "new_*", "--targets", "a,b",
+        "--by", "g", "--reduction", "sum"],
+}
+
+
+@pytest.mark.parametrize("case", list(COMPARE_CASES))
+def test_compare_report_is_the_local_report(data, scheduler, case):
+    args = [*COMPARE_CASES[case](data), "--format", "json", "--batch-rows", 400]
+    local, dask = both_engines("compare", *args, scheduler=scheduler)
     assert local.exit_code == 0, local.output
     assert dask.exit_code == 0, dask.output
     assert dask.stdout == local.stdout  # every number, to the last bit
