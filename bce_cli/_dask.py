@@ -263,7 +263,8 @@ def eval_batches(inp, acc, opts, progress=None, writer=None) -> tuple[float, flo
     if inp.n_rows <= spec.batch_rows:
         return lo, hi
     with _client(opts.scheduler, deadline.at) as client:
-        ranges = plan(inp.n_rows, spec.batch_rows, 1, _n_workers(client), acc.state.nbytes)
+        state_bytes = acc.state.nbytes + (0 if acc.metrics is None else acc.metrics.state.nbytes)
+        ranges = plan(inp.n_rows, spec.batch_rows, 1, _n_workers(client), state_bytes)
         done = None if progress is None else (
             lambda i: progress(ranges[i][1] - ranges[i][0]))
         if writer is not None:
@@ -272,9 +273,9 @@ def eval_batches(inp, acc, opts, progress=None, writer=None) -> tuple[float, flo
                             names=_shown_names(inp), spec=_for_workers(spec), acc=acc,
                             from_probs=opts.from_probs, threads=opts.threads or 1,
                             parts=parts)
-        for states, n_rows, task_lo, task_hi in results:
-            for state, n in zip(states, n_rows, strict=True):
-                acc.add_state(state, n)
+        for states, n_rows, metrics, task_lo, task_hi in results:
+            for i, (state, n) in enumerate(zip(states, n_rows, strict=True)):
+                acc.add_state(state, n, None if metrics is None else metrics[i])
             lo, hi = min(lo, task_lo), max(hi, task_hi)
     return lo, hi
 
@@ -312,13 +313,14 @@ def _n_workers(client) -> int:
 
 # ------------------------------------------------------------------ run by the workers
 def _eval_task(rows, *, spec, acc, from_probs, threads, parts=None):
-    """One state per batch of rows ``[start, stop)``: (states, row counts, lo, hi); with
-    ``parts`` (:class:`bce_cli.outputs.Parts`), their losses also go to one file."""
+    """One state per batch of rows ``[start, stop)``: (states, row counts, metrics'
+    states or None, lo, hi); with ``parts`` (:class:`bce_cli.outputs.Parts`), their
+    losses also go to one file."""
     from .data import open_inputs
     from .evaluate import add_batch
 
     _tiers.set_threads(threads)
-    states, n_rows, lo, hi = [], [], math.inf, -math.inf
+    states, n_rows, metrics, lo, hi = [], [], [], math.inf, -math.inf
     with open_inputs(replace(spec, rows=rows)) as inp:
         out = None if parts is None else parts.write(rows[0], inp)
         try:
@@ -330,12 +332,14 @@ def _eval_task(rows, *, spec, acc, from_probs, threads, parts=None):
                     out.write(losses)
                 states.append(part.state)
                 n_rows.append(part.n_rows)
+                if part.metrics is not None:
+                    metrics.append(part.metrics.state)
             if out is not None:
                 out.commit()
         finally:
             if out is not None:
                 out.abort()
-    return np.stack(states), n_rows, lo, hi
+    return np.stack(states), n_rows, np.stack(metrics) if metrics else None, lo, hi
 
 
 def _count_task(rows, *, path, targets, batch_rows, class_dim):

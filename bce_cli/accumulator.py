@@ -105,6 +105,17 @@ class BCEAccumulator:
         # the NumPy and compiled tiers is made once for the job, at its first batch,
         # and kept, also by spawned accumulators and in other processes.
         self.job: JobTier | None = None
+        # The calibration and ranking metrics' state (bce_cli.metrics), when asked for:
+        # updated, spawned, reset and merged with this one.
+        self.metrics = None
+
+    def with_metrics(self, bins: int) -> BCEAccumulator:
+        """Also keep the state of ``bce eval --metrics`` (``bins`` calibration bins);
+        returns ``self``."""
+        from .metrics import MetricsAccumulator
+
+        self.metrics = MetricsAccumulator(self.n_classes, bins)
+        return self
 
     def _per_class(self, v, name):
         if v is None:
@@ -123,12 +134,16 @@ class BCEAccumulator:
         """A new, empty accumulator with the same settings (for parallel partial states)."""
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
+        if self.metrics is not None:
+            new.metrics = self.metrics.spawn()
         return new.reset()
 
     def reset(self) -> BCEAccumulator:
         """Empty the state (the settings stay); returns ``self``."""
         self.state = np.zeros((N_ACC_STATS, self.n_classes), dtype=np.float64)
         self.n_rows = 0
+        if self.metrics is not None:
+            self.metrics.reset()
         return self
 
     def update(self, logits, targets, weight=None, *, return_losses: bool = False):
@@ -167,6 +182,11 @@ class BCEAccumulator:
                     1.0 if wvec is None else wvec)
             else:
                 wfull = w
+        # The metrics' pass first: when it runs the compiled kernel, numba has started
+        # and the loss's tier (chosen at the job's first batch) counts on that.  Its
+        # state is added only once the loss's pass has found every element valid.
+        metrics = None if self.metrics is None else self.metrics.batch_state(
+            x, y, wvec, wfull, self.ignore_value, self.nan_policy, reuse=True)
         opts = LossOptions(weight=wvec, pos_weight=self.pos_weight, weight_full=wfull,
                            ignore=self.ignore_value, smoothing=self.label_smoothing,
                            nan_policy=self.nan_policy)
@@ -175,6 +195,8 @@ class BCEAccumulator:
                                  job=self.job, moments=True)
         self.state[:N_STATS] += stats
         self.state[WPOS:] += self._weighted_counts(x, y, stats, wvec, wfull)
+        if metrics is not None:
+            self.metrics.state += metrics
         self.n_rows += x.shape[0]
         return out.reshape(np.shape(logits)) if return_losses else self
 
@@ -216,18 +238,30 @@ class BCEAccumulator:
                 raise BCEInputError(f"cannot merge {other.n_classes} classes into "
                                     f"{self.n_classes}")
             self._check_options(other._settings(), "merge an accumulator")
+            if (self.metrics is None) != (other.metrics is None) or (
+                    self.metrics is not None and self.metrics.bins != other.metrics.bins):
+                raise BCEInputError("cannot merge an accumulator with other metrics "
+                                    "(--metrics, --bins) into this one")
             self.state += other.state
+            if self.metrics is not None:
+                self.metrics.merge(other.metrics)
             self.n_rows += other.n_rows
         return self
 
-    def add_state(self, state, n_rows: int) -> BCEAccumulator:
+    def add_state(self, state, n_rows: int, metrics=None) -> BCEAccumulator:
         """Add one ``state`` array (of ``self.state``'s shape, from an accumulator with
         these settings, such as a :meth:`spawn` of this one) and its row count: a
-        :meth:`merge` of the bare state, as the Dask engine's tasks return it."""
+        :meth:`merge` of the bare state, as the Dask engine's tasks return it;
+        ``metrics``: that accumulator's ``metrics.state`` (with metrics kept)."""
         state = np.asarray(state, dtype=np.float64)
         if state.shape != self.state.shape:
             raise BCEInputError(f"a state of shape {state.shape} does not add to one of "
                                 f"shape {self.state.shape}")
+        if (metrics is None) != (self.metrics is None):
+            raise BCEInputError("a state with metrics adds only to an accumulator with "
+                                "metrics, and one without only to one without")
+        if metrics is not None:
+            self.metrics.add_state(metrics)
         self.state += state
         self.n_rows += int(n_rows)
         return self
