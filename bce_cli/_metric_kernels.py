@@ -3,12 +3,15 @@ class's ranking histogram, calibration bins and Brier sum (``bce_cli.metrics``
 describes the state; ``bce_cli.stats`` its constants).  Importing this module
 imports numba.
 
-A task is a run of classes; each class's elements are added in row order by one
-task, in blocks of BLOCK elements with two loops:
+A task is a run of classes; each class's elements are gathered in row order by
+one task into float64 blocks of BLOCK elements (whatever the layout: a row-major
+``(n, C)`` batch as well as a column-major one), and each block goes through
 
-1. ``block_bins`` (branch-free, so LLVM vectorises it): each element's ranking bin,
-   calibration bin, probability ``p = sigmoid(x)`` (``_fastmath.exp_neg``: libm's
-   exp, a call per element, cost more than all the rest), weight and flags.
+1. four simple loops (``_flags``, ``_probabilities``, ``_calibration_bins``,
+   ``_rank_bins``, branch-free, one per function so that LLVM vectorises each;
+   together in one function they ran 3x slower): each element's weight and
+   flags, ``p = sigmoid(x)`` (``_fastmath.exp_neg``: libm's exp, a call per
+   element, cost more than all the rest), calibration bin, ranking bin;
 2. ``block_scatter`` (scalar): the additions into the histograms (one per element
    into the ranking histogram when the block's targets are 0/1 and its weights 1).
    The calibration sums and the Brier sum run in LANES interleaved copies, element
@@ -70,46 +73,52 @@ def rank_bin(x):
 
 
 @_plain
-def _flags(xs, ys, wf, off, use_wf, wc, ignore, has_ignore, nan_mode, wb, yb, ob):
-    n = xs.size
+def _flags(xs, ys, ws, m, use_wf, wc, ignore, has_ignore, nan_mode, wb, ob):
+    """Weights (0 for a skipped element), ``ob`` 1 when an element counts; returns
+    (NaN count under --nan-policy propagate, count, odd count: weight not 1 or
+    target not 0/1), whole numbers."""
     nans = 0
     count = 0
     odd = 0
-    for i in range(n):
-        xv = np.float64(xs[i])
-        yv = np.float64(ys[i])
+    for i in range(m):
+        xv = xs[i]
+        yv = ys[i]
         ignored = has_ignore and yv == ignore
         nan = (xv != xv) | (yv != yv)
         skip = ignored | nan
         nans += 1 if nan and not ignored and nan_mode != NAN_OMIT else 0
         ob[i] = 0 if skip else 1
         count += 0 if skip else 1
-        w = wc * wf[off + i] if use_wf else wc
+        w = wc * ws[i] if use_wf else wc
         wb[i] = 0.0 if skip else w
-        yb[i] = 0.0 if skip else yv
         odd += 0 if skip or (w == 1.0 and (yv == 0.0 or yv == 1.0)) else 1
     return nans, count, odd
 
 
 @_plain
-def _probabilities(xs, wb, yb, ob, pb, bt):
-    for i in range(xs.size):
-        xv = np.float64(xs[i])
+def _probabilities(xs, ys, m, wb, ob, pb, bt):
+    """p = sigmoid(x) (0 for a skipped element, whose target becomes 0) and the Brier
+    term w*(p - y)^2."""
+    for i in range(m):
+        xv = xs[i]
         e = exp_neg(abs(xv))
         p = (1.0 if xv >= 0 else e) / (1.0 + e)
-        p = 0.0 if ob[i] == 0 else p
+        keep = ob[i] != 0
+        p = p if keep else 0.0
+        y = ys[i] if keep else 0.0
+        ys[i] = y
         pb[i] = p
-        d = p - yb[i]
+        d = p - y
         bt[i] = wb[i] * d * d
 
 
 @_plain
-def _calibration_bins(n, pb, edges, jb):
+def _calibration_bins(m, pb, edges, jb):
     """(low, high] bins of p, as scikit-learn's calibration_curve: p * n_cal rounded,
     then one step down or up where that crossed an edge; branch-free (random p
     would mispredict every other branch: 8 ns an element)."""
     n_cal = edges.size - 1
-    for i in range(n):
+    for i in range(m):
         p = pb[i]
         j = min(int(p * n_cal), n_cal - 1)
         j -= np.int64(p <= edges[j]) * np.int64(j > 0)
@@ -118,28 +127,9 @@ def _calibration_bins(n, pb, edges, jb):
 
 
 @_plain
-def _rank_bins(xs, ob, kb):
-    for i in range(xs.size):
-        kb[i] = 0 if ob[i] == 0 else rank_bin(np.float64(xs[i]))
-
-
-@_plain
-def block_bins(xf, yf, wf, off, n, use_wf, wc, ignore, has_ignore, nan_mode, edges, kb, jb,
-               pb, wb, yb, ob, bt):
-    """Per element ``off + i`` (i < n) of the flat arrays: ranking bin ``kb``,
-    calibration bin ``jb``, probability ``pb``, weight ``wb``, target ``yb`` (0 for a
-    skipped element), ``ob`` 1 when it counts, ``bt`` its Brier term w*(p - y)^2.
-    Returns (NaN count (--nan-policy propagate), count, odd count (weight not 1 or
-    target not 0/1)), whole numbers.  One simple loop per function, over contiguous
-    memory (flat arrays and an offset): each vectorises, where the same loops in
-    one function did not (3x slower: LLVM then stopped inlining exp_neg)."""
-    xs = xf[off:off + n]
-    r = _flags(xs, yf[off:off + n], wf, off, use_wf, wc, ignore, has_ignore, nan_mode, wb, yb,
-               ob)
-    _probabilities(xs, wb, yb, ob, pb, bt)
-    _calibration_bins(n, pb, edges, jb)
-    _rank_bins(xs, ob, kb)
-    return r
+def _rank_bins(xs, m, ob, kb):
+    for i in range(m):
+        kb[i] = 0 if ob[i] == 0 else rank_bin(xs[i])
 
 
 @_plain
@@ -174,7 +164,7 @@ def block_scatter(m, hard, kb, jb, pb, wb, yb, ob, bt, hist, cal, brier):
         s2 += bt[i + 2]
         s3 += bt[i + 3]
         i += 4
-    while i < m:  # the last block's tail, into the lanes in turn
+    while i < m:  # the class's last block: its tail into the lanes in turn
         s0 += bt[i] if i % LANES == 0 else 0.0
         s1 += bt[i] if i % LANES == 1 else 0.0
         s2 += bt[i] if i % LANES == 2 else 0.0
@@ -186,43 +176,72 @@ def block_scatter(m, hard, kb, jb, pb, wb, yb, ob, bt, hist, cal, brier):
     brier[3] = s3
 
 
+@_plain
+def block_add(m, use_wf, wc, ignore, has_ignore, nan_mode, edges, xs, ys, ws, kb, jb, pb, wb, ob,
+              bt, hist, cal, brier, counts):
+    """One block of ``m`` float64 elements into the class's sums; ``counts``: NaN,
+    counted and odd elements so far."""
+    r = _flags(xs, ys, ws, m, use_wf, wc, ignore, has_ignore, nan_mode, wb, ob)
+    counts[0] += r[0]
+    counts[1] += r[1]
+    counts[2] += r[2]
+    _probabilities(xs, ys, m, wb, ob, pb, bt)
+    _calibration_bins(m, pb, edges, jb)
+    _rank_bins(xs, m, ob, kb)
+    block_scatter(m, r[2] == 0, kb, jb, pb, wb, ys, ob, bt, hist, cal, brier)
+
+
 def _hist_task(x, y, wf, wvec, ignore, has_ignore, nan_mode, edges, out, c0, c1):
-    b_count = x.shape[2]
-    c_count = x.shape[1]
+    """Classes ``c0 <= c < c1`` of ``(A, C, B)`` arrays into rows of ``out``: each
+    class's elements, in row order, gathered (and made float64) into blocks of
+    BLOCK, whatever the layout; so the sums do not depend on it either."""
+    a_count, c_count, b_count = x.shape
     n_cal = edges.size - 1
     use_wf = wf.size > 0
     xf = x.reshape(x.size)
     yf = y.reshape(y.size)
     wflat = wf.reshape(wf.size)
+    xs = np.empty(BLOCK, dtype=np.float64)
+    ys = np.empty(BLOCK, dtype=np.float64)
+    ws = np.empty(BLOCK, dtype=np.float64)
     kb = np.empty(BLOCK, dtype=np.int64)
     jb = np.empty(BLOCK, dtype=np.int64)
     ob = np.empty(BLOCK, dtype=np.int64)
     pb = np.empty(BLOCK, dtype=np.float64)
     wb = np.empty(BLOCK, dtype=np.float64)
-    yb = np.empty(BLOCK, dtype=np.float64)
     bt = np.empty(BLOCK, dtype=np.float64)
     cal = np.empty(LANES * 4 * n_cal, dtype=np.float64)
     brier = np.empty(LANES, dtype=np.float64)
+    counts = np.empty(3, dtype=np.int64)
     for c in range(c0, c1):
         o = out[c]
         o[:] = 0.0  # ``out`` may be a reused buffer: each task clears its classes' rows
         hist = o[:2 * RANK_BINS]
         cal[:] = 0.0
         brier[:] = 0.0
-        nans = 0
-        count = 0
-        odd = 0
+        counts[:] = 0
         wc = wvec[c]
-        for a in range(x.shape[0]):
-            start = (a * c_count + c) * b_count
-            for lo in range(0, b_count, BLOCK):
-                m = min(b_count, lo + BLOCK) - lo
-                r = block_bins(xf, yf, wflat, start + lo, m, use_wf, wc, ignore, has_ignore,
-                               nan_mode, edges, kb, jb, pb, wb, yb, ob, bt)
-                nans += r[0]
-                count += r[1]
-                odd += r[2]
-                block_scatter(m, r[2] == 0, kb, jb, pb, wb, yb, ob, bt, hist, cal, brier)
+        pos = 0
+        for a in range(a_count):
+            base = (a * c_count + c) * b_count
+            b = 0
+            while b < b_count:
+                run = min(b_count - b, BLOCK - pos)
+                for i in range(run):
+                    xs[pos + i] = xf[base + b + i]
+                    ys[pos + i] = yf[base + b + i]
+                if use_wf:
+                    for i in range(run):
+                        ws[pos + i] = wflat[base + b + i]
+                pos += run
+                b += run
+                if pos == BLOCK:
+                    block_add(pos, use_wf, wc, ignore, has_ignore, nan_mode, edges, xs, ys, ws,
+                              kb, jb, pb, wb, ob, bt, hist, cal, brier, counts)
+                    pos = 0
+        if pos:
+            block_add(pos, use_wf, wc, ignore, has_ignore, nan_mode, edges, xs, ys, ws, kb, jb,
+                      pb, wb, ob, bt, hist, cal, brier, counts)
         base = 2 * RANK_BINS
         for lane in range(LANES):
             for i in range(4 * n_cal):
@@ -230,9 +249,9 @@ def _hist_task(x, y, wf, wvec, ignore, has_ignore, nan_mode, edges, out, c0, c1)
         tail = base + 4 * n_cal
         for lane in range(LANES):
             o[tail] += brier[lane]
-        o[tail + 1] = count
-        o[tail + 2] = nans
-        o[tail + 3] = odd
+        o[tail + 1] = counts[1]
+        o[tail + 2] = counts[0]
+        o[tail + 3] = counts[2]
 
 
 _ENTRIES: dict = {}

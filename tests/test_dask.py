@@ -106,6 +106,11 @@ CASES = {
     "smoothing, ignore, omit": lambda d: [d["messy"], "--logits", "logit_*", "--targets",
                                           "a,b", "--label-smoothing", "0.1", "--ignore-value",
                                           "-1", "--nan-policy", "omit"],
+    "metrics": lambda d: [d["both"], "--logits", "logit_*", "--targets", "a,b", "--weight", "w",
+                          "--metrics", "all"],
+    "metrics, ignore, omit": lambda d: [d["messy"], "--logits", "logit_*", "--targets", "a,b",
+                                        "--ignore-value", "-1", "--nan-policy", "omit",
+                                        "--metrics", "all", "--bins", "7"],
 }
 
 
