@@ -110,7 +110,14 @@ class Layout:
 
 
 def calibration_edges(bins: int) -> np.ndarray:
-    return np.linspace(0.0, 1.0, bins + 1)
+    """scikit-learn's ``calibration_curve`` edges, ``linspace(0, 1, bins + 1)``, which
+    the kernel computes as ``k * (1 / bins)`` with the last one 1.0: checked here."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    computed = np.arange(bins + 1) * (1.0 / bins)
+    computed[-1] = 1.0
+    if not np.array_equal(edges, computed):  # another NumPy's linspace: not seen so far
+        raise AssertionError("np.linspace's edges are not k * (1 / bins)")
+    return edges
 
 
 def rank_edges() -> np.ndarray:
