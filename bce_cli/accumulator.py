@@ -306,13 +306,17 @@ class BCEAccumulator:
         >>> BCEAccumulator(2).load_state_dict(d).compute().loss == acc.compute().loss
         True
         """
-        return {
+        d = {
             "metadata": {"format": STATE_FORMAT, "n_classes": self.n_classes,
                          "n_rows": self.n_rows,
                          "options": {k: v.tolist() if isinstance(v, np.ndarray) else v
                                      for k, v in self._settings().items()}},
             "state": {name: self.state[i].copy() for i, name in enumerate(STAT_NAMES)},
         }
+        if self.metrics is not None:  # with_metrics: the metrics' state, (C, width)
+            d["metadata"]["metrics_bins"] = self.metrics.bins
+            d["metrics"] = self.metrics.state.copy()
+        return d
 
     def load_state_dict(self, state_dict: dict) -> BCEAccumulator:
         """Replace the state with one from :meth:`state_dict`; returns ``self``.
@@ -348,8 +352,26 @@ class BCEAccumulator:
                 raise BCEInputError(f"the accumulator state's {name!r} has shape {row.shape}, "
                                     f"expected ({self.n_classes},)")
             state[i] = row
+        metrics = self._loaded_metrics(state_dict, meta)
         self.state, self.n_rows = state, n_rows
+        if metrics is not None:
+            self.metrics.state = metrics
         return self
+
+    def _loaded_metrics(self, state_dict: dict, meta: dict):
+        """The metrics' state of a :meth:`state_dict`, checked against this one's."""
+        bins = meta.get("metrics_bins")
+        mine = None if self.metrics is None else self.metrics.bins
+        if bins != mine:
+            raise BCEInputError(f"cannot load a state with metrics bins {_brief(bins)} into an "
+                                f"accumulator with {_brief(mine)} (None: no metrics)")
+        if mine is None:
+            return None
+        metrics = np.asarray(state_dict.get("metrics"))
+        if metrics.dtype.kind not in "fiu" or metrics.shape != self.metrics.state.shape:
+            raise BCEInputError(f"the accumulator state's metrics have shape {metrics.shape}, "
+                                f"expected {self.metrics.state.shape}")
+        return metrics.astype(np.float64)
 
     def compute(self, reduction: str = "mean", *, method: str = "ratio", beta: float = 0.999,
                 clip_max: float | None = None, confidence: float = 0.95) -> BCEResult:

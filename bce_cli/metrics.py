@@ -56,6 +56,9 @@ from .stats import (
 METRICS = ("brier", "ece", "auroc", "average_precision", "best_threshold")
 DEFAULT_BINS = 15
 MAX_BINS = 10_000
+# The state is about 311 KB per class, with a batch's copy beside it: past this many
+# bytes of state --metrics is refused rather than left to run out of memory.
+MAX_STATE_BYTES = 4 << 30
 
 
 def parse_metrics(text: str | None) -> tuple[str, ...]:
@@ -144,6 +147,13 @@ class MetricsAccumulator:
         self.n_classes = int(n_classes)
         self.bins = check_bins(bins)
         self.layout = Layout(self.bins)
+        need = self.n_classes * self.layout.width * 8
+        if need > MAX_STATE_BYTES:
+            raise BCEInputError(f"--metrics keeps {self.layout.width * 8 / 1e3:.0f} KB per "
+                                f"class: {self.n_classes} classes would need "
+                                f"{need / 2**30:.1f} GiB (twice that while a batch is added)",
+                                hint="evaluate the metrics on fewer classes at a time "
+                                "(--logits/--targets)")
         self.edges = calibration_edges(self.bins)
         self.state = np.zeros((self.n_classes, self.layout.width))
         # The tier, chosen at the first batch for the whole job (``job_elements``, when

@@ -201,6 +201,18 @@ def test_bins_are_exact_at_their_edges(engine):
     np.testing.assert_array_equal(pos, expected)
 
 
+def test_calibration_bins_are_low_high_inclusive(engine):
+    """(low, high] as calibration_curve: p = 0.5 (x = 0) is in (0.25, 0.5] of 4 bins,
+    p = 0 in the first bin, p = 1 in the last."""
+    x = np.array([[0.0], [-np.inf], [np.inf], [0.0]])
+    got = computed(x, np.array([[1.0], [0.0], [1.0], [0.0]]), bins=4)["classes"][0]
+    assert [b["count"] for b in got["reliability"]] == [1, 2, 0, 1]
+    true, pred = calibration_curve([1, 0, 1, 0], sigmoid(x[:, 0]), n_bins=4)
+    table = [b for b in got["reliability"] if b["count"]]
+    assert [b["positive_rate"] for b in table] == true.tolist()
+    assert [b["mean_predicted"] for b in table] == pred.tolist()
+
+
 def test_tiers_agree(digits, rng):
     x, y = digits
     w = rng.random(x.shape)
@@ -303,6 +315,25 @@ def test_spawned_accumulators_add_up_to_one_pass(digits):
     np.testing.assert_allclose(acc.metrics.state, one.metrics.state, rtol=1e-13)
     with pytest.raises(BCEInputError, match="with metrics"):
         acc.add_state(part.state, part.n_rows)
+
+
+def test_state_dict_carries_the_metrics(digits):
+    x, y = digits
+    acc = BCEAccumulator(10).with_metrics(9).update(x, y)
+    d = acc.state_dict()
+    back = BCEAccumulator(10).with_metrics(9).load_state_dict(d)
+    assert np.array_equal(back.metrics.state, acc.metrics.state)
+    with pytest.raises(BCEInputError, match="metrics bins"):
+        BCEAccumulator(10).load_state_dict(d)
+    with pytest.raises(BCEInputError, match="metrics bins"):
+        BCEAccumulator(10).with_metrics(15).load_state_dict(d)
+    with pytest.raises(BCEInputError, match="shape"):
+        BCEAccumulator(10).with_metrics(9).load_state_dict({**d, "metrics": np.zeros(3)})
+
+
+def test_too_many_classes_for_the_state_is_an_input_error():
+    with pytest.raises(BCEInputError, match="per class"):
+        MetricsAccumulator(100_000)
 
 
 # ------------------------------------------------------------------ options
