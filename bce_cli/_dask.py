@@ -6,9 +6,11 @@ multiple of ``--batch-rows``) that the worker opens from the inputs' paths (no d
 through the scheduler).  It returns one state per batch, each an empty accumulator
 updated with that batch alone (``0 + stats``, exact); the driver adds them into its
 accumulator in the dataset's order, which is the sums a local run makes, bit for bit,
-whatever the number of workers.  The tier (NumPy or compiled kernels, which differ
-in the last bits) is chosen once, by the driver computing the first batch itself, and
-travels to the workers with the accumulator (:class:`bce_cli._tiers.JobTier`).
+whatever the number of workers.  With ``--metrics`` each batch's metrics state
+(``bce_cli.metrics``) travels beside its loss state and is added the same way.  The
+tier (NumPy or compiled kernels, which differ in the last bits) is chosen once, by the
+driver computing the first batch itself, and travels to the workers with the
+accumulator (:class:`bce_cli._tiers.JobTier`; the metrics' tier with their state).
 
 Dask is an extra (``pip install 'bce-cli[dask]'``), imported only here and only
 when ``--engine dask`` runs.

@@ -19,9 +19,12 @@ one task into float64 blocks of BLOCK elements (whatever the layout: a row-major
    confident model's) does not wait on each addition in turn; the copies are added
    in order at the end.
 
-A class's sums are the same on any number of threads.  No fastmath flags: the
-rounding is NumPy's (the NumPy tier differs from this one only through exp, in
-the last bits).  One form per float width (``metrics_hist_f32`` / ``_f64``).
+A class's sums are the same on any number of threads and for any layout.  No
+fastmath flags: each operation rounds as NumPy's (the NumPy tier differs in the
+last bits, through exp and the order of the sums).  One form per float width of
+the logits (``metrics_hist_f32`` / ``_f64``), each with a signature per target
+type (bool or the logits' float type); everything after the gather is float64,
+compiled once for all of them.
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ state") of
 * per calibration bin (``--bins`` equal-width bins of the probability
   ``p = sigmoid(x)``, (low, high] as scikit-learn's ``calibration_curve``, the
   first one [0, high]): the count and the sums of ``w``, ``w*p``, ``w*y``;
-* the sums of ``w*(p - y)^2``, the count and the NaN count.
+* the sums of ``w*(p - y)^2``, the count, the NaN count and the count of "odd"
+  elements (weight not 1, or target not 0/1: with none, the average precision
+  can be exact where positives share bins).
 
 ``w`` is the element weight (``--weight``; never ``pos_weight``, which only
 shapes the loss), ``y`` the raw target: label smoothing changes what the loss
@@ -27,13 +29,11 @@ class with a NaN element has no metrics (null).
 
 Two tiers fill the same state: a compiled kernel (``bce_cli._metric_kernels``),
 one task per class over the batch in row order, or NumPy ``bincount`` per class
-(they differ in the last bits, through exp); a class's sums never depend on the
-number of threads.
+(they differ in the last bits: exp, and the order of the float sums); a class's
+sums never depend on the number of threads, nor on the batch's memory layout.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -316,7 +316,7 @@ def calibration_bin(p, edges) -> np.ndarray:
 
 
 def _seq_sum(v) -> float:
-    """A sequential float64 sum (the kernel's order), not NumPy's pairwise one."""
+    """A sequential float64 sum (a class's elements in row order)."""
     return float(np.bincount(np.zeros(v.size, dtype=np.intp), weights=v, minlength=1)[0])
 
 
@@ -512,7 +512,3 @@ def _add_ece(rows, state, lay: Layout, edges, bad) -> None:
         row["reliability"] = [{"low": lo, "high": hi, "count": int(c), "weight": wt,
                                "mean_predicted": mp, "positive_rate": pr}
                               for lo, hi, c, wt, mp, pr in cells]
-
-
-def is_nan(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
