@@ -182,11 +182,8 @@ class BCEAccumulator:
                     1.0 if wvec is None else wvec)
             else:
                 wfull = w
-        # The metrics' pass first: when it runs the compiled kernel, numba has started
-        # and the loss's tier (chosen at the job's first batch) counts on that.  Its
-        # state is added only once the loss's pass has found every element valid.
-        metrics = None if self.metrics is None else self.metrics.batch_state(
-            x, y, wvec, wfull, self.ignore_value, self.nan_policy, reuse=True)
+        if self.metrics is not None:  # its tier first: the loss's counts on numba's start
+            self.metrics.prepare(x, y)
         opts = LossOptions(weight=wvec, pos_weight=self.pos_weight, weight_full=wfull,
                            ignore=self.ignore_value, smoothing=self.label_smoothing,
                            nan_policy=self.nan_policy)
@@ -195,8 +192,9 @@ class BCEAccumulator:
                                  job=self.job, moments=True)
         self.state[:N_STATS] += stats
         self.state[WPOS:] += self._weighted_counts(x, y, stats, wvec, wfull)
-        if metrics is not None:
-            self.metrics.state += metrics
+        if self.metrics is not None:  # after the loss's pass: every element is valid
+            self.metrics.update(x, y, wvec, wfull, ignore=self.ignore_value,
+                                nan_policy=self.nan_policy)
         self.n_rows += x.shape[0]
         return out.reshape(np.shape(logits)) if return_losses else self
 

@@ -162,10 +162,6 @@ class MetricsAccumulator:
         # not depend on where its batches ran.
         self.job_elements: int | None = None
         self.tier: str | None = None
-        self._scratch = None  # a batch's state, reused (no fresh pages per batch)
-
-    def __getstate__(self):  # to Dask workers: no scratch buffer
-        return {**self.__dict__, "_scratch": None}
 
     def spawn(self) -> MetricsAccumulator:
         new = MetricsAccumulator(self.n_classes, self.bins)
@@ -193,40 +189,48 @@ class MetricsAccumulator:
                nan_policy: str = "error") -> MetricsAccumulator:
         """Add a batch ``(n, C)`` or ``(n, C, ...)`` of valid elements (the loss pass has
         checked them); ``wvec`` per-class weights, ``wfull`` per-element weights
-        broadcastable to the batch."""
-        self.state += self.batch_state(x, y, wvec, wfull, ignore, nan_policy, reuse=True)
+        broadcastable to the batch.  Each class's batch sums are made apart, from
+        zeros, then added to its state (so that per-batch states add up the same
+        in any process: a Dask task's batch state is a fresh accumulator's)."""
+        x3, y3, w3 = self._arrays(x, y, wfull)
+        wv = (np.ones(self.n_classes) if wvec is None
+              else np.ascontiguousarray(np.broadcast_to(np.asarray(wvec, dtype=np.float64),
+                                                        (self.n_classes,))))
+        mode = NAN_POLICIES[nan_policy]
+        if self._pick(x3, y3) == "compiled":
+            from ._metric_kernels import run
+
+            run(x3, y3, w3, wv, ignore, mode, self.edges, self.state)
+        else:
+            _numpy_state(x3, y3, w3, wv, ignore, mode, self.edges, self.state, self.layout)
         return self
 
-    def batch_state(self, x, y, wvec, wfull, ignore, nan_policy, *, reuse: bool = False):
-        """One batch's state, from zeros (so that per-batch states add up the same in
-        any process: a Dask task's batch state is this one).  With ``reuse``, in a
-        buffer that the next call with ``reuse`` overwrites."""
+    def prepare(self, x, y) -> None:
+        """Choose the job's tier at its first batch and, if compiled, load the kernel:
+        before the loss's pass, so that the loss's tier sees numba started."""
+        if self.tier is None:
+            self._pick(*self._arrays(x, y, None)[:2])
+
+    @staticmethod
+    def _arrays(x, y, wfull):
         from ._dispatch import as_logits, as_targets
 
         x = np.asarray(x)
         y = np.asarray(y)
         if x.ndim == 1:
             x, y = x[:, None], y.reshape(-1, 1)
-        x3, y3, w3 = _canonical(as_logits(x), as_targets(y, as_logits(x).dtype), wfull)
-        wv = (np.ones(self.n_classes) if wvec is None
-              else np.ascontiguousarray(np.broadcast_to(np.asarray(wvec, dtype=np.float64),
-                                                        (self.n_classes,))))
-        mode = NAN_POLICIES[nan_policy]
-        if not reuse:
-            out = np.empty_like(self.state)
-        else:
-            if self._scratch is None:
-                self._scratch = np.empty_like(self.state)
-            out = self._scratch
+        x = as_logits(x)
+        return _canonical(x, as_targets(y, x.dtype), wfull)
+
+    def _pick(self, x3, y3) -> str:
+        """The job's tier, chosen at its first batch; the kernel loaded then."""
         if self.tier is None:
             self.tier = choose_tier(x3.size, metrics_form(x3.dtype), self.job_elements)
-        if self.tier == "compiled":
-            from ._metric_kernels import run
+            if self.tier == "compiled" and x3.size:
+                from ._metric_kernels import load
 
-            run(x3, y3, w3, wv, ignore, mode, self.edges, out)
-        else:
-            _numpy_state(x3, y3, w3, wv, ignore, mode, self.edges, out, self.layout)
-        return out
+                load(x3, y3, self.layout.width, self.edges)
+        return self.tier
 
     def compute(self, metrics=METRICS) -> dict:
         """``{"classes": [per-class dict], "overall": dict}`` of the requested metrics."""
@@ -320,8 +324,10 @@ def _seq_sum(v) -> float:
     return float(np.bincount(np.zeros(v.size, dtype=np.intp), weights=v, minlength=1)[0])
 
 
-def _numpy_state(x3, y3, w3, wv, ignore, mode, edges, out, lay: Layout) -> None:
+def _numpy_state(x3, y3, w3, wv, ignore, mode, edges, state, lay: Layout) -> None:
+    """Add a batch into ``state``, a class at a time: its row from zeros, then added."""
     bins = lay.bins
+    row = np.empty(lay.width)
     for c in range(x3.shape[1]):
         xc = x3[:, c, :].reshape(-1).astype(np.float64)
         yc = y3[:, c, :].reshape(-1).astype(np.float64)
@@ -331,7 +337,6 @@ def _numpy_state(x3, y3, w3, wv, ignore, mode, edges, out, lay: Layout) -> None:
             ignored = yc == ignore
             keep &= ~ignored
             nan &= ~ignored
-        row = out[c]
         row[lay.nans] = 0.0 if mode == NAN_OMIT else float(np.count_nonzero(nan))
         if not keep.all():
             xc, yc = xc[keep], yc[keep]
@@ -351,6 +356,7 @@ def _numpy_state(x3, y3, w3, wv, ignore, mode, edges, out, lay: Layout) -> None:
         row[lay.brier] = _seq_sum(w * d * d)
         row[lay.count] = float(xc.size)
         row[lay.odd] = float(np.count_nonzero((w != 1.0) | ((yc != 0.0) & (yc != 1.0))))
+        state[c] += row
 
 
 # ------------------------------------------------------------------------- compute
