@@ -16,7 +16,8 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).parent
 # The modules whose code ends up inside the compiled kernels: the cache is
 # stamped with a hash of all of them.
-KERNEL_SOURCES = ("kernels.py", "_fastmath.py", "_jit.py", "_forms.py", "stats.py")
+KERNEL_SOURCES = ("kernels.py", "_fastmath.py", "_jit.py", "_forms.py", "stats.py",
+                  "_metric_kernels.py")
 
 
 def cache_dirs() -> list[str]:

@@ -6,9 +6,11 @@ multiple of ``--batch-rows``) that the worker opens from the inputs' paths (no d
 through the scheduler).  It returns one state per batch, each an empty accumulator
 updated with that batch alone (``0 + stats``, exact); the driver adds them into its
 accumulator in the dataset's order, which is the sums a local run makes, bit for bit,
-whatever the number of workers.  The tier (NumPy or compiled kernels, which differ
-in the last bits) is chosen once, by the driver computing the first batch itself, and
-travels to the workers with the accumulator (:class:`bce_cli._tiers.JobTier`).
+whatever the number of workers.  With ``--metrics`` each batch's metrics state
+(``bce_cli.metrics``) travels beside its loss state and is added the same way.  The
+tier (NumPy or compiled kernels, which differ in the last bits) is chosen once, by the
+driver computing the first batch itself, and travels to the workers with the
+accumulator (:class:`bce_cli._tiers.JobTier`; the metrics' tier with their state).
 
 Dask is an extra (``pip install 'bce-cli[dask]'``), imported only here and only
 when ``--engine dask`` runs.
@@ -276,7 +278,8 @@ def eval_batches(inp, acc, opts, progress=None, writer=None,
     if inp.n_rows <= spec.batch_rows:
         return lo, hi
     with _client(opts.scheduler, deadline.at) as client:
-        ranges = plan(inp.n_rows, spec.batch_rows, 1, _n_workers(client), acc.state.nbytes)
+        state_bytes = acc.state.nbytes + (0 if acc.metrics is None else acc.metrics.state.nbytes)
+        ranges = plan(inp.n_rows, spec.batch_rows, 1, _n_workers(client), state_bytes)
         done = None if progress is None else (
             lambda i: progress(ranges[i][1] - ranges[i][0]))
         if writer is not None:
@@ -285,9 +288,9 @@ def eval_batches(inp, acc, opts, progress=None, writer=None,
                             names=_shown_names(inp), spec=_for_workers(spec), acc=acc,
                             from_probs=opts.from_probs, threads=opts.threads or 1,
                             parts=parts, groups=None if groups is None else groups.empty())
-        for states, n_rows, task_lo, task_hi, group_parts in results:
-            for state, n in zip(states, n_rows, strict=True):
-                acc.add_state(state, n)
+        for states, n_rows, metrics, task_lo, task_hi, group_parts in results:
+            for i, (state, n) in enumerate(zip(states, n_rows, strict=True)):
+                acc.add_state(state, n, None if metrics is None else metrics[i])
             for keys, sums in group_parts:
                 groups.add_part(keys, sums)
             lo, hi = min(lo, task_lo), max(hi, task_hi)
@@ -359,15 +362,15 @@ def _n_workers(client) -> int:
 
 # ------------------------------------------------------------------ run by the workers
 def _eval_task(rows, *, spec, acc, from_probs, threads, parts=None, groups=None):
-    """One state per batch of rows ``[start, stop)``: (states, row counts, lo, hi, group
-    sums per batch); with ``parts`` (:class:`bce_cli.outputs.Parts`), their losses also
-    go to one file; with ``groups`` (an empty :class:`bce_cli.groups.Groups`), each
-    batch's ``(keys, sums)``."""
+    """One state per batch of rows ``[start, stop)``: (states, row counts, metrics'
+    states or None, lo, hi, group sums per batch); with ``parts``
+    (:class:`bce_cli.outputs.Parts`), their losses also go to one file; with ``groups``
+    (an empty :class:`bce_cli.groups.Groups`), each batch's ``(keys, sums)``."""
     from .data import open_inputs
     from .evaluate import add_batch
 
     _tiers.set_threads(threads)
-    states, n_rows, group_parts, lo, hi = [], [], [], math.inf, -math.inf
+    states, n_rows, metrics, group_parts, lo, hi = [], [], [], [], math.inf, -math.inf
     with open_inputs(replace(spec, rows=rows)) as inp:
         out = None if parts is None else parts.write(rows[0], inp)
         try:
@@ -381,12 +384,15 @@ def _eval_task(rows, *, spec, acc, from_probs, threads, parts=None, groups=None)
                     group_parts.append(groups.part(batch, losses))
                 states.append(part.state)
                 n_rows.append(part.n_rows)
+                if part.metrics is not None:
+                    metrics.append(part.metrics.state)
             if out is not None:
                 out.commit()
         finally:
             if out is not None:
                 out.abort()
-    return np.stack(states), n_rows, lo, hi, group_parts
+    return (np.stack(states), n_rows, np.stack(metrics) if metrics else None, lo, hi,
+            group_parts)
 
 
 def _count_task(rows, *, path, targets, batch_rows, class_dim):

@@ -36,6 +36,9 @@ PLANES_LOOPS = ("unit", "scalar", "ws", "ps", "wsps", "smooth")
 # Rows loops: unweighted sums, weighted sums, sums and losses, general options.
 ROWS_UNIT, ROWS_WEIGHTED, ROWS_WRITE, ROWS_GENERAL = range(4)
 ROWS_LOOPS = ("unit", "weighted", "write", "general")
+# The metrics' histogram pass (bce_cli._metric_kernels): one loop.
+METRICS_LOOPS = ("hist",)
+LOOPS = {"planes": PLANES_LOOPS, "rows": ROWS_LOOPS, "metrics": METRICS_LOOPS}
 # Rows kernel: lines of LINE_MIN..LINE_MAX elements (see line_length); tasks of at
 # least CHUNK elements and, for wide C, CHUNK_ROWS rows (partials, 5 floats per class
 # and task, stay small next to the data), unless that leaves fewer than CHUNKS_WANTED
@@ -48,9 +51,10 @@ CHUNKS_WANTED = 64
 
 
 class Form(NamedTuple):
-    """One compiled loop: ``kernel`` is "planes" or "rows"; ``loop`` an index into
-    PLANES_LOOPS / ROWS_LOOPS; ``bits`` 32 or 64 (the logits' float width picks
-    the polynomial); ``direct``: planes only, losses written without sums."""
+    """One compiled loop: ``kernel`` is "planes", "rows" or "metrics"; ``loop`` an
+    index into PLANES_LOOPS / ROWS_LOOPS / METRICS_LOOPS; ``bits`` 32 or 64 (the
+    logits' float width picks the polynomial); ``direct``: planes only, losses
+    written without sums."""
 
     kernel: str
     loop: int
@@ -59,8 +63,7 @@ class Form(NamedTuple):
 
     @property
     def name(self) -> str:
-        loops = PLANES_LOOPS if self.kernel == "planes" else ROWS_LOOPS
-        return (f"{self.kernel}_{loops[self.loop]}_f{self.bits}"
+        return (f"{self.kernel}_{LOOPS[self.kernel][self.loop]}_f{self.bits}"
                 f"{'_direct' if self.direct else ''}")
 
 
@@ -99,6 +102,7 @@ def all_forms() -> list[Form]:
     forms = [Form("planes", loop, bits, direct) for bits in (32, 64)
              for loop in range(len(PLANES_LOOPS)) for direct in (False, True)]
     forms += [Form("rows", loop, bits) for bits in (32, 64) for loop in range(len(ROWS_LOOPS))]
+    forms += [Form("metrics", 0, bits) for bits in (32, 64)]
     return forms
 
 

@@ -65,6 +65,12 @@ def warmup(report=lambda form, seconds: None) -> list[Form]:
     forms = all_forms()
     for form in forms:
         start = time.perf_counter()
+        if form.kernel == "metrics":
+            from ._metric_kernels import warmup_form
+
+            warmup_form(form)
+            report(form, time.perf_counter() - start)
+            continue
         dtype = np.float32 if form.bits == 32 else np.float64
         x = np.zeros(64, dtype=dtype)
         for y in (np.zeros(64, dtype=np.uint8), np.zeros(64, dtype=dtype)):

@@ -113,6 +113,15 @@ class JobTier:
         return self.tier
 
 
+def numba_started() -> bool:
+    """Whether this process has compiled or loaded a kernel (the loss's or the metrics'):
+    numba's start is then paid."""
+    kernels = sys.modules.get("bce_cli.kernels")
+    metric_kernels = sys.modules.get("bce_cli._metric_kernels")
+    return bool((kernels is not None and kernels.any_compiled())
+                or (metric_kernels is not None and metric_kernels.any_compiled()))
+
+
 def choose(n_elements: int, form, job_elements: int | None = None) -> str:
     """"numpy" or "compiled" for a call over ``n_elements`` that is part of a job of
     ``job_elements`` (streaming: the whole input) and would run ``form``."""
@@ -124,7 +133,7 @@ def choose(n_elements: int, form, job_elements: int | None = None) -> str:
         return "compiled"
     if n_elements <= SMALL:
         return "numpy"
-    started = kernels is not None and kernels.any_compiled()
+    started = numba_started()
     fixed = (0.0 if started else NUMBA_START_S) + (LOAD_S if is_cached(form.name) else COMPILE_S)
     work = max(n_elements, job_elements or 0)
     # The machine's cores, not --threads: the tier (and so the last bits of a result)

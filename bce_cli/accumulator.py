@@ -110,6 +110,17 @@ class BCEAccumulator:
         # the NumPy and compiled tiers is made once for the job, at its first batch,
         # and kept, also by spawned accumulators and in other processes.
         self.job: JobTier | None = None
+        # The calibration and ranking metrics' state (bce_cli.metrics), when asked for:
+        # updated, spawned, reset and merged with this one.
+        self.metrics = None
+
+    def with_metrics(self, bins: int) -> BCEAccumulator:
+        """Also keep the state of ``bce eval --metrics`` (``bins`` calibration bins);
+        returns ``self``."""
+        from .metrics import MetricsAccumulator
+
+        self.metrics = MetricsAccumulator(self.n_classes, bins)
+        return self
 
     def _per_class(self, v, name):
         if v is None:
@@ -128,12 +139,16 @@ class BCEAccumulator:
         """A new, empty accumulator with the same settings (for parallel partial states)."""
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
+        if self.metrics is not None:
+            new.metrics = self.metrics.spawn()
         return new.reset()
 
     def reset(self) -> BCEAccumulator:
         """Empty the state (the settings stay); returns ``self``."""
         self.state = np.zeros((N_ACC_STATS, self.n_classes), dtype=np.float64)
         self.n_rows = 0
+        if self.metrics is not None:
+            self.metrics.reset()
         return self
 
     def update(self, logits, targets, weight=None, *, return_losses: bool = False):
@@ -181,6 +196,8 @@ class BCEAccumulator:
                     1.0 if wvec is None else wvec)
             else:
                 wfull = w
+        if self.metrics is not None:  # its tier first: the loss's counts on numba's start
+            self.metrics.prepare(x, y)
         opts = LossOptions(weight=wvec, pos_weight=self.pos_weight, weight_full=wfull,
                            ignore=self.ignore_value, smoothing=self.label_smoothing,
                            nan_policy=self.nan_policy)
@@ -192,6 +209,10 @@ class BCEAccumulator:
             self.state[WPOS:] += stats[WPOS:]
         else:
             self.state[WPOS:] += self._weighted_counts(x, y, stats, wvec, wfull)
+        if self.metrics is not None:  # after the loss's pass: every element is valid
+            self.metrics.update(_host(x), _host(y), wvec,
+                                None if wfull is None else _host(wfull),
+                                ignore=self.ignore_value, nan_policy=self.nan_policy)
         self.n_rows += x.shape[0]
         if not return_losses:
             return self
@@ -235,18 +256,30 @@ class BCEAccumulator:
                 raise BCEInputError(f"cannot merge {other.n_classes} classes into "
                                     f"{self.n_classes}")
             self._check_options(other._settings(), "merge an accumulator")
+            if (self.metrics is None) != (other.metrics is None) or (
+                    self.metrics is not None and self.metrics.bins != other.metrics.bins):
+                raise BCEInputError("cannot merge an accumulator with other metrics "
+                                    "(--metrics, --bins) into this one")
             self.state += other.state
+            if self.metrics is not None:
+                self.metrics.merge(other.metrics)
             self.n_rows += other.n_rows
         return self
 
-    def add_state(self, state, n_rows: int) -> BCEAccumulator:
+    def add_state(self, state, n_rows: int, metrics=None) -> BCEAccumulator:
         """Add one ``state`` array (of ``self.state``'s shape, from an accumulator with
         these settings, such as a :meth:`spawn` of this one) and its row count: a
-        :meth:`merge` of the bare state, as the Dask engine's tasks return it."""
+        :meth:`merge` of the bare state, as the Dask engine's tasks return it;
+        ``metrics``: that accumulator's ``metrics.state`` (with metrics kept)."""
         state = np.asarray(state, dtype=np.float64)
         if state.shape != self.state.shape:
             raise BCEInputError(f"a state of shape {state.shape} does not add to one of "
                                 f"shape {self.state.shape}")
+        if (metrics is None) != (self.metrics is None):
+            raise BCEInputError("a state with metrics adds only to an accumulator with "
+                                "metrics, and one without only to one without")
+        if metrics is not None:
+            self.metrics.add_state(metrics)
         self.state += state
         self.n_rows += int(n_rows)
         return self
@@ -291,13 +324,17 @@ class BCEAccumulator:
         >>> BCEAccumulator(2).load_state_dict(d).compute().loss == acc.compute().loss
         True
         """
-        return {
+        d = {
             "metadata": {"format": STATE_FORMAT, "n_classes": self.n_classes,
                          "n_rows": self.n_rows,
                          "options": {k: v.tolist() if isinstance(v, np.ndarray) else v
                                      for k, v in self._settings().items()}},
             "state": {name: self.state[i].copy() for i, name in enumerate(STAT_NAMES)},
         }
+        if self.metrics is not None:  # with_metrics: the metrics' state, (C, width)
+            d["metadata"]["metrics_bins"] = self.metrics.bins
+            d["metrics"] = self.metrics.state.copy()
+        return d
 
     def load_state_dict(self, state_dict: dict) -> BCEAccumulator:
         """Replace the state with one from :meth:`state_dict`; returns ``self``.
@@ -333,8 +370,26 @@ class BCEAccumulator:
                 raise BCEInputError(f"the accumulator state's {name!r} has shape {row.shape}, "
                                     f"expected ({self.n_classes},)")
             state[i] = row
+        metrics = self._loaded_metrics(state_dict, meta)
         self.state, self.n_rows = state, n_rows
+        if metrics is not None:
+            self.metrics.state = metrics
         return self
+
+    def _loaded_metrics(self, state_dict: dict, meta: dict):
+        """The metrics' state of a :meth:`state_dict`, checked against this one's."""
+        bins = meta.get("metrics_bins")
+        mine = None if self.metrics is None else self.metrics.bins
+        if bins != mine:
+            raise BCEInputError(f"cannot load a state with metrics bins {_brief(bins)} into an "
+                                f"accumulator with {_brief(mine)} (None: no metrics)")
+        if mine is None:
+            return None
+        metrics = np.asarray(state_dict.get("metrics"))
+        if metrics.dtype.kind not in "fiu" or metrics.shape != self.metrics.state.shape:
+            raise BCEInputError(f"the accumulator state's metrics have shape {metrics.shape}, "
+                                f"expected {self.metrics.state.shape}")
+        return metrics.astype(np.float64)
 
     def compute(self, reduction: str = "mean", *, method: str = "ratio", beta: float = 0.999,
                 clip_max: float | None = None, confidence: float = 0.95) -> BCEResult:
@@ -378,6 +433,12 @@ class BCEAccumulator:
             prior_loss=prior_loss(s[WPOS], s[WNEG], self.pos_weight,
                                   self.label_smoothing, 1.0 if reduction == "sum" else count),
         )
+
+
+def _host(a):
+    """An array on the host: a (numba) device array copied back, others as they are (the
+    metrics' histograms are summed on the CPU)."""
+    return a.copy_to_host() if hasattr(a, "copy_to_host") else a
 
 
 def _brief(value) -> str:

@@ -106,7 +106,9 @@ TimeoutOpt = Annotated[float | None, typer.Option(
     "  bce suggest-pos-weight sample_data/digits_labels.parquet --output pos_weight.json\n\n"
     "  bce eval sample_data/digits_preds.parquet sample_data/digits_labels.parquet "
     "--pos-weight pos_weight.json --report report.json\n\n"
-    "  bce eval logits.npy targets.npy --reduction none --output losses.npy\n"))
+    "  bce eval logits.npy targets.npy --reduction none --output losses.npy\n\n"
+    "  bce eval sample_data/digits_preds.parquet sample_data/digits_labels.parquet "
+    "--metrics all --min-auroc 0.9\n"))
 
 def eval_command(
     preds: Annotated[str, typer.Argument(
@@ -154,6 +156,16 @@ def eval_command(
         "--max-group-loss", help="With --by: fail if any group's loss exceeds this.")
     ] = None,
     confidence: ConfidenceOpt = 0.95,
+    metrics: Annotated[str | None, typer.Option(
+        "--metrics", metavar="LIST",
+        help="Also per class and overall: brier, ece, auroc, average_precision, "
+             "best_threshold (comma list), or all.")] = None,
+    bins: Annotated[int, typer.Option(
+        "--bins", help="Equal-width probability bins of ece and its reliability table.")] = 15,
+    min_auroc: Annotated[float | None, typer.Option(
+        "--min-auroc", help="Gate: fail if any class's AUROC is below this.")] = None,
+    max_ece: Annotated[float | None, typer.Option(
+        "--max-ece", help="Gate: fail if any class's ECE exceeds this.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1,
                                                 help="Compute threads (default: all cores).")
                        ] = None,
@@ -184,7 +196,8 @@ def eval_command(
                            threads=threads, engine=engine.value, scheduler=scheduler,
                            timeout=timeout, confidence=confidence, device=device.value,
                            max_loss=max_loss, max_class_loss=max_class_loss, baseline=baseline,
-                           max_increase=max_increase, max_group_loss=max_group_loss)
+                           max_increase=max_increase, max_group_loss=max_group_loss,
+                           metrics=metrics, bins=bins, min_auroc=min_auroc, max_ece=max_ece)
         from ._safe_write import check_outputs
 
         check_stdout()

@@ -45,6 +45,24 @@ class EvalOptions:
     confidence: float = 0.95  # of every interval in the report
     max_group_loss: float | None = None  # with InputSpec.by: gate on every group's loss
     device: str = "cpu"  # or "cuda" / "auto" (bce_cli._device)
+    metrics: str | None = None  # --metrics: a comma list of bce_cli.metrics.METRICS, or all
+    bins: int = 15  # --bins: calibration bins of ece
+    min_auroc: float | None = None
+    max_ece: float | None = None
+
+
+def requested_metrics(opts: EvalOptions) -> tuple[str, ...]:
+    """The metrics to compute: ``--metrics``, and those that a gate needs
+    (``--min-auroc`` asks for auroc, ``--max-ece`` for ece).  Checks ``--bins``."""
+    from .metrics import METRICS, check_bins, parse_metrics
+
+    names = set(parse_metrics(opts.metrics))
+    if opts.min_auroc is not None:
+        names.add("auroc")
+    if opts.max_ece is not None:
+        names.add("ece")
+    check_bins(opts.bins)
+    return tuple(m for m in METRICS if m in names)
 
 
 def probs_to_logits(p: np.ndarray) -> np.ndarray:
@@ -98,6 +116,7 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
     if opts.max_group_loss is not None and not spec.by:
         raise BCEInputError("--max-group-loss needs --by COLUMN (the groups to gate on)")
     check_confidence(opts.confidence)
+    metrics = requested_metrics(opts)
     if opts.ignore_value is not None and math.isnan(opts.ignore_value):
         raise BCEInputError("--ignore-value nan matches nothing; use --nan-policy omit to leave "
                             "NaN targets out")
@@ -113,8 +132,12 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
                                  ignore_value=opts.ignore_value,
                                  label_smoothing=opts.label_smoothing, nan_policy=spec.nan_policy,
                                  device=device)
+            if metrics:
+                acc.with_metrics(opts.bins)
             if inp.n_rows:
                 acc.job = _tiers.JobTier(inp.n_rows * inp.elements_per_row)
+                if metrics:
+                    acc.metrics.job_elements = inp.n_rows * inp.elements_per_row
             unpaired = inp.sources.get("unpaired")
             if unpaired:
                 warn(f"columns without a partner are left out: {brief(unpaired)}")
@@ -156,6 +179,8 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
                 report["by"] = spec.by
                 report["groups"] = groups.report(inp.class_names, result.reduction,
                                                  opts.confidence)
+            if metrics:
+                add_metrics(report, acc.metrics, metrics)
         no_pos = [c["name"] for c in report["classes"] if c["n_pos"] == 0]
         if no_pos:
             warn(f"{len(no_pos)} class(es) have no positive targets ({brief(no_pos)}): their "
@@ -258,6 +283,15 @@ def build_report(result, inp, opts: EvalOptions, n_rows: int) -> dict:
             "output": opts.output,
         },
     }
+
+
+def add_metrics(report: dict, state, metrics: tuple[str, ...]) -> None:
+    """The requested metrics into the report: per class beside the loss, and the
+    micro-averaged ones (every element of every class) as ``"metrics"``."""
+    computed = state.compute(metrics)
+    for c, m in zip(report["classes"], computed["classes"], strict=True):
+        c.update(m)
+    report["metrics"] = {"names": list(metrics), "bins": state.bins, **computed["overall"]}
 
 
 def suggest(labels: str, *, targets: str | None = None, method: str = "ratio",

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 # The limits of the gates, with the flags that set them.
 LIMITS = (("max_loss", "--max-loss"), ("max_class_loss", "--max-class-loss"),
-          ("max_increase", "--max-increase"), ("max_group_loss", "--max-group-loss"))
+          ("max_increase", "--max-increase"), ("max_group_loss", "--max-group-loss"),
+          ("min_auroc", "--min-auroc"), ("max_ece", "--max-ece"))
 
 
 def check_limits(opts: EvalOptions) -> None:
@@ -56,7 +57,9 @@ def apply_gates(report: dict, opts: EvalOptions, baseline: dict | None,
                                           ("max_class_loss", opts.max_class_loss),
                                           ("baseline", opts.baseline),
                                           ("max_increase", opts.max_increase),
-                                          ("max_group_loss", opts.max_group_loss))
+                                          ("max_group_loss", opts.max_group_loss),
+                                          ("min_auroc", opts.min_auroc),
+                                          ("max_ece", opts.max_ece))
                        if v is not None}
     report["passed"] = not failures
     report["failures"] = failures
@@ -188,6 +191,27 @@ def check_gates(report: dict, opts: EvalOptions, baseline: dict | None) -> list[
             if _exceeds(_rise(loss_number(c["loss"]), b), limit):
                 failures.append(f"class {c['name']}: loss {_fmt(c['loss'])} rose by more than "
                                 f"{limit:g} over the baseline's {_fmt(b)}")
+    failures += _metric_gates(report, opts)
+    return failures
+
+
+def _metric_gates(report: dict, opts: EvalOptions) -> list[str]:
+    """--min-auroc / --max-ece: any class below / above the limit fails; so does a class
+    whose metric is undefined (null: one kind of target only, or a NaN element), as a
+    NaN loss fails --max-class-loss."""
+    failures = []
+    for key, limit, flag, sign in (("auroc", opts.min_auroc, "--min-auroc", -1),
+                                   ("ece", opts.max_ece, "--max-ece", 1)):
+        if limit is None:
+            continue
+        for c in report["classes"]:
+            v = c.get(key)
+            if v is None:
+                failures.append(f"class {c['name']}: {key} undefined (one kind of target "
+                                f"only, or a NaN) fails {flag} {limit:g}")
+            elif sign * (v - limit) > 0:
+                failures.append(f"class {c['name']}: {key} {v:.6g} {'<' if sign < 0 else '>'} "
+                                f"{flag} {limit:g}")
     return failures
 
 

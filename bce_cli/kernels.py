@@ -459,6 +459,10 @@ def _entry_for(form: Form, parallel: bool):
     worker), or with ``parallel`` a ``prange`` over it.  The serial loop is
     compiled as one function: LLVM optimises the vectorised loops it inlines
     once, not again in a wrapper (0.3-0.4 s less per form)."""
+    if form.kernel == "metrics":
+        from ._metric_kernels import entry as metrics_entry
+
+        return metrics_entry(form)
     core = _CORES[form.bits]
     if form.kernel == "planes":
         task, flags = _planes_task_for(_block_losses_for(core, form.loop), form.direct)

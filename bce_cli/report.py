@@ -134,6 +134,54 @@ EVAL_COLUMNS = ("name", "loss", "loss_se", "loss_ci_low", "loss_ci_high", "prior
                 "n_neg", "positive_rate", "accuracy", "suggested_pos_weight", "count")
 
 
+# --metrics: the CSV's extra columns per metric, and the table's / markdown's compact
+# ones (header, key, digits), in the order of bce_cli.metrics.METRICS.
+METRIC_CSV_COLUMNS = {
+    "brier": ("brier",),
+    "ece": ("ece",),
+    "auroc": ("auroc", "auroc_err"),
+    "average_precision": ("average_precision", "average_precision_err"),
+    "best_threshold": ("best_threshold", "best_threshold_probability",
+                       "best_threshold_precision", "best_threshold_recall", "best_threshold_f1"),
+}
+METRIC_CELLS = {
+    "auroc": [("auroc", "auroc", 4)],
+    "average_precision": [("AP", "average_precision", 4)],
+    "ece": [("ECE", "ece", 3)],
+    "brier": [("brier", "brier", 3)],
+    "best_threshold": [("F1 thr.", "best_threshold", 4), ("F1", "best_threshold_f1", 3)],
+}
+TABLE_METRICS = ("auroc", "average_precision", "ece", "brier")  # the table has less room
+
+
+def _metric_names(report: dict) -> list[str]:
+    return list((report.get("metrics") or {}).get("names", ()))
+
+
+def metric_columns(report: dict) -> list[str]:
+    """The CSV's metric columns for the metrics this report holds."""
+    return [col for m in _metric_names(report) for col in METRIC_CSV_COLUMNS[m]]
+
+
+def _metric_cells(report: dict, names) -> list[tuple[str, list[str]]]:
+    """(header, cells per class) of the compact metric columns."""
+    out = []
+    for m in names:
+        for head, key, digits in METRIC_CELLS[m]:
+            out.append((head, _g_column([c.get(key) for c in report["classes"]], digits)))
+    return out
+
+
+def _metrics_line(report: dict) -> str | None:
+    """The micro-averaged metrics (every element of every class) in one line."""
+    overall = report.get("metrics")
+    if not overall:
+        return None
+    parts = [f"{head} {_g(overall.get(key), digits)}" for m in overall["names"]
+             for head, key, digits in METRIC_CELLS[m]]
+    return "metrics over all elements: " + ", ".join(parts)
+
+
 def _with_ends(row: dict) -> dict:
     """A report row with its interval as two cells (the CSV's columns)."""
     ci = row.get("loss_ci") or (None, None)
@@ -141,18 +189,21 @@ def _with_ends(row: dict) -> dict:
 
 
 def eval_csv(report: dict) -> str:
+    """One row per class, then the overall row (the micro-averaged metrics there)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(EVAL_COLUMNS)
+    columns = EVAL_COLUMNS + tuple(metric_columns(report))
+    w.writerow(columns)
     for c in report["classes"]:
         c = _with_ends(c)
-        w.writerow(["" if c[k] is None else c[k] for k in EVAL_COLUMNS])
+        w.writerow(["" if c.get(k) is None else c[k] for k in columns])
     total = _with_ends({
+        **(report.get("metrics") or {}),
         "name": OVERALL_ROW, "loss": report["loss"], "loss_se": report["loss_se"],
         "loss_ci": report["loss_ci"], "count": report["n_elements"],
         "n_pos": sum(c["n_pos"] or 0.0 for c in report["classes"]),
         "n_neg": sum(c["n_neg"] or 0.0 for c in report["classes"])})
-    w.writerow(["" if total.get(k) is None else total[k] for k in EVAL_COLUMNS])
+    w.writerow(["" if total.get(k) is None else total[k] for k in columns])
     if "groups" not in report:
         return buf.getvalue()
     # With --by: a first column "group", ALL_GROUPS on the rows above, then per group
@@ -160,18 +211,18 @@ def eval_csv(report: dict) -> str:
     lines = buf.getvalue().splitlines(keepends=True)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(("group", *EVAL_COLUMNS))
+    w.writerow(("group", *columns))
     buf.writelines(f"{ALL_GROUPS}," + line for line in lines[1:])
     for g in report["groups"]:
         key = "" if g["key"] is None else g["key"]
         for c in g["classes"]:
-            w.writerow([key] + ["" if c.get(k) is None else c[k] for k in EVAL_COLUMNS])
+            w.writerow([key] + ["" if c.get(k) is None else c[k] for k in columns])
         total = _with_ends({
             "name": OVERALL_ROW, "loss": g["loss"], "loss_se": g["loss_se"],
             "loss_ci": g["loss_ci"], "count": g["n_elements"],
             "n_pos": sum(c["n_pos"] or 0.0 for c in g["classes"]),
             "n_neg": sum(c["n_neg"] or 0.0 for c in g["classes"])})
-        w.writerow([key] + ["" if total.get(k) is None else total[k] for k in EVAL_COLUMNS])
+        w.writerow([key] + ["" if total.get(k) is None else total[k] for k in columns])
     return buf.getvalue()
 
 
@@ -214,24 +265,31 @@ def eval_markdown(report: dict) -> str:
     mark = any(worse)
     ci_head = _ci_head(report)
     cis = _ci_column([c["loss_ci"] for c in report["classes"]], 6)
+    extra = _metric_cells(report, _metric_names(report))
     lines = [
         f"### bce eval: loss {_loss(report['loss'])} — {_verdict(report)}",
         "",
         f"| class | {loss_head} | {ci_head} | prior loss | n_pos | n_neg | pos. rate | accuracy "
-        "| suggested pos_weight |" + (" vs prior |" if mark else ""),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if mark else ""),
+        "| suggested pos_weight |" + "".join(f" {h} |" for h, _ in extra)
+        + (" vs prior |" if mark else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(extra)
+        + ("---|" if mark else ""),
     ]
-    for c, ci, is_worse in zip(report["classes"], cis, worse, strict=True):
+    for r, (c, ci, is_worse) in enumerate(zip(report["classes"], cis, worse, strict=True)):
         name = _shown(c["name"]).replace("|", "\\|")  # a | would end the cell
         lines.append(f"| {name} | {_loss(c['loss'])} | {ci} | {_g(c['prior_loss'])} | "
                      f"{_g(c['n_pos'])} | {_g(c['n_neg'])} | {_pct(c['positive_rate'])} | "
                      f"{_pct(c['accuracy'])} | {_g(c['suggested_pos_weight'], 4)} |"
+                     + "".join(f" {cells[r]} |" for _, cells in extra)
                      + ((" **worse** |" if is_worse else " |") if mark else ""))
     lines += ["", f"Overall {report['reduction']} loss **{_loss(report['loss'])}** "
               f"({ci_head} {_ci_column([report['loss_ci']], 6)[0]}) over "
               f"{report['n_elements']} elements ({report['n_rows']} rows, "
               f"{report['n_classes']} classes); intervals take rows as the independent "
               "units."]
+    line = _metrics_line(report)
+    if line:
+        lines += ["", line[0].upper() + line[1:] + "."]
     if mark:
         lines += ["", PRIOR_LEGEND + "; worse: a loss above the prior."]
     if "groups" in report:
@@ -357,11 +415,14 @@ def print_eval_table(report: dict, console) -> None:
               _pct_column([c["positive_rate"] for c in classes]),
               _pct_column([c["accuracy"] for c in classes]),
               _g_column([c["suggested_pos_weight"] for c in classes], 4)]
+    extra = _metric_cells(report, [m for m in _metric_names(report) if m in TABLE_METRICS])
+    cells += [column for _, column in extra]
     rows = list(zip(*cells, strict=True))
     red = {(r, k) for r, w in enumerate(worse) if w for k in (1, 2)}
     columns = [("class", "left"), (loss_head, "right")] + [("", "left")] * mark + [
         (_ci_head(report), "right"), ("prior", "right"), ("n_pos", "right"),
-        ("n_neg", "right"), ("pos %", "right"), ("acc.", "right"), ("pos_weight*", "right")]
+        ("n_neg", "right"), ("pos %", "right"), ("acc.", "right"), ("pos_weight*", "right")] + [
+        (head, "right") for head, _ in extra]
     _print_table(console, "bce eval" + (" — per class" if many else ""), columns, rows, red)
     # Lines of prose: a terminal wraps them; a log keeps each on one line.
     soft = not console.is_terminal
@@ -369,6 +430,9 @@ def print_eval_table(report: dict, console) -> None:
                   f"({_ci_head(report)} {_ci_column([report['loss_ci']], 5)[0]})   "
                   f"rows: {report['n_rows']}   elements: {report['n_elements']}   "
                   f"classes: {report['n_classes']}", soft_wrap=soft)
+    line = _metrics_line(report)
+    if line:
+        console.print(line, highlight=False, soft_wrap=soft)
     src = report.get("inputs") or {}
     used = [src[k]["path"] for k in ("preds", "labels") if src.get(k)]
     if used:

@@ -43,3 +43,23 @@ NAN_POLICIES = {"error": NAN_ERROR, "omit": NAN_OMIT, "propagate": NAN_PROPAGATE
 # statistics, or only the losses (the statistics then hold no sums, only the
 # validation runs).
 OUT_NONE, OUT_WITH_STATS, OUT_ONLY = 0, 1, 2
+
+# The metrics' state (bce_cli.metrics): per class one float64 row of the ranking
+# histogram, RANK_BINS bins of the logit x: bin 0 holds x < -LOGIT_MAX (and -inf),
+# the last bin x >= LOGIT_MAX (and +inf); in between, bins of 1/COARSE from
+# -LOGIT_MAX to -LOGIT_CORE, of 1/FINE up to LOGIT_CORE (where positives and
+# negatives meet, for most models), of 1/COARSE up to LOGIT_MAX, each [low, high)
+# with edges exact in float64: first the sums of w*y (positives), then of w*(1 - y)
+# (negatives); then, for B calibration bins, the sums of 1, w, w*p, w*y per bin;
+# then the sum of w*(p - y)^2, the count, the count of NaN elements (--nan-policy
+# propagate) and the count of elements whose weight is not 1 or whose target is not
+# 0 or 1 (with none, the average precision can be exact).
+LOGIT_MAX = 32.0
+LOGIT_CORE = 8.0
+COARSE = 64.0
+FINE = 1024.0
+COARSE_BINS = int((LOGIT_MAX - LOGIT_CORE) * COARSE)  # on each side
+FINE_BINS = int(2 * LOGIT_CORE * FINE)
+FINE_START = 1 + COARSE_BINS  # the first fine bin
+HIGH_START = FINE_START + FINE_BINS  # the first coarse bin above the core
+RANK_BINS = 2 + 2 * COARSE_BINS + FINE_BINS

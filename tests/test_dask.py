@@ -118,6 +118,11 @@ CASES = {
     "by in labels": lambda d: [d["preds"], d["labels"], "--logits", "logit_*", "--by", "g"],
     "by, ignore, omit": lambda d: [d["messy"], "--logits", "logit_*", "--targets", "a,b",
                                    "--ignore-value", "-1", "--nan-policy", "omit", "--by", "g"],
+    "metrics": lambda d: [d["both"], "--logits", "logit_*", "--targets", "a,b", "--weight", "w",
+                          "--metrics", "all"],
+    "metrics, ignore, omit": lambda d: [d["messy"], "--logits", "logit_*", "--targets", "a,b",
+                                        "--ignore-value", "-1", "--nan-policy", "omit",
+                                        "--metrics", "all", "--bins", "7"],
 }
 
 

@@ -115,6 +115,6 @@ def test_shell_completion_completes_options():
     res = subprocess.run([str(SCRIPT)], capture_output=True, text=True, env=env, timeout=60)
     assert res.returncode == 0, res.stderr
     assert set(res.stdout.split()) == {"--max-loss", "--max-class-loss", "--max-increase",
-                                     "--max-group-loss"}
+                                     "--max-group-loss", "--max-ece"}
     shown = runner.invoke(app, ["--show-completion", "bash"])
     assert shown.exit_code == 0 and "_BCE_COMPLETE" in shown.stdout

@@ -1,0 +1,337 @@
+"""The metrics' compiled kernel: one pass over a batch adding each element into its
+class's ranking histogram, calibration bins and Brier sum (``bce_cli.metrics``
+describes the state; ``bce_cli.stats`` its constants).  Importing this module
+imports numba.
+
+A task is a run of classes; each class's elements are gathered in row order by
+one task into float64 blocks of BLOCK elements (whatever the layout: a row-major
+``(n, C)`` batch as well as a column-major one), and each block goes through
+
+1. four simple loops (``_flags``, ``_probabilities``, ``_calibration_bins``,
+   ``_rank_bins``, branch-free, one per function so that LLVM vectorises each;
+   together in one function they ran 3x slower): each element's weight and
+   flags, ``p = sigmoid(x)`` (``_fastmath.exp_neg``: libm's exp, a call per
+   element, cost more than all the rest), calibration bin, ranking bin;
+2. ``block_scatter`` (scalar): the additions into the histograms (one per element
+   into the ranking histogram when the block's targets are 0/1 and its weights 1).
+   The calibration sums and the Brier sum run in LANES interleaved copies, element
+   i of a block into copy i % LANES, so that a run of elements in one bin (a
+   confident model's) does not wait on each addition in turn; the copies are added
+   in order at the end.
+
+A class's sums are the same on any number of threads and for any layout.  No
+fastmath flags: each operation rounds as NumPy's (the NumPy tier differs in the
+last bits, through exp and the order of the sums).  One form per float width of
+the logits (``metrics_hist_f32`` / ``_f64``), each with a signature per target
+type (bool or the logits' float type); everything after the gather is float64,
+compiled once for all of them.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ._fastmath import exp_neg
+from ._jit import form_kernel
+from .stats import (
+    COARSE,
+    FINE,
+    FINE_START,
+    HIGH_START,
+    LOGIT_CORE,
+    LOGIT_MAX,
+    NAN_OMIT,
+    RANK_BINS,
+)
+
+BLOCK = 512
+LANES = 4
+_FLAGS = frozenset()
+_inline = numba.njit(inline="always", error_model="numpy")
+_plain = numba.njit(error_model="numpy", nogil=True, no_cpython_wrapper=True,
+                    no_cfunc_wrapper=True)
+
+
+@_inline
+def _segment(x, lo, per_unit, start):
+    """The bin of ``x`` in a run of bins of ``1/per_unit`` from ``lo`` numbered from
+    ``start`` (``x - lo`` may round up onto an edge: then the bin below is x's)."""
+    k = np.floor((x - lo) * per_unit)
+    k -= 1.0 if lo + k * (1.0 / per_unit) > x else 0.0
+    return start + k
+
+
+@_inline
+def rank_bin(x):
+    """The ranking bin of a logit (bce_cli.stats: the metrics' state), branch-free;
+    NaN goes to bin 0 (the caller gives it no weight)."""
+    xc = min(max(x, -LOGIT_MAX - 1.0), LOGIT_MAX + 1.0)
+    k = _segment(xc, -LOGIT_CORE, FINE, FINE_START)
+    k = _segment(xc, -LOGIT_MAX, COARSE, 1) if xc < -LOGIT_CORE else k
+    k = _segment(xc, LOGIT_CORE, COARSE, HIGH_START) if xc >= LOGIT_CORE else k
+    k = 0.0 if xc < -LOGIT_MAX else k
+    k = RANK_BINS - 1.0 if xc >= LOGIT_MAX else k
+    return int(k) if x == x else 0
+
+
+@_plain
+def _flags(xs, ys, ws, m, use_wf, wc, ignore, has_ignore, nan_mode, wb, ob):
+    """Weights (0 for a skipped element), ``ob`` 1 when an element counts; returns
+    (NaN count under --nan-policy propagate, count, odd count: weight not 1 or
+    target not 0/1), whole numbers."""
+    nans = 0
+    count = 0
+    odd = 0
+    for i in range(m):
+        xv = xs[i]
+        yv = ys[i]
+        ignored = has_ignore and yv == ignore
+        nan = (xv != xv) | (yv != yv)
+        skip = ignored | nan
+        nans += 1 if nan and not ignored and nan_mode != NAN_OMIT else 0
+        ob[i] = 0 if skip else 1
+        count += 0 if skip else 1
+        w = wc * ws[i] if use_wf else wc
+        wb[i] = 0.0 if skip else w
+        odd += 0 if skip or (w == 1.0 and (yv == 0.0 or yv == 1.0)) else 1
+    return nans, count, odd
+
+
+@_plain
+def _probabilities(xs, ys, m, wb, ob, pb, bt):
+    """p = sigmoid(x) (0 for a skipped element, whose target becomes 0) and the Brier
+    term w*(p - y)^2."""
+    for i in range(m):
+        xv = xs[i]
+        e = exp_neg(abs(xv))
+        p = (1.0 if xv >= 0 else e) / (1.0 + e)
+        keep = ob[i] != 0
+        p = p if keep else 0.0
+        y = ys[i] if keep else 0.0
+        ys[i] = y
+        pb[i] = p
+        d = p - y
+        bt[i] = wb[i] * d * d
+
+
+@_plain
+def _calibration_bins(m, pb, n_cal, jb):
+    """(low, high] bins of p, as scikit-learn's calibration_curve, whose edges are
+    NumPy's ``linspace(0, 1, n_cal + 1)``: ``j * (1 / n_cal)``, the last one 1.0
+    (``bce_cli.metrics.calibration_edges``, checked there).  p * n_cal rounded, then
+    one step down or up where that crossed an edge; branch-free and with the edges
+    computed, not looked up, so that the loop vectorises (a lookup and a branch
+    made it 3 ns an element, most of the kernel)."""
+    step = 1.0 / n_cal
+    for i in range(m):
+        p = pb[i]
+        j = min(int(p * n_cal), n_cal - 1)
+        j -= np.int64(p <= j * step) * np.int64(j > 0)
+        high = 1.0 if j + 1 == n_cal else (j + 1) * step
+        j += np.int64(p > high) * np.int64(j < n_cal - 1)
+        jb[i] = j
+
+
+@_plain
+def _rank_bins(xs, m, ob, kb):
+    for i in range(m):
+        kb[i] = 0 if ob[i] == 0 else rank_bin(xs[i])
+
+
+@_plain
+def block_scatter(m, hard, kb, jb, pb, wb, yb, ob, bt, hist, cal, brier):
+    """Add a block into ``hist`` (interleaved: 2k positives, 2k+1 negatives; with
+    ``hard`` 0/1 targets, one addition per element), ``cal`` (LANES copies of the
+    calibration bins, 4 sums each) and ``brier`` (LANES sums)."""
+    n_cal4 = 4 * ((cal.size // LANES) // 4)
+    if hard:
+        for i in range(m):
+            hist[2 * kb[i] + (1 if yb[i] == 0.0 else 0)] += wb[i]
+    else:
+        for i in range(m):
+            w = wb[i]
+            hist[2 * kb[i]] += w * yb[i]
+            hist[2 * kb[i] + 1] += w * (1.0 - yb[i])
+    for i in range(m):
+        w = wb[i]
+        c = (i % LANES) * n_cal4 + 4 * jb[i]
+        cal[c] += ob[i]
+        cal[c + 1] += w
+        cal[c + 2] += w * pb[i]
+        cal[c + 3] += w * yb[i]
+    s0 = brier[0]
+    s1 = brier[1]
+    s2 = brier[2]
+    s3 = brier[3]
+    i = 0
+    while i + 4 <= m:
+        s0 += bt[i]
+        s1 += bt[i + 1]
+        s2 += bt[i + 2]
+        s3 += bt[i + 3]
+        i += 4
+    while i < m:  # the class's last block: its tail into the lanes in turn
+        s0 += bt[i] if i % LANES == 0 else 0.0
+        s1 += bt[i] if i % LANES == 1 else 0.0
+        s2 += bt[i] if i % LANES == 2 else 0.0
+        s3 += bt[i] if i % LANES == 3 else 0.0
+        i += 1
+    brier[0] = s0
+    brier[1] = s1
+    brier[2] = s2
+    brier[3] = s3
+
+
+@_plain
+def block_add(m, use_wf, wc, ignore, has_ignore, nan_mode, edges, xs, ys, ws, kb, jb, pb, wb, ob,
+              bt, hist, cal, brier, counts):
+    """One block of ``m`` float64 elements into the class's sums; ``counts``: NaN,
+    counted and odd elements so far."""
+    r = _flags(xs, ys, ws, m, use_wf, wc, ignore, has_ignore, nan_mode, wb, ob)
+    counts[0] += r[0]
+    counts[1] += r[1]
+    counts[2] += r[2]
+    _probabilities(xs, ys, m, wb, ob, pb, bt)
+    _calibration_bins(m, pb, edges.size - 1, jb)
+    _rank_bins(xs, m, ob, kb)
+    block_scatter(m, r[2] == 0, kb, jb, pb, wb, ys, ob, bt, hist, cal, brier)
+
+
+def _hist_task(x, y, wf, wvec, ignore, has_ignore, nan_mode, edges, state, c0, c1):
+    """Classes ``c0 <= c < c1`` of ``(A, C, B)`` arrays: each class's elements, in row
+    order, gathered (and made float64) into blocks of BLOCK, whatever the layout (so
+    the sums do not depend on it either), summed into a row of its own, which is
+    then added into the class's row of ``state``: ``state + batch``, as a Dask
+    task's batch state is added to the driver's, and in this task's thread, while
+    the row is in cache (a separate pass over a (C, width) batch state cost more
+    than a tenth of the metrics' time)."""
+    a_count, c_count, b_count = x.shape
+    n_cal = edges.size - 1
+    use_wf = wf.size > 0
+    xf = x.reshape(x.size)
+    yf = y.reshape(y.size)
+    wflat = wf.reshape(wf.size)
+    xs = np.empty(BLOCK, dtype=np.float64)
+    ys = np.empty(BLOCK, dtype=np.float64)
+    ws = np.empty(BLOCK, dtype=np.float64)
+    kb = np.empty(BLOCK, dtype=np.int64)
+    jb = np.empty(BLOCK, dtype=np.int64)
+    ob = np.empty(BLOCK, dtype=np.int64)
+    pb = np.empty(BLOCK, dtype=np.float64)
+    wb = np.empty(BLOCK, dtype=np.float64)
+    bt = np.empty(BLOCK, dtype=np.float64)
+    cal = np.empty(LANES * 4 * n_cal, dtype=np.float64)
+    brier = np.empty(LANES, dtype=np.float64)
+    counts = np.empty(3, dtype=np.int64)
+    o = np.empty(state.shape[1], dtype=np.float64)
+    for c in range(c0, c1):
+        o[:] = 0.0
+        hist = o[:2 * RANK_BINS]
+        cal[:] = 0.0
+        brier[:] = 0.0
+        counts[:] = 0
+        wc = wvec[c]
+        pos = 0
+        for a in range(a_count):
+            base = (a * c_count + c) * b_count
+            b = 0
+            while b < b_count:
+                run = min(b_count - b, BLOCK - pos)
+                for i in range(run):
+                    xs[pos + i] = xf[base + b + i]
+                    ys[pos + i] = yf[base + b + i]
+                if use_wf:
+                    for i in range(run):
+                        ws[pos + i] = wflat[base + b + i]
+                pos += run
+                b += run
+                if pos == BLOCK:
+                    block_add(pos, use_wf, wc, ignore, has_ignore, nan_mode, edges, xs, ys, ws,
+                              kb, jb, pb, wb, ob, bt, hist, cal, brier, counts)
+                    pos = 0
+        if pos:
+            block_add(pos, use_wf, wc, ignore, has_ignore, nan_mode, edges, xs, ys, ws, kb, jb,
+                      pb, wb, ob, bt, hist, cal, brier, counts)
+        base = 2 * RANK_BINS
+        for lane in range(LANES):
+            for i in range(4 * n_cal):
+                o[base + i] += cal[lane * 4 * n_cal + i]
+        tail = base + 4 * n_cal
+        for lane in range(LANES):
+            o[tail] += brier[lane]
+        o[tail + 1] = counts[1]
+        o[tail + 2] = counts[0]
+        o[tail + 3] = counts[2]
+        row = state[c]
+        for i in range(o.size):
+            row[i] += o[i]
+
+
+_ENTRIES: dict = {}
+
+
+def entry(form):
+    """The compiled entry point of a metrics form (built on first use)."""
+    fn = _ENTRIES.get(form)
+    if fn is None:
+        fn = _ENTRIES[form] = form_kernel(form.name, parallel=False, flags=_FLAGS)(_hist_task)
+    return fn
+
+
+def is_compiled(form) -> bool:
+    fn = _ENTRIES.get(form)
+    return fn is not None and bool(fn.overloads)
+
+
+def any_compiled() -> bool:
+    return any(bool(fn.overloads) for fn in _ENTRIES.values())
+
+
+def _read_only(a):
+    if not a.flags.writeable:
+        return a
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+def run(x3, y3, w3, wvec, ignore, nan_mode, edges, out, *, workers=None) -> None:
+    """Add a batch's ``(A, C, B)`` arrays into ``out`` (a state, C x width): runs of
+    classes on the thread pool (``bce_cli._tiers``)."""
+    from . import _tiers
+    from .metrics import metrics_form
+
+    fn = entry(metrics_form(x3.dtype))
+    args = tuple(_read_only(np.asarray(a)) for a in (x3, y3, w3, wvec))
+    args += (0.0 if ignore is None else float(ignore), ignore is not None, int(nan_mode),
+             _read_only(edges), out)
+    n = x3.shape[1]
+    workers = workers or _tiers.threads()
+    if workers <= 1 or n == 1:
+        fn(*args, 0, n)
+        return
+    step = max(1, -(-n // (4 * workers)))
+    list(_tiers.pool().map(lambda c0: fn(*args, c0, min(n, c0 + step)), range(0, n, step)))
+
+
+def load(x3, y3, width, edges) -> None:
+    """Compile or load the form and signature that a batch like ``x3``, ``y3`` runs
+    (a call on one element), so that numba has started before the loss picks its
+    tier."""
+    out = np.zeros((1, width))
+    run(x3[:1, :1, :1], y3[:1, :1, :1], np.zeros((0, 0, 0)), np.ones(1), None, 0, edges, out,
+        workers=1)
+
+
+def warmup_form(form) -> None:
+    """Compile (or load) a form for the argument types ``bce_cli.metrics`` passes:
+    bool targets or targets of the logits' type, with or without per-element weights."""
+    from .metrics import Layout, calibration_edges
+
+    dtype = np.float32 if form.bits == 32 else np.float64
+    x = np.zeros((4, 2, 1), dtype=dtype)
+    for y in (np.zeros(x.shape, dtype=np.uint8), np.zeros(x.shape, dtype=dtype)):
+        for w in (np.zeros((0, 0, 0)), np.ones(x.shape)):
+            out = np.zeros((2, Layout(15).width))
+            run(x, y, w, np.ones(2), None, 0, calibration_edges(15), out, workers=1)
