@@ -36,6 +36,11 @@ class Page(HTMLParser):
         self.starts: dict[str, int] = {}
         self.classes: dict[str, int] = {}
         self.text: list[str] = []
+        self.rows: list[list[str]] = []  # the table's cells, row by row
+        self.bars: list[str] = []  # the text of each bar-row of the chart
+        self.diagonals: list[str] = []  # the d of each reliability diagonal
+        self._cell: list[str] | None = None
+        self._bar: list[str] | None = None
         self.feed(text)
         self.close()
 
@@ -45,14 +50,33 @@ class Page(HTMLParser):
             self.classes[cls] = self.classes.get(cls, 0) + 1
         if tag in ("svg", "table", "g", "figure"):
             self.open.append(tag)
+        attrs = dict(attrs)
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag == "g" and attrs.get("class") == "bar-row":
+            self._bar = []
+        elif tag == "path" and attrs.get("class") == "diagonal":
+            self.diagonals.append(attrs["d"])
 
     def handle_endtag(self, tag):
         if tag in ("svg", "table", "g", "figure"):
             assert self.open and self.open[-1] == tag, (tag, self.open)
             self.open.pop()
+        if tag in ("td", "th"):
+            self.rows[-1].append("".join(self._cell))
+            self._cell = None
+        elif tag == "g" and self._bar is not None:
+            self.bars.append("".join(self._bar))
+            self._bar = None
 
     def handle_data(self, data):
         self.text.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._bar is not None:
+            self._bar.append(data)
 
 
 def parse(path) -> tuple[str, Page]:
@@ -93,6 +117,18 @@ def test_page_holds_the_json_reports_numbers_and_gate_failures(tmp_path):
     assert "reliability" not in page.classes and "histogram" not in page.classes
     assert page.classes["ci"] == len(report["classes"])  # every interval is known here
     assert page.starts["tr"] == len(report["classes"]) + 1
+    # the table: one row per class, its cells the JSON report's numbers
+    head, *rows = page.rows
+    assert head[:6] == ["class", "loss", "95% CI", "prior", "n_pos", "n_neg"]
+    for c, row in zip(report["classes"], rows, strict=True):
+        lo, hi = c["loss_ci"]
+        assert row == [c["name"], f"{c['loss']:.6g}", f"{lo:.6g}–{hi:.6g}",
+                       f"{c['prior_loss']:.6g}", f"{c['n_pos']:.0f}", f"{c['n_neg']:.0f}"]
+    # the chart: worst against the prior first, each with its loss and prior
+    shown = sorted(report["classes"], key=lambda c: c["prior_loss"] - c["loss"])
+    for c, bar in zip(shown, page.bars, strict=True):
+        assert bar.startswith(f"{c['name']}: loss {c['loss']:.6g}, prior "
+                              f"{c['prior_loss']:.6g}"), bar
 
 
 def test_passed_run_says_so(tmp_path):
@@ -108,7 +144,10 @@ def test_metrics_add_reliability_diagrams_and_histograms(tmp_path):
     n = len(report["classes"])
     assert page.classes["reliability"] == n + 1  # each class and all classes together
     assert page.classes["histogram"] == n + 1
-    assert page.classes["diagonal"] == n + 1
+    assert len(page.diagonals) == n + 1
+    for d in page.diagonals:  # from the lower left corner (0, 0) to the upper right (1, 1)
+        x0, y0, x1, y1 = map(float, d.lstrip("M").replace("L", " ").split())
+        assert x1 - x0 == y0 - y1 > 100
     assert page.starts["svg"] == 1 + 2 * (n + 1)
     assert page.classes["positives"] > 0 and page.classes["negatives"] > 0
     for c in report["classes"]:
@@ -176,6 +215,39 @@ def test_a_failed_run_leaves_no_page(tmp_path):
     assert res.exit_code == 2, res.output
     assert not html.exists() and not report.exists()
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_page_that_cannot_be_made_leaves_no_report_either(tmp_path, monkeypatch):
+    from bce_cli import html_report
+    from bce_cli.errors import BCEInputError
+
+    def broken(*args):
+        raise BCEInputError("no page")
+
+    monkeypatch.setattr(html_report, "render", broken)
+    html, report = tmp_path / "r.html", tmp_path / "r.json"
+    res = invoke(*DIGITS, "--html", html, "--report", report)
+    assert res.exit_code == 2, res.output
+    assert not html.exists() and not report.exists()
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_a_page_that_cannot_be_put_in_place_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from bce_cli import _safe_write
+
+    commit = _safe_write.SafeFile.commit
+
+    def failing(self):
+        if self.name.endswith(".html"):
+            raise OSError("disk gone")
+        return commit(self)
+
+    monkeypatch.setattr(_safe_write.SafeFile, "commit", failing)
+    html = tmp_path / "r.html"
+    res = invoke(*DIGITS, "--html", html)
+    assert res.exit_code != 0
+    assert not html.exists()
+    assert not list(tmp_path.glob(".*"))
 
 
 def test_a_failed_run_keeps_the_previous_page(tmp_path):
