@@ -141,6 +141,11 @@ def eval_command(
     class_dim: ClassDimOpt = 1,
     fmt: FormatOpt = EvalFormat.TABLE,
     report: ReportOpt = None,
+    html: Annotated[str | None, typer.Option(
+        "--html", metavar="PATH",
+        help="Also write a self-contained HTML report here (charts of the 20 classes worst "
+             "against their prior; with --metrics, reliability diagrams and logit "
+             "histograms).")] = None,
     max_loss: Annotated[float | None, typer.Option(
         "--max-loss", help="Gate: fail (exit 1) if the overall loss exceeds this.")] = None,
     max_class_loss: Annotated[float | None, typer.Option(
@@ -193,7 +198,8 @@ def eval_command(
         opts = EvalOptions(reduction=reduction.value, pos_weight=pos_weight,
                            label_smoothing=label_smoothing, ignore_value=ignore_value,
                            from_probs=from_probs, output=output, report=report,
-                           threads=threads, engine=engine.value, scheduler=scheduler,
+                           html=html, threads=threads, engine=engine.value,
+                           scheduler=scheduler,
                            timeout=timeout, confidence=confidence, device=device.value,
                            max_loss=max_loss, max_class_loss=max_class_loss, baseline=baseline,
                            max_increase=max_increase, max_group_loss=max_group_loss,
@@ -202,11 +208,11 @@ def eval_command(
 
         check_stdout()
         check_outputs({"--output": None if engine.value == "dask" else output,  # a directory
-                       "--report": report},
+                       "--report": report, "--html": html},
                       {"PREDS": preds, "LABELS": labels, "--weight": weight,
                        "--pos-weight": pos_weight, "--baseline": baseline})
         show = sys.stderr.isatty() if progress is None else progress
-        with _progress(show) as (advance, set_total):  # also writes --output and --report
+        with _progress(show) as (advance, set_total):  # writes --output, --report, --html
             result = evaluate(spec, opts, warn=warn, progress=advance, total=set_total)
         with report_on_stdout():
             emit("eval", fmt.value, result, out_console)

@@ -34,6 +34,7 @@ class EvalOptions:
     from_probs: bool = False
     output: str | None = None
     report: str | None = None  # the JSON report is also written here
+    html: str | None = None  # --html: a self-contained HTML page of the report (html_report)
     threads: int | None = None
     max_loss: float | None = None
     max_class_loss: float | None = None
@@ -94,9 +95,9 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
              | None = None) -> dict:
     """Run one evaluation and return the report (a JSON-ready dict).
 
-    With ``opts.output`` / ``opts.report``, the per-element losses and the JSON
-    report are also written: both whole before either is put in place, so an
-    error leaves neither (see :mod:`bce_cli._safe_write`).
+    With ``opts.output`` / ``opts.report`` / ``opts.html``, the per-element losses,
+    the JSON report and the HTML page are also written: all whole before any is put
+    in place, so an error leaves none (see :mod:`bce_cli._safe_write`).
     """
     from .data import open_inputs, parse_pos_weight
     from .data._readahead import read_ahead
@@ -123,7 +124,8 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
     baseline = baseline_for(opts)
     if opts.output and opts.reduction != "none":
         raise BCEInputError("--output receives per-element losses: use it with --reduction none")
-    writer = report_file = None
+    writer = report_file = html_file = None
+    histograms = None
     try:
         with open_inputs(spec) as inp:
             pos_weight = (None if opts.pos_weight is None
@@ -181,6 +183,10 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
                                                  opts.confidence)
             if metrics:
                 add_metrics(report, acc.metrics, metrics)
+                if opts.html:  # compact, for the page only (the JSON report stays as it is)
+                    from .html_report import charted, logit_histograms
+
+                    histograms = logit_histograms(acc.metrics, charted(report))
         no_pos = [c["name"] for c in report["classes"] if c["n_pos"] == 0]
         if no_pos:
             warn(f"{len(no_pos)} class(es) have no positive targets ({brief(no_pos)}): their "
@@ -192,16 +198,24 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
             report_file = SafeFile(opts.report)
             report_file.write((to_json(report) + "\n").encode())
             report_file.finish()
-        # both files are whole and synced before either is put in place: all or nothing
+        if opts.html:
+            from .html_report import render
+
+            html_file = SafeFile(opts.html)
+            html_file.write(render(report, histograms).encode())
+            html_file.finish()
+        # every file is whole and synced before any is put in place: all or nothing
         if writer is not None:
             writer.commit()
-        if report_file is not None:
-            report_file.commit()
+        for f in (report_file, html_file):
+            if f is not None:
+                f.commit()
     finally:
         if writer is not None:
             writer.abort()
-        if report_file is not None:
-            report_file.abort()
+        for f in (report_file, html_file):
+            if f is not None:
+                f.abort()
     return report
 
 
