@@ -195,34 +195,39 @@ def eval_csv(report: dict) -> str:
     columns = EVAL_COLUMNS + tuple(metric_columns(report))
     w.writerow(columns)
     for c in report["classes"]:
-        c = _with_ends(c)
-        w.writerow(["" if c.get(k) is None else c[k] for k in columns])
-    total = _with_ends({
-        **(report.get("metrics") or {}),
-        "name": OVERALL_ROW, "loss": report["loss"], "loss_se": report["loss_se"],
-        "loss_ci": report["loss_ci"], "count": report["n_elements"],
-        "n_pos": sum(c["n_pos"] or 0.0 for c in report["classes"]),
-        "n_neg": sum(c["n_neg"] or 0.0 for c in report["classes"])})
-    w.writerow(["" if total.get(k) is None else total[k] for k in columns])
+        w.writerow(_cells(_with_ends(c), columns))
+    w.writerow(_cells({**(report.get("metrics") or {}), **_overall(report)}, columns))
     if "groups" not in report:
         return buf.getvalue()
-    # With --by: a first column "group", ALL_GROUPS on the rows above, then per group
-    # (by key) its classes and its (overall) row; a null key is an empty cell.
-    lines = buf.getvalue().splitlines(keepends=True)
+    return _grouped(buf.getvalue(), columns,
+                    [(g["key"], _cells(row, columns)) for g in report["groups"]
+                     for row in (*g["classes"], _overall(g))])
+
+
+def _cells(row: dict, columns) -> list:
+    return ["" if row.get(k) is None else row[k] for k in columns]
+
+
+def _overall(item: dict) -> dict:
+    """The OVERALL_ROW of a report or of one of its groups: its loss, interval, element
+    count and summed class counts."""
+    return _with_ends({
+        "name": OVERALL_ROW, "loss": item["loss"], "loss_se": item["loss_se"],
+        "loss_ci": item["loss_ci"], "count": item["n_elements"],
+        "n_pos": sum(c["n_pos"] or 0.0 for c in item["classes"]),
+        "n_neg": sum(c["n_neg"] or 0.0 for c in item["classes"])})
+
+
+def _grouped(ungrouped: str, columns, group_rows) -> str:
+    """The CSV with ``--by``: a first column "group", ALL_GROUPS on the rows of
+    ``ungrouped`` (the whole input's), then ``group_rows``, (key, cells) pairs in
+    key order; a null key is an empty cell."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(("group", *columns))
-    buf.writelines(f"{ALL_GROUPS}," + line for line in lines[1:])
-    for g in report["groups"]:
-        key = "" if g["key"] is None else g["key"]
-        for c in g["classes"]:
-            w.writerow([key] + ["" if c.get(k) is None else c[k] for k in columns])
-        total = _with_ends({
-            "name": OVERALL_ROW, "loss": g["loss"], "loss_se": g["loss_se"],
-            "loss_ci": g["loss_ci"], "count": g["n_elements"],
-            "n_pos": sum(c["n_pos"] or 0.0 for c in g["classes"]),
-            "n_neg": sum(c["n_neg"] or 0.0 for c in g["classes"])})
-        w.writerow([key] + ["" if total.get(k) is None else total[k] for k in columns])
+    buf.writelines(f"{ALL_GROUPS}," + line for line in ungrouped.splitlines(keepends=True)[1:])
+    for key, cells in group_rows:
+        w.writerow(["" if key is None else key, *cells])
     return buf.getvalue()
 
 
@@ -525,17 +530,10 @@ def compare_csv(report: dict) -> str:
         w.writerow(_compare_cells(c))
     if "groups" not in report:
         return buf.getvalue()
-    # With --by: a first column "group", ALL_GROUPS on the rows above, then a row per
-    # group (by key) named OVERALL_ROW; a null key is an empty cell.
-    lines = buf.getvalue().splitlines(keepends=True)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(("group", *COMPARE_COLUMNS))
-    buf.writelines(f"{ALL_GROUPS}," + line for line in lines[1:])
-    for g in report["groups"]:
-        w.writerow(["" if g["key"] is None else g["key"],
-                    *_compare_cells({**g, "name": OVERALL_ROW, "count": g["n_elements"]})])
-    return buf.getvalue()
+    return _grouped(buf.getvalue(), COMPARE_COLUMNS,
+                    [(g["key"], _compare_cells({**g, "name": OVERALL_ROW,
+                                                "count": g["n_elements"]}))
+                     for g in report["groups"]])
 
 
 def _compare_cells(c: dict) -> list:
