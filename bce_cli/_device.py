@@ -30,9 +30,14 @@ def simulated() -> bool:
 
 def is_device_array(a) -> bool:
     """Whether ``a`` lives in GPU memory (read there in place, never copied to the host)."""
-    return (hasattr(type(a), "__cuda_array_interface__")
-            or hasattr(a, "__cuda_array_interface__")
+    # hasattr on the object, not its type: PyTorch's property raises for a CPU tensor
+    return (hasattr(a, "__cuda_array_interface__")
             or bool(getattr(type(a), "__cuda_ndarray__", False)))
+
+
+def to_host(a):
+    """An array on the host: a (numba) device array copied back, others as they are."""
+    return a.copy_to_host() if hasattr(a, "copy_to_host") else a
 
 
 def _driver_found() -> bool:

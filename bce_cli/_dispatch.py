@@ -202,7 +202,7 @@ def _cuda_stats(x, y, class_axis, opts: LossOptions, write, moments):
     """:func:`class_stats` on the GPU: host arrays are normalised as for the CPU and
     streamed; device arrays are read in place (float32/float64 logits)."""
     from . import _cuda
-    from ._device import is_device_array
+    from ._device import is_device_array, to_host
 
     on_device = is_device_array(x)
     if on_device:
@@ -242,9 +242,7 @@ def _cuda_stats(x, y, class_axis, opts: LossOptions, write, moments):
     stats, side, out = _cuda.run(xk, yk, canon, wvec, pvec, wf, pf, opts.smoothing, opts.ignore,
                                  NAN_POLICIES[opts.nan_policy], kind, write != OUT_NONE)
     if stats[_cuda.BAD, 0] > 0:  # find the first invalid element as the CPU does
-        xh = x.copy_to_host() if on_device else x
-        yh = y.copy_to_host() if on_device else y
-        check_targets(yh, logits=xh, class_axis=class_axis, ignore=opts.ignore,
+        check_targets(to_host(y), logits=to_host(x), class_axis=class_axis, ignore=opts.ignore,
                       nan_policy=opts.nan_policy)
         raise AssertionError("a kernel found an invalid element that check_targets did not")
     stats = np.ascontiguousarray(stats[:N_ACC_STATS])

@@ -34,6 +34,7 @@ import numpy as np
 
 from ._fastmath import exp_neg
 from ._jit import form_kernel
+from ._launch import _read_only
 from .stats import (
     COARSE,
     FINE,
@@ -288,12 +289,6 @@ def any_compiled() -> bool:
     return any(bool(fn.overloads) for fn in _ENTRIES.values())
 
 
-def _read_only(a):
-    if not a.flags.writeable:
-        return a
-    v = a.view()
-    v.flags.writeable = False
-    return v
 
 
 def run(x3, y3, w3, wvec, ignore, nan_mode, edges, out, *, workers=None) -> None:

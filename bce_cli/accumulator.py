@@ -15,7 +15,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ._device import is_device_array, resolve
+from ._device import is_device_array, resolve, to_host
 from ._dispatch import LossOptions, as_weight, class_stats
 from ._tiers import JobTier
 from .choices import NanPolicy, Reduction, check
@@ -210,8 +210,8 @@ class BCEAccumulator:
         else:
             self.state[WPOS:] += self._weighted_counts(x, y, stats, wvec, wfull)
         if self.metrics is not None:  # after the loss's pass: every element is valid
-            self.metrics.update(_host(x), _host(y), wvec,
-                                None if wfull is None else _host(wfull),
+            self.metrics.update(to_host(x), to_host(y), wvec,  # summed on the CPU
+                                None if wfull is None else to_host(wfull),
                                 ignore=self.ignore_value, nan_policy=self.nan_policy)
         self.n_rows += x.shape[0]
         if not return_losses:
@@ -433,12 +433,6 @@ class BCEAccumulator:
             prior_loss=prior_loss(s[WPOS], s[WNEG], self.pos_weight,
                                   self.label_smoothing, 1.0 if reduction == "sum" else count),
         )
-
-
-def _host(a):
-    """An array on the host: a (numba) device array copied back, others as they are (the
-    metrics' histograms are summed on the CPU)."""
-    return a.copy_to_host() if hasattr(a, "copy_to_host") else a
 
 
 def _brief(value) -> str:

@@ -52,14 +52,9 @@ svg text{font-size:11px;font-family:inherit}
 """
 
 
-def _number(v) -> float | None:
-    """A report's loss-like value as a float (``"inf"`` too), None for null."""
-    return loss_number(v)
-
-
 def _gap(c: dict) -> float:
     """loss - prior, -inf where either is missing (such classes are charted last)."""
-    loss, prior = _number(c["loss"]), _number(c["prior_loss"])
+    loss, prior = loss_number(c["loss"]), loss_number(c["prior_loss"])
     if loss is None or prior is None:
         return -math.inf
     gap = loss - prior
@@ -118,9 +113,9 @@ def _bar_chart(report: dict, rows: list[int]) -> str:
     priors = _g_column([c["prior_loss"] for c in shown], 6)
     ends = []
     for c in shown:
-        ends += [_number(c["loss"]), _number(c["prior_loss"])]
+        ends += [loss_number(c["loss"]), loss_number(c["prior_loss"])]
         if c["loss_ci"] is not None:
-            ends.append(_number(c["loss_ci"][1]))
+            ends.append(loss_number(c["loss_ci"][1]))
     finite = [v for v in ends if v is not None and math.isfinite(v) and v > 0]
     top = max(finite) if finite else 1.0
     label_w, bar_w, value_w, row_h, head = 190, 420, 170, 22, 26
@@ -140,7 +135,7 @@ def _bar_chart(report: dict, rows: list[int]) -> str:
     for k, (c, loss_text, prior_text) in enumerate(zip(shown, losses, priors, strict=True)):
         y = head + k * row_h
         worse = worse_than_prior(c)
-        loss, prior = _number(c["loss"]), _number(c["prior_loss"])
+        loss, prior = loss_number(c["loss"]), loss_number(c["prior_loss"])
         colour = "#cf222e" if worse else "#4a7dbf"
         name = escape(_shown(c["name"]))
         parts = [f'<g class="bar-row"><title>{name}: loss {escape(loss_text)}, prior '
@@ -150,7 +145,7 @@ def _bar_chart(report: dict, rows: list[int]) -> str:
                  f'<rect x="{label_w}" y="{y + 4}" width="{_f(x(loss) - label_w)}" height="14" '
                  f'fill="{colour}" fill-opacity="0.75"/>']
         if c["loss_ci"] is not None:
-            lo, hi = (x(_number(v)) for v in c["loss_ci"])
+            lo, hi = (x(loss_number(v)) for v in c["loss_ci"])
             parts.append(f'<path class="ci" d="M{_f(lo)} {y + 11}H{_f(hi)}M{_f(lo)} {y + 7}'
                          f'V{y + 15}M{_f(hi)} {y + 7}V{y + 15}" stroke="#222" fill="none"/>')
         if prior is not None:

@@ -30,40 +30,28 @@ from .stats import COUNT, LOSS, NSQ, RNSQ, RSQ, RSQN, SQ, SQN
 ROW_STATS = (SQ, SQN, NSQ, RSQ, RSQN, RNSQ)
 
 
-def row_moments(a, n=None, *, m: float | None = None) -> np.ndarray:
+def row_moments(a, n) -> np.ndarray:
     """The rows ``SQ, SQN, NSQ, RSQ, RSQN, RNSQ`` (shape ``(6, C)``) from per-row,
-    per-class loss sums ``a`` of shape ``(R, C)`` and counts ``n`` of the same shape,
-    or, when every element counts, the count ``m`` of elements per row and class.
+    per-class loss sums ``a`` of shape ``(R, C)`` and counts ``n`` of the same shape.
 
     The per-class rows are sums over rows of ``a^2``, ``a*n``, ``n^2``; the overall
     ones (``RSQ``: sum over rows of ``A^2``; ``RSQN``: of ``A*N``; ``RNSQ``: of
     ``N^2``) are kept in the first class's column, the others 0.
 
-    >>> row_moments(np.array([[1.0, 2.0], [3.0, 0.0]]), m=1)[:, :].tolist()
+    >>> row_moments(np.array([[1.0, 2.0], [3.0, 0.0]]), np.ones((2, 2))).tolist()
     [[10.0, 4.0], [4.0, 2.0], [2.0, 2.0], [18.0, 0.0], [12.0, 0.0], [8.0, 0.0]]
     """
-    with np.errstate(over="ignore", invalid="ignore"):  # huge losses give inf, as in sums
-        return _row_moments(np.asarray(a, dtype=np.float64), n, m)
-
-
-def _row_moments(a, n, m):
-    r_count, c_count = a.shape
-    out = np.zeros((len(ROW_STATS), c_count))
-    out[0] = np.einsum("rc,rc->c", a, a)
-    row_a = a.sum(axis=1)
-    out[3, 0] = row_a @ row_a
-    if n is None:
-        out[1] = m * a.sum(axis=0)
-        out[2] = r_count * m * m
-        out[4, 0] = c_count * m * row_a.sum()
-        out[5, 0] = r_count * (c_count * m) ** 2
-        return out
+    a = np.asarray(a, dtype=np.float64)
     n = np.asarray(n, dtype=np.float64)
-    row_n = n.sum(axis=1)
-    out[1] = np.einsum("rc,rc->c", a, n)
-    out[2] = np.einsum("rc,rc->c", n, n)
-    out[4, 0] = row_a @ row_n
-    out[5, 0] = row_n @ row_n
+    out = np.zeros((len(ROW_STATS), a.shape[1]))
+    with np.errstate(over="ignore", invalid="ignore"):  # huge losses give inf, as in sums
+        row_a, row_n = a.sum(axis=1), n.sum(axis=1)
+        out[0] = np.einsum("rc,rc->c", a, a)
+        out[1] = np.einsum("rc,rc->c", a, n)
+        out[2] = np.einsum("rc,rc->c", n, n)
+        out[3, 0] = row_a @ row_a
+        out[4, 0] = row_a @ row_n
+        out[5, 0] = row_n @ row_n
     return out
 
 
@@ -77,30 +65,18 @@ def _residual(s_a, s_n, s_aa, s_an, s_nn):
 def standard_errors(state: np.ndarray, n_rows: int, reduction: str):
     """``(per-class se (C,), overall se)`` from an accumulator state; NaN with fewer
     than two rows (nothing to estimate a spread from) or a loss that is not finite."""
-    s_a, s_n = state[LOSS], state[COUNT]
-    r = float(n_rows)
-    if n_rows < 2:
-        nan = np.full(s_a.shape, np.nan)
-        return nan, math.nan
-    t_a, t_n = float(s_a.sum()), float(s_n.sum())
-    factor = r / (r - 1.0)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        if reduction == "sum":
-            cls = np.maximum(state[SQ] - s_a * s_a / r, 0.0) * factor
-        else:
-            cls = _residual(s_a, s_n, state[SQ], state[SQN], state[NSQ]) * factor / (s_n * s_n)
-        cls = np.sqrt(cls)
-        cls[~np.isfinite(s_a)] = np.nan
-    total = overall_standard_errors(t_a, t_n, state[RSQ].sum(), state[RSQN].sum(),
-                                    state[RNSQ].sum(), n_rows, reduction)
+    cls = overall_standard_errors(state[LOSS], state[COUNT], state[SQ], state[SQN],
+                                  state[NSQ], n_rows, reduction)
+    total = overall_standard_errors(state[LOSS].sum(), state[COUNT].sum(), state[RSQ].sum(),
+                                    state[RSQN].sum(), state[RNSQ].sum(), n_rows, reduction)
     return cls, float(total)
 
 
 def overall_standard_errors(t_a, t_n, rsq, rsqn, rnsq, n_rows, reduction: str):
-    """The standard error of an overall loss from its sums (loss sum ``t_a``, count
-    ``t_n``, and over rows ``A^2``, ``A*N``, ``N^2``) and row count, elementwise over
-    arrays of them (the groups of ``bce eval --by``); NaN with fewer than two rows or a
-    loss that is not finite."""
+    """The standard error of a loss from its sums (loss sum ``t_a``, count ``t_n``, and
+    over rows the sums of squared loss sums, of loss sum times count and of squared
+    counts) and row count, elementwise over arrays of them (the classes, the groups of
+    ``bce eval --by``); NaN with fewer than two rows or a loss that is not finite."""
     t_a, t_n, rsq, rsqn, rnsq, r = (np.asarray(v, dtype=np.float64)
                                     for v in (t_a, t_n, rsq, rsqn, rnsq, n_rows))
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
