@@ -30,6 +30,7 @@ from ._safe_write import SafeFile
 from .accumulator import BCEAccumulator
 from .choices import Engine, Reduction, check
 from .errors import BCEInputError, brief
+from .gates import check_limits, fmt_loss
 from .report import finite_values, interval_values, loss_value, loss_values
 from .stats import COUNT, LOSS, N_ACC_STATS
 from .uncertainty import (
@@ -119,10 +120,10 @@ class PairedDelta:
         self.n_rows += d.shape[0]
         return self
 
-    def merge(self, *others: PairedDelta) -> PairedDelta:
-        for other in others:
-            self.state += other.state
-            self.n_rows += other.n_rows
+    def add_state(self, state, n_rows: int) -> PairedDelta:
+        """Add another state (a Dask task's batch, as :attr:`state`) and its rows."""
+        self.state += state
+        self.n_rows += n_rows
         return self
 
     def compute(self, reduction: str = "mean", confidence: float = 0.95) -> DeltaResult:
@@ -275,10 +276,7 @@ def compare(spec_base, spec_new, opts: CompareOptions, *,
                             hint="per-element losses come from bce eval --reduction none")
     _tiers.set_threads(opts.threads)
     check_confidence(opts.confidence)
-    for name, flag in LIMITS:
-        limit = getattr(opts, name)
-        if limit is not None and math.isnan(limit):
-            raise BCEInputError(f"{flag} is NaN: a gate needs a number")
+    check_limits(opts, LIMITS)
     if opts.ignore_value is not None and math.isnan(opts.ignore_value):
         raise BCEInputError("--ignore-value nan matches nothing; use --nan-policy omit to leave "
                             "NaN targets out")
@@ -398,8 +396,7 @@ class _Pairing:
         state_b, state_n, state_d, n_rows, group_part = states
         self.accs[0].add_state(state_b, n_rows)
         self.accs[1].add_state(state_n, n_rows)
-        self.paired.state += state_d
-        self.paired.n_rows += n_rows
+        self.paired.add_state(state_d, n_rows)
         if group_part is not None:
             self.groups.add_part(*group_part)
         self.seen = [(min(a[0], b[0]), max(a[1], b[1])) for a, b in zip(self.seen, seen,
@@ -447,15 +444,11 @@ class _Groups:
 
     def add_part(self, keys: list, sums: list) -> None:
         """Add one batch's sums (base, new, delta) of the groups ``keys`` (a Dask task's)."""
-        ids = np.array([self.keys._id(k) for k in keys], dtype=np.intp)
-        if ids.size:
-            for stats, part in zip((self.base, self.new, self.delta), sums, strict=True):
-                stats._grow(int(ids.max()) + 1)
-                stats.sums[ids] += part
+        ids = self.keys.ids_of(keys)
+        for stats, part in zip((self.base, self.new, self.delta), sums, strict=True):
+            stats.add_rows(ids, part)
 
     def report(self, reduction: str, confidence: float) -> list[dict]:
-        from .groups import sort_key
-
         b, n, d = (s.compute(reduction, confidence) for s in (self.base, self.new, self.delta))
         rows = d["n_rows"]
         p = [p_value(dl, se, int(r) - 1)
@@ -466,7 +459,7 @@ class _Groups:
         return [{"key": keys[g], "n_rows": int(rows[g]), "n_elements": int(d["n_elements"][g]),
                  "loss_base": lb[g], "loss_new": ln[g], "delta": dl[g], "delta_se": se[g],
                  "delta_ci": ci[g], "p_value": pv[g]}
-                for g in sorted(range(len(keys)), key=lambda i: sort_key(keys[i]))]
+                for g in self.keys.order()]
 
 
 def _check_pair(inp_b, inp_n, new_file: str) -> None:
@@ -597,7 +590,7 @@ def check_gates(report: dict, opts: CompareOptions) -> list[str]:
         if bounds is None:
             failures.append(f"{label}: delta is not a number (NaN losses): no gate can pass")
             continue
-        shown = f"{label}: delta {_fmt(item['delta'])} ({pct} interval {_fmt_ci(bounds)})"
+        shown = f"{label}: delta {fmt_loss(item['delta'])} ({pct} interval {_fmt_ci(bounds)})"
         if opts.max_increase is not None and bounds[0] > opts.max_increase:
             failures.append(f"{shown} lies wholly above --max-increase {opts.max_increase:g}")
         if opts.max_increase_upper is not None and bounds[1] > opts.max_increase_upper:
@@ -611,10 +604,6 @@ def apply_gates(report: dict, opts: CompareOptions) -> None:
     report["gates"] = {k: getattr(opts, k) for k, _ in LIMITS if getattr(opts, k) is not None}
     report["passed"] = not failures
     report["failures"] = failures
-
-
-def _fmt(v) -> str:
-    return "NaN" if v is None else f"{float(v):.6g}"
 
 
 def _fmt_ci(bounds) -> str:

@@ -26,9 +26,10 @@ LIMITS = (("max_loss", "--max-loss"), ("max_class_loss", "--max-class-loss"),
           ("min_auroc", "--min-auroc"), ("max_ece", "--max-ece"))
 
 
-def check_limits(opts: EvalOptions) -> None:
-    """A gate's limit must be a number: NaN would pass every loss."""
-    for name, flag in LIMITS:
+def check_limits(opts, limits=LIMITS) -> None:
+    """A gate's limit must be a number: NaN would pass every loss.  ``limits``: the
+    (option, flag) pairs to check (``bce compare`` has its own)."""
+    for name, flag in limits:
         limit = getattr(opts, name)
         if limit is not None and math.isnan(limit):
             raise BCEInputError(f"{flag} is NaN: a gate needs a number (NaN would pass every "
@@ -166,31 +167,31 @@ def check_gates(report: dict, opts: EvalOptions, baseline: dict | None) -> list[
     failures = []
     loss = loss_number(report["loss"])
     if opts.max_loss is not None and _exceeds(loss, opts.max_loss):
-        failures.append(f"overall loss {_fmt(loss)} > --max-loss {opts.max_loss:g}")
+        failures.append(f"overall loss {fmt_loss(loss)} > --max-loss {opts.max_loss:g}")
     if opts.max_class_loss is not None:
         for c in report["classes"]:
             if _exceeds(loss_number(c["loss"]), opts.max_class_loss):
-                failures.append(f"class {c['name']}: loss {_fmt(c['loss'])} > "
+                failures.append(f"class {c['name']}: loss {fmt_loss(c['loss'])} > "
                                 f"--max-class-loss {opts.max_class_loss:g}")
     if opts.max_group_loss is not None:
         for g in report.get("groups", []):
             if _exceeds(loss_number(g["loss"]), opts.max_group_loss):
-                failures.append(f"group {_key(g['key'])}: loss {_fmt(g['loss'])} > "
+                failures.append(f"group {_key(g['key'])}: loss {fmt_loss(g['loss'])} > "
                                 f"--max-group-loss {opts.max_group_loss:g}")
     if baseline is not None:
         limit = opts.max_increase
         base_loss = _compared(baseline["loss"])
         if base_loss is not None and _exceeds(_rise(loss, base_loss), limit):
-            failures.append(f"overall loss {_fmt(loss)} rose by more than {limit:g} over the "
-                            f"baseline's {_fmt(base_loss)}")
+            failures.append(f"overall loss {fmt_loss(loss)} rose by more than {limit:g} over the "
+                            f"baseline's {fmt_loss(base_loss)}")
         base_classes = {c["name"]: c["loss"] for c in baseline["classes"]}
         for c in report["classes"]:
             b = _compared(base_classes.get(c["name"]))
             if b is None:
                 continue
             if _exceeds(_rise(loss_number(c["loss"]), b), limit):
-                failures.append(f"class {c['name']}: loss {_fmt(c['loss'])} rose by more than "
-                                f"{limit:g} over the baseline's {_fmt(b)}")
+                failures.append(f"class {c['name']}: loss {fmt_loss(c['loss'])} rose by more than "
+                                f"{limit:g} over the baseline's {fmt_loss(b)}")
     failures += _metric_gates(report, opts)
     return failures
 
@@ -220,6 +221,7 @@ def _key(key) -> str:
     return printable(json.dumps(key), 80)
 
 
-def _fmt(v) -> str:
+def fmt_loss(v) -> str:
+    """A loss of a report in a gate's message: NaN for null, else 6 digits."""
     v = loss_number(v)
     return "NaN" if v is None else f"{v:.6g}"

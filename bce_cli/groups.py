@@ -51,6 +51,14 @@ class GroupKeys:
             self.keys.append(value)
         return i
 
+    def ids_of(self, keys: list) -> np.ndarray:
+        """The ids of ``keys`` (values as :attr:`keys` holds them: another batch's)."""
+        return np.array([self._id(k) for k in keys], dtype=np.intp)
+
+    def order(self) -> list[int]:
+        """The ids in key order, the null key last (the report's order)."""
+        return sorted(range(len(self.keys)), key=lambda i: sort_key(self.keys[i]))
+
     def ids(self, values) -> np.ndarray:
         """The ids (intp) of one batch's values (an Arrow array or chunked array)."""
         import pyarrow as pa
@@ -146,10 +154,11 @@ class GroupStats:
             extra[:, RNSQ] = np.bincount(ids, weights=big_n * big_n, minlength=n_groups)
         self.sums[:n_groups] += out
 
-    def merge(self, other: GroupStats) -> GroupStats:
-        """Add another state whose ids mean the same keys."""
-        self._grow(len(other.sums))
-        self.sums[:len(other.sums)] += other.sums
+    def add_rows(self, ids: np.ndarray, sums: np.ndarray) -> GroupStats:
+        """Add rows of sums (another state's, a Dask task's batch) to the groups ``ids``."""
+        if ids.size:
+            self._grow(int(ids.max()) + 1)
+            self.sums[ids] += sums
         return self
 
     def compute(self, reduction: str, confidence: float) -> dict:
@@ -204,10 +213,7 @@ class Groups:
         return one.keys.keys, one.stats.sums
 
     def add_part(self, keys: list, sums: np.ndarray) -> None:
-        ids = np.array([self.keys._id(k) for k in keys], dtype=np.intp)
-        if ids.size:
-            self.stats._grow(int(ids.max()) + 1)
-            self.stats.sums[ids] += sums
+        self.stats.add_rows(self.keys.ids_of(keys), sums)
 
     def report(self, class_names, reduction: str, confidence: float) -> list[dict]:
         return group_report(self.stats, self.keys, class_names, reduction, confidence)
@@ -238,7 +244,7 @@ def group_report(stats: GroupStats, keys: GroupKeys, class_names, reduction: str
     count = r["count"].astype(np.int64).tolist()
     names = [str(n) for n in class_names]
     out = []
-    for g in sorted(range(len(keys.keys)), key=lambda i: sort_key(keys.keys[i])):
+    for g in keys.order():
         out.append({
             "key": keys.keys[g], "n_rows": int(r["n_rows"][g]),
             "n_elements": int(r["n_elements"][g]), "loss": loss[g], "loss_se": se[g],
