@@ -182,10 +182,11 @@ def _metrics_line(report: dict) -> str | None:
     return "metrics over all elements: " + ", ".join(parts)
 
 
-def _with_ends(row: dict) -> dict:
-    """A report row with its interval as two cells (the CSV's columns)."""
-    ci = row.get("loss_ci") or (None, None)
-    return {**row, "loss_ci_low": ci[0], "loss_ci_high": ci[1]}
+def _with_ends(row: dict, key: str = "loss_ci") -> dict:
+    """A report row with its interval ``key`` as two cells, ``{key}_low`` and
+    ``{key}_high`` (the CSV's columns)."""
+    ci = row.get(key) or (None, None)
+    return {**row, f"{key}_low": ci[0], f"{key}_high": ci[1]}
 
 
 def eval_csv(report: dict) -> str:
@@ -518,8 +519,6 @@ def _compare_rows(report: dict) -> list[dict]:
     return [*report["classes"], overall]
 
 
-def _ci_ends(c: dict) -> tuple:
-    return (None, None) if c["delta_ci"] is None else tuple(c["delta_ci"])
 
 
 def compare_csv(report: dict) -> str:
@@ -537,10 +536,7 @@ def compare_csv(report: dict) -> str:
 
 
 def _compare_cells(c: dict) -> list:
-    lo, hi = _ci_ends(c)
-    row = [c["name"], c["loss_base"], c["loss_new"], c["delta"], c["delta_se"], lo, hi,
-           c["p_value"], c["count"]]
-    return ["" if v is None else v for v in row]
+    return _cells(_with_ends(c, "delta_ci"), COMPARE_COLUMNS)
 
 
 def _compare_legend(report: dict) -> str:
@@ -591,18 +587,18 @@ def _ci_text(ci) -> str:
 def print_compare_table(report: dict, console) -> None:
     from rich.markup import escape
 
-    rows = _compare_rows(report)
+    rows = [_with_ends(c, "delta_ci") for c in _compare_rows(report)]
     head = "loss (sum)" if report["reduction"] == "sum" else "loss"
     pct = f"{100 * report['confidence']:g}%"
     cells = [[_shown(c["name"]) for c in rows],
              _g_column([c["loss_base"] for c in rows], 5, none="NaN"),
              _g_column([c["loss_new"] for c in rows], 5, none="NaN"),
              _g_column([c["delta"] for c in rows], 4, none="NaN"),
-             _g_column([_ci_ends(c)[0] for c in rows], 4),
-             _g_column([_ci_ends(c)[1] for c in rows], 4),
+             _g_column([c["delta_ci_low"] for c in rows], 4),
+             _g_column([c["delta_ci_high"] for c in rows], 4),
              [_p(c["p_value"]) for c in rows]]
     worse = {r for r, c in enumerate(rows)
-             if _ci_ends(c)[0] is not None and loss_number(_ci_ends(c)[0]) > 0}
+             if c["delta_ci_low"] is not None and loss_number(c["delta_ci_low"]) > 0}
     columns = [("class", "left"), (f"base {head}", "right"), (f"new {head}", "right"),
                ("delta", "right"), (f"{pct} low", "right"), (f"{pct} high", "right"),
                ("p", "right")]
