@@ -385,15 +385,12 @@ def _compute(state, lay: Layout, edges, metrics) -> list[dict]:
         cols["average_precision"], cols["average_precision_err"] = ap, err
     if "best_threshold" in metrics:
         cols.update(_best_threshold(pos, neg, n_pos))
-    for key, v in cols.items():
-        if key != "best_threshold":
-            cols[key] = np.where(bad, np.nan, v)
     rows = [{} for _ in range(state.shape[0])]
     from .report import finite_values, loss_values
 
     for key, v in cols.items():
-        values = loss_values(np.where(bad, np.nan, v)) if key == "best_threshold" \
-            else finite_values(v)
+        v = np.where(bad, np.nan, v)  # a logit threshold may be infinite, as a loss
+        values = loss_values(v) if key == "best_threshold" else finite_values(v)
         for r, value in zip(rows, values, strict=True):
             r[key] = value
     if "ece" in metrics:
