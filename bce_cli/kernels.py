@@ -151,12 +151,9 @@ def _block_losses_for(softplus_core, loop):
 
 
 @scalar(SUM_FLAGS)
-def block_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out, rows,
-               rowtot, rowcnt):
+def block_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out):
     """(loss, count, n_pos, n_neg, n_correct, sum of squared losses, n_bad) of one
-    block; writes ``out``.  With ``rows`` (rows along B: each position a row), also
-    adds each counted element's loss into ``rowtot`` and, under the general options,
-    its count into ``rowcnt`` (the row totals across classes).
+    block; writes ``out``.
 
     n_bad is counted here only under the general options (``block_losses``
     counts it otherwise)."""
@@ -176,8 +173,6 @@ def block_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out
             s_sq += lbuf[i] * lbuf[i]
             s_pos += yv
             s_cor += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
-            if rows:
-                rowtot[i] += lbuf[i]
         if write_out:
             for i in range(n):
                 out[i] = lbuf[i]
@@ -194,15 +189,28 @@ def block_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out
         s_pos += 0.0 if skip else yv
         s_neg += 0.0 if skip else 1.0 - yv
         s_cor += c if (xv > 0.0) == (yv >= 0.5) else 0.0
-        if rows:
-            rowtot[i] += 0.0 if skip else lbuf[i]
-            rowcnt[i] += c
     if write_out:
         for i in range(n):
             skip, _ = element_flags(np.float64(x[i]), np.float64(y[i]), ignore, has_ignore,
                                     nan_mode)
             out[i] = np.nan if skip else lbuf[i]
     return s_loss, s_count, s_pos, s_neg, s_cor, s_sq, n_bad
+
+
+@scalar()
+def add_to_rows(x, y, lbuf, rowtot, rowcnt, general, ignore, has_ignore, nan_mode):
+    """Add one class's block of losses (and, under the general options, its counts)
+    to the per-position row totals: with rows along B, each position is a row."""
+    m = lbuf.size
+    if not general:
+        for i in range(m):
+            rowtot[i] += lbuf[i]
+        return
+    for i in range(m):
+        skip, _ = element_flags(np.float64(x[i]), np.float64(y[i]), ignore, has_ignore,
+                                nan_mode)
+        rowtot[i] += 0.0 if skip else lbuf[i]
+        rowcnt[i] += 0.0 if skip else 1.0
 
 
 @scalar(SUM_FLAGS)
@@ -297,7 +305,7 @@ def _planes_task_for(block_losses, direct):
                                            pvec[c], smooth, buf)
                         s = block_sums(x[lo:hi], y[lo:hi], buf, general, ignore, has_ignore,
                                        nan_mode, out[lo:hi] if write_out else out[0:0],
-                                       write_out, rows_b, rowtot, rowcnt)
+                                       write_out)
                         acc[LOSS, c] += s[0]
                         acc[COUNT, c] += s[1]
                         acc[POS, c] += s[2]
@@ -305,7 +313,10 @@ def _planes_task_for(block_losses, direct):
                         acc[CORRECT, c] += s[4]
                         acc[SQ, c] += s[5]
                         bad_count += s[6] + (0 if general else bad)
-                        if rows_a:
+                        if rows_b:
+                            add_to_rows(x[lo:hi], y[lo:hi], buf, rowtot, rowcnt, general,
+                                        ignore, has_ignore, nan_mode)
+                        elif rows_a:
                             i = 2 * ((a * c_count + c) * n_bblocks + blk)
                             side[i] += s[0]
                             side[i + 1] += s[1]
