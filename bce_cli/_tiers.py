@@ -43,6 +43,11 @@ COMPILE_S = 1.5
 NUMPY_RATE = 130e6
 COMPILED_RATE = 500e6
 
+# True in the ``bce`` command's own process (set by ``bce_cli.cli.main``), where no
+# numba code runs but bce's: numba's start may then skip what only other code needs
+# (``bce_cli._jit``).
+own_process = False
+
 _threads: int | None = None
 _pool = None  # a concurrent.futures.ThreadPoolExecutor
 _pool_size = 0

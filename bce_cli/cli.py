@@ -426,6 +426,9 @@ def warmup_command(debug: DebugOpt = False):
 
 
 def main() -> None:
+    from . import _tiers
+
+    _tiers.own_process = True
     click_error = click_error_class()
     try:
         code = app(prog_name="bce", standalone_mode=False)

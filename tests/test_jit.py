@@ -184,3 +184,25 @@ def test_warmup_fills_the_cache_for_the_forms_it_names(tmp_path, monkeypatch):
     assert all(_cache_dirs.is_cached(f.name) for f in forms)
     for form in forms:
         monkeypatch.delitem(kernels._ENTRIES, (form, False))
+
+
+_START = """
+import sys
+from bce_cli import _tiers
+_tiers.own_process = {own}
+import bce_cli._jit
+import numba.np.arraymath as arraymath
+print(arraymath._HAVE_BLAS, "scipy.linalg" in sys.modules)
+import scipy.linalg  # noqa: F401  (imports as usual afterwards)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("own", [True, False])
+def test_the_command_starts_numba_without_its_blas_probe(own):
+    """In the bce command's own process numba starts without importing scipy.linalg
+    (its BLAS probe, 0.1 s); a library caller's process keeps numba's own start."""
+    pytest.importorskip("scipy")
+    out = subprocess.run([sys.executable, "-c", _START.format(own=own)], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == (["False", "False", "ok"] if own else ["True", "True", "ok"])
