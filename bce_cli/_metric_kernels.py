@@ -265,12 +265,14 @@ def _hist_task(x, y, wf, wvec, ignore, has_ignore, nan_mode, edges, state, c0, c
                 pos += run
                 b += run
                 if pos == BLOCK:
-                    block_add(np.int64(pos), use_wf, wc, ignore, has_ignore, nan_mode, edges, xs, ys, ws,
-                              kb, jb, pb, wb, ob, bt, hist, cal, tally, brier, counts)
+                    # np.int64: a bare ``pos`` was once typed as the literal 0 here, and
+                    # every block function compiled twice
+                    block_add(np.int64(pos), use_wf, wc, ignore, has_ignore, nan_mode, edges,
+                              xs, ys, ws, kb, jb, pb, wb, ob, bt, hist, cal, tally, brier, counts)
                     pos = 0
         if pos:
-            block_add(np.int64(pos), use_wf, wc, ignore, has_ignore, nan_mode, edges, xs, ys, ws, kb, jb,
-                      pb, wb, ob, bt, hist, cal, tally, brier, counts)
+            block_add(np.int64(pos), use_wf, wc, ignore, has_ignore, nan_mode, edges, xs, ys,
+                      ws, kb, jb, pb, wb, ob, bt, hist, cal, tally, brier, counts)
         base = 2 * RANK_BINS
         for lane in range(LANES):
             for i in range(4 * n_cal):
