@@ -214,6 +214,8 @@ def _cuda_stats(x, y, class_axis, opts: LossOptions, write, moments):
                                 f"{np.dtype(x.dtype)}: convert them there first")
         if np.dtype(y.dtype).kind not in "fbiu":
             raise BCEInputError(f"targets must be numeric or bool, got dtype {y.dtype}")
+        if np.dtype(y.dtype) == np.bool_:  # as on the host: bytes (the device has no float(bool))
+            y = y.view(np.uint8)
     else:
         x, y = np.asarray(x), np.asarray(y)
     transposed = (len(x.shape) == 2 and class_axis == 1 and _f_only(x, on_device))

@@ -272,6 +272,29 @@ def test_device_arrays_are_read_in_place(rng, monkeypatch):
     _close(losses.copy_to_host(), want_losses)
 
 
+@pytest.mark.cudasim
+@pytest.mark.parametrize("ydtype", [np.bool_, np.uint8, np.int64, np.float64])
+def test_device_targets_of_any_numeric_type(rng, ydtype, monkeypatch):
+    """Device targets of bool (read as bytes, as on the host: numba-cuda has no
+    float(bool), which the simulator's Python does not show), integer or another float
+    type than the logits give the host's results."""
+    from numba import cuda
+
+    from bce_cli import _cuda
+
+    seen = []
+    run = _cuda.run
+    monkeypatch.setattr(_cuda, "run", lambda x, y, *a, **k: seen.append(y.dtype) or run(x, y, *a,
+                                                                                         **k))
+    x, y = _data(rng, (300, 4))
+    yt = y.astype(ydtype)
+    got = BCEAccumulator(4, device="cuda").update(cuda.to_device(x), cuda.to_device(yt))
+    assert seen == [np.dtype(np.uint8) if ydtype is np.bool_ else np.dtype(ydtype)]
+    with _cpu():
+        want = BCEAccumulator(4).update(x, y)
+    _close(got.state, want.state)
+
+
 def _eval_json(cli, *args):
     res = cli("eval", *args, "--format", "json")
     assert res.exit_code == 0, res.output
@@ -372,6 +395,69 @@ def test_kernels_on_the_simulator():
     tail = res.stdout[-3000:] + res.stderr[-2000:]
     assert res.returncode == 0, tail
     assert " passed" in res.stdout and " skipped" not in res.stdout, tail
+
+
+_PTX = """
+import glob, os, subprocess, sys, tempfile, types as pytypes
+import numba.cuda.dispatcher as dispatcher
+from numba import cuda, types
+# No GPU here: device functions are compiled for the compute capability given below
+# instead of asking the driver for the current device's.
+dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=CC)
+from bce_cli import _cuda
+assert not _cuda.simulated()
+import nvidia.cuda_nvcc
+ptxas = os.path.join(nvidia.cuda_nvcc.__path__[0], "bin", "ptxas")
+f64 = types.float64[::1]
+out = []
+for x, y in SIGNATURES:
+    xt, yt = getattr(types, x)[::1], getattr(types, y)[::1]
+    sig = (xt, yt, f64, f64, f64, f64, types.float64, types.float64, types.boolean,
+           types.int64, xt, types.boolean, types.UniTuple(types.int64, 8),
+           types.float64[:, :, ::1], f64)
+    kernels = [(_cuda._TILES.py_func, sig)]
+    if not out:
+        kernels.append((_cuda._add_partials.py_func, (types.float64[:, :, ::1],
+                                                      types.float64[:, ::1])))
+    for fn, s in kernels:
+        ptx, _ = cuda.compile_ptx(fn, s, cc=CC)
+        with tempfile.TemporaryDirectory() as d:
+            src = os.path.join(d, "k.ptx")
+            with open(src, "w") as fh:
+                fh.write(ptx)
+            r = subprocess.run([ptxas, f"-arch=sm_{CC[0]}{CC[1]}", src, "-o",
+                                os.path.join(d, "k.cubin")], capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+        out.append(f"{x},{y}:{fn.__name__}")
+print(" ".join(out))
+"""
+
+
+def test_kernels_compile_for_a_real_gpu():
+    """The kernels as a GPU runs them (not the simulator's Python): compiled by numba-cuda
+    to PTX for a Hopper GPU (sm_90) and assembled by ptxas, for every type of logits and
+    targets the CUDA path passes (host targets: uint8 from bool, or a float type; device
+    targets of any numeric type; bool ones are read as bytes), so the device code
+    type-checks and lowers for the hardware, libdevice's bit cast included.  Needs the
+    ``cuda`` extra (numba-cuda and the CUDA compiler wheels), not a GPU; CI installs it."""
+    import importlib.util
+
+    if importlib.util.find_spec("numba_cuda") is None:
+        pytest.skip("needs the cuda extra: pip install 'bce-cli[cuda]'")
+    if importlib.util.find_spec("nvidia.cuda_nvcc") is None:
+        pytest.skip("needs the CUDA compiler wheel (nvidia-cuda-nvcc-cu12, in the cuda extra)")
+    signatures = [("float32", y) for y in ("uint8", "float32", "float64", "int64")]
+    signatures += [("float64", y) for y in ("uint8", "float64")]
+    script = f"CC = (9, 0)\nSIGNATURES = {signatures!r}\n" + _PTX
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env["PYTHONPATH"] = str(ROOT)
+    res = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    done = res.stdout.split()
+    assert done == [f"{x},{y}:tiles" for x, y in signatures[:1]] + [
+        f"{signatures[0][0]},{signatures[0][1]}:_add_partials"] + [
+        f"{x},{y}:tiles" for x, y in signatures[1:]]
 
 
 # --- on a real GPU (skip without one) ---------------------------------------------------
