@@ -152,15 +152,16 @@ def block_scatter(m, hard, kb, jb, pb, wb, yb, ob, bt, hist, cal, tally, brier):
     # (Python's wraparound) on each access, which cost 40% of these loops.
     n_cal4 = np.uint64(4 * ((cal.size // LANES) // 4))
     two, four = np.uint64(2), np.uint64(4)
-    if hard:
+    if hard:  # one loop: its three additions to different arrays overlap
         n_cal2 = n_cal4 // two
+        one = np.uint64(1)
         for i in range(m):
-            hist[two * np.uint64(kb[i]) + np.uint64(yb[i] == 0.0)] += wb[i]
-        for i in range(m):
+            pos = np.uint64(yb[i] != 0.0)
+            hist[two * np.uint64(kb[i]) + one - pos] += wb[i]
             lane = np.uint64(i % LANES)
             j = np.uint64(jb[i])
             cal[lane * n_cal4 + four * j + two] += pb[i]
-            tally[lane * n_cal2 + two * j + np.uint64(yb[i] != 0.0)] += ob[i]
+            tally[lane * n_cal2 + two * j + pos] += ob[i]
     else:
         for i in range(m):
             w = wb[i]
