@@ -153,17 +153,20 @@ def _row_parts(stats, u, keep, rows) -> None:
             return
         if kind == MOMENTS_NONE:
             return
+        # Never BLAS (``@``, ``np.dot``, ``np.vdot``) for a sum: OpenBLAS splits a product
+        # by its own thread count, so the last bits would depend on the machine's
+        # cores and on OPENBLAS_NUM_THREADS (Dask's workers set it to 1).
         a_count, c_count, b_count = u.shape  # each (a, b) is a row: add up its classes
         if a_count == 1:
-            row_a = np.ones(c_count) @ u.reshape(c_count, b_count)
+            row_a = u.reshape(c_count, b_count).sum(axis=0)
         else:
-            row_a = u.reshape(a_count, c_count * b_count) @ np.ones(c_count)
+            row_a = np.einsum("ij->i", u.reshape(a_count, c_count * b_count))  # 4x .sum(1)
         row_n = (c_count if keep is None
                  else keep.sum(axis=1, dtype=np.float64).reshape(-1))
-        stats[RSQ, 0] = np.vdot(row_a, row_a)
+        stats[RSQ, 0] = (row_a * row_a).sum()
         stats[RSQN, 0] = (row_a * row_n).sum()
         stats[RNSQ, 0] = (row_n * row_n * row_a.size if keep is None
-                          else np.vdot(row_n, row_n))
+                          else (row_n * row_n).sum())
 
 
 def _fast_block(xb, yb, w3, p3, unit, wf, pf, smooth, ob, want_stats, rows):

@@ -49,9 +49,11 @@ def row_moments(a, n) -> np.ndarray:
         out[0] = np.einsum("rc,rc->c", a, a)
         out[1] = np.einsum("rc,rc->c", a, n)
         out[2] = np.einsum("rc,rc->c", n, n)
-        out[3, 0] = row_a @ row_a
-        out[4, 0] = row_a @ row_n
-        out[5, 0] = row_n @ row_n
+        # products summed by NumPy, not BLAS (``@``): OpenBLAS's sums depend on its
+        # thread count, these do not
+        out[3, 0] = (row_a * row_a).sum()
+        out[4, 0] = (row_a * row_n).sum()
+        out[5, 0] = (row_n * row_n).sum()
     return out
 
 

@@ -118,6 +118,41 @@ def test_streaming_and_threads_give_the_same_figures(engine, rng):
     assert one.loss_se == whole.loss_se  # the task geometry never depends on threads
 
 
+_BLAS_THREADS = """
+import hashlib
+import numpy as np
+from bce_cli import BCEAccumulator, _tiers
+_tiers.set_tier({tier!r})
+rng = np.random.default_rng(3)
+states = []
+for shape in [(300000, 5), (300000, 3, 2), (600000,)]:
+    x = rng.standard_normal(shape).astype(np.float32)
+    y = (rng.random(shape) < 0.3).astype(np.float32)
+    for order in ("C", "F"):
+        acc = BCEAccumulator(shape[1] if len(shape) > 1 else 1)
+        acc.update(np.asarray(x, order=order), np.asarray(y, order=order))
+        states.append(acc.state.tobytes())
+print(hashlib.sha256(b"".join(states)).hexdigest())
+"""
+
+
+@pytest.mark.parametrize("tier", ["numpy", "compiled"])
+def test_the_blas_thread_count_changes_no_bit(tier):
+    """The row moments are summed without BLAS: OpenBLAS splits a product by its thread
+    count (Dask's workers run it on one thread), which changed the last bits of the
+    standard errors between the engines."""
+    import os
+    import subprocess
+    import sys
+
+    code = _BLAS_THREADS.format(tier=tier)
+    got = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, env=dict(os.environ, OPENBLAS_NUM_THREADS=n,
+                                               OMP_NUM_THREADS=n)).stdout
+           for n in ("1", "2")]
+    assert got[0] == got[1]
+
+
 def test_merged_states_add_the_row_moments(rng):
     x = rng.standard_normal((400, 3))
     y = (rng.random((400, 3)) < 0.5).astype(np.float64)
