@@ -23,7 +23,7 @@ import math
 import os
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 
 import numpy as np
@@ -54,7 +54,9 @@ def check_eval(spec, opts) -> None:
     """Refuse, before any work, what this engine does not do yet."""
     _require()
     if spec.on:
-        raise _unsupported("--on (a join)")
+        from ._dask_join import require
+
+        require()
     if opts.output:
         from .outputs import check_dataset_path
 
@@ -262,8 +264,12 @@ def eval_batches(inp, acc, opts, progress=None, writer=None,
     here in order."""
     from .evaluate import add_batch
 
-    deadline = _Deadline(getattr(opts, "timeout", None))
-    _check_formats(inp)
+    job = getattr(inp, "joined", None)  # --on: joined on the cluster (bce_cli._dask_join)
+    if job is None:
+        deadline = _Deadline(getattr(opts, "timeout", None))
+        _check_formats(inp)
+    else:
+        deadline = job.deadline
     batches = inp.batches()
     first = next(batches)  # computed here: the job's tier is chosen by its first batch
     batches.close()
@@ -277,17 +283,24 @@ def eval_batches(inp, acc, opts, progress=None, writer=None,
     spec = inp.spec
     if inp.n_rows <= spec.batch_rows:
         return lo, hi
-    with _client(opts.scheduler, deadline.at) as client:
+    with (nullcontext(job.client) if job else _client(opts.scheduler, deadline.at)) as client:
         state_bytes = acc.state.nbytes + (0 if acc.metrics is None else acc.metrics.state.nbytes)
         ranges = plan(inp.n_rows, spec.batch_rows, 1, _n_workers(client), state_bytes)
         done = None if progress is None else (
             lambda i: progress(ranges[i][1] - ranges[i][0]))
         if writer is not None:
             writer.starts += [start for start, _ in ranges]
-        results = _in_order(client, _eval_task, ranges, deadline=deadline, done=done,
-                            names=_shown_names(inp), spec=_for_workers(spec), acc=acc,
-                            from_probs=opts.from_probs, threads=opts.threads or 1,
-                            parts=parts, groups=None if groups is None else groups.empty())
+        task = dict(spec=_for_workers(spec), acc=acc, from_probs=opts.from_probs,
+                    threads=opts.threads or 1, parts=parts,
+                    groups=None if groups is None else groups.empty())
+        if job is None:
+            results = _in_order(client, _eval_task, ranges, deadline=deadline, done=done,
+                                names=_shown_names(inp), **task)
+        else:  # each task's rows come from the merge, already on the cluster
+            from ._dask_join import eval_task
+
+            results = _in_order(client, eval_task, job.partitions(ranges), deadline=deadline,
+                                done=done, names=_shown_names(inp), layout=job.layout, **task)
         for states, n_rows, metrics, task_lo, task_hi, group_parts in results:
             for i, (state, n) in enumerate(zip(states, n_rows, strict=True)):
                 acc.add_state(state, n, None if metrics is None else metrics[i])
@@ -367,30 +380,37 @@ def _eval_task(rows, *, spec, acc, from_probs, threads, parts=None, groups=None)
     (:class:`bce_cli.outputs.Parts`), their losses also go to one file; with ``groups``
     (an empty :class:`bce_cli.groups.Groups`), each batch's ``(keys, sums)``."""
     from .data import open_inputs
+
+    with open_inputs(replace(spec, rows=rows)) as inp:
+        return _eval_rows(inp, rows, acc=acc, from_probs=from_probs, threads=threads,
+                          parts=parts, groups=groups)
+
+
+def _eval_rows(inp, rows, *, acc, from_probs, threads, parts=None, groups=None):
+    """:func:`_eval_task`'s work on the opened inputs ``inp`` of rows ``rows``."""
     from .evaluate import add_batch
 
     _tiers.set_threads(threads)
     states, n_rows, metrics, group_parts, lo, hi = [], [], [], [], math.inf, -math.inf
-    with open_inputs(replace(spec, rows=rows)) as inp:
-        out = None if parts is None else parts.write(rows[0], inp)
-        try:
-            for batch in inp.batches():
-                part = acc.spawn()  # the job's tier comes with it
-                losses, lo, hi = add_batch(part, batch, inp, from_probs, lo, hi,
-                                           return_losses=out is not None or groups is not None)
-                if out is not None:
-                    out.write(losses)
-                if groups is not None:
-                    group_parts.append(groups.part(batch, losses))
-                states.append(part.state)
-                n_rows.append(part.n_rows)
-                if part.metrics is not None:
-                    metrics.append(part.metrics.state)
+    out = None if parts is None else parts.write(rows[0], inp)
+    try:
+        for batch in inp.batches():
+            part = acc.spawn()  # the job's tier comes with it
+            losses, lo, hi = add_batch(part, batch, inp, from_probs, lo, hi,
+                                       return_losses=out is not None or groups is not None)
             if out is not None:
-                out.commit()
-        finally:
-            if out is not None:
-                out.abort()
+                out.write(losses)
+            if groups is not None:
+                group_parts.append(groups.part(batch, losses))
+            states.append(part.state)
+            n_rows.append(part.n_rows)
+            if part.metrics is not None:
+                metrics.append(part.metrics.state)
+        if out is not None:
+            out.commit()
+    finally:
+        if out is not None:
+            out.abort()
     return (np.stack(states), n_rows, np.stack(metrics) if metrics else None, lo, hi,
             group_parts)
 
@@ -402,3 +422,10 @@ def _count_task(rows, *, path, targets, batch_rows, class_dim):
     with open_targets(path, targets=targets, batch_rows=batch_rows, class_dim=class_dim,
                       rows=rows) as inp:
         return [class_counts(batch, inp) for batch in inp.batches()]
+
+
+def open_joined(spec, opts):
+    """``--on KEY``: the inputs joined on the cluster (:mod:`bce_cli._dask_join`)."""
+    from ._dask_join import open_joined
+
+    return open_joined(spec, opts)

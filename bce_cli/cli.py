@@ -122,7 +122,8 @@ def eval_command(
         help="Logit columns: comma list or globs ([cyan]logit_*[/]).")] = None,
     targets: TargetsOpt = None,
     on: Annotated[str | None, typer.Option(
-        "--on", metavar="COLUMN", help="Join PREDS and LABELS on this key column.")] = None,
+        "--on", metavar="COLUMN", help="Join PREDS and LABELS on this key column (with "
+        "--engine dask: through Dask's merge, the slower path).")] = None,
     weight: WeightOpt = None,
     pos_weight: PosWeightOpt = None,
     reduction: Annotated[Reduction, typer.Option("--reduction", help="mean (sum / elements), "

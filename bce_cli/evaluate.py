@@ -127,7 +127,8 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
     writer = report_file = html_file = None
     histograms = None
     try:
-        with open_inputs(spec) as inp:
+        with (_dask.open_joined(spec, opts) if engine == "dask" and spec.on
+              else open_inputs(spec)) as inp:
             pos_weight = (None if opts.pos_weight is None
                           else parse_pos_weight(opts.pos_weight, inp.class_names))
             acc = BCEAccumulator(inp.n_classes, pos_weight=pos_weight,

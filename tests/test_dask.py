@@ -201,10 +201,150 @@ def test_a_local_cluster_of_two(data):
 
 
 def test_not_yet_supported(data):
-    result = invoke("eval", data["preds"], data["labels"], "--on", "id", "--engine", "dask")
+    result = invoke("compare", data["preds"], data["preds_new"], data["labels"], "--on", "id",
+                    "--engine", "dask")
     assert result.exit_code == 2
     assert "not yet supported with --engine dask" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# --on KEY: the join through Dask's merge.  PREDS's files are named so that a "natural"
+# sort (part5 before part10) is not bce's path order; LABELS holds the same rows shuffled
+# and cut into other files; a string key ("id") and an integer one ("n": int64 in PREDS,
+# int32 in LABELS).
+ON_FILES = [(700, 200), (1100, 1100), (40, 7), (900, 250), (300, 300)]
+
+
+def _write_named(root, name, table, files, names):
+    (root / name).mkdir()
+    start = 0
+    for (rows, group), file in zip(files, names, strict=True):
+        pq.write_table(table.slice(start, rows), root / name / file, row_group_size=group)
+        start += rows
+    return str(root / name)
+
+
+def _joined(root, name, preds, labels):
+    """Two datasets, ``preds`` in PREDS's row order, ``labels`` shuffled."""
+    n = preds.num_rows
+    order = np.random.default_rng(len(name)).permutation(n)
+    p = _write_named(root, name + "_p", preds, ON_FILES, [f"part{5 * k}.parquet"
+                                                         for k in range(len(ON_FILES))])
+    lfiles = [(n // 3, 500), (n // 3, 123), (n - 2 * (n // 3), 1000)]
+    return p, _write_named(root, name + "_l", labels.take(order), lfiles,
+                           [f"l{k}.parquet" for k in range(3)])
+
+
+@pytest.fixture(scope="module")
+def joined(tmp_path_factory):
+    pytest.importorskip("dask.dataframe", reason="--on under --engine dask needs "
+                        "dask.dataframe: pip install 'bce-cli[dask]'")
+    root = tmp_path_factory.mktemp("dask_on")
+    rng = np.random.default_rng(20261130)
+    n = sum(rows for rows, _ in ON_FILES)
+    ids = pa.array([f"row-{i:05d}" for i in rng.permutation(n)])
+    nums = rng.permutation(n) * 3 - 1000
+    preds = pa.table({"id": ids, "n": pa.array(nums, pa.int64()),
+                      "logit_a": rng.normal(size=n).astype(np.float32),
+                      "logit_b": 3 * rng.normal(size=n), "w": rng.random(n) * 2})
+    t_a = (rng.random(n) > 0.7).astype(np.float32)
+    t_b = rng.random(n)
+    group = np.array(["north", "south", "east"])[rng.integers(0, 3, n)]
+    labels = pa.table({"id": ids, "n": pa.array(nums, pa.int32()), "a": t_a, "b": t_b,
+                       "g": group})
+    messy_b = t_b.copy()
+    messy_b[rng.random(n) < 0.05] = np.nan
+    messy_a = t_a.copy()
+    messy_a[rng.random(n) < 0.1] = -1.0
+    messy = labels.set_column(2, "a", pa.array(messy_a)).set_column(3, "b", pa.array(messy_b))
+    out = {"preds": _joined(root, "clean", preds, labels),
+           "messy": _joined(root, "messy", preds, messy)}
+    # the error cases: one defect each, rows at known places
+    dup = labels.set_column(0, "id", pa.array(ids.to_pylist()[:-1] + [ids[10].as_py()]))
+    out["dup"] = _joined(root, "dup", preds, dup)
+    missing = labels.set_column(0, "id", pa.array(ids.to_pylist()[:-2] + ["x1", "x2"]))
+    out["missing"] = _joined(root, "missing", preds, missing)
+    keys = ids.to_pylist()
+    keys[1500] = None
+    out["null key"] = _joined(root, "nullkey", preds.set_column(0, "id", pa.array(keys)),
+                              labels)
+    null_b = pa.array(t_b.tolist()[:2000] + [None] + t_b.tolist()[2001:])
+    out["null value"] = _joined(root, "nullvalue", preds, labels.set_column(3, "b", null_b))
+    bad_b = t_b.copy()
+    bad_b[2500] = 1.5
+    out["bad target"] = _joined(root, "badtarget", preds,
+                                labels.set_column(3, "b", pa.array(bad_b)))
+    out["key types"] = _joined(root, "keytypes", preds,
+                               labels.set_column(1, "n", pa.array(nums.astype(str))))
+    out["pos_weight"] = str(root / "pw.json")
+    (root / "pw.json").write_text(json.dumps({"pos_weight": [2.5, 0.5]}))
+    return out
+
+
+ON_CASES = {
+    "string key": lambda d: [*d["preds"], "--on", "id", "--logits", "logit_*",
+                             "--targets", "a,b"],
+    "integer key of two widths, weight, by": lambda d: [
+        *d["preds"], "--on", "n", "--logits", "logit_*", "--targets", "a,b", "--weight", "w",
+        "--by", "g"],
+    "pos_weight, sum": lambda d: [*d["preds"], "--on", "id", "--logits", "logit_*",
+                                  "--targets", "a,b", "--pos-weight", d["pos_weight"],
+                                  "--reduction", "sum"],
+    "smoothing, ignore, omit, metrics": lambda d: [
+        *d["messy"], "--on", "id", "--logits", "logit_*", "--targets", "a,b",
+        "--label-smoothing", "0.1", "--ignore-value", "-1", "--nan-policy", "omit",
+        "--metrics", "all", "--by", "g"],
+}
+
+
+@pytest.mark.parametrize("batch_rows", [250, 1024])
+@pytest.mark.parametrize("case", list(ON_CASES))
+def test_on_report_is_the_local_report(joined, scheduler, case, batch_rows):
+    args = [*ON_CASES[case](joined), "--format", "json", "--batch-rows", batch_rows]
+    local, dask = both_engines("eval", *args, scheduler=scheduler)
+    assert local.exit_code == 0, local.output
+    assert dask.exit_code == 0, dask.output
+    assert dask.stdout == local.stdout  # every number, to the last bit
+    assert json.loads(dask.stdout)["n_rows"] == sum(rows for rows, _ in ON_FILES)
+
+
+def test_on_a_local_cluster_of_one(joined):
+    args = [*ON_CASES["string key"](joined), "--format", "json", "--batch-rows", 600,
+            "--reduction", "mean", "--metrics", "auroc"]
+    local = invoke("eval", *args)
+    dask = invoke("eval", *args, "--engine", "dask", "--scheduler", "local:1")
+    assert dask.exit_code == 0, dask.output
+    assert dask.stdout == local.stdout
+
+
+def test_on_output_dataset_is_the_local_output(joined, scheduler, tmp_path):
+    args = [*ON_CASES["string key"](joined), "--reduction", "none", "--batch-rows", 400]
+    local = invoke("eval", *args, "--output", tmp_path / "local.parquet")
+    dask = invoke("eval", *args, "--output", tmp_path / "dask", "--engine", "dask",
+                  "--scheduler", scheduler)
+    assert local.exit_code == dask.exit_code == 0, dask.output
+    assert pq.read_table(tmp_path / "dask").equals(pq.read_table(tmp_path / "local.parquet"))
+
+
+ON_ERRORS = {  # the case's data, the options, what the message names
+    "duplicate key": ("dup", ["--on", "id"], "1 duplicate key value(s)"),
+    "unmatched keys": ("missing", ["--on", "id"], "2 key(s) of"),
+    "null key": ("null key", ["--on", "id"], "missing join key (null)"),
+    "null value": ("null value", ["--on", "n"], "missing value (null)"),
+    "bad target": ("bad target", ["--on", "id"], "(joined on id)"),
+    "key types": ("key types", ["--on", "n"], "key types differ"),
+}
+
+
+@pytest.mark.parametrize("case", list(ON_ERRORS))
+def test_on_errors_are_the_local_errors(joined, scheduler, case):
+    which, options, expected = ON_ERRORS[case]
+    args = ["eval", *joined[which], *options, "--logits", "logit_*", "--targets", "a,b",
+            "--batch-rows", 300]
+    local, dask = both_engines(*args, scheduler=scheduler)
+    assert local.exit_code == dask.exit_code == 2, dask.output
+    assert expected in local.stderr
+    assert dask.stderr == local.stderr
 
 
 def _python(code):
@@ -222,11 +362,40 @@ def test_without_dask_the_extra_is_named(data):
     assert "pip install 'bce-cli[dask]'" in done.stderr
 
 
-def test_the_local_engine_never_imports_dask(data):
-    done = _python("import sys\n"
-                   "from bce_cli.cli import main\n"
-                   f"sys.argv = ['bce', 'eval', {data['both']!r}, '--logits', 'logit_*', "
-                   "'--targets', 'a,b']\n"
+def _local_run(*args, block_pandas=False):
+    """(dask imported, distributed imported, exit status, stdout) of a local ``bce eval``
+    in a fresh process; ``block_pandas``: with pandas unimportable."""
+    done = _python("import io, sys\n"
+                   + ("sys.modules['pandas'] = None\n" if block_pandas else "")
+                   + "from bce_cli.cli import main\n"
+                   f"sys.argv = ['bce', 'eval', *{[str(a) for a in args]!r}]\n"
+                   "out, sys.stdout = sys.stdout, io.StringIO()\n"
                    "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
-                   "print('dask' in sys.modules, 'distributed' in sys.modules, code)")
-    assert done.stdout.strip().splitlines()[-1] == "False False 0", done.stderr
+                   "report, sys.stdout = sys.stdout.getvalue(), out\n"
+                   "print(repr(('dask' in sys.modules, 'distributed' in sys.modules, code, "
+                   "report)))")
+    return eval(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else done.stderr
+
+
+def test_the_local_engine_never_imports_dask(data):
+    ran = _local_run(data["both"], "--logits", "logit_*", "--targets", "a,b")
+    assert ran[:3] == (False, False, 0), ran
+
+
+def test_a_local_join_needs_neither_dask_nor_pandas(joined):
+    """pandas is Dask's dataframe's, not bce's: a local --on run imports no Dask and runs
+    as well without pandas.  (With pandas installed, pyarrow itself imports it when it
+    converts arrays, so it may be in sys.modules: not bce's doing.)"""
+    args = [*ON_CASES["string key"](joined), "--format", "json"]
+    ran = _local_run(*args)
+    assert ran[:3] == (False, False, 0), ran
+    assert _local_run(*args, block_pandas=True) == ran
+
+
+def test_help_imports_no_dask_nor_pandas():
+    done = _python("import sys\nfrom bce_cli.cli import main\n"
+                   "sys.argv = ['bce', 'eval', '--help']\n"
+                   "try:\n    main()\nexcept SystemExit:\n    pass\n"
+                   "print(sorted(m for m in ('dask', 'distributed', 'pandas') "
+                   "if m in sys.modules))")
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stderr

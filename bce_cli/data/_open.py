@@ -23,14 +23,17 @@ _sources = lazy("bce_cli.data._sources")
 _ARRAY_FORMATS = ("npy", "npz")
 
 
-def open_inputs(spec: InputSpec, *, stdin=None) -> Inputs:
+def open_inputs(spec: InputSpec, *, stdin=None, joined=None) -> Inputs:
     """Open, validate (columns, types, shapes, row counts) and return :class:`Inputs`.
 
     Everything that can be checked without reading the data is checked here;
     reading errors (corrupt pages, nulls, ragged lists) surface from
     :meth:`Inputs.batches`.  With ``on`` (a join), both inputs' selected columns
     and keys are read into memory here: the join costs about the two inputs'
-    selected columns in RAM (plus the key index) instead of one batch.
+    selected columns in RAM (plus the key index) instead of one batch.  ``joined``
+    replaces that join: ``joined(spec, res_p, src_p, res_l, src_l, exclude, wcol)``
+    returns the two joined sources (``--engine dask``: the rows of one task, joined
+    by Dask's merge; see :func:`bce_cli.data._join.memory_sources`).
     """
     if not isinstance(spec, InputSpec):
         raise TypeError("open_inputs expects an InputSpec")
@@ -41,13 +44,13 @@ def open_inputs(spec: InputSpec, *, stdin=None) -> Inputs:
     wspec = parse_weight(spec.weight)
     closers = []
     try:
-        return _open_inputs(spec, res_p, res_l, wspec, closers)
+        return _open_inputs(spec, res_p, res_l, wspec, closers, joined)
     except BaseException:
         close_all(closers)
         raise
 
 
-def _open_inputs(spec, res_p, res_l, wspec, closers) -> Inputs:
+def _open_inputs(spec, res_p, res_l, wspec, closers, joined=None) -> Inputs:
     wcol = wspec.value if wspec is not None and wspec.kind == "column" else None
     exclude = {c for c in (spec.on, wcol, spec.by) if c}
     src_p = _open_table(res_p, spec)
@@ -67,7 +70,8 @@ def _open_inputs(spec, res_p, res_l, wspec, closers) -> Inputs:
         unpaired = []
     else:
         if spec.on:
-            src_p, src_l = _join.join(spec, res_p, src_p, res_l, src_l, exclude, wcol)
+            src_p, src_l = (joined or _join.join)(spec, res_p, src_p, res_l, src_l, exclude,
+                                                  wcol)
         lcols = tcols = None
         unpaired = []
         if src_p is not None and src_l is not None:

@@ -294,11 +294,13 @@ class MemorySource(TableSource):
     fmt = "memory"
     validated = True
 
-    def __init__(self, res: Resolved, table: pa.Table, file_shown: str | None = None):
+    def __init__(self, res: Resolved, table: pa.Table, file_shown: str | None = None,
+                 first_row: int = 0):
         super().__init__(res)
         self.table = table
         self.schema = check_names(table.schema, file_shown or res.display)
-        self.n_rows = table.num_rows
+        self.first_row = first_row  # the global row of the table's first (a Dask task's rows)
+        self.n_rows = first_row + table.num_rows
         self._shown = file_shown or res.display
 
     @property
@@ -308,6 +310,12 @@ class MemorySource(TableSource):
     def _raw(self, columns, batch_rows):
         for rb in self.table.select(columns).to_batches(max_chunksize=batch_rows):
             yield rb, self._shown
+
+    def _pieces(self, columns, batch_rows, start):
+        row = self.first_row  # one "file": its rows are the global rows
+        for rb, shown in self._raw(columns, batch_rows):
+            yield rb, shown, row, row
+            row += rb.num_rows
 
 
 class CsvSource(TableSource):
