@@ -64,6 +64,8 @@ class GroupKeys:
         import pyarrow as pa
         import pyarrow.compute as pc
 
+        from .data._convert import arrow_of, numpy_of
+
         chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
         out = np.empty(len(values), dtype=np.intp)
         pos = 0
@@ -75,14 +77,11 @@ class GroupKeys:
                 chunk = pc.dictionary_encode(chunk)
             indices, dictionary = chunk.indices, chunk.dictionary
             d = len(dictionary)
-            if indices.null_count:  # nulls: one slot past the dictionary
-                idx = pc.fill_null(indices, d).to_numpy(zero_copy_only=False)
-            else:
-                idx = indices.to_numpy(zero_copy_only=False)
+            idx = numpy_of(indices, nulls=d)  # nulls: one slot past the dictionary
             used = np.flatnonzero(np.bincount(idx, minlength=d + 1))
             lut = np.zeros(d + 1, dtype=np.intp)
             in_dict = used[used < d]
-            for j, value in zip(in_dict.tolist(), dictionary.take(pa.array(in_dict)).to_pylist(),
+            for j, value in zip(in_dict.tolist(), dictionary.take(arrow_of(in_dict)).to_pylist(),
                                 strict=True):
                 lut[j] = self._id(value)
             if used.size and used[-1] == d:

@@ -128,6 +128,8 @@ class ParquetLossWriter(LossWriter):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        from .data._convert import arrow_of
+
         if losses.ndim != 2:
             raise BCEInputError("per-element losses of N-D arrays go to .npy, not Parquet",
                                 file=str(self.path))
@@ -136,11 +138,11 @@ class ParquetLossWriter(LossWriter):
             name, values = self.inp.key
             columns[name] = values.slice(self.rows, losses.shape[0])
         if self.inp.layout == "list":
-            flat = pa.array(np.ascontiguousarray(losses).reshape(-1))
+            flat = arrow_of(np.ascontiguousarray(losses).reshape(-1))
             columns["loss"] = pa.FixedSizeListArray.from_arrays(flat, losses.shape[1])
         else:
             for i, n in enumerate(self.inp.class_names):
-                columns[str(n)] = losses[:, i]
+                columns[str(n)] = arrow_of(losses[:, i])
         table = pa.table(columns)
         self.rows += losses.shape[0]
         if self.writer is None:

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -128,3 +129,36 @@ def test_arrays_round_trip(n, inner, class_dim, batch_rows, variant, seed):
     np.testing.assert_array_equal(L, ex)
     np.testing.assert_array_equal(T, ey)
     assert inp.n_classes == ex.shape[1]
+
+
+@pytest.mark.parametrize("type_", [pa.float32(), pa.float64(), pa.float16(), pa.int8(),
+                                   pa.int64(), pa.uint16(), pa.bool_()])
+def test_arrow_to_numpy_without_pyarrow_conversion_is_pyarrows(type_):
+    """``numpy_of`` (Arrow's buffers read directly, so that pandas is never imported) gives
+    what ``to_numpy(zero_copy_only=False)`` gives: slices at odd offsets, nulls (NaN for
+    floats, the value asked for otherwise), chunked arrays, empty arrays."""
+    from bce_cli.data._convert import arrow_of, numpy_of
+
+    rng = np.random.default_rng(7)
+    values = rng.integers(0, 2 if type_ == pa.bool_() else 100, 1000)
+    valid = rng.random(1000) > 0.1
+    whole = pa.array(values, type=type_)
+    with_nulls = pa.array(values, type=type_, mask=~valid)
+    for arr in (whole, whole.slice(3, 517), whole.slice(1000), with_nulls.slice(5, 300)):
+        if arr.null_count and not pa.types.is_floating(type_):
+            filled = arr.fill_null(pa.scalar(0).cast(type_)).to_numpy(zero_copy_only=False)
+            want = np.where(arr.is_valid().to_numpy(zero_copy_only=False), filled,
+                            1).astype(filled.dtype)
+            got = numpy_of(arr, nulls=1)
+        else:
+            want = arr.to_numpy(zero_copy_only=False)
+            got = numpy_of(arr)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+    chunked = pa.chunked_array([whole.slice(0, 10), whole.slice(10, 7), whole.slice(17, 0)])
+    np.testing.assert_array_equal(numpy_of(chunked), chunked.to_numpy())
+    if pa.types.is_floating(type_):
+        x = rng.standard_normal(50).astype(type_.to_pandas_dtype())
+        x[3] = np.nan
+        back = arrow_of(x[::2])
+        assert back.equals(pa.array(x[::2], type=type_)) and back.null_count == 0

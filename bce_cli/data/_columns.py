@@ -10,7 +10,7 @@ import pyarrow.compute as pc
 from bce_cli.errors import BCEInputError
 
 from . import _names
-from ._convert import column_kind, is_list, np_dtype
+from ._convert import column_kind, is_list, np_dtype, numpy_of
 
 
 class Selection:
@@ -76,8 +76,8 @@ def first_list_length(source, column: str, shown: str) -> int:
         arr = rb.column(0)
         if arr.null_count == len(arr):
             continue
-        valid = np.flatnonzero(arr.is_valid().to_numpy(zero_copy_only=False))
-        k = pc.list_value_length(arr).to_numpy(zero_copy_only=False)[valid[0]]
+        valid = np.flatnonzero(numpy_of(arr.is_valid()))
+        k = numpy_of(pc.list_value_length(arr))[valid[0]]
         if int(k) == 0:
             raise BCEInputError(
                 "the first list is empty: no classes", file=file, column=shown, row=row0 + valid[0]

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from bce_cli.errors import BCEInputError
 
 from . import _names
-from ._convert import column_kind, nested
+from ._convert import column_kind, nested, numpy_of
 from ._sources import MemorySource
 
 
@@ -36,13 +36,13 @@ def join(spec, res_p, src_p, res_l, src_l, exclude, wcol):
             raise types_differ(kp.type, kl.type, res_p, res_l, on) from None
     for key, res in ((kp, res_p), (kl, res_l)):
         if key.null_count:
-            row = int(np.flatnonzero(key.is_null().to_numpy(zero_copy_only=False))[0])
+            row = int(np.flatnonzero(numpy_of(key.is_null()))[0])
             raise null_key(res, on, row)
         try:
             vc = pc.value_counts(key)
         except pa.ArrowNotImplementedError:
             raise unjoinable(key.type, res, on) from None
-        counts = vc.field("counts").to_numpy(zero_copy_only=False)
+        counts = numpy_of(vc.field("counts"))
         dup = np.flatnonzero(counts > 1)
         if dup.size:  # value_counts lists the values in the order they first occur
             raise duplicates(res, on, dup.size, vc.field("values").take(pa.array(dup[:5]))
@@ -52,12 +52,12 @@ def join(spec, res_p, src_p, res_l, src_l, exclude, wcol):
                           else kl)
     except pa.ArrowNotImplementedError:
         raise unjoinable(kp.type, res_p, on) from None
-    missing = np.flatnonzero(idx.is_null().to_numpy(zero_copy_only=False))
+    missing = np.flatnonzero(numpy_of(idx.is_null()))
     if missing.size:
         raise unmatched(res_p, res_l, on, missing.size, kp.take(pa.array(missing[:5])).to_pylist(),
                         int(missing[0]))
     extra = np.flatnonzero(
-        ~pc.is_in(kl, value_set=kp.combine_chunks()).to_numpy(zero_copy_only=False)
+        ~numpy_of(pc.is_in(kl, value_set=kp.combine_chunks()))
     )
     if extra.size:
         raise unmatched(res_l, res_p, on, extra.size, kl.take(pa.array(extra[:5])).to_pylist(),
@@ -67,7 +67,7 @@ def join(spec, res_p, src_p, res_l, src_l, exclude, wcol):
             for name in null_checked(t.schema, spec):
                 col = t.column(name)
                 if col.null_count:
-                    row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+                    row = int(np.flatnonzero(numpy_of(col.is_null()))[0])
                     raise null_value(res, name, row)
     return memory_sources(res_p, tp, res_l, tl.take(idx), on)
 
