@@ -73,10 +73,12 @@ def inline():
 
 
 def inline_copy(dispatcher):
-    """An ``inline="always"`` copy of a ``scalar`` function, for loops compiled with
-    ELEMENT_FLAGS: numba inlines the body there (taking those flags), so the
-    loop vectorises without relying on LLVM's inliner.  Never call the copy
-    from a loop with ``reassoc``."""
+    """An ``inline="always"`` copy of a ``scalar`` function, for callers compiled with
+    the function's own flags: numba inlines the body there (taking those flags), so the
+    loop vectorises without relying on LLVM's inliner, and the code is the caller's
+    own (a call to a separate function may run another compile of it, see
+    ``bce_cli.kernels``).  Never call a copy of an ELEMENT_FLAGS function from a loop
+    with ``reassoc``."""
     return numba.njit(inline="always", error_model="numpy")(dispatcher.py_func)
 
 

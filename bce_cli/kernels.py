@@ -257,6 +257,19 @@ def line_rows(lrow, lcnt, m, c_count, general):
     return s_aa, s_an, s_nn
 
 
+# The planes task's float64 sums, compiled into the task itself.  A ``scalar`` callee
+# is not inlined by LLVM when it is large (these are: vectorised reductions), and a
+# call to it then goes by symbol: numba links a copy of the callee into the form
+# (a weak definition, optimised once more with the form), but in a process that
+# compiled the callee (a cold start) the call resolves to the callee's own
+# compile, while a form loaded from the cache runs the copy.  Under ``reassoc``
+# the two compiles add in different orders, so a sum's last bits depended on the
+# process's history (a Dask worker against the driver).  Inlined at numba level
+# (the task has the same SUM_FLAGS), the sums are the form's own code.
+_block_sums = inline_copy(block_sums)
+_row_moments = inline_copy(row_moments)
+
+
 def _planes_task_for(block_losses, direct):
     """One planes task: rows ``ablk`` of A, block ``blk`` of B, every class.
 
@@ -303,7 +316,7 @@ def _planes_task_for(block_losses, direct):
                         buf = lbuf[:m]
                         bad = block_losses(x[lo:hi], y[lo:hi], wf[lo:hi], pf[lo:hi], wvec[c],
                                            pvec[c], smooth, buf)
-                        s = block_sums(x[lo:hi], y[lo:hi], buf, general, ignore, has_ignore,
+                        s = _block_sums(x[lo:hi], y[lo:hi], buf, general, ignore, has_ignore,
                                        nan_mode, out[lo:hi] if write_out else out[0:0],
                                        write_out)
                         acc[LOSS, c] += s[0]
@@ -321,7 +334,7 @@ def _planes_task_for(block_losses, direct):
                             side[i] += s[0]
                             side[i + 1] += s[1]
                     if rows_b:
-                        r = row_moments(rowtot, rowcnt, m, general, np.float64(c_count))
+                        r = _row_moments(rowtot, rowcnt, m, general, np.float64(c_count))
                         acc[RSQ, 0] += r[0]
                         acc[RSQN, 0] += r[1]
                         acc[RNSQ, 0] += r[2]

@@ -206,3 +206,81 @@ def test_the_command_starts_numba_without_its_blas_probe(own):
     out = subprocess.run([sys.executable, "-c", _START.format(own=own)], capture_output=True,
                          text=True, check=True).stdout.split()
     assert out == (["False", "False", "ok"] if own else ["True", "True", "ok"])
+
+
+SAME_BITS = textwrap.dedent("""
+    import json, os, sys
+    import numpy as np
+    from bce_cli import _cache_dirs, _jit, _launch, _tiers
+    from bce_cli._dispatch import LossOptions, class_stats
+    from bce_cli.stats import OUT_WITH_STATS
+    only = os.path.join(os.environ["NUMBA_CACHE_DIR"], "bce_cli")
+    _jit.cache_dirs = _cache_dirs.cache_dirs = lambda: [only]
+    _tiers.set_tier("compiled")
+    _tiers.set_threads(int(sys.argv[1]))
+    rng = np.random.default_rng(3)
+    got = []
+    for dtype in (np.float32, np.float64):
+        for shape, axis in (((4097,), None), ((250, 3), 1), ((1500, 3), "F")):
+            x = (rng.standard_normal(shape) * 5).astype(dtype)
+            y = (rng.random(shape) < 0.4).astype(dtype)
+            if axis == "F":
+                x, y, axis = np.asfortranarray(x), np.asfortranarray(y), 1
+            for n in (33, 47, 70, 250, shape[0]):
+                for opts in (LossOptions(pos_weight=np.array([2.5])),
+                             LossOptions(weight_full=rng.random(shape)[:n], smoothing=0.1)):
+                    stats, out = class_stats(x[:n], y[:n], axis, opts, write=OUT_WITH_STATS,
+                                             moments=True)
+                    got.append([stats.tobytes().hex(), out.tobytes().hex()])
+    print(json.dumps(got))
+""")
+
+
+def test_same_bits_compiled_or_loaded_on_any_threads(tmp_path):
+    """The statistics and per-element losses of a form compiled in this process, of the
+    same form loaded from the cache by another (a Dask worker), and on 1 or 2 threads
+    are the same bits.  (The planes task's float64 sums used to be a separate function:
+    a cold process ran its own compile of it, a warm one the form's copy, and under
+    ``reassoc`` the two added in different orders.)"""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+
+    def child(threads):
+        out = subprocess.run([sys.executable, "-c", SAME_BITS, str(threads)], env=env,
+                             check=True, capture_output=True, text=True)
+        return out.stdout
+
+    cold = child(2)
+    assert (tmp_path / "bce_cli").is_dir()
+    assert child(2) == cold  # loaded from the cache
+    assert child(1) == cold
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_per_element_bits_do_not_depend_on_entry_or_offset(bits):
+    """Each element's loss is the same bits whichever entry point computes it (prange,
+    serial, on threads), wherever it lands in the vectorised loops (any offset and
+    length), and whichever task holds it."""
+    from bce_cli import _launch
+
+    dtype = np.float32 if bits == 32 else np.float64
+    rng = np.random.default_rng(bits)
+    x = (rng.standard_normal(40_000) * 5).astype(dtype)
+    y = (rng.random(x.size) < 0.3).astype(dtype)
+    w = rng.random(x.size).astype(dtype)
+    form = Form("planes", 2, bits)  # ws: a weight per element
+    view = np.uint32 if bits == 32 else np.uint64
+
+    def losses(lo, hi, parallel=False, pool=None):
+        out = np.zeros(hi - lo, dtype=dtype)
+        geom, n_tasks = planes_geometry(1, 1, hi - lo)
+        empty = np.zeros(0, dtype)
+        _launch.run(form, geom, n_tasks, x[lo:hi], y[lo:hi], np.ones(1), np.full(1, 2.0),
+                    w[lo:hi], empty, 0.0, 0.0, False, 0, out, True, np.zeros(0),
+                    parallel=parallel, pool=pool, workers=_tiers.threads())
+        return out.view(view)
+
+    full = losses(0, x.size)
+    assert np.array_equal(losses(0, x.size, parallel=True), full)
+    assert np.array_equal(losses(0, x.size, pool=_tiers.pool()), full)
+    for lo, hi in [(1, 70), (3, 35), (7, 4104), (33, 33 + 32769), (1029, 40_000), (0, 5)]:
+        assert np.array_equal(losses(lo, hi), full[lo:hi]), (lo, hi)
