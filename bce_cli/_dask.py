@@ -91,8 +91,7 @@ def _client(scheduler: str | None, deadline: float | None = None):
     """A Client of the scheduler at an address (given up on after CONNECT_TIMEOUT
     seconds, or at the job's deadline), or of a LocalCluster of worker processes
     (``local``: one per core; ``local:N``: N), one thread each."""
-    import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     address = scheduler or "local"
     if address != "local" and not address.startswith("local:"):
@@ -116,16 +115,33 @@ def _client(scheduler: str | None, deadline: float | None = None):
             raise BCEInputError(f"--scheduler {address}: local:N needs a number of workers "
                                 "N >= 1")
         n = int(count)
+    with local_cluster(n) as cluster, Client(cluster) as client:
+        yield client
+
+
+def local_cluster(n_workers: int):
+    """A LocalCluster of ``n_workers`` worker processes, one thread each, numba on one
+    thread in each (NUMBA_NUM_THREADS, read when a worker first imports numba).
+
+    The variable goes through the Nanny's ``env``, which is set inside the worker as it
+    starts, not through ``distributed.nanny.pre-spawn-environ``, which the Nanny
+    writes into this process's ``os.environ``: a later compile here would then find
+    numba's thread count changed under its running threads and fail.  The rest of
+    what the Nanny writes there is put back too.  No dashboard; the scheduler's HTTP
+    server (health checks) on any free port, not 8787."""
     import logging
 
-    # Workers are spawned: numba reads NUMBA_NUM_THREADS from their environment.
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.NUMBA_NUM_THREADS": 1}):
-        # no dashboard; its HTTP server (health checks) on any free port, not 8787
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR,
-                               scheduler_kwargs={"dashboard_address": ":0"})
-    with cluster, Client(cluster) as client:
-        yield client
+    from distributed import LocalCluster
+
+    saved = dict(os.environ)
+    try:
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                            dashboard_address=None, silence_logs=logging.ERROR,
+                            scheduler_kwargs={"dashboard_address": ":0"},
+                            env={"NUMBA_NUM_THREADS": "1"})
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def plan(n_rows: int, batch_rows: int, first_batch: int, n_workers: int,

@@ -80,17 +80,12 @@ def peak_of_run(args: list[str]) -> tuple[int, str]:
 
 def memory(args: list[str], scale: int, elements: int) -> list[str]:
     """Peak RSS of a local run and of a dask run on 2 fresh workers, as report lines."""
-    import logging
+    from distributed import Client
 
-    import dask
-    from distributed import Client, LocalCluster
+    from bce_cli._dask import local_cluster
 
     local, report = peak_of_run([*args, "--engine", "local"])
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.NUMBA_NUM_THREADS": 1}):
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR,
-                               scheduler_kwargs={"dashboard_address": ":0"})
-    with cluster, Client(cluster) as client:
+    with local_cluster(2) as cluster, Client(cluster) as client:
         idle = client.run(_peak_kib)
         driver, dask_report = peak_of_run([*args, "--engine", "dask", "--scheduler",
                                            cluster.scheduler_address])

@@ -5,7 +5,6 @@ supported is refused."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -30,14 +29,9 @@ FILES = [(1000, 300), (777, 100), (1500, 1000), (10, 3), (600, 600)]
 @contextmanager
 def local_cluster():
     """The address of a LocalCluster of 2 worker processes, one thread each."""
-    import dask
-    from distributed import LocalCluster
+    from bce_cli._dask import local_cluster as start
 
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.NUMBA_NUM_THREADS": 1}):
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR,
-                               scheduler_kwargs={"dashboard_address": ":0"})
-    with cluster:
+    with start(2) as cluster:
         yield cluster.scheduler_address
 
 
@@ -376,6 +370,26 @@ def _local_run(*args, block_pandas=False):
                    "print(repr(('dask' in sys.modules, 'distributed' in sys.modules, code, "
                    "report, 'pandas' in sys.modules)))")
     return eval(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else done.stderr
+
+
+def test_a_local_cluster_leaves_this_process_environment_alone():
+    """Its workers run numba on one thread each, set in their own environment: the
+    Nanny's pre-spawn-environ would have written NUMBA_NUM_THREADS=1 into this process's
+    too, and a compile here after numba started its threads then fails."""
+    from distributed import Client
+
+    from bce_cli._dask import local_cluster
+
+    before = dict(os.environ)
+    with local_cluster(1) as cluster, Client(cluster) as client:
+        assert dict(os.environ) == before
+
+        def numba_threads():
+            import numba
+
+            return numba.config.NUMBA_NUM_THREADS
+
+        assert list(client.run(numba_threads).values()) == [1]
 
 
 def test_the_local_engine_never_imports_dask(data):

@@ -66,19 +66,17 @@ def _run_both(tmp_path, args, scheduler, batch_rows):
     return local, dask, local_out, dask_out
 
 
+@pytest.mark.parametrize("tier", ["numpy", "compiled"])
 @pytest.mark.parametrize("batch_rows", [250, 4096])
 @pytest.mark.parametrize("layout", list(ARGS))
 def test_the_files_in_order_are_the_local_table(data, scheduler, tmp_path, layout,
-                                                batch_rows, monkeypatch):
-    # The NumPy tier.  The compiled tier's batch sums used to differ in the last bits
-    # between a process that compiled its forms and one that loaded them from the cache
-    # (fixed: tests/test_jit.py::test_same_bits_compiled_or_loaded_on_any_threads), and
-    # this file passes on it alone; but after tests that start numba's threads in this
-    # process, a run here fails with numba's "Cannot set NUMBA_NUM_THREADS to a
-    # different value once the threads have been launched" (not investigated; likely
-    # the nannies' NUMBA_NUM_THREADS=1 in this process): an open defect.  test_dask.py
-    # compares both tiers.
-    monkeypatch.setenv("BCE_TIER", "numpy")
+                                                batch_rows, tier, monkeypatch):
+    # Each tier's per-batch sums are the same bits in every process: the compiled tier's
+    # whether a process compiled its forms (this one, on a fresh clone) or loaded them
+    # (the workers; tests/test_jit.py::test_same_bits_compiled_or_loaded_on_any_threads),
+    # and a local cluster leaves this process's NUMBA_NUM_THREADS alone
+    # (test_dask.py::test_a_local_cluster_leaves_this_process_environment_alone).
+    monkeypatch.setenv("BCE_TIER", tier)
     local, dask, local_out, dask_out = _run_both(tmp_path, ARGS[layout](data), scheduler,
                                                  batch_rows)
     assert local.exit_code == 0, local.output
@@ -116,7 +114,7 @@ def test_a_failed_job_leaves_nothing(data, scheduler, tmp_path):
 
 
 def test_a_local_cluster_of_two_and_an_empty_directory(data, tmp_path, monkeypatch):
-    monkeypatch.setenv("BCE_TIER", "numpy")  # see test_the_files_in_order_are_the_local_table
+    monkeypatch.setenv("BCE_TIER", "numpy")  # one tier (test_the_files_in_order_... has both)
     out = tmp_path / "losses"
     out.mkdir()
     res = invoke("eval", *ARGS["wide"](data), "--reduction", "none", "--output", out,
@@ -237,7 +235,7 @@ def cluster():
 def test_a_task_run_again_replaces_its_file(data, cluster, tmp_path, monkeypatch):
     """The first task on each worker writes its file and a half-written temporary, then
     loses its connection: run again, the file is replaced whole, the temporary dropped."""
-    monkeypatch.setenv("BCE_TIER", "numpy")  # see test_the_files_in_order_are_the_local_table
+    monkeypatch.setenv("BCE_TIER", "numpy")  # one tier (test_the_files_in_order_... has both)
     address, client = cluster
 
     def flaky():

@@ -6,7 +6,6 @@ report is the local one, bit for bit."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -61,17 +60,13 @@ def data(tmp_path_factory):
 
 
 def _cluster(cwd=None):
-    import dask
-    from distributed import LocalCluster
+    from bce_cli._dask import local_cluster
 
     here = os.getcwd()
     if cwd is not None:
         os.chdir(cwd)  # the workers are spawned here
     try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.NUMBA_NUM_THREADS": 1}):
-            return LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                dashboard_address=None, silence_logs=logging.ERROR,
-                                scheduler_kwargs={"dashboard_address": ":0"})
+        return local_cluster(2)
     finally:
         os.chdir(here)
 
