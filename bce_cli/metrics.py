@@ -233,11 +233,17 @@ class MetricsAccumulator:
         return self.tier
 
     def compute(self, metrics=METRICS) -> dict:
-        """``{"classes": [per-class dict], "overall": dict}`` of the requested metrics."""
-        per_class = _compute(self.state, self.layout, self.edges, metrics)
-        overall = _compute(self.state.sum(axis=0, keepdims=True), self.layout, self.edges,
-                           metrics)[0]
-        return {"classes": per_class, "overall": overall}
+        """``{"classes": [per-class dict], "overall": dict}`` of the requested metrics.
+
+        Runs of classes, and the overall row, on the thread pool (NumPy releases the
+        GIL; each row's figures are computed on their own, so the same bits whatever
+        the split): the histograms' passes take 0.1 s for 25 classes on one thread."""
+        rows = [self.state.sum(axis=0, keepdims=True)]  # the overall row first
+        step = max(1, -(-self.n_classes // _tiers.threads()))
+        rows += [self.state[c:c + step] for c in range(0, self.n_classes, step)]
+        parts = list(_tiers.pool().map(
+            lambda part: _compute(part, self.layout, self.edges, metrics), rows))
+        return {"classes": [r for part in parts[1:] for r in part], "overall": parts[0][0]}
 
 
 # The NumPy tier's rate here (elements per second, 2 threads: several passes with
@@ -417,18 +423,22 @@ def _average_precision(pos, neg, n_pos, unit):
     n = neg[:, ::-1]
     t = np.cumsum(p, axis=1) - p
     f = np.cumsum(n, axis=1) - n
-    has = p > 0
+    has = p > 0  # a bin without positives adds 0 to both ends: only the others computed
+    ph, th, fh, nh = p[has], t[has], f[has], n[has]
     with np.errstate(invalid="ignore", divide="ignore"):
-        hi = np.where(has, p * (t + p) / np.where(has, t + f + p, 1.0), 0.0)
-        den = t + f + n
-        lo = np.where(den > 0, p * t / np.where(den > 0, den, 1.0), p)
-    exact_rows = unit[:, None] & has
-    if exact_rows.any():
-        lo[exact_rows] = _run_precision(t[exact_rows], f[exact_rows] + n[exact_rows],
-                                        p[exact_rows])
+        hi = ph * (th + ph) / (th + fh + ph)
+        den = th + fh + nh
+        lo = np.where(den > 0, ph * th / np.where(den > 0, den, 1.0), ph)
+    exact = np.broadcast_to(unit[:, None], has.shape)[has]
+    if exact.any():
+        lo[exact] = _run_precision(th[exact], fh[exact] + nh[exact], ph[exact])
     lo = np.minimum(lo, hi)  # rounding
-    ap = _ratio((0.5 * (lo + hi)).sum(axis=1), n_pos)
-    err = _ratio((0.5 * (hi - lo)).sum(axis=1), n_pos)
+    mid = np.zeros(p.shape)
+    half = np.zeros(p.shape)
+    mid[has] = 0.5 * (lo + hi)
+    half[has] = 0.5 * (hi - lo)
+    ap = _ratio(mid.sum(axis=1), n_pos)
+    err = _ratio(half.sum(axis=1), n_pos)
     # no rounding noise on a bound that is 0: both ends are then the same numbers
     return ap, np.where(err < 1e-15, 0.0, err)
 
@@ -440,14 +450,25 @@ def _run_precision(t, f, m):
     """sum_{k=1..m} (t+k)/(t+f+k) = m - f * (psi(t+f+m+1) - psi(t+f+1)) for whole m:
     term by term up to RUN_EXACT, else by the digamma function."""
     a = t + f
-    harmonic = _digamma(a + m + 1.0) - _digamma(a + 1.0)
+    harmonic = np.empty_like(a)
     small = m <= RUN_EXACT
+    big = ~small
+    if big.any():
+        harmonic[big] = _digamma(a[big] + m[big] + 1.0) - _digamma(a[big] + 1.0)
     if small.any():
-        aw, mw = a[small], m[small]
+        # sorted by m, the terms k = 1..RUN_EXACT go to a shrinking tail (those with
+        # m >= k), each element's in the order k = 1, 2, ...
+        order = np.argsort(m[small], kind="stable")
+        aw, mw = a[small][order], m[small][order]
         s = np.zeros_like(aw)
         for k in range(1, RUN_EXACT + 1):
-            s += np.where(k <= mw, 1.0 / (aw + k), 0.0)
-        harmonic[small] = s
+            start = int(np.searchsorted(mw, k, side="left"))
+            if start == mw.size:
+                break
+            s[start:] += 1.0 / (aw[start:] + k)
+        sums = np.empty_like(s)
+        sums[order] = s
+        harmonic[small] = sums
     return np.where(f > 0, m - f * harmonic, m)
 
 
@@ -460,12 +481,16 @@ def _digamma(x):
     """
     x = np.asarray(x, dtype=np.float64).copy()
     acc = np.zeros_like(x)
-    for _ in range(16):
-        low = x < 16.0
-        if not low.any():
-            break
-        acc -= np.where(low, 1.0 / x, 0.0)
-        x += low
+    below = np.flatnonzero(x < 16.0)  # the recurrence on those only
+    if below.size:
+        xs, accs = x[below], acc[below]
+        for _ in range(16):
+            low = xs < 16.0
+            if not low.any():
+                break
+            accs -= np.where(low, 1.0 / xs, 0.0)
+            xs += low
+        x[below], acc[below] = xs, accs
     r = 1.0 / (x * x)
     series = r * (1.0 / 12 - r * (1.0 / 120 - r * (1.0 / 252 - r * (1.0 / 240 - r / 132))))
     return acc + np.log(x) - 0.5 / x - series
