@@ -32,28 +32,37 @@ from numba.core import caching
 from . import _tiers
 from ._cache_dirs import cache_dirs, holds, index_name, source_stamp, stamp_name
 
+# Modules numba's CPU target imports as it starts, for code no bce kernel has, with
+# what they cost (2-core development machine): the module numba imports, the one hidden.
+_PROBES = {
+    # scipy.linalg (where SciPy is installed), only to learn whether np.dot-based inner
+    # products may call BLAS: 0.1 s; without it numba takes its own loop for those
+    "numba.np.arraymath": "scipy.linalg",
+    # cffi's parser (where cffi is installed), for calling cffi functions: 0.015 s
+    "numba.core.typing.cffi_utils": "cffi",
+}
 
-def _skip_blas_probe() -> None:
-    """In the ``bce`` command's own process, start numba's CPU target without its
-    BLAS probe.  The target's first use imports ``numba.np.arraymath``, which imports
-    ``scipy.linalg`` (where SciPy is installed) only to learn whether np.dot-based
-    inner products may call BLAS: about 0.1 s of numba's 0.45 s start, for code no
-    bce kernel has.  With ``scipy.linalg`` hidden for that one import, numba takes
-    its own loop for those inner products; ``scipy.linalg`` imports normally after.
-    A library caller's process keeps numba's own start (its numba code may want BLAS).
-    """
-    if (not _tiers.own_process or "numba.np.arraymath" in sys.modules
-            or "scipy.linalg" in sys.modules):
+
+def _start_without_probes() -> None:
+    """In the ``bce`` command's own process, start numba's CPU target without the probes
+    of ``_PROBES``: each module is imported with its probe hidden (an import of it
+    then fails, as if it were not installed), and the probe imports normally after.
+    A library caller's process keeps numba's own start (its numba code may want
+    BLAS or cffi)."""
+    if not _tiers.own_process:
         return
-    sys.modules["scipy.linalg"] = None  # import of scipy.linalg halted: ImportError
-    try:
-        import numba.np.arraymath  # noqa: F401
-    finally:
-        if sys.modules.get("scipy.linalg", 0) is None:
-            del sys.modules["scipy.linalg"]
+    for module, probe in _PROBES.items():
+        if module in sys.modules or probe in sys.modules:
+            continue
+        sys.modules[probe] = None  # import halted: ImportError
+        try:
+            __import__(module)
+        finally:
+            if sys.modules.get(probe, 0) is None:
+                del sys.modules[probe]
 
 
-_skip_blas_probe()
+_start_without_probes()
 
 ELEMENT_FLAGS = frozenset({"nsz", "arcp", "contract"})
 SUM_FLAGS = ELEMENT_FLAGS | {"reassoc"}

@@ -192,20 +192,24 @@ from bce_cli import _tiers
 _tiers.own_process = {own}
 import bce_cli._jit
 import numba.np.arraymath as arraymath
-print(arraymath._HAVE_BLAS, "scipy.linalg" in sys.modules)
-import scipy.linalg  # noqa: F401  (imports as usual afterwards)
+from numba.core.typing import cffi_utils
+print(arraymath._HAVE_BLAS, "scipy.linalg" in sys.modules, cffi_utils.SUPPORTED,
+      "cffi" in sys.modules)
+import cffi, scipy.linalg  # noqa: F401  (import as usual afterwards)
 print("ok")
 """
 
 
 @pytest.mark.parametrize("own", [True, False])
-def test_the_command_starts_numba_without_its_blas_probe(own):
+def test_the_command_starts_numba_without_its_probes(own):
     """In the bce command's own process numba starts without importing scipy.linalg
-    (its BLAS probe, 0.1 s); a library caller's process keeps numba's own start."""
+    (its BLAS probe, 0.1 s) or cffi; a library caller's process keeps numba's own
+    start."""
     pytest.importorskip("scipy")
+    pytest.importorskip("cffi")
     out = subprocess.run([sys.executable, "-c", _START.format(own=own)], capture_output=True,
                          text=True, check=True).stdout.split()
-    assert out == (["False", "False", "ok"] if own else ["True", "True", "ok"])
+    assert out == (["False"] * 4 + ["ok"] if own else ["True"] * 4 + ["ok"])
 
 
 SAME_BITS = textwrap.dedent("""
