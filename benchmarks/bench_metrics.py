@@ -38,7 +38,7 @@ def main() -> None:
                     help="skip `bce warmup` (the loss's kernels then stay uncompiled, and the "
                          "loss keeps the NumPy tier)")
     args = ap.parse_args()
-    data = Path(args.data or tempfile.mkdtemp(prefix="bce-metrics-"))
+    data = Path(args.data or tempfile.mkdtemp(prefix="bce-metrics-")).resolve()
     data.mkdir(parents=True, exist_ok=True)
     inputs = make_parquet(data / "pq256k", args.rows, 256 * 1024)
     print(f"machine: {cpu()}; best of {args.repeat} fresh processes, alternating")

@@ -31,8 +31,12 @@ from bench_e2e import cpu, make_parquet  # noqa: E402
 
 
 def _timed(cmd, env) -> float:
+    # Run from the checkout the job imports (its PYTHONPATH): ``python -m`` puts the working
+    # directory first on sys.path, ahead of PYTHONPATH, so a job run from this checkout
+    # would import this checkout's bce_cli whatever its PYTHONPATH says.
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.run(cmd, env=env, cwd=env.get("PYTHONPATH"), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
     if proc.returncode not in (0, 1):
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr.decode()}")
     return time.perf_counter() - start
@@ -55,7 +59,7 @@ def main() -> None:
     ap.add_argument("--data", help="directory for the generated inputs (kept between runs)")
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
-    data = Path(args.data or tempfile.mkdtemp(prefix="bce-stats-"))
+    data = Path(args.data or tempfile.mkdtemp(prefix="bce-stats-")).resolve()
     data.mkdir(parents=True, exist_ok=True)
     pq_in = make_parquet(data / "pq256k", 4_000_000, 256 * 1024)
     print(f"machine: {cpu()}; best of {args.repeat} fresh processes, alternating")
