@@ -124,11 +124,16 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_dask_report_is_the_local_report(data, scheduler, case, batch_rows):
     args = [*CASES[case](data), "--format", "json", "--batch-rows", batch_rows]
+    _same_report(args, scheduler, sum(rows for rows, _ in FILES))
+
+
+def _same_report(args, scheduler, n_rows):
+    """``bce eval ARGS`` under both engines: both succeed with the same report."""
     local, dask = both_engines("eval", *args, scheduler=scheduler)
     assert local.exit_code == 0, local.output
     assert dask.exit_code == 0, dask.output
     assert dask.stdout == local.stdout  # every number, to the last bit
-    assert json.loads(dask.stdout)["n_rows"] == sum(rows for rows, _ in FILES)
+    assert json.loads(dask.stdout)["n_rows"] == n_rows
 
 
 COMPARE_CASES = {
@@ -295,11 +300,7 @@ ON_CASES = {
 @pytest.mark.parametrize("case", list(ON_CASES))
 def test_on_report_is_the_local_report(joined, scheduler, case, batch_rows):
     args = [*ON_CASES[case](joined), "--format", "json", "--batch-rows", batch_rows]
-    local, dask = both_engines("eval", *args, scheduler=scheduler)
-    assert local.exit_code == 0, local.output
-    assert dask.exit_code == 0, dask.output
-    assert dask.stdout == local.stdout  # every number, to the last bit
-    assert json.loads(dask.stdout)["n_rows"] == sum(rows for rows, _ in ON_FILES)
+    _same_report(args, scheduler, sum(rows for rows, _ in ON_FILES))
 
 
 def test_on_a_local_cluster_of_one(joined):
