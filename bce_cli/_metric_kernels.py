@@ -13,15 +13,16 @@ one task into float64 blocks of BLOCK elements (whatever the layout: a row-major
    flags, ``p = sigmoid(x)`` (``_fastmath.exp_neg``: libm's exp, a call per
    element, cost more than all the rest), calibration bin, ranking bin;
 2. ``block_scatter`` (scalar): the additions into the histograms.  When the
-   block's targets are 0/1 and its weights 1 (a "hard" block), three per element,
-   a count into the ranking histogram (one loop), p into its calibration bin's
-   sum and a count into ``tally`` (another: one loop for the three ran 10% slower) (negatives and positives per calibration bin,
-   from which count, sum of w and sum of w*y follow when the class ends); else
-   two and four.  The calibration sums, tallies and the Brier sum run in LANES
-   interleaved copies, element i of a block into copy i % LANES, so that a run of
-   elements in one bin (a confident model's) does not wait on each addition in
-   turn; the copies are added in order at the end.  Indices there (and in the
-   gather) are unsigned: numba then emits no check for a negative index, which
+   block's targets are 0/1 and its weights 1 (a "hard" block), three per element:
+   a count into the ranking histogram (one loop), then p into its calibration
+   bin's sum and a count into ``tally`` (negatives and positives per calibration
+   bin, from which count, sum of w and sum of w*y follow when the class ends;
+   another loop: one loop for the three ran 10% slower); else two and four.
+   The calibration sums, tallies and the Brier sum run in LANES interleaved
+   copies, element i of a block into copy i % LANES, so that a run of elements
+   in one bin (a confident model's) does not wait on each addition in turn; the
+   copies are added in order at the end.  Indices there (and in the gather) are
+   unsigned: numba then emits no check for a negative index, which
    cost 40% of those loops.
 
 A class's sums are the same on any number of threads and for any layout.  No

@@ -136,12 +136,8 @@ def _scalar_values(arr, *, file, column, row0, policy):
         if pa.types.is_floating(arr.type):
             return numpy_of(arr)
         mask = numpy_of(arr.is_null())
-        vals = numpy_of(
-            pc.fill_null(
-                arr, pa.scalar(0, arr.type) if not pa.types.is_boolean(arr.type) else False
-            )
-        ).astype(np.float64)
-        vals[mask] = np.nan
+        vals = numpy_of(arr, nulls=0).astype(np.float64)  # not fill_null: pa.scalar imports
+        vals[mask] = np.nan  # pandas
         return vals
     return numpy_of(arr)
 
