@@ -298,6 +298,7 @@ def eval_markdown(report: dict) -> str:
         lines += ["", line[0].upper() + line[1:] + "."]
     if mark:
         lines += ["", PRIOR_LEGEND + "; worse: a loss above the prior."]
+    rest = 0
     if "groups" in report:
         shown, rest = worst_groups(report["groups"])
         lines += ["", f"#### Worst groups by {_shown(str(report['by']))}", "",
@@ -305,11 +306,22 @@ def eval_markdown(report: dict) -> str:
                   "|---|---:|---:|---:|---:|"]
         cis = _ci_column([g["loss_ci"] for g in shown], 6)
         for g, ci in zip(shown, cis, strict=True):
-            lines.append(f"| {group_label(g['key']).replace('|', chr(92) + '|')} | "
+            lines.append(f"| {_md_cell(group_label(g['key']))} | "
                          f"{_loss(g['loss'])} | {ci} | {g['n_rows']} | "
                          f"{g['n_elements']} |")
-        if rest:
-            lines += ["", f"{rest} more group(s) not shown (the JSON report lists them all)."]
+    return _markdown_end(lines, rest, report)
+
+
+def _md_cell(text: str) -> str:
+    """Text for a markdown table cell: its pipes escaped."""
+    return text.replace("|", "\\|")
+
+
+def _markdown_end(lines: list[str], rest: int, report: dict) -> str:
+    """A markdown report's last lines: how many groups were left out of its table, the
+    failed gates."""
+    if rest:
+        lines += ["", f"{rest} more group(s) not shown (the JSON report lists them all)."]
     if report["failures"]:
         lines += ["", "Failed gates:", ""] + [f"- {f}" for f in report["failures"]]
     return "\n".join(lines) + "\n"
@@ -563,21 +575,18 @@ def compare_markdown(report: dict) -> str:
         lines.append(f"| {name} | {_loss(c['loss_base'])} | {_loss(c['loss_new'])} | "
                      f"{_loss(c['delta'])} | {_ci_text(c['delta_ci'])} | {_p(c['p_value'])} |")
     lines += ["", _compare_legend(report) + "."]
+    rest = 0
     if "groups" in report:
         shown, rest = worst_groups(report["groups"], key="delta")
         lines += ["", f"#### Largest changes by {_shown(str(report['by']))}", "",
                   f"| group | base {head} | new {head} | delta | {pct} CI | p | rows |",
                   "|---|---:|---:|---:|---|---:|---:|"]
         for g in shown:
-            lines.append(f"| {group_label(g['key']).replace('|', chr(92) + '|')} | "
+            lines.append(f"| {_md_cell(group_label(g['key']))} | "
                          f"{_loss(g['loss_base'])} | {_loss(g['loss_new'])} | "
                          f"{_loss(g['delta'])} | {_ci_text(g['delta_ci'])} | "
                          f"{_p(g['p_value'])} | {g['n_rows']} |")
-        if rest:
-            lines += ["", f"{rest} more group(s) not shown (the JSON report lists them all)."]
-    if report["failures"]:
-        lines += ["", "Failed gates:", ""] + [f"- {f}" for f in report["failures"]]
-    return "\n".join(lines) + "\n"
+    return _markdown_end(lines, rest, report)
 
 
 def _ci_text(ci) -> str:
