@@ -52,6 +52,8 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
+import threading
 
 import numpy as np
 from numba import cuda
@@ -107,6 +109,38 @@ if simulated():
         return 0 if v != v else round(v)
 
     _MATH = _fastmath.retargeted(_device, _f64_from_bits, round=_rint)
+
+    def _shared_under_a_lock():
+        """numba's simulator finds a block's shared array in a dict by the calling line and
+        makes it when it is missing, with no lock: two threads of the first block that both
+        find it missing make an array each, and their writes never meet (a tree reduction
+        then adds uninitialised memory).  Here the lookup and the insertion are one step
+        under a lock, as a GPU's single allocation is; same key (file, line), same array."""
+        from numba.cuda.simulator import kernelapi
+
+        shared = kernelapi.FakeCUDAShared
+        if getattr(shared.array, "locked", False):
+            return
+        unlocked = shared.array
+        lock = threading.Lock()
+
+        def array(self, shape, dtype, *args, **kwargs):
+            if shape == 0 or args or kwargs:  # dynamic shared memory, alignment: as numba
+                return unlocked(self, shape, dtype, *args, **kwargs)
+            caller = sys._getframe(1)
+            key = (caller.f_code.co_filename, caller.f_lineno)
+            with lock:
+                res = self._allocations.get(key)
+                if res is None:
+                    kind = (kernelapi.numpy_support.as_dtype(dtype)
+                            if isinstance(dtype, kernelapi.types.Type) else dtype)
+                    res = self._allocations[key] = np.empty(shape, kind)
+            return res
+
+        array.locked = True
+        shared.array = array
+
+    _shared_under_a_lock()
 else:
     from numba.cuda import libdevice
 

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,29 @@ def test_float64_matches_the_compiled_tier(layout):
         cpu_acc, _ = _accumulate(layout, "pos_weight", np.random.default_rng(2), "cpu",
                                  np.float64)
     _close(gpu_acc.state[:N_STATS], cpu_acc.state[:N_STATS])
+
+
+@pytest.mark.cudasim
+@pytest.mark.skipif(not SIM, reason="a fault of the simulator")
+def test_a_blocks_threads_share_one_shared_array_on_the_simulator(monkeypatch):
+    """numba's simulator makes a block's shared array when a thread finds none, without a
+    lock; threads that all find none each get their own (the CI failure: sums of
+    uninitialised memory).  A slow allocation lets every thread of the block in: the
+    partials kernel must still add all its tiles."""
+    from bce_cli import _cuda
+
+    empty = np.empty
+
+    def slow_empty(*args, **kwargs):
+        time.sleep(0.002)  # lets the other threads reach the lookup
+        return empty(*args, **kwargs)
+
+    partials = np.arange(1.0, 41.0).reshape(40, 1, 1)
+    total = np.zeros((1, 1))
+    monkeypatch.setattr(np, "empty", slow_empty)
+    _cuda._add_partials[1, _cuda.THREADS](partials, total)
+    monkeypatch.undo()
+    assert total[0, 0] == 820.0
 
 
 @pytest.mark.cudasim
