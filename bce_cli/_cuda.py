@@ -2,10 +2,9 @@
 
 **One formula.**  The device functions are compiled from the same Python source
 as the CPU kernels: ``element_loss`` and ``element_flags`` of ``bce_cli.kernels``
-and the ``log1p(exp(-|x|))`` of ``bce_cli._fastmath``, with only the bit-cast helper swapped
-(``libdevice.longlong_as_double``; on numba's simulator a ``struct`` round trip,
-and a ``round`` that gives 0 for NaN as the hardware's ``cvt.rni`` does where
-Python's raises).  No second copy of the math.  Every input width takes the
+and the ``log1p(exp(-|x|))`` of ``bce_cli._fastmath``, with only the bit-cast helpers swapped
+(``libdevice.longlong_as_double`` and ``double_as_longlong``; on numba's
+simulator ``struct`` round trips).  No second copy of the math.  Every input width takes the
 full-precision ``log1p_exp_neg`` (0.92 ulp; the GPU's float64 units are not
 what limits it): the results then agree with the exact NumPy tier and the
 compiled float64 path to rounding, while the CPU's shorter float32 polynomial
@@ -105,10 +104,10 @@ if simulated():
     def _f64_from_bits(bits):
         return struct.unpack("<d", struct.pack("<q", int(bits)))[0]
 
-    def _rint(v):  # cvt.rni: NaN gives 0 on the device; Python's round() raises
-        return 0 if v != v else round(v)
+    def _bits_of_f64(v):
+        return struct.unpack("<q", struct.pack("<d", v))[0]
 
-    _MATH = _fastmath.retargeted(_device, _f64_from_bits, round=_rint)
+    _MATH = _fastmath.retargeted(_device, _f64_from_bits, _bits_of_f64)
 
     def _shared_under_a_lock():
         """numba's simulator finds a block's shared array in a dict by the calling line and
@@ -144,7 +143,8 @@ if simulated():
 else:
     from numba.cuda import libdevice
 
-    _MATH = _fastmath.retargeted(_device, libdevice.longlong_as_double)
+    _MATH = _fastmath.retargeted(_device, libdevice.longlong_as_double,
+                                 libdevice.double_as_longlong)
 
 _LOSS = retarget(element_loss, dict(element_loss.py_func.__globals__), _device)
 _FLAGS = retarget(element_flags, dict(element_flags.py_func.__globals__), _device)

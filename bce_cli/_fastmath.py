@@ -30,11 +30,14 @@ by LLVM instead, which keeps each instruction's own flags, and the caller's
 loop still vectorises.  The float32
 path has no compensation and keeps its accuracy even under ``reassoc``.
 
-Portability: the only non-Python operation is ``_f64_from_bits`` (an int64 to
-float64 bitcast); :func:`retargeted` compiles this module's functions for another
-target with that helper swapped (``bce_cli._cuda``: ``libdevice.longlong_as_double``
-on a GPU, a ``struct`` round trip on numba's CUDA simulator).  ``round()`` is
-LLVM's ``rint`` on the CPU and ``cvt.rni`` on CUDA.
+Portability: the only non-Python operations are ``_f64_from_bits`` and
+``_bits_of_f64`` (bitcasts between int64 and float64); :func:`retargeted` compiles
+this module's functions for another target with those helpers swapped
+(``bce_cli._cuda``: ``libdevice.longlong_as_double`` / ``double_as_longlong`` on
+a GPU, ``struct`` round trips on numba's CUDA simulator).  Rounding to an integer
+is an addition (``_round_parts``), not a conversion: AVX2 has no conversion
+between float64 and int64 lanes, and LLVM made one element by element (the
+kernels ran at half their AVX-512 speed on AVX2).
 """
 
 from __future__ import annotations
@@ -54,6 +57,12 @@ LN2_HI = 6.93147180369123816490e-01  # fdlibm: 21 trailing zero bits, so k*LN2_H
 LN2_LO = 1.90821492927058770002e-10
 A_MAX = 746.0  # exp(-746) < 2**-1075 rounds to 0.0: clamp, so 2**-k stays in range
 A32_MAX = 708.0  # float32 path: 2**-k in one step (k <= 1022); beyond, T rounds to 0 in float32
+# v + SHIFTER rounds v (0 <= v < 2**51) to the nearest integer, ties to even, as rint
+# does, and holds it in the low bits of the sum's mantissa: the bits are
+# SHIFTER_BITS + k.  No float-to-integer conversion, which AVX2 does not have for
+# int64 lanes (LLVM then converts element by element: half the loop's speed).
+SHIFTER = 6755399441055744.0  # 1.5 * 2**52
+SHIFTER_BITS = 0x4338000000000000
 
 
 @intrinsic
@@ -68,10 +77,30 @@ def _f64_from_bits(typingctx, bits):
     return types.float64(types.int64), codegen
 
 
+@intrinsic
+def _bits_of_f64(typingctx, x):
+    """The int64 bits of a float64 (the other CPU-only helper)."""
+    if not isinstance(x, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(types.float64), codegen
+
+
 @_scalar
 def _pow2_neg(k):
     """2.0**-k for integer 0 <= k <= 1022, from the exponent bits."""
-    return _f64_from_bits((1023 - k) << 52)
+    return _f64_from_bits(((1023 - k) & 0x7FF) << 52)
+
+
+@_scalar
+def _round_parts(v):
+    """(float, integer) of v rounded to the nearest integer, ties to even, for
+    0 <= v < 2**51 (NaN: NaN and some integer), with the ``SHIFTER``."""
+    shifted = v + SHIFTER
+    return shifted - SHIFTER, _bits_of_f64(shifted) - SHIFTER_BITS
 
 
 @_scalar
@@ -88,8 +117,7 @@ def _exp_neg_parts(a):
     t = k*ln2 - a in [-ln2/2, ln2/2] kept as t + t_lo (Cody-Waite, two-part ln2);
     exp(t) = 1 + t + t*t*Q(t), Q Remez degree 9 (relative error 2**-57.9).
     """
-    k = round(a * LOG2E)
-    kf = float(k)
+    kf, k = _round_parts(a * LOG2E)
     t1 = kf * LN2_HI - a  # exact
     t = t1 + kf * LN2_LO
     t_lo = (t1 - t) + kf * LN2_LO
@@ -155,8 +183,8 @@ def log1p_exp_neg_f32(a):
     Returns exactly 0.0 for a > 708 (T < 3e-308: 0.0 in float32 for a > 104).
     """
     ac = A32_MAX if a > A32_MAX else a  # NaN passes
-    k = round(ac * LOG2E)
-    t = float(k) * LN2 - ac
+    kf, k = _round_parts(ac * LOG2E)
+    t = kf * LN2 - ac
     t2 = t * t
     t4 = t2 * t2
     p = (((0.9999999999616819 + t * 1.0000000002430969)
@@ -176,15 +204,17 @@ def log1p_exp_neg_f32(a):
 
 
 # The functions above in the order they call each other (each only those before it).
-_CHAIN = ("_pow2_neg", "_scale", "_exp_neg_parts", "log1p_exp_neg", "log1p_exp_neg_f32")
+_CHAIN = ("_pow2_neg", "_round_parts", "_scale", "_exp_neg_parts", "log1p_exp_neg",
+          "log1p_exp_neg_f32")
 
 
-def retargeted(decorate, f64_from_bits, **helpers) -> dict:
+def retargeted(decorate, f64_from_bits, bits_of_f64, **helpers) -> dict:
     """This module's functions compiled by ``decorate`` (another numba target, such as
-    ``cuda.jit(device=True)``) from the same Python source, with the bit-cast helper
-    ``_f64_from_bits`` replaced by ``f64_from_bits`` (and any other global named in
+    ``cuda.jit(device=True)``) from the same Python source, with the bit-cast helpers
+    ``_f64_from_bits`` and ``_bits_of_f64`` replaced (and any other global named in
     ``helpers``); returns ``{name: compiled}`` for the names in ``_CHAIN``."""
-    namespace = dict(globals(), _f64_from_bits=f64_from_bits, **helpers)
+    namespace = dict(globals(), _f64_from_bits=f64_from_bits, _bits_of_f64=bits_of_f64,
+                     **helpers)
     built = {}
     for name in _CHAIN:
         built[name] = namespace[name] = retarget(globals()[name], namespace, decorate)

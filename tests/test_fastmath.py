@@ -179,3 +179,41 @@ def test_summing_loop_vectorises_without_libm(kernel):
     assert not [ln for ln in lines if LIBM.search(ln.split(",")[0])]
     packed = [ln for ln in lines if re.match(r"\s*vfn?m(add|sub)\d+pd\s.*%[yz]mm", ln)]
     assert len(packed) >= 10, "the element math did not vectorise"
+
+
+@pytest.mark.parametrize("kernel", [_sum_t32, _sum_t64], ids=["f32", "f64"])
+def test_element_math_converts_no_float_to_integer(kernel):
+    """AVX2 has no conversion between float64 and int64 lanes: LLVM made each one
+    element by element, and the loop ran at half its speed.  The rounding of the
+    exponent reduction is an addition (``_round_parts``), so the loop has none."""
+    x = np.ones(16, dtype=np.float32 if kernel is _sum_t32 else np.float64)
+    kernel(x)
+    ir = kernel.inspect_llvm(kernel.signatures[0])
+    assert not re.findall(r"= (?:fptosi|fptoui|sitofp|uitofp) [^\n]*", ir)
+
+
+def test_round_parts_is_rint():
+    """``_round_parts``: nearest integer, ties to even, as float and as integer, over
+    the range the reductions use (a * log2(e) for a up to A_MAX), and NaN stays NaN."""
+    v = np.concatenate([np.arange(0, 2200) * 0.5,  # every tie
+                        np.random.default_rng(3).uniform(0, fm.A_MAX * fm.LOG2E, 10_000),
+                        np.nextafter(np.arange(1, 1100) + 0.5, 0),
+                        np.nextafter(np.arange(1, 1100) + 0.5, 2000)])
+    parts = _round_map(v)
+    np.testing.assert_array_equal(parts[0], np.rint(v))
+    np.testing.assert_array_equal(parts[1], np.rint(v).astype(np.int64))
+    f, _ = _round_map(np.array([np.nan]))
+    assert np.isnan(f[0])
+
+
+@numba.njit(error_model="numpy", fastmath=set(ELEMENT_FLAGS))
+def _round_loop(v, f, k):
+    for i in range(v.size):
+        f[i], k[i] = fm._round_parts(v[i])
+
+
+def _round_map(v):
+    f = np.empty_like(v)
+    k = np.empty(v.size, dtype=np.int64)
+    _round_loop(v, f, k)
+    return f, k
