@@ -4,17 +4,19 @@ Two tiers compute the same statistics with the same semantics:
 
 * ``numpy``: vectorised float64 NumPy over cache-sized blocks on a thread pool
   (``bce_cli._vectorised``).  Nothing to compile, nothing to load.
-* ``compiled``: the numba kernels (``bce_cli.kernels``), 3-5x faster per
-  element, but a process pays about 0.55 s to import numba and start its CPU
+* ``compiled``: the numba kernels (``bce_cli.kernels``), 3-4x faster per
+  element, but a process pays about 0.35 s to import numba and start its CPU
   target before the first kernel runs, plus ~0.05 s to load a cached form or
-  ~1.5 s to compile one (the constants below).
+  ~2 s to compile one (the constants below).
 
 ``auto`` (the default) takes the compiled tier when it pays for the whole job:
 a form compiled in this process already; else when the time it saves over the
 job's elements exceeds what numba would cost to start, load or compile.  With
-the constants below (measured by ``make bench`` on the 2-core development
-machine) that is above ~2e8 elements with the form cached and ~7e8
-without, so a first run on a fresh machine never waits for a compiler, and
+the constants below (measured on the 2-core development machine) that is above
+~1.3e8 elements with the form cached and ~7.5e8 without where NumPy and numba
+have AVX-512, ~7e7 and ~4e8 with AVX2 only (NumPy's float64 exp and log1p
+then call libm per element), so a first run on a fresh machine never waits
+for a compiler, and
 ``bce warmup`` (which fills the cache) is what makes the compiled tier
 available to large jobs.  ``BCE_TIER=numpy`` or
 ``BCE_TIER=compiled`` forces a tier.
@@ -31,17 +33,22 @@ TIERS = ("auto", "numpy", "compiled")
 TIER_ENV = "BCE_TIER"
 # At most this many elements always take the NumPy tier.
 SMALL = 1 << 16
-# The cost model, measured by ``make bench`` on the 2-core development machine
-# (see README, "Performance"): numba's start in a fresh process (import and CPU
-# target: the compiled tier's warm start, 0.69 s, less Python and NumPy), loading
-# one cached form, compiling one form (the cold start less the warm one, 1.47 s),
-# in seconds; elements per second per thread of each tier (2 threads: 210-290 M/s
-# vectorised, about 1,000 M/s compiled, float32).
-NUMBA_START_S = 0.55
+# The cost model, measured on the 2-core development machine (see README,
+# "Performance"; ``benchmarks/as_avx2.py`` runs the same code with AVX2 only), in
+# seconds: numba's start in the ``bce`` command plus loading one cached form (fitted
+# to the difference between the two tiers on the whole 4M x 25 Parquet job, on both
+# vector widths: 0.4 s), compiling one form for one argument type; elements per
+# second per thread of each tier (``BCEAccumulator.update`` on 256k x 25 float32 and
+# bool, 2 threads), with AVX-512 loops and without.  NumPy's float64 exp and log1p
+# have AVX-512 loops only (elsewhere a libm call per element): without AVX-512 the
+# NumPy tier runs at half its speed, and the compiled tier pays sooner.
+NUMBA_START_S = 0.35
 LOAD_S = 0.05
-COMPILE_S = 1.5
-NUMPY_RATE = 130e6
-COMPILED_RATE = 500e6
+COMPILE_S = 2.0
+NUMPY_RATE = 118e6  # NumPy dispatching its AVX-512 loops
+NUMPY_RATE_NARROW = 63e6  # AVX2 (measured) or other CPUs
+COMPILED_RATE = 440e6  # numba compiling for AVX-512
+COMPILED_RATE_NARROW = 228e6
 
 # True in the ``bce`` command's own process (set by ``bce_cli.cli.main``), where no
 # numba code runs but bce's: numba's start may then skip what only other code needs
@@ -144,5 +151,20 @@ def choose(n_elements: int, form, job_elements: int | None = None) -> str:
     # The machine's cores, not --threads: the tier (and so the last bits of a result)
     # must not depend on the number of threads asked for.
     cores = os.cpu_count() or 1
-    saved = work / (NUMPY_RATE * cores) - work / (COMPILED_RATE * cores)
+    numpy_rate, compiled_rate = rates()
+    saved = work / (numpy_rate * cores) - work / (compiled_rate * cores)
     return "compiled" if saved > fixed else "numpy"
+
+
+def rates() -> tuple[float, float]:
+    """Elements per second per thread of (the NumPy tier, the compiled tier) on this
+    machine: with AVX-512 loops or without (NumPy's own dispatch, and numba's code
+    for the host unless ``NUMBA_CPU_FEATURES`` turns AVX-512 off)."""
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+    numpy_wide = any(__cpu_features__.get(name) for name in __cpu_dispatch__
+                     if name.startswith("AVX512") or name == "X86_V4")
+    numba_wide = (bool(__cpu_features__.get("AVX512F"))
+                  and "-avx512f" not in os.environ.get("NUMBA_CPU_FEATURES", ""))
+    return (NUMPY_RATE if numpy_wide else NUMPY_RATE_NARROW,
+            COMPILED_RATE if numba_wide else COMPILED_RATE_NARROW)
