@@ -160,11 +160,14 @@ def rates() -> tuple[float, float]:
     """Elements per second per thread of (the NumPy tier, the compiled tier) on this
     machine: with AVX-512 loops or without (NumPy's own dispatch, and numba's code
     for the host unless ``NUMBA_CPU_FEATURES`` turns AVX-512 off)."""
-    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
-
-    numpy_wide = any(__cpu_features__.get(name) for name in __cpu_dispatch__
+    try:
+        from numpy._core import _multiarray_umath as umath
+    except ImportError:  # NumPy 1.x
+        from numpy.core import _multiarray_umath as umath
+    features = umath.__cpu_features__
+    numpy_wide = any(features.get(name) for name in umath.__cpu_dispatch__
                      if name.startswith("AVX512") or name == "X86_V4")
-    numba_wide = (bool(__cpu_features__.get("AVX512F"))
+    numba_wide = (bool(features.get("AVX512F"))
                   and "-avx512f" not in os.environ.get("NUMBA_CPU_FEATURES", ""))
     return (NUMPY_RATE if numpy_wide else NUMPY_RATE_NARROW,
             COMPILED_RATE if numba_wide else COMPILED_RATE_NARROW)

@@ -26,7 +26,11 @@ def _wide(feature: str) -> bool:
 def avx2_env(env: dict) -> dict:
     """``env`` with the variables that keep numba, NumPy and PyTorch to AVX2 code."""
     import llvmlite.binding as llvm
-    from numpy._core._multiarray_umath import __cpu_dispatch__
+
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__
+    except ImportError:  # NumPy 1.x
+        from numpy.core._multiarray_umath import __cpu_dispatch__
 
     features = llvm.get_host_cpu_features()
     flags = ",".join(("+" if on and not _wide(name) else "-") + name

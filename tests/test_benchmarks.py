@@ -11,7 +11,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PROBE = r"""
 import json, numba, numpy as np
-from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+try:
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+except ImportError:  # NumPy 1.x
+    from numpy.core._multiarray_umath import __cpu_dispatch__, __cpu_features__
 
 @numba.njit(fastmath=True)
 def total(x):
