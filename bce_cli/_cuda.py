@@ -123,9 +123,11 @@ if simulated():
         unlocked = shared.array
         lock = threading.Lock()
 
-        def array(self, shape, dtype, *args, **kwargs):
-            if shape == 0 or args or kwargs:  # dynamic shared memory, alignment: as numba
-                return unlocked(self, shape, dtype, *args, **kwargs)
+        def array(self, shape, dtype, alignment=None):
+            if alignment is not None:  # numba-cuda's simulator refuses it: let it say so
+                return unlocked(self, shape, dtype, alignment=alignment)
+            if shape == 0:  # dynamic shared memory: one buffer, no key
+                return unlocked(self, shape, dtype)
             caller = sys._getframe(1)
             key = (caller.f_code.co_filename, caller.f_lineno)
             with lock:

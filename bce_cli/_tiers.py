@@ -168,6 +168,6 @@ def rates() -> tuple[float, float]:
     numpy_wide = any(features.get(name) for name in umath.__cpu_dispatch__
                      if name.startswith("AVX512") or name == "X86_V4")
     numba_wide = (bool(features.get("AVX512F"))
-                  and "-avx512f" not in os.environ.get("NUMBA_CPU_FEATURES", ""))
+                  and "-avx512f" not in os.environ.get("NUMBA_CPU_FEATURES", "").split(","))
     return (NUMPY_RATE if numpy_wide else NUMPY_RATE_NARROW,
             COMPILED_RATE if numba_wide else COMPILED_RATE_NARROW)

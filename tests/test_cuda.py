@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -162,19 +161,30 @@ def test_float64_matches_the_compiled_tier(layout):
 def test_a_blocks_threads_share_one_shared_array_on_the_simulator(monkeypatch):
     """numba's simulator makes a block's shared array when a thread finds none, without a
     lock; threads that all find none each get their own (the CI failure: sums of
-    uninitialised memory).  A slow allocation lets every thread of the block in: the
-    partials kernel must still add all its tiles."""
+    uninitialised memory).  Here every simulated thread that allocates waits for all
+    the block's threads to allocate too (so without the lock all of them do, each its
+    own NaN-filled array), and the partials kernel must still add all its tiles."""
+    import threading
+
     from bce_cli import _cuda
 
     empty = np.empty
+    together = threading.Barrier(_cuda.THREADS, timeout=0.5)
 
-    def slow_empty(*args, **kwargs):
-        time.sleep(0.002)  # lets the other threads reach the lookup
-        return empty(*args, **kwargs)
+    def racing_empty(*args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            try:
+                together.wait()  # with the lock, the first waits alone until the timeout
+            except threading.BrokenBarrierError:
+                pass
+        made = empty(*args, **kwargs)
+        if made.dtype.kind == "f":  # memory reused from earlier runs cannot add up right
+            made.fill(np.nan)
+        return made
 
     partials = np.arange(1.0, 41.0).reshape(40, 1, 1)
     total = np.zeros((1, 1))
-    monkeypatch.setattr(np, "empty", slow_empty)
+    monkeypatch.setattr(np, "empty", racing_empty)
     _cuda._add_partials[1, _cuda.THREADS](partials, total)
     monkeypatch.undo()
     assert total[0, 0] == 820.0

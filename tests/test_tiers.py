@@ -63,14 +63,24 @@ def test_without_avx512_the_compiled_tier_pays_sooner(monkeypatch):
     env.pop(_tiers.TIER_ENV, None)
     avx2 = subprocess.run([sys.executable, str(root / "benchmarks" / "as_avx2.py"), "-c", probe],
                           capture_output=True, text=True, check=True, env=env, cwd=root)
+    cores = os.cpu_count() or 1
+
+    def expected(numpy_rate, compiled_rate):  # the model's arithmetic, for this host's cores
+        saved = 1e8 / cores * (1 / numpy_rate - 1 / compiled_rate)
+        return "compiled" if saved > _tiers.NUMBA_START_S + _tiers.LOAD_S else "numpy"
+
     numpy_rate, compiled_rate, choice = avx2.stdout.split()
     assert (float(numpy_rate), float(compiled_rate)) == (_tiers.NUMPY_RATE_NARROW,
                                                          _tiers.COMPILED_RATE_NARROW)
-    assert choice == ("compiled" if (os.cpu_count() or 1) <= 2 else "numpy")
+    assert choice == expected(_tiers.NUMPY_RATE_NARROW, _tiers.COMPILED_RATE_NARROW)
+    if cores == 2:  # the development machine's case, worked out in the docstring
+        assert choice == "compiled"
     if _tiers.rates() == (_tiers.NUMPY_RATE, _tiers.COMPILED_RATE):  # this host has AVX-512
         native = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                                 check=True, env=env, cwd=root)
-        assert native.stdout.split()[-1] == "numpy"
+        assert native.stdout.split()[-1] == expected(_tiers.NUMPY_RATE, _tiers.COMPILED_RATE)
+        if cores == 2:
+            assert native.stdout.split()[-1] == "numpy"
 
 
 def test_form_compiled_in_this_process_is_used():
