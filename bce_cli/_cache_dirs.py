@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -53,18 +54,62 @@ def source_stamp() -> str:
     return h.hexdigest()
 
 
+@functools.cache
+def cpu_key() -> str:
+    """The CPU that numba compiles for here, as a short hash, without importing numba.
+
+    numba keys its cache index by the target CPU's name and features (the host's,
+    or ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES``) and compiles again for any other:
+    a cache restored on a CI runner of another CPU model, or a Docker layer built
+    elsewhere, holds nothing this machine can load.  The host is its first
+    processor's description in ``/proc/cpuinfo`` (model, flags) where there is one."""
+    name = os.environ.get("NUMBA_CPU_NAME", "")
+    features = os.environ.get("NUMBA_CPU_FEATURES", "")
+    host = "" if name and features else _host_cpu()
+    text = "\0".join((sys.platform, platform.machine(), name, features, host))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _host_cpu() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            lines = []
+            for line in fh:  # the first processor's block
+                if not line.strip():
+                    break
+                if not line.startswith(("processor", "core id", "apicid", "initial apicid",
+                                        "cpu MHz", "bogomips", "siblings", "cpu cores")):
+                    lines.append(" ".join(line.split()))
+            return "\n".join(lines)
+    except OSError:
+        return platform.processor()
+
+
+def stamp_text(previous: str | None) -> str:
+    """A form's stamp after saving it on this CPU: the sources' hash, then the CPUs it
+    holds compiled code for (this one added to those of a stamp of the same sources)."""
+    cpus = {cpu_key()}
+    if previous:
+        lines = previous.split()
+        if lines and lines[0] == source_stamp():
+            cpus.update(lines[1:])
+    return "\n".join([source_stamp(), *sorted(cpus)]) + "\n"
+
+
 def holds(path: str, form: str) -> bool:
-    """Whether directory ``path`` holds ``form`` compiled from the current sources."""
+    """Whether directory ``path`` holds ``form`` compiled from the current sources for
+    this CPU."""
     try:
         with open(os.path.join(path, stamp_name(form)), encoding="ascii") as fh:
-            stamp = fh.read().strip()
+            lines = fh.read().split()
     except (OSError, ValueError):
         return False
-    return stamp == source_stamp() and os.path.exists(os.path.join(path, index_name(form)))
+    return (bool(lines) and lines[0] == source_stamp() and cpu_key() in lines[1:]
+            and os.path.exists(os.path.join(path, index_name(form))))
 
 
 def is_cached(form: str) -> bool:
-    """Whether a cache directory holds this form compiled from the current sources.
-    (It may have been compiled for another CPU or argument types; numba then
+    """Whether a cache directory holds this form compiled from the current sources for
+    this CPU.  (It may have been compiled for other argument types; numba then
     compiles it again.)"""
     return any(holds(path, form) for path in cache_dirs())

@@ -14,7 +14,9 @@ that holds the form compiled from the current sources or can be written:
 ``$NUMBA_CACHE_DIR/bce_cli``, the package's ``__pycache__``, ``~/.cache/bce``.
 A directory that cannot be written (a CI cache restored read-only, a Docker
 layer) is still read.  The stamp is a hash of every source that ends up in the
-kernels, so an edit to any of them, not only to ``kernels.py``, invalidates it.
+kernels, so an edit to any of them, not only to ``kernels.py``, invalidates it,
+followed by the CPUs the form was compiled for (``_cache_dirs.cpu_key``): numba
+loads only code compiled for this CPU, so a cache built on another counts as empty.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numba
 from numba.core import caching
 
 from . import _tiers
-from ._cache_dirs import cache_dirs, holds, index_name, source_stamp, stamp_name
+from ._cache_dirs import cache_dirs, holds, index_name, source_stamp, stamp_name, stamp_text
 
 # Modules numba's CPU target imports as it starts, for code no bce kernel has, with
 # what they cost (2-core development machine): the module numba imports, the one hidden.
@@ -187,9 +189,14 @@ class _FormCache(caching.FunctionCache):
             with _locked(path):  # numba's index update is read-modify-write
                 super().save_overload(sig, data)
                 stamp = os.path.join(path, stamp_name(self._py_func._bce_form))
+                try:
+                    with open(stamp, encoding="ascii") as fh:
+                        previous = fh.read()
+                except (OSError, ValueError):
+                    previous = None
                 tmp = f"{stamp}.{os.getpid()}.tmp"
                 with open(tmp, "w", encoding="ascii") as fh:
-                    fh.write(source_stamp())
+                    fh.write(stamp_text(previous))
                 os.replace(tmp, stamp)
         except OSError:  # read-only (a restored cache) or full: the kernel still runs
             pass

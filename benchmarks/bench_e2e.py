@@ -179,8 +179,8 @@ def main() -> None:
     subprocess.run([PY, "-m", "compileall", "-q", str(HERE.parent / "bce_cli")], check=True)
     data = Path(args.data or tempfile.mkdtemp(prefix="bce-e2e-"))
     data.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {cpu()}; python {sys.version.split()[0]}; best of {args.repeat} fresh "
-          f"processes; data in {data}")
+    print(f"machine: {cpu()}; code: {os.environ.get('BCE_BENCH_ISA', 'native')}; python "
+          f"{sys.version.split()[0]}; best of {args.repeat} fresh processes; data in {data}")
     have_torch = subprocess.run([PY, "-c", "import torch"], capture_output=True).returncode == 0
     if not have_torch:
         print("note: torch is not installed; the PyTorch scripts are skipped")

@@ -139,7 +139,7 @@ def test_stale_read_only_cache_is_passed_over(monkeypatch, tmp_path):
     assert not _cache_dirs.is_cached("planes_ps_f64")
     locator = _jit._Locator.for_form("planes_ps_f64", __file__)
     assert locator.get_cache_path() == str(new)
-    (old / _cache_dirs.stamp_name("planes_ps_f64")).write_text(_cache_dirs.source_stamp())
+    (old / _cache_dirs.stamp_name("planes_ps_f64")).write_text(_cache_dirs.stamp_text(None))
     assert _cache_dirs.is_cached("planes_ps_f64")
     assert _jit._Locator.for_form("planes_ps_f64", __file__).get_cache_path() == str(old)
 
@@ -159,8 +159,60 @@ def test_saves_into_one_cache_are_serialised(monkeypatch, tmp_path):
     _run_form(form, parallel=False)
     assert calls[:2] == [fcntl.LOCK_EX, fcntl.LOCK_UN]
     assert (tmp_path / "bce_cli" / _cache_dirs.stamp_name(form.name)).read_text() == \
-        _cache_dirs.source_stamp()
+        _cache_dirs.stamp_text(None)
     monkeypatch.delitem(kernels._ENTRIES, (form, False))
+
+
+def test_a_cache_built_for_another_cpu_counts_as_empty(monkeypatch, tmp_path):
+    """numba keys its cache by the CPU it compiled for and compiles again on any other
+    (a CI cache restored on another runner model, a Docker layer built elsewhere): the
+    tier model must not count such a form as cached (it would pay a compile where it
+    expected a load).  Saving on a second CPU keeps the first one's entry."""
+    form = "planes_ps_f64"
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setattr(_cache_dirs, "cache_dirs", lambda: [str(cache)])
+    (cache / _cache_dirs.index_name(form)).write_text("")
+    stamp = cache / _cache_dirs.stamp_name(form)
+    monkeypatch.setattr(_cache_dirs, "cpu_key", lambda: "a" * 16)
+    stamp.write_text(_cache_dirs.stamp_text(None))
+    assert _cache_dirs.is_cached(form)
+    monkeypatch.setattr(_cache_dirs, "cpu_key", lambda: "b" * 16)
+    assert not _cache_dirs.is_cached(form)
+    stamp.write_text(_cache_dirs.stamp_text(stamp.read_text()))  # saved on CPU b too
+    assert _cache_dirs.is_cached(form)
+    monkeypatch.setattr(_cache_dirs, "cpu_key", lambda: "a" * 16)
+    assert _cache_dirs.is_cached(form)
+    monkeypatch.setattr(_cache_dirs, "source_stamp", lambda: "0" * 64)  # sources edited
+    assert not _cache_dirs.is_cached(form)
+    assert _cache_dirs.stamp_text(stamp.read_text()).split() == ["0" * 64, "a" * 16]
+
+
+def test_the_cpu_key_follows_numbas_target(monkeypatch):
+    """The key changes with the host CPU and with NUMBA_CPU_NAME / NUMBA_CPU_FEATURES, as
+    numba's cache index does; with both set, numba's target, and the key, do not depend
+    on the host."""
+    def key():
+        _cache_dirs.cpu_key.cache_clear()
+        return _cache_dirs.cpu_key()
+
+    monkeypatch.delenv("NUMBA_CPU_NAME", raising=False)
+    monkeypatch.delenv("NUMBA_CPU_FEATURES", raising=False)
+    host = key()
+    assert host == key() and len(host) == 16
+    monkeypatch.setenv("NUMBA_CPU_NAME", "haswell")
+    named = key()
+    assert named != host
+    monkeypatch.setenv("NUMBA_CPU_FEATURES", "+avx2,-avx512f")
+    portable = key()
+    assert portable not in (host, named)
+    monkeypatch.setattr(_cache_dirs, "_host_cpu", lambda: "another CPU")
+    assert key() == portable
+    monkeypatch.delenv("NUMBA_CPU_FEATURES")
+    assert key() != named  # the host's features still count
+    monkeypatch.delenv("NUMBA_CPU_NAME")
+    assert key() != host
+    _cache_dirs.cpu_key.cache_clear()
 
 
 def test_warmup_fills_the_cache_for_the_forms_it_names(tmp_path, monkeypatch):
