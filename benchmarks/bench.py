@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from bench_e2e import cpu  # the script's own directory is on sys.path
 
 from bce_cli import BCEAccumulator, _tiers, bce_with_logits
 
@@ -165,17 +165,6 @@ def startup(tmp: Path) -> list[tuple[str, float]]:
     ]
 
 
-def _host() -> str:
-    """The CPU's model and its widest vectors (from /proc/cpuinfo where there is one)."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines()
-                  if ln.startswith("model name")), platform.processor() or platform.machine())
-    flags = next((set(ln.split(":", 1)[1].split()) for ln in text.splitlines()
-                  if ln.startswith("flags")), set())
-    width = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{model} with {width}"
-
-
 def fmt_rate(v):
     return "-" if v is None else f"{v / 1e6:,.0f}"
 
@@ -191,11 +180,10 @@ def main() -> None:
     ap.add_argument("--skip-startup", action="store_true")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"numba {numba.__version__} ({numba.get_num_threads()} threads), numpy "
-          f"{np.__version__}, torch "
+    print(f"machine: {cpu()}; numba {numba.__version__} ({numba.get_num_threads()} threads), "
+          f"numpy {np.__version__}, torch "
           f"{torch.__version__ + f' ({torch.get_num_threads()} threads)' if torch else '-'}")
-    print(f"host: {_host()}; code: {os.environ.get('BCE_BENCH_ISA', 'native')}"
+    print(f"code: {os.environ.get('BCE_BENCH_ISA', 'native')}"
           + (f" (PyTorch: {torch.backends.cpu.get_cpu_capability()})" if torch else ""))
     if torch is None:
         print("note: torch is not installed; PyTorch columns are skipped "
