@@ -156,17 +156,28 @@ def choose(n_elements: int, form, job_elements: int | None = None) -> str:
     return "compiled" if saved > fixed else "numpy"
 
 
+def _numpy_cpu():
+    """NumPy's module that knows its CPU features and dispatch targets."""
+    try:
+        from numpy._core import _multiarray_umath
+    except ImportError:  # NumPy 1.x
+        from numpy.core import _multiarray_umath
+    return _multiarray_umath
+
+
+def numpy_avx512_targets() -> list[str]:
+    """The AVX-512 targets NumPy can dispatch its loops to (``X86_V4``, ``AVX512_ICL``...
+    in NumPy 2.4; ``AVX512F``, ``AVX512_SKX``... before), whether this CPU has them or not."""
+    return [name for name in _numpy_cpu().__cpu_dispatch__
+            if name.startswith("AVX512") or name == "X86_V4"]
+
+
 def rates() -> tuple[float, float]:
     """Elements per second per thread of (the NumPy tier, the compiled tier) on this
     machine: with AVX-512 loops or without (NumPy's own dispatch, and numba's code
     for the host unless ``NUMBA_CPU_FEATURES`` turns AVX-512 off)."""
-    try:
-        from numpy._core import _multiarray_umath as umath
-    except ImportError:  # NumPy 1.x
-        from numpy.core import _multiarray_umath as umath
-    features = umath.__cpu_features__
-    numpy_wide = any(features.get(name) for name in umath.__cpu_dispatch__
-                     if name.startswith("AVX512") or name == "X86_V4")
+    features = _numpy_cpu().__cpu_features__
+    numpy_wide = any(features.get(name) for name in numpy_avx512_targets())
     numba_wide = (bool(features.get("AVX512F"))
                   and "-avx512f" not in os.environ.get("NUMBA_CPU_FEATURES", "").split(","))
     return (NUMPY_RATE if numpy_wide else NUMPY_RATE_NARROW,

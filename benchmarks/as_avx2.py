@@ -27,19 +27,15 @@ def avx2_env(env: dict) -> dict:
     """``env`` with the variables that keep numba, NumPy and PyTorch to AVX2 code."""
     import llvmlite.binding as llvm
 
-    try:
-        from numpy._core._multiarray_umath import __cpu_dispatch__
-    except ImportError:  # NumPy 1.x
-        from numpy.core._multiarray_umath import __cpu_dispatch__
+    from bce_cli._tiers import numpy_avx512_targets
 
     features = llvm.get_host_cpu_features()
     flags = ",".join(("+" if on and not _wide(name) else "-") + name
                      for name, on in features.items())
-    wide_numpy = [name for name in __cpu_dispatch__
-                  if name.startswith("AVX512") or name == "X86_V4"]
     return dict(env, NUMBA_CPU_NAME=llvm.get_host_cpu_name(), NUMBA_CPU_FEATURES=flags,
                 NUMBA_CACHE_DIR=os.path.join(tempfile.gettempdir(), "bce-avx2-kernel-cache"),
-                NPY_DISABLE_CPU_FEATURES=" ".join(wide_numpy), ATEN_CPU_CAPABILITY="avx2",
+                NPY_DISABLE_CPU_FEATURES=" ".join(numpy_avx512_targets()),
+                ATEN_CPU_CAPABILITY="avx2",
                 BCE_BENCH_ISA="AVX2 code only (benchmarks/as_avx2.py)")
 
 
