@@ -85,15 +85,16 @@ def _host_cpu() -> str:
         return platform.processor()
 
 
+def _stamped_cpus(text: str | None) -> set[str]:
+    """The CPUs a stamp lists, if it is a stamp of the current sources (else none)."""
+    lines = (text or "").split()
+    return set(lines[1:]) if lines and lines[0] == source_stamp() else set()
+
+
 def stamp_text(previous: str | None) -> str:
     """A form's stamp after saving it on this CPU: the sources' hash, then the CPUs it
     holds compiled code for (this one added to those of a stamp of the same sources)."""
-    cpus = {cpu_key()}
-    if previous:
-        lines = previous.split()
-        if lines and lines[0] == source_stamp():
-            cpus.update(lines[1:])
-    return "\n".join([source_stamp(), *sorted(cpus)]) + "\n"
+    return "\n".join([source_stamp(), *sorted(_stamped_cpus(previous) | {cpu_key()})]) + "\n"
 
 
 def holds(path: str, form: str) -> bool:
@@ -101,10 +102,10 @@ def holds(path: str, form: str) -> bool:
     this CPU."""
     try:
         with open(os.path.join(path, stamp_name(form)), encoding="ascii") as fh:
-            lines = fh.read().split()
+            text = fh.read()
     except (OSError, ValueError):
         return False
-    return (bool(lines) and lines[0] == source_stamp() and cpu_key() in lines[1:]
+    return (cpu_key() in _stamped_cpus(text)
             and os.path.exists(os.path.join(path, index_name(form))))
 
 

@@ -91,7 +91,9 @@ def _bits_of_f64(typingctx, x):
 
 @_scalar
 def _pow2_neg(k):
-    """2.0**-k for integer 0 <= k <= 1022, from the exponent bits."""
+    """2.0**-k for integer 0 <= k <= 1022, from the exponent bits (masked to them: the
+    integer of a NaN reduction is arbitrary, and must not overflow the simulator's
+    int64 packing; the result is NaN anyway)."""
     return _f64_from_bits(((1023 - k) & 0x7FF) << 52)
 
 
