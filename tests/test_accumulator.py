@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -156,17 +156,30 @@ def _merged(*accs):
     return accs[0].spawn().merge(*accs)
 
 
+def _results(acc):
+    """compute()'s fields, or its error when no element counts (a small random part can
+    hold only ignored and NaN elements)."""
+    try:
+        return vars(acc.compute())
+    except BCEInputError as err:
+        return str(err)
+
+
 def _assert_same(a, b):
     """Bit for bit: the state, the row count and every result of compute()."""
     np.testing.assert_array_equal(a.state, b.state)
     assert a.n_rows == b.n_rows
-    ra, rb = a.compute(), b.compute()
-    for name, value in vars(ra).items():
-        np.testing.assert_array_equal(value, getattr(rb, name), err_msg=name)
+    ra, rb = _results(a), _results(b)
+    if isinstance(rb, str):
+        assert ra == rb
+        return
+    for name, value in ra.items():
+        np.testing.assert_array_equal(value, rb[name], err_msg=name)
 
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(3, 2000))
+@example(seed=1902, n=3)  # a part of one row, all of it ignored or NaN: no loss to compute
 def test_merge_laws_on_random_splits(seed, n):
     """torcheval's laws.  Float64 addition is commutative and has 0 as identity,
     so those two hold bit for bit; it is not associative, so regrouping three
