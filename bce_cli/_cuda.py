@@ -16,8 +16,9 @@ positions, a position being one ``(a, b)`` (a run of B, or whole rows of A when
 B is short), and every class of them, one class after the other, as a CPU
 planes task does.  Thread ``t`` takes positions ``t, t + THREADS, ...``, so
 neighbouring threads read neighbouring elements.  ``per_thread`` is
-``MAX_PER_THREAD`` for one class and less for many, about that many elements
-per thread and tile.
+``MAX_PER_THREAD`` up to 8 classes and less for more, about ``ELEMENTS_PER_THREAD``
+elements per thread and tile.  A position's index takes no 64-bit division (the GPU
+emulates it in software; it was 4/5 of the kernel's time): see :func:`_position`.
 
 **Bit-stable reductions.**  Each thread adds its elements in a fixed order in
 float64; a block adds its threads' sums by a fixed tree in shared memory (no
@@ -49,10 +50,14 @@ imports ``numba.cuda`` (``bce_cli._device`` says first whether it is usable).
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import math
+import os
 import struct
 import sys
 import threading
+import warnings
 
 import numpy as np
 from numba import cuda
@@ -83,9 +88,12 @@ from .stats import (
 # runs one Python thread per CUDA thread and a barrier costs all of them: it gets
 # blocks of 8 (the same code; only the tiles are smaller), so tests stay quick.
 THREADS = 8 if simulated() else 128
-MAX_PER_THREAD = 16    # positions per thread and tile, at most (one class)
-ELEMENTS_PER_THREAD = 16  # about this many elements per thread and tile (many classes)
-BAD = N_ACC_STATS      # the row of the partials that counts invalid elements (column 0)
+PER_THREAD = 64  # positions per thread and tile, at most (one class)
+MAX_PER_THREAD = 16  # the same with the rows' moments along B (kept per position)
+# about this many elements per thread and tile with many classes (each class of a tile
+# ends in a tree reduction over the block: 8 barriers)
+ELEMENTS_PER_THREAD = 128
+BAD = N_ACC_STATS      # the row of the partials that counts invalid elements
 N_ROWS = N_ACC_STATS + 1
 CHUNK = 1 << 22        # elements per host-to-device chunk (streaming host arrays)
 
@@ -166,31 +174,46 @@ def _block_sum(sh, n, tid):
     cuda.syncthreads()
 
 
-def _tiles_kernel(core):
-    """The tiles kernel with ``core`` = log1p(exp(-a)) for the logits' width."""
+@cuda.jit(device=True)
+def _position(q, a_span, n_b):
+    """(entry of A, position in B) of a tile's position ``q`` (< THREADS * per_thread),
+    for ``a_span`` entries of A of ``n_b`` positions each: no 64-bit division."""
+    if a_span == 1:  # a run of B
+        return 0, q
+    if n_b == 1:  # B = 1, rows of (N, C): an entry of A each
+        return q, 0
+    qa = np.int64(np.uint32(q) // np.uint32(n_b))  # short runs of B: a 32-bit division
+    return qa, q - qa * n_b
+
+
+def _tiles_kernel(core, **options):
+    """The tiles kernel with ``core`` = log1p(exp(-a)) for the logits' width (``options``:
+    ``cuda.jit``'s, such as ``max_registers``)."""
 
     def tiles(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out, write_out,
               geom, partials, side):
-        a_count, c_count, b_count, a_per_tile, n_bblocks, b_step, per_thread, moments = geom
+        (a_count, c_count, b_count, a_per_tile, n_bblocks, b_step, per_thread, moments,
+         first) = geom
         tile = cuda.blockIdx.x
         tid = cuda.threadIdx.x
         blk = tile % n_bblocks
         a_lo = (tile // n_bblocks) * a_per_tile
         b_lo = blk * b_step
         n_b = min(b_count, b_lo + b_step) - b_lo
-        n_here = (min(a_count, a_lo + a_per_tile) - a_lo) * n_b
+        a_span = min(a_count, a_lo + a_per_tile) - a_lo
+        n_here = a_span * n_b
         use_wf = wf.size > 0
         use_pf = pf.size > 0
         keep = 1.0 - smooth
         half = 0.5 * smooth
-        sh = cuda.shared.array((8, THREADS), np.float64)
+        sh = cuda.shared.array((9, THREADS), np.float64)
         rowtot = cuda.local.array(MAX_PER_THREAD, np.float64)
         rowcnt = cuda.local.array(MAX_PER_THREAD, np.float64)
         for m in range(MAX_PER_THREAD):
             rowtot[m] = 0.0
             rowcnt[m] = 0.0
-        n_bad = 0.0
         for c in range(c_count):
+            n_bad = 0.0
             s_loss = 0.0
             s_count = 0.0
             s_pos = 0.0
@@ -204,7 +227,8 @@ def _tiles_kernel(core):
             for m in range(per_thread):
                 q = tid + m * THREADS
                 if q < n_here:
-                    i = ((a_lo + q // n_b) * c_count + c) * b_count + b_lo + q % n_b
+                    qa, qb = _position(q, a_span, n_b)
+                    i = ((a_lo + qa) * c_count + c) * b_count + b_lo + qb
                     xv = float(x[i])
                     yv = float(y[i])
                     skip, bad = _FLAGS(xv, yv, ignore, has_ignore, nan_mode)
@@ -224,8 +248,9 @@ def _tiles_kernel(core):
                     s_wy += 0.0 if skip else wi * yv
                     s_wn += 0.0 if skip else wi * (1.0 - yv)
                     n_bad += 1.0 if bad else 0.0
-                    rowtot[m] += kept
-                    rowcnt[m] += one
+                    if moments == MOMENTS_ALONG_B:  # (local memory: only when needed)
+                        rowtot[m] += kept
+                        rowcnt[m] += one
             sh[0, tid] = s_loss
             sh[1, tid] = s_count
             sh[2, tid] = s_pos
@@ -234,56 +259,55 @@ def _tiles_kernel(core):
             sh[5, tid] = s_sq
             sh[6, tid] = s_wy
             sh[7, tid] = s_wn
-            _block_sum(sh, 8, tid)
+            sh[8, tid] = n_bad
+            _block_sum(sh, 9, tid)
             if tid == 0:
-                acc = partials[tile]
-                acc[LOSS, c] = sh[0, 0]
-                acc[COUNT, c] = sh[1, 0]
-                acc[POS, c] = sh[2, 0]
-                acc[NEG, c] = sh[3, 0]
-                acc[CORRECT, c] = sh[4, 0]
-                acc[SQ, c] = sh[5, 0]
-                acc[SQN, c] = 0.0
-                acc[NSQ, c] = 0.0
-                acc[RSQ, c] = 0.0
-                acc[RSQN, c] = 0.0
-                acc[RNSQ, c] = 0.0
-                acc[WPOS, c] = sh[6, 0]
-                acc[WNEG, c] = sh[7, 0]
-                acc[BAD, c] = 0.0
+                at = first + tile
+                partials[LOSS, c, at] = sh[0, 0]
+                partials[COUNT, c, at] = sh[1, 0]
+                partials[POS, c, at] = sh[2, 0]
+                partials[NEG, c, at] = sh[3, 0]
+                partials[CORRECT, c, at] = sh[4, 0]
+                partials[SQ, c, at] = sh[5, 0]
+                partials[SQN, c, at] = 0.0
+                partials[NSQ, c, at] = 0.0
+                partials[RSQ, c, at] = 0.0
+                partials[RSQN, c, at] = 0.0
+                partials[RNSQ, c, at] = 0.0
+                partials[WPOS, c, at] = sh[6, 0]
+                partials[WNEG, c, at] = sh[7, 0]
+                partials[BAD, c, at] = sh[8, 0]
                 if moments == MOMENTS_ALONG_A:  # the tile is one entry of A: its row
                     k = 2 * ((a_lo * c_count + c) * n_bblocks + blk)
                     side[k] = sh[0, 0]
                     side[k + 1] = sh[1, 0]
             cuda.syncthreads()
-        r_aa = 0.0
-        r_an = 0.0
-        r_nn = 0.0
-        if moments == MOMENTS_ALONG_B:
+        if moments == MOMENTS_ALONG_B:  # the rows' moments (column 0)
+            r_aa = 0.0
+            r_an = 0.0
+            r_nn = 0.0
             for m in range(per_thread):
                 r_aa += rowtot[m] * rowtot[m]
                 r_an += rowtot[m] * rowcnt[m]
                 r_nn += rowcnt[m] * rowcnt[m]
-        sh[0, tid] = r_aa
-        sh[1, tid] = r_an
-        sh[2, tid] = r_nn
-        sh[3, tid] = n_bad
-        _block_sum(sh, 4, tid)
-        if tid == 0:
-            acc = partials[tile]
-            acc[RSQ, 0] = sh[0, 0]
-            acc[RSQN, 0] = sh[1, 0]
-            acc[RNSQ, 0] = sh[2, 0]
-            acc[BAD, 0] = sh[3, 0]
+            sh[0, tid] = r_aa
+            sh[1, tid] = r_an
+            sh[2, tid] = r_nn
+            _block_sum(sh, 3, tid)
+            if tid == 0:
+                partials[RSQ, 0, first + tile] = sh[0, 0]
+                partials[RSQN, 0, first + tile] = sh[1, 0]
+                partials[RNSQ, 0, first + tile] = sh[2, 0]
 
-    return cuda.jit(tiles)
+    return cuda.jit(tiles, **options)
 
 
 @cuda.jit
 def _add_partials(partials, total):
-    """total[s, c] = the sum over tiles of partials[tile, s, c], in a fixed order: one
-    block per (statistic, class), strided per thread, then the tree."""
-    n_tiles, _, c_count = partials.shape
+    """total[s, c] = the sum over tiles of partials[s, c, tile], in a fixed order: one
+    block per (statistic, class), strided per thread (neighbouring threads read
+    neighbouring tiles), then the tree."""
+    _, c_count, n_tiles = partials.shape
     col = cuda.blockIdx.x
     s = col // c_count
     c = col % c_count
@@ -291,7 +315,7 @@ def _add_partials(partials, total):
     acc = 0.0
     k = tid
     while k < n_tiles:
-        acc += partials[k, s, c]
+        acc += partials[s, c, k]
         k += THREADS
     sh = cuda.shared.array((1, THREADS), np.float64)
     sh[0, tid] = acc
@@ -303,10 +327,11 @@ def _add_partials(partials, total):
 _TILES = _tiles_kernel(_MATH["log1p_exp_neg"])  # compiled per argument types on first use
 
 
-def geometry(a_count: int, c_count: int, b_count: int, moments: int):
+def geometry(a_count: int, c_count: int, b_count: int, moments: int, first: int = 0):
     """``(geom, n_tiles)``: geom = (A, C, B, entries of A per tile, blocks of B, B per
-    block, positions per thread, moments)."""
-    per_thread = max(1, min(MAX_PER_THREAD, ELEMENTS_PER_THREAD // max(c_count, 1)))
+    block, positions per thread, moments, index of the first tile in the partials)."""
+    most = MAX_PER_THREAD if moments == MOMENTS_ALONG_B else PER_THREAD
+    per_thread = max(1, min(most, ELEMENTS_PER_THREAD // max(c_count, 1)))
     positions = THREADS * per_thread
     if b_count >= positions:
         a_per_tile, b_step = 1, positions
@@ -315,8 +340,17 @@ def geometry(a_count: int, c_count: int, b_count: int, moments: int):
         a_per_tile = 1 if moments == MOMENTS_ALONG_A else max(1, positions // b_step)
     n_bblocks = max(1, -(-b_count // b_step))
     n_tiles = -(-a_count // a_per_tile) * n_bblocks
-    return ((a_count, c_count, b_count, a_per_tile, n_bblocks, b_step, per_thread, moments),
-            n_tiles)
+    return ((a_count, c_count, b_count, a_per_tile, n_bblocks, b_step, per_thread, moments,
+             first), n_tiles)
+
+
+def _configured(kernel, n_blocks: int, stream):
+    """``kernel[n_blocks, THREADS, stream]`` without numba's warning about grids of fewer
+    than 128 blocks: small grids are meant here (the sum of the partials, small batches),
+    and a user's script should not print it or fail on it under ``-W error``."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will likely result in GPU under-utiliz")
+        return kernel[max(n_blocks, 1), THREADS, stream]
 
 
 def as_device(a):
@@ -328,6 +362,34 @@ def as_device(a):
 
 def _empty_on_device(dtype):
     return cuda.device_array(0, dtype=dtype)
+
+
+STAGING_THREADS = min(8, os.cpu_count() or 1)
+STAGING_PIECE = 1 << 20  # elements: smaller copies into pinned memory are not split
+
+
+@functools.lru_cache(maxsize=1)
+def _stagers():
+    return concurrent.futures.ThreadPoolExecutor(STAGING_THREADS, "bce-staging")
+
+
+def _stage(dst, src) -> None:
+    """``dst[...] = src`` for a chunk ``(A, C, B)`` going into pinned memory, in pieces on
+    a few threads (NumPy's copy releases the GIL): one thread copies a few GB/s, less
+    than the bus to the GPU takes, and the stream of chunks waits on it."""
+    axis = 0 if dst.shape[0] > 1 else 2
+    pieces = min(STAGING_THREADS, dst.size // STAGING_PIECE, dst.shape[axis])
+    if pieces < 2:
+        np.copyto(dst, src)
+        return
+    bounds = np.linspace(0, dst.shape[axis], pieces + 1).astype(int)
+    cut = [slice(None)] * 3
+    jobs = []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        cut[axis] = slice(lo, hi)
+        jobs.append(_stagers().submit(np.copyto, dst[tuple(cut)], src[tuple(cut)]))
+    for job in jobs:
+        job.result()
 
 
 class _Slot:
@@ -382,7 +444,7 @@ def _chunks(canon, chunk: int):
 
 def run(x, y, canon, wvec, pvec, wf, pf, smooth, ignore, nan_mode, moments, write_out: bool,
         chunk: int = CHUNK):
-    """Statistics ``(N_ACC_STATS + 1, C)`` (the last row: invalid elements, column 0),
+    """Statistics ``(N_ACC_STATS + 1, C)`` (the last row: invalid elements per class),
     ``side`` (host; with moments along A) and the per-element losses (host ``out``
     for host inputs, a device array for device inputs; None without ``write_out``).
 
@@ -396,9 +458,11 @@ def run(x, y, canon, wvec, pvec, wf, pf, smooth, ignore, nan_mode, moments, writ
     wvec_d = cuda.to_device(np.ascontiguousarray(wvec, dtype=np.float64), stream=compute_s)
     pvec_d = cuda.to_device(np.ascontiguousarray(pvec, dtype=np.float64), stream=compute_s)
     ranges = [(0, a_count, 0, b_count)] if on_device else _chunks(canon, chunk)
-    plans = [geometry(a1 - a0, c_count, b1 - b0, moments) for a0, a1, b0, b1 in ranges]
-    n_tiles = sum(n for _, n in plans)
-    partials = cuda.device_array((max(n_tiles, 1), N_ROWS, c_count), dtype=np.float64,
+    plans, n_tiles = [], 0
+    for a0, a1, b0, b1 in ranges:
+        plans.append(geometry(a1 - a0, c_count, b1 - b0, moments, first=n_tiles))
+        n_tiles += plans[-1][1]
+    partials = cuda.device_array((N_ROWS, c_count, max(n_tiles, 1)), dtype=np.float64,
                                  stream=compute_s)
     side = side_h = None
     if moments == MOMENTS_ALONG_A:
@@ -416,12 +480,11 @@ def run(x, y, canon, wvec, pvec, wf, pf, smooth, ignore, nan_mode, moments, writ
                (flat[0], flat[1],
                 None if wf is None else cuda.to_device(wf.reshape(-1), stream=compute_s),
                 None if pf is None else cuda.to_device(pf.reshape(-1), stream=compute_s))]
-        kernel[max(n_tiles, 1), THREADS, compute_s](
+        _configured(kernel, n_tiles, compute_s)(
             dev[0], dev[1], wvec_d, pvec_d, dev[2], dev[3], float(smooth), float(ignore or 0.0),
             ignore is not None, int(nan_mode), out if write_out else _empty_on_device(x.dtype),
             bool(write_out), plans[0][0], partials, side if side is not None else empty)
     else:
-        tile0 = 0
         for k, ((a0, a1, b0, b1), (geom, n)) in enumerate(zip(ranges, plans, strict=True)):
             slot = slots[k % 2]
             slot.finish()  # its previous chunk's kernel and copies are done
@@ -433,7 +496,7 @@ def run(x, y, canon, wvec, pvec, wf, pf, smooth, ignore, nan_mode, moments, writ
                     args.append(empty)
                     continue
                 h, d = slot.buffers(name, size, arr.dtype)
-                np.copyto(h.reshape(shape), arr[a0:a1, :, b0:b1])  # into pinned memory
+                _stage(h.reshape(shape), arr[a0:a1, :, b0:b1])  # into pinned memory
                 d.copy_to_device(h, stream=copy_s)
                 args.append(d)
             copied = cuda.event()
@@ -446,12 +509,11 @@ def run(x, y, canon, wvec, pvec, wf, pf, smooth, ignore, nan_mode, moments, writ
             if side is not None:
                 per_a = 2 * c_count * geom[4]
                 s = side[a0 * per_a:a1 * per_a]
-            kernel[max(n, 1), THREADS, compute_s](
+            _configured(kernel, n, compute_s)(
                 args[0], args[1], wvec_d, pvec_d, args[2], args[3], float(smooth),
                 float(ignore or 0.0), ignore is not None, int(nan_mode),
                 o_d if write_out else _empty_on_device(x.dtype), bool(write_out), geom,
-                partials[tile0:tile0 + max(n, 1)], s if s is not None else empty)
-            tile0 += n
+                partials, s if s is not None else empty)
             done = cuda.event()
             done.record(compute_s)
             if write_out:  # losses back on the copy stream, after the kernel
@@ -464,7 +526,7 @@ def run(x, y, canon, wvec, pvec, wf, pf, smooth, ignore, nan_mode, moments, writ
         for slot in slots:
             slot.finish()
     total = cuda.device_array((N_ROWS, c_count), dtype=np.float64, stream=compute_s)
-    _add_partials[N_ROWS * c_count, THREADS, compute_s](partials[:max(n_tiles, 1)], total)
+    _configured(_add_partials, N_ROWS * c_count, compute_s)(partials, total)
     stats = total.copy_to_host(stream=compute_s)
     if side is not None:
         side_h = side.copy_to_host(stream=compute_s)

@@ -56,6 +56,19 @@ def _target_installed() -> bool:
             or importlib.util.find_spec("numba.cuda") is not None)
 
 
+def _target_error() -> str | None:
+    """Why numba-cuda's array support fails to load here, or None.  It loads at the first
+    kernel's compile, after the GPU was found: numba-cuda 0.30 fails there with NumPy 2.5
+    (``np.row_stack`` is gone), which would otherwise surface as a traceback."""
+    if importlib.util.find_spec("numba_cuda") is None:  # numba's own (older) CUDA target
+        return None
+    try:
+        importlib.import_module("numba.cuda.np.arrayobj")
+    except Exception as err:  # any failure: the message names it
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
 def _gpu_found() -> bool:
     from numba import cuda
 
@@ -72,7 +85,16 @@ def problem() -> tuple[str, str] | None:
         return None
     driver, target = _driver_found(), _target_installed()
     if driver and target and _gpu_found():
-        return None
+        error = _target_error()
+        if error is None:
+            return None
+        import numpy
+
+        return (f"--device cuda: numba's CUDA target fails to load with NumPy "
+                f"{numpy.__version__} ({error})",
+                "install NumPy and numba-cuda releases that work together (numba-cuda 0.30 "
+                "needs NumPy < 2.5: pip install 'numpy<2.5'); or run with --device cpu "
+                "(the same report)")
     missing, fixes = [], []
     if not driver:
         missing.append("no NVIDIA driver (libcuda) was found")

@@ -243,7 +243,7 @@ def _cuda_stats(x, y, class_axis, opts: LossOptions, write, moments):
     kind, one_element_rows = _moments_kind(moments, write, along_b, c_count)
     stats, side, out = _cuda.run(xk, yk, canon, wvec, pvec, wf, pf, opts.smoothing, opts.ignore,
                                  NAN_POLICIES[opts.nan_policy], kind, write != OUT_NONE)
-    if stats[_cuda.BAD, 0] > 0:  # find the first invalid element as the CPU does
+    if stats[_cuda.BAD].any():  # find the first invalid element as the CPU does
         check_targets(to_host(y), logits=to_host(x), class_axis=class_axis, ignore=opts.ignore,
                       nan_policy=opts.nan_policy)
         raise AssertionError("a kernel found an invalid element that check_targets did not")

@@ -103,14 +103,14 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
     from .data._readahead import read_ahead
 
     engine = check(Engine, opts.engine, "engine")
+    if opts.device == "cuda" and engine == "dask":  # before Dask is looked for: no install helps
+        raise BCEInputError("--device cuda runs with --engine local (one GPU in this process)")
     if engine == "dask":
         from . import _dask
 
         _dask.check_eval(spec, opts)
     elif opts.timeout is not None:
         raise BCEInputError("--timeout is for --engine dask")
-    if opts.device == "cuda" and engine == "dask":
-        raise BCEInputError("--device cuda runs with --engine local (one GPU in this process)")
     device = "cpu" if engine == "dask" else _device.resolve(opts.device)  # exit 2 at once
     _tiers.set_threads(opts.threads)
     check_limits(opts)

@@ -182,12 +182,36 @@ def test_a_blocks_threads_share_one_shared_array_on_the_simulator(monkeypatch):
             made.fill(np.nan)
         return made
 
-    partials = np.arange(1.0, 41.0).reshape(40, 1, 1)
+    partials = np.arange(1.0, 41.0).reshape(1, 1, 40)
     total = np.zeros((1, 1))
     monkeypatch.setattr(np, "empty", racing_empty)
     _cuda._add_partials[1, _cuda.THREADS](partials, total)
     monkeypatch.undo()
     assert total[0, 0] == 820.0
+
+
+@pytest.mark.cudasim
+def test_small_grids_launch_without_numbas_occupancy_warning():
+    """numba warns at a launch of fewer than 128 blocks (the sum of the partials always is
+    one, small batches are); under ``-W error`` that warning would fail a user's job."""
+    import warnings
+
+    from numba.core.errors import NumbaPerformanceWarning
+
+    from bce_cli import _cuda
+
+    class Kernel:
+        def __getitem__(self, config):
+            warnings.warn(NumbaPerformanceWarning(
+                "Grid size 15 will likely result in GPU under-utilization due to low "
+                "occupancy."), stacklevel=1)
+            return config
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _cuda._configured(Kernel(), 0, "stream") == (1, _cuda.THREADS, "stream")
+        with pytest.raises(NumbaPerformanceWarning):  # others still reach the user
+            Kernel()[1, 2, 3]
 
 
 @pytest.mark.cudasim
@@ -276,6 +300,30 @@ def test_streaming_in_chunks_through_two_slots(rng, monkeypatch):
     _close(losses, want, 2 ** -23)
     _close(stats[:N_STATS], stats1)
     _close(out, out1)
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("shape", [(9, 3, 4), (1, 3, 50)])
+def test_chunks_go_into_pinned_memory_in_pieces(rng, monkeypatch, shape):
+    """A chunk is copied into the staging buffer by several threads, along A or (one
+    entry of A) along B, from a strided view of the batch: every element lands."""
+    from bce_cli import _cuda
+
+    monkeypatch.setattr(_cuda, "STAGING_PIECE", 4)
+    monkeypatch.setattr(_cuda, "STAGING_THREADS", 4)
+    _cuda._stagers.cache_clear()
+    batch = rng.standard_normal((shape[0] + 2, shape[1], shape[2] + 5))
+    src = batch[1:1 + shape[0], :, 2:2 + shape[2]]  # as a chunk of a larger batch
+    dst = np.full(shape, np.nan)
+    pieces = []
+    submit = _cuda._stagers().submit
+    monkeypatch.setattr(_cuda._stagers(), "submit",
+                        lambda fn, d, s: pieces.append(d.shape) or submit(fn, d, s))
+    _cuda._stage(dst, src)
+    np.testing.assert_array_equal(dst, src)
+    axis = 0 if shape[0] > 1 else 2
+    assert len(pieces) == 4 and sum(p[axis] for p in pieces) == shape[axis]
+    _cuda._stagers.cache_clear()
 
 
 @pytest.mark.cudasim
@@ -409,7 +457,38 @@ def test_what_is_missing_is_named(monkeypatch, driver, target, gpu_found, words)
         _device.problem.cache_clear()
 
 
-def test_dask_engine_refuses_the_gpu(cli):
+def test_a_cuda_target_that_fails_to_load_is_named(monkeypatch):
+    """numba-cuda 0.30 with NumPy 2.5: the GPU is found, and the first compile would fail
+    with a traceback; the failure is found first and named (exit status 2)."""
+    import importlib
+
+    monkeypatch.delenv("NUMBA_ENABLE_CUDASIM", raising=False)
+    monkeypatch.setattr(_device, "_driver_found", lambda: True)
+    monkeypatch.setattr(_device, "_target_installed", lambda: True)
+    monkeypatch.setattr(_device, "_gpu_found", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    load = importlib.import_module
+
+    def broken(name, *args):
+        if name == "numba.cuda.np.arrayobj":
+            raise AttributeError("module 'numpy' has no attribute 'row_stack'")
+        return load(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    _device.problem.cache_clear()
+    try:
+        with pytest.raises(BCEInputError) as info:
+            _device.resolve("cuda")
+        assert "fails to load with NumPy" in str(info.value) and "row_stack" in str(info.value)
+        assert "numpy<2.5" in info.value.hint
+        assert _device.resolve("auto") == "cpu"
+    finally:
+        _device.problem.cache_clear()
+
+
+def test_dask_engine_refuses_the_gpu(cli, monkeypatch):
+    """Refused as a usage error before Dask is looked for (installing it would not help)."""
+    monkeypatch.setitem(sys.modules, "dask", None)  # as if Dask were not installed
     res = cli("eval", ROOT / "sample_data" / "digits_preds.parquet",
               ROOT / "sample_data" / "digits_labels.parquet", "--device", "cuda",
               "--engine", "dask")
@@ -447,7 +526,7 @@ out = []
 for x, y in SIGNATURES:
     xt, yt = getattr(types, x)[::1], getattr(types, y)[::1]
     sig = (xt, yt, f64, f64, f64, f64, types.float64, types.float64, types.boolean,
-           types.int64, xt, types.boolean, types.UniTuple(types.int64, 8),
+           types.int64, xt, types.boolean, types.UniTuple(types.int64, 9),
            types.float64[:, :, ::1], f64)
     kernels = [(_cuda._TILES.py_func, sig)]
     if not out:
