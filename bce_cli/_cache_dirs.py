@@ -19,6 +19,8 @@ PACKAGE_DIR = Path(__file__).parent
 # stamped with a hash of all of them.
 KERNEL_SOURCES = ("kernels.py", "_fastmath.py", "_jit.py", "_forms.py", "stats.py",
                   "_metric_kernels.py")
+# The same for the CUDA kernels (``bce_cli._cuda``), which compile the same math.
+CUDA_SOURCES = (*KERNEL_SOURCES, "_cuda.py")
 
 
 def cache_dirs() -> list[str]:
@@ -46,10 +48,10 @@ def stamp_name(form: str) -> str:
 
 
 @functools.cache
-def source_stamp() -> str:
-    """A hash of every source that is compiled into the kernels."""
+def source_stamp(names: tuple[str, ...] = KERNEL_SOURCES) -> str:
+    """A hash of every source that is compiled into the kernels (of ``names``)."""
     h = hashlib.sha256()
-    for name in KERNEL_SOURCES:
+    for name in names:
         h.update(PACKAGE_DIR.joinpath(name).read_bytes())
     return h.hexdigest()
 

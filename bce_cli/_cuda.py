@@ -324,7 +324,56 @@ def _add_partials(partials, total):
         total[s, c] = sh[0, 0]
 
 
-_TILES = _tiles_kernel(_MATH["log1p_exp_neg"])  # compiled per argument types on first use
+def _cached_on_disk(kernel, name: str):
+    """``kernel`` with numba-cuda's cache on disk, in bce's cache directory
+    (``bce_cli._cache_dirs``) under ``cuda.<name>``, stamped with every source that
+    is compiled into it (``CUDA_SOURCES``).  numba-cuda's own cache is stamped with
+    the kernel's file alone, and these kernels also compile the math of
+    ``_fastmath`` and ``kernels``: an edit there would load a stale kernel.  The
+    tiles kernel took 3.7 s to compile in each process on an H200's host, 0.8 s to
+    load.  On the simulator, without a writable directory, or with a numba whose
+    cache is built otherwise, the kernel is compiled in each process as before."""
+    if simulated():
+        return kernel
+    try:
+        from numba.cuda.dispatcher import CUDACache
+
+        from ._cache_dirs import CUDA_SOURCES, source_stamp
+        from ._jit import _Locator, _locked
+
+        class Locator(_Locator):
+            def get_source_stamp(self):
+                return source_stamp(CUDA_SOURCES)
+
+        class Impl(CUDACache._impl_class):
+            def __init__(self, py_func):  # numba's looks for a locator by the source file
+                self._lineno = py_func.__code__.co_firstlineno
+                self._locator = locator
+                tag = f"py{sys.version_info[0]}{sys.version_info[1]}{getattr(sys, 'abiflags', '')}"
+                self._filename_base = f"cuda.{name}.{tag}"
+
+        class DiskCache(CUDACache):
+            _impl_class = Impl
+
+            def save_overload(self, sig, data):
+                try:
+                    os.makedirs(self._cache_path, exist_ok=True)
+                    with _locked(self._cache_path):  # numba's index: read-modify-write
+                        super().save_overload(sig, data)
+                except OSError:  # read-only or full: the kernel still runs
+                    pass
+
+        locator = Locator.for_form(f"cuda.{name}", kernel.py_func.__code__.co_filename)
+        if locator is not None:
+            kernel._cache = DiskCache(kernel.py_func)
+    except Exception:  # another numba-cuda's cache: compile in each process
+        pass
+    return kernel
+
+
+# compiled per argument types on first use, or loaded from the cache
+_TILES = _cached_on_disk(_tiles_kernel(_MATH["log1p_exp_neg"]), "tiles")
+_add_partials = _cached_on_disk(_add_partials, "add_partials")
 
 
 def geometry(a_count: int, c_count: int, b_count: int, moments: int, first: int = 0):

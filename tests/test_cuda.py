@@ -573,6 +573,44 @@ def test_kernels_compile_for_a_real_gpu():
         f"{x},{y}:tiles" for x, y in signatures[1:]]
 
 
+_DISK_CACHE = """
+import inspect, os, sys
+from bce_cli import _cache_dirs, _cuda
+assert not _cuda.simulated()
+for kernel, name in ((_cuda._TILES, "tiles"), (_cuda._add_partials, "add_partials")):
+    cache = kernel._cache
+    assert type(cache).__name__ == "DiskCache", type(cache)
+    assert cache.cache_path == os.path.join(os.environ["NUMBA_CACHE_DIR"], "bce_cli")
+    assert cache._cache_file._source_stamp == _cache_dirs.source_stamp(_cache_dirs.CUDA_SOURCES)
+    assert cache._impl.filename_base.startswith(f"cuda.{name}.py")
+compiled = [_cuda._TILES.py_func, _cuda._LOSS.py_func, _cuda._FLAGS.py_func,
+            _cuda._block_sum.py_func, _cuda._position.py_func]
+compiled += [f.py_func for f in _cuda._MATH.values()]
+print(" ".join(sorted({os.path.basename(inspect.getfile(f)) for f in compiled})))
+"""
+
+
+def test_cuda_kernels_are_cached_on_disk_stamped_with_their_sources(tmp_path):
+    """The kernels are kept in bce's cache directory, stamped with a hash of every source
+    file whose functions they compile (numba-cuda's own stamp is the kernel's file
+    alone: an edit of the math would load a stale kernel).  No GPU needed: the cache
+    is set up at import; loading and saving were checked on one (README)."""
+    import importlib.util
+
+    if importlib.util.find_spec("numba_cuda") is None:
+        pytest.skip("needs the cuda extra: pip install 'bce-cli[cuda]'")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env.update(PYTHONPATH=str(ROOT), NUMBA_CACHE_DIR=str(tmp_path))
+    res = subprocess.run([sys.executable, "-c", _DISK_CACHE], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    from bce_cli._cache_dirs import CUDA_SOURCES
+
+    files = res.stdout.split()
+    assert "_fastmath.py" in files and "kernels.py" in files and "_cuda.py" in files
+    assert set(files) <= set(CUDA_SOURCES)
+
+
 # --- on a real GPU (skip without one) ---------------------------------------------------
 
 @gpu
