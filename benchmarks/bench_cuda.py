@@ -20,7 +20,8 @@ Rows, for logits and targets of ``--dtype`` (8 or 16 bytes per element):
 ``--why`` adds what bounds the kernel: the same tiles reading the data and adding it
 with no loss (the access pattern's ceiling), and the tiles kernel with the shorter
 float32 polynomial of the CPU kernels, with no log1p(exp(-a)) at all (the cost of
-everything else) and with fewer registers per thread.
+everything else) and with fewer registers per thread; and the copy from host memory
+with the arrays' own pages locked in place (no staging copy).
 
 Best of ``--repeat`` runs after a warm-up run (which compiles the kernel).
 """
@@ -222,6 +223,14 @@ def main() -> int:
     row("  (copying x and y from pinned host memory alone)",
         _best_events(lambda: (xd.reshape(-1).copy_to_device(pinned),
                               yd.reshape(-1).copy_to_device(pinned)), args.repeat))
+    if args.why:
+        def registered():  # the arrays' own pages locked in place, then one copy each
+            with cuda.pinned(x, y):
+                xd.copy_to_device(x)
+                yd.copy_to_device(y)
+
+        row("  (locking x and y in place, then copying them)",
+            _best(registered, args.repeat, cuda.synchronize))
     row("bce end to end from host memory",
         _best(lambda: bce_with_logits(x, y, device="cuda"), args.repeat, cuda.synchronize))
     return 0
