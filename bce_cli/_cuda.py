@@ -193,7 +193,7 @@ def _tiles_kernel(core, **options):
     def tiles(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out, write_out,
               geom, partials, side):
         (a_count, c_count, b_count, a_per_tile, n_bblocks, b_step, per_thread, moments,
-         first) = geom
+         first, blk_first, blk_total) = geom
         tile = cuda.blockIdx.x
         tid = cuda.threadIdx.x
         blk = tile % n_bblocks
@@ -278,7 +278,7 @@ def _tiles_kernel(core, **options):
                 partials[WNEG, c, at] = sh[7, 0]
                 partials[BAD, c, at] = sh[8, 0]
                 if moments == MOMENTS_ALONG_A:  # the tile is one entry of A: its row
-                    k = 2 * ((a_lo * c_count + c) * n_bblocks + blk)
+                    k = 2 * ((a_lo * c_count + c) * blk_total + blk_first + blk)
                     side[k] = sh[0, 0]
                     side[k + 1] = sh[1, 0]
             cuda.syncthreads()
@@ -376,9 +376,12 @@ _TILES = _cached_on_disk(_tiles_kernel(_MATH["log1p_exp_neg"]), "tiles")
 _add_partials = _cached_on_disk(_add_partials, "add_partials")
 
 
-def geometry(a_count: int, c_count: int, b_count: int, moments: int, first: int = 0):
+def geometry(a_count: int, c_count: int, b_count: int, moments: int, first: int = 0,
+             blk_first: int = 0, blk_total: int | None = None):
     """``(geom, n_tiles)``: geom = (A, C, B, entries of A per tile, blocks of B, B per
-    block, positions per thread, moments, index of the first tile in the partials)."""
+    block, positions per thread, moments, index of the first tile in the partials,
+    index of the first block of B in ``side`` and blocks of B there (the whole batch's:
+    chunks along B write their blocks side by side; default: this chunk's own))."""
     most = MAX_PER_THREAD if moments == MOMENTS_ALONG_B else PER_THREAD
     per_thread = max(1, min(most, ELEMENTS_PER_THREAD // max(c_count, 1)))
     positions = THREADS * per_thread
@@ -390,7 +393,7 @@ def geometry(a_count: int, c_count: int, b_count: int, moments: int, first: int 
     n_bblocks = max(1, -(-b_count // b_step))
     n_tiles = -(-a_count // a_per_tile) * n_bblocks
     return ((a_count, c_count, b_count, a_per_tile, n_bblocks, b_step, per_thread, moments,
-             first), n_tiles)
+             first, blk_first, n_bblocks if blk_total is None else blk_total), n_tiles)
 
 
 def _configured(kernel, n_blocks: int, stream):
@@ -492,7 +495,7 @@ def _chunks(canon, chunk: int):
 
 
 def run(x, y, canon, wvec, pvec, wf, pf, smooth, ignore, nan_mode, moments, write_out: bool,
-        chunk: int = CHUNK):
+        chunk: int | None = None):
     """Statistics ``(N_ACC_STATS + 1, C)`` (the last row: invalid elements per class),
     ``side`` (host; with moments along A) and the per-element losses (host ``out``
     for host inputs, a device array for device inputs; None without ``write_out``).
@@ -506,17 +509,24 @@ def run(x, y, canon, wvec, pvec, wf, pf, smooth, ignore, nan_mode, moments, writ
     copy_s, compute_s, slots = _Streams.get()
     wvec_d = cuda.to_device(np.ascontiguousarray(wvec, dtype=np.float64), stream=compute_s)
     pvec_d = cuda.to_device(np.ascontiguousarray(pvec, dtype=np.float64), stream=compute_s)
-    ranges = [(0, a_count, 0, b_count)] if on_device else _chunks(canon, chunk)
-    plans, n_tiles = [], 0
-    for a0, a1, b0, b1 in ranges:
-        plans.append(geometry(a1 - a0, c_count, b1 - b0, moments, first=n_tiles))
+    ranges = ([(0, a_count, 0, b_count)] if on_device
+              else _chunks(canon, CHUNK if chunk is None else chunk))
+    # Blocks of B in ``side`` (moments along A): chunks along A keep B whole, so they
+    # share one set of blocks; chunks along B (A = 1) each add their own.
+    blocks = [geometry(a1 - a0, c_count, b1 - b0, moments)[0][4] for a0, a1, b0, b1 in ranges]
+    along_b = a_count <= 1
+    blk_total = sum(blocks) if along_b else blocks[0]
+    plans, n_tiles, blk_first = [], 0, 0
+    for (a0, a1, b0, b1), n_blocks in zip(ranges, blocks, strict=True):
+        plans.append(geometry(a1 - a0, c_count, b1 - b0, moments, first=n_tiles,
+                              blk_first=blk_first, blk_total=blk_total))
         n_tiles += plans[-1][1]
+        blk_first += n_blocks if along_b else 0
     partials = cuda.device_array((N_ROWS, c_count, max(n_tiles, 1)), dtype=np.float64,
                                  stream=compute_s)
     side = side_h = None
     if moments == MOMENTS_ALONG_A:
-        n_bblocks = plans[0][0][4]  # chunks along A keep B whole: the same blocks of B
-        side = cuda.device_array(2 * a_count * c_count * n_bblocks, dtype=np.float64,
+        side = cuda.device_array(2 * a_count * c_count * blk_total, dtype=np.float64,
                                  stream=compute_s)
     out = None
     if write_out:
@@ -556,7 +566,7 @@ def run(x, y, canon, wvec, pvec, wf, pf, smooth, ignore, nan_mode, moments, writ
                 o_h, o_d = slot.buffers("out", size, x.dtype)
             s = None
             if side is not None:
-                per_a = 2 * c_count * geom[4]
+                per_a = 2 * c_count * blk_total
                 s = side[a0 * per_a:a1 * per_a]
             _configured(kernel, n, compute_s)(
                 args[0], args[1], wvec_d, pvec_d, args[2], args[3], float(smooth),

@@ -104,7 +104,7 @@ def _reads(x, y, geom, partials):
     """The tiles' access pattern with no loss: each element's x + y added in float64
     (compiled by :func:`_reads_kernel` with ``cuda``, ``THREADS``, ``_position`` and
     ``_block_sum`` of ``bce_cli._cuda``)."""
-    a_count, c_count, b_count, a_per_tile, n_bblocks, b_step, per_thread, _, _ = geom
+    a_count, c_count, b_count, a_per_tile, n_bblocks, b_step, per_thread = geom[:7]
     tile = cuda.blockIdx.x  # noqa: F821 (the kernel's namespace)
     tid = cuda.threadIdx.x  # noqa: F821
     a_lo = (tile // n_bblocks) * a_per_tile

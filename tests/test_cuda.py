@@ -270,6 +270,23 @@ def test_invalid_elements_name_the_same_element(rng, bad, policy, what):
 
 
 @pytest.mark.cudasim
+def test_a_column_major_table_names_the_element_as_given(rng):
+    """The GPU reads an (n, C) table in F order as its (C, n) view; the error still names
+    the element by the caller's (row, class), as the CPU does."""
+    x, y = _data(rng, (50, 4))
+    x, y = np.asfortranarray(x), np.asfortranarray(y)
+    y[7, 2] = 2.0
+    errors = []
+    for device in ("cuda", "cpu"):
+        with pytest.raises(InvalidValueError) as info:
+            BCEAccumulator(4, device=device).update(x, y)
+        errors.append(info.value)
+    g, c = errors
+    assert (g.index, g.class_index, str(g)) == (c.index, c.class_index, str(c))
+    assert g.index == (7, 2) and g.class_index == 2
+
+
+@pytest.mark.cudasim
 def test_nan_logit_is_an_error_on_the_gpu_too(rng):
     x, y = _data(rng, (100, 3))
     x[7, 1] = np.nan
@@ -285,21 +302,29 @@ def test_streaming_in_chunks_through_two_slots(rng, monkeypatch):
     from bce_cli import _cuda
 
     monkeypatch.setattr(_cuda, "CHUNK", 100)
+    chunks = []
+    split = _cuda._chunks
+    monkeypatch.setattr(_cuda, "_chunks", lambda *a: chunks.append(split(*a)) or chunks[-1])
     x, y = _data(rng, (90, 4, 6))  # rows along A: the fold across chunks
     acc = BCEAccumulator(4, device="cuda")
     losses = acc.update(x, y, return_losses=True)
     x1, y1 = _data(rng, (700,), np.float64)  # one class: chunks along B
     stats, out = class_stats(x1, y1, None, LossOptions(nan_policy="omit"), write=1,
                              moments=True, device="cuda")
+    x2, y2 = _data(rng, (1, 3, 130))  # one row along A, chunks along B: its blocks side by side
+    one = BCEAccumulator(3, device="cuda").update(x2, y2)
+    assert [len(c) for c in chunks] == [23, 7, 4]  # each went through both slots
     with _cpu():
         cpu = BCEAccumulator(4)
         want = cpu.update(x, y, return_losses=True)
         stats1, out1 = class_stats(x1, y1, None, LossOptions(nan_policy="omit"), write=1,
                                    moments=True)
+        one_cpu = BCEAccumulator(3).update(x2, y2)
     _close(acc.state, cpu.state)
     _close(losses, want, 2 ** -23)
     _close(stats[:N_STATS], stats1)
     _close(out, out1)
+    _close(one.state, one_cpu.state)
 
 
 @pytest.mark.cudasim
@@ -526,7 +551,7 @@ out = []
 for x, y in SIGNATURES:
     xt, yt = getattr(types, x)[::1], getattr(types, y)[::1]
     sig = (xt, yt, f64, f64, f64, f64, types.float64, types.float64, types.boolean,
-           types.int64, xt, types.boolean, types.UniTuple(types.int64, 9),
+           types.int64, xt, types.boolean, types.UniTuple(types.int64, 11),
            types.float64[:, :, ::1], f64)
     kernels = [(_cuda._TILES.py_func, sig)]
     if not out:
