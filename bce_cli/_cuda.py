@@ -16,9 +16,10 @@ positions, a position being one ``(a, b)`` (a run of B, or whole rows of A when
 B is short), and every class of them, one class after the other, as a CPU
 planes task does.  Thread ``t`` takes positions ``t, t + THREADS, ...``, so
 neighbouring threads read neighbouring elements.  ``per_thread`` is
-``MAX_PER_THREAD`` up to 8 classes and less for more, about ``ELEMENTS_PER_THREAD``
-elements per thread and tile.  A position's index takes no 64-bit division (the GPU
-emulates it in software; it was 4/5 of the kernel's time): see :func:`_position`.
+``PER_THREAD`` (64) for one or two classes and less for more, about
+``ELEMENTS_PER_THREAD`` (128) elements per thread and tile; at most ``MAX_PER_THREAD``
+(16) with the rows' moments along B, which keep a total per position.  A position's
+index takes no 64-bit division, which the GPU emulates in software (:func:`_position`).
 
 **Bit-stable reductions.**  Each thread adds its elements in a fixed order in
 float64; a block adds its threads' sums by a fixed tree in shared memory (no
@@ -400,6 +401,8 @@ def _configured(kernel, n_blocks: int, stream):
     """``kernel[n_blocks, THREADS, stream]`` without numba's warning about grids of fewer
     than 128 blocks: small grids are meant here (the sum of the partials, small batches),
     and a user's script should not print it or fail on it under ``-W error``."""
+    if n_blocks >= 128:  # no warning to filter (catch_warnings is process-wide state)
+        return kernel[n_blocks, THREADS, stream]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*will likely result in GPU under-utiliz")
         return kernel[max(n_blocks, 1), THREADS, stream]

@@ -62,8 +62,13 @@ def _target_error() -> str | None:
     (``np.row_stack`` is gone), which would otherwise surface as a traceback."""
     if importlib.util.find_spec("numba_cuda") is None:  # numba's own (older) CUDA target
         return None
+    module = "numba.cuda.np.arrayobj"
     try:
-        importlib.import_module("numba.cuda.np.arrayobj")
+        importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name == module:  # another numba-cuda, laid out otherwise: nothing to check
+            return None
+        return f"{type(err).__name__}: {err}"
     except Exception as err:  # any failure: the message names it
         return f"{type(err).__name__}: {err}"
     return None
@@ -90,11 +95,12 @@ def problem() -> tuple[str, str] | None:
             return None
         import numpy
 
+        fix = "install NumPy and numba-cuda releases that work together"
+        if "'numpy'" in error:  # NumPy dropped something it uses (2.5: np.row_stack)
+            fix += " (numba-cuda 0.30 needs NumPy < 2.5: pip install 'numpy<2.5')"
         return (f"--device cuda: numba's CUDA target fails to load with NumPy "
                 f"{numpy.__version__} ({error})",
-                "install NumPy and numba-cuda releases that work together (numba-cuda 0.30 "
-                "needs NumPy < 2.5: pip install 'numpy<2.5'); or run with --device cpu "
-                "(the same report)")
+                f"{fix}; or run with --device cpu (the same report)")
     missing, fixes = [], []
     if not driver:
         missing.append("no NVIDIA driver (libcuda) was found")
