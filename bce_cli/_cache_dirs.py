@@ -35,10 +35,35 @@ def cache_dirs() -> list[str]:
     return dirs
 
 
+def _python_tag() -> str:
+    return f"py{sys.version_info[0]}{sys.version_info[1]}{getattr(sys, 'abiflags', '')}"
+
+
 def index_name(form: str) -> str:
     """File name of numba's index for a form's compiled kernel."""
-    tag = f"py{sys.version_info[0]}{sys.version_info[1]}{getattr(sys, 'abiflags', '')}"
-    return f"kernels.{form}.{tag}.nbi"
+    return f"kernels.{form}.{_python_tag()}.nbi"
+
+
+def cuda_base(name: str) -> str:
+    """Base of a CUDA kernel's files: numba-cuda's index ``.nbi`` and data ``.N.nbc``,
+    and bce's ``.stamp`` (the hash of ``CUDA_SOURCES`` it was compiled from)."""
+    return f"cuda.{name}.{_python_tag()}"
+
+
+def cuda_stamp_text() -> str:
+    return source_stamp(CUDA_SOURCES) + "\n"
+
+
+def holds_cuda(path: str, name: str) -> bool:
+    """Whether directory ``path`` holds CUDA kernel ``name`` compiled from the current
+    sources (for some GPU: numba-cuda keys each entry by the compute capability)."""
+    base = os.path.join(path, cuda_base(name))
+    try:
+        with open(base + ".stamp", encoding="ascii") as fh:
+            text = fh.read()
+    except (OSError, ValueError):
+        return False
+    return text == cuda_stamp_text() and os.path.exists(base + ".nbi")
 
 
 def stamp_name(form: str) -> str:

@@ -339,7 +339,7 @@ def _cached_on_disk(kernel, name: str):
     try:
         from numba.cuda.dispatcher import CUDACache
 
-        from ._cache_dirs import CUDA_SOURCES, source_stamp
+        from ._cache_dirs import CUDA_SOURCES, cuda_base, cuda_stamp_text, holds_cuda, source_stamp
         from ._jit import _Locator, _locked
 
         class Locator(_Locator):
@@ -350,8 +350,7 @@ def _cached_on_disk(kernel, name: str):
             def __init__(self, py_func):  # numba's looks for a locator by the source file
                 self._lineno = py_func.__code__.co_firstlineno
                 self._locator = locator
-                tag = f"py{sys.version_info[0]}{sys.version_info[1]}{getattr(sys, 'abiflags', '')}"
-                self._filename_base = f"cuda.{name}.{tag}"
+                self._filename_base = cuda_base(name)
 
         class DiskCache(CUDACache):
             _impl_class = Impl
@@ -361,10 +360,15 @@ def _cached_on_disk(kernel, name: str):
                     os.makedirs(self._cache_path, exist_ok=True)
                     with _locked(self._cache_path):  # numba's index: read-modify-write
                         super().save_overload(sig, data)
+                        stamp = os.path.join(self._cache_path, cuda_base(name) + ".stamp")
+                        tmp = f"{stamp}.{os.getpid()}.tmp"
+                        with open(tmp, "w", encoding="ascii") as fh:
+                            fh.write(cuda_stamp_text())
+                        os.replace(tmp, stamp)
                 except OSError:  # read-only or full: the kernel still runs
                     pass
 
-        locator = Locator.for_form(f"cuda.{name}", kernel.py_func.__code__.co_filename)
+        locator = Locator.for_form(name, kernel.py_func.__code__.co_filename, held=holds_cuda)
         if locator is not None:
             kernel._cache = DiskCache(kernel.py_func)
     except Exception:  # another numba-cuda's cache: compile in each process

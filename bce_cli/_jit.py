@@ -145,13 +145,15 @@ class _Locator(caching._CacheLocator):
         return ""
 
     @classmethod
-    def for_form(cls, name, py_file):
+    def for_form(cls, name, py_file, held=None):
         """The first directory that holds this form compiled from the current sources
         (it may be read-only) or can be written.  A read-only directory with a stale
-        entry is passed over, so that the form is saved where it can be."""
+        entry is passed over, so that the form is saved where it can be.  ``held(path,
+        name)`` says whether a directory holds it (the CUDA kernels have their own)."""
+        held = held or holds
         for path in cache_dirs():
             writable = os.access(path, os.W_OK)
-            if holds(path, name):
+            if held(path, name):
                 return cls(py_file, path, writable)
             if os.path.isdir(path) and not writable:
                 continue

@@ -623,12 +623,42 @@ for kernel, name in ((_cuda._TILES, "tiles"), (_cuda._add_partials, "add_partial
     assert type(cache).__name__ == "DiskCache", type(cache)
     assert cache.cache_path == os.path.join(os.environ["NUMBA_CACHE_DIR"], "bce_cli")
     assert cache._cache_file._source_stamp == _cache_dirs.source_stamp(_cache_dirs.CUDA_SOURCES)
-    assert cache._impl.filename_base.startswith(f"cuda.{name}.py")
+    assert cache._impl.filename_base == _cache_dirs.cuda_base(name)
+    # a save (numba-cuda's part left out: it needs a GPU) stamps the kernel's sources
+    type(cache).__mro__[1].save_overload = lambda self, sig, data: None
+    cache.save_overload(None, None)
+    base = os.path.join(cache.cache_path, _cache_dirs.cuda_base(name))
+    assert open(base + ".stamp").read() == _cache_dirs.cuda_stamp_text()
+    assert not _cache_dirs.holds_cuda(cache.cache_path, name)  # no index yet
+    open(base + ".nbi", "w").close()
+    assert _cache_dirs.holds_cuda(cache.cache_path, name)
 compiled = [_cuda._TILES.py_func, _cuda._LOSS.py_func, _cuda._FLAGS.py_func,
             _cuda._block_sum.py_func, _cuda._position.py_func]
 compiled += [f.py_func for f in _cuda._MATH.values()]
 print(" ".join(sorted({os.path.basename(inspect.getfile(f)) for f in compiled})))
 """
+
+
+def test_a_read_only_cuda_cache_of_the_current_sources_is_used(monkeypatch, tmp_path):
+    """A CUDA kernel cache restored read-only (CI cache, Docker layer) is used when its
+    stamp is of the current sources, else passed over for a writable directory."""
+    from bce_cli import _cache_dirs, _jit
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    base = _cache_dirs.cuda_base("tiles")
+    (old / f"{base}.nbi").write_text("")
+    (old / f"{base}.stamp").write_text(_cache_dirs.stamp_text(None))  # the CPU forms' stamp
+    monkeypatch.setattr(_jit, "cache_dirs", lambda: [str(old), str(new)])
+    real = os.access
+    monkeypatch.setattr(_jit.os, "access", lambda p, m: False if str(p) == str(old) else
+                        real(p, m))
+    assert not _cache_dirs.holds_cuda(str(old), "tiles")
+    locate = _jit._Locator.for_form
+    assert locate("tiles", __file__, held=_cache_dirs.holds_cuda).get_cache_path() == str(new)
+    (old / f"{base}.stamp").write_text(_cache_dirs.cuda_stamp_text())
+    assert _cache_dirs.holds_cuda(str(old), "tiles")
+    assert locate("tiles", __file__, held=_cache_dirs.holds_cuda).get_cache_path() == str(old)
 
 
 def test_cuda_kernels_are_cached_on_disk_stamped_with_their_sources(tmp_path):
