@@ -81,6 +81,9 @@ def resolve_target(path: str) -> Target:
     """Sort ``path`` into a :class:`Target`, or raise BCEInputError (exit 2) if it cannot
     be written: a directory, a missing or read-only directory, a read-only device."""
     path = str(path)
+    if "://" in path:  # as inputs are told from local paths (bce_cli.data._paths)
+        raise BCEInputError("outputs are written to local paths; a URI is not supported",
+                            file=path, hint="write a local file, then copy it where it goes")
     fd = _fd_of(path)
     if fd is not None:
         try:

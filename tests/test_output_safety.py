@@ -191,6 +191,19 @@ def test_output_and_report_naming_one_file_are_refused(npy_pair, tmp_path, how):
         assert out.read_bytes() == b"old"
 
 
+@pytest.mark.parametrize("option", ["--output", "--report", "--html"])
+def test_an_output_to_a_uri_is_refused_by_name(npy_pair, option):
+    """Inputs may be s3:// URIs, outputs are local paths: a URI is refused as one (it was
+    taken for a local path whose directory is missing), before any work, nothing written."""
+    uri = "s3://bucket/run/losses.parquet?endpoint_override=localhost:9000"
+    extra = ["--reduction", "none"] if option == "--output" else []
+    res = invoke("eval", *npy_pair, *extra, option, uri)
+    assert res.exit_code == 2, res.output
+    assert "a URI is not supported" in res.stderr and uri in res.stderr
+    assert len(res.stderr.strip().splitlines()) <= 2 and "Traceback" not in res.stderr
+    assert res.stdout == ""
+
+
 @pytest.mark.parametrize("which", ["PREDS", "LABELS", "--pos-weight", "--baseline", "glob"])
 def test_an_output_never_overwrites_an_input(npy_pair, tmp_path, which):
     x, y = npy_pair
