@@ -65,11 +65,9 @@ def _target_error() -> str | None:
     module = "numba.cuda.np.arrayobj"
     try:
         importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name == module:  # another numba-cuda, laid out otherwise: nothing to check
-            return None
-        return f"{type(err).__name__}: {err}"
     except Exception as err:  # any failure: the message names it
+        if isinstance(err, ModuleNotFoundError) and err.name == module:
+            return None  # another numba-cuda, laid out otherwise: nothing to check
         return f"{type(err).__name__}: {err}"
     return None
 

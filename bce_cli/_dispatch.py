@@ -218,7 +218,7 @@ def _cuda_stats(x, y, class_axis, opts: LossOptions, write, moments):
             y = y.view(np.uint8)
     else:
         x, y = np.asarray(x), np.asarray(y)
-    given = (x, y, class_axis)  # as the caller laid them out: an error names their index
+    x_given, y_given, axis_given = x, y, class_axis  # an error names the caller's index
     transposed = (len(x.shape) == 2 and class_axis == 1 and _f_only(x, on_device))
     if transposed:  # column-major (n, C): the (C, n) view, as on the CPU
         x, y, class_axis, opts = x.T, y.T, 0, _transposed(opts)
@@ -245,7 +245,7 @@ def _cuda_stats(x, y, class_axis, opts: LossOptions, write, moments):
     stats, side, out = _cuda.run(xk, yk, canon, wvec, pvec, wf, pf, opts.smoothing, opts.ignore,
                                  NAN_POLICIES[opts.nan_policy], kind, write != OUT_NONE)
     if stats[_cuda.BAD].any():  # find the first invalid element as the CPU does
-        check_targets(to_host(given[1]), logits=to_host(given[0]), class_axis=given[2],
+        check_targets(to_host(y_given), logits=to_host(x_given), class_axis=axis_given,
                       ignore=opts.ignore, nan_policy=opts.nan_policy)
         raise AssertionError("a kernel found an invalid element that check_targets did not")
     stats = np.ascontiguousarray(stats[:N_ACC_STATS])
