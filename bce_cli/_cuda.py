@@ -10,16 +10,33 @@ what limits it): the results then agree with the exact NumPy tier and the
 compiled float64 path to rounding, while the CPU's shorter float32 polynomial
 (relative error 4.3e-11) differs from both by up to ~4e-11.
 
+**Forms.**  As on the CPU (``bce_cli._forms``), each combination of options is its own
+kernel, its options frozen at compile time (:class:`TilesForm`: the factors multiplied
+in, the general options, per-element losses, squared losses, row moments, the mapping
+of tiles to memory), so the loop carries no code for options it lacks; a call compiles
+only its own form (then cached on disk).  Without the general options (ignore value,
+NaN policy) an element always counts: the count and ``1 - y`` come from the tile's size
+and ``y``'s sum, as in the CPU planes kernel, and ``w*y`` from ``y``'s sum unless weights
+vary per element.  Each thread loads ``UNROLL`` (4) elements before it computes any, so
+it has that many loads in flight rather than one.
+
 **Geometry.**  Arrays are seen as ``(A, C, B)`` (``bce_cli._dispatch._layout``).
-A block of ``THREADS`` threads takes one *tile*: ``P = THREADS * per_thread``
-positions, a position being one ``(a, b)`` (a run of B, or whole rows of A when
-B is short), and every class of them, one class after the other, as a CPU
-planes task does.  Thread ``t`` takes positions ``t, t + THREADS, ...``, so
-neighbouring threads read neighbouring elements.  ``per_thread`` is
-``PER_THREAD`` (64) for one or two classes and less for more, about
+A block of ``THREADS`` threads takes one *tile*, in one of three modes (:func:`geometry`):
+
+* ``RUNS``: a run of ``P = THREADS * per_thread`` positions of B of one entry of A, every
+  class of them one after the other, as a CPU planes task does.  Thread ``t`` takes
+  positions ``t, t + THREADS, ...``, so neighbouring threads read neighbouring elements.
+* ``INTERLEAVED``: rows of ``(N, C)`` (B = 1) with ``2 <= C <= THREADS``, taken as flat
+  memory: thread ``t < S`` (``S = C * R``, R = THREADS // C rows per step) always has class
+  ``t % C``, reads coalesce, and a block adds each class's columns by a fixed tree
+  (:func:`_class_sum`).  Read class by class, each class would take every C-th element.
+* ``SPREAD``: short runs of B of several entries of A (or more classes than threads); a
+  position's index takes a 32-bit division, not a 64-bit one, which the GPU emulates in
+  software (:func:`_position`).
+
+``per_thread`` is ``PER_THREAD`` (64) for one or two classes and less for more, about
 ``ELEMENTS_PER_THREAD`` (128) elements per thread and tile; at most ``MAX_PER_THREAD``
-(16) with the rows' moments along B, which keep a total per position.  A position's
-index takes no 64-bit division, which the GPU emulates in software (:func:`_position`).
+(16) with the rows' moments along B outside INTERLEAVED, which keep a total per position.
 
 **Bit-stable reductions.**  Each thread adds its elements in a fixed order in
 float64; a block adds its threads' sums by a fixed tree in shared memory (no
@@ -33,7 +50,8 @@ error names the same row and element as on the CPU.
 
 **Row moments** (``bce_cli.uncertainty``).  Rows along B (1-D data, a column-major
 table, rows of ``(N, C)``): each position is a row, and each thread keeps its
-positions' row totals over the classes (a local array) and adds their squares;
+positions' row totals over the classes (a local array; INTERLEAVED tiles add each
+step's rows through shared memory) and adds their squares;
 the per-(row, class) moments follow from the class sums
 (``bce_cli._dispatch._row_moments``).  Rows along A (``(N, C, ...)``): a tile
 holds one entry of A, and its per-class sums are that (row, class)'s part,
@@ -59,15 +77,26 @@ import struct
 import sys
 import threading
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from numba import cuda
 
 from . import _fastmath
 from ._device import simulated
-from ._forms import MOMENTS_ALONG_A, MOMENTS_ALONG_B
+from ._forms import (
+    MOMENTS_ALONG_A,
+    MOMENTS_ALONG_B,
+    PLANES_LOOPS,
+    PS,
+    SMOOTH,
+    UNIT,
+    WS,
+    WSPS,
+    planes_form,
+)
 from ._jit import retarget
-from .kernels import element_flags, element_loss
+from .kernels import NAN_ERROR, element_flags, element_loss
 from .stats import (
     CORRECT,
     COUNT,
@@ -94,6 +123,13 @@ MAX_PER_THREAD = 16  # the same with the rows' moments along B (kept per positio
 # about this many elements per thread and tile with many classes (each class of a tile
 # ends in a tree reduction over the block: 8 barriers)
 ELEMENTS_PER_THREAD = 128
+UNROLL = 4  # loads in flight per thread (see _tiles_kernel)
+ROW_SHARED = 2 * UNROLL  # rows of shared memory for the row totals of INTERLEAVED tiles
+# How a tile's positions map to memory: RUNS, one run of B (an entry of A each tile);
+# INTERLEAVED, whole rows of (N, C) taken as flat memory (C <= THREADS); SPREAD, short
+# runs of B of several entries of A (a 32-bit division per position).
+RUNS, INTERLEAVED, SPREAD = range(3)
+MODES = ("runs", "interleaved", "spread")
 BAD = N_ACC_STATS      # the row of the partials that counts invalid elements
 N_ROWS = N_ACC_STATS + 1
 CHUNK = 1 << 22        # elements per host-to-device chunk (streaming host arrays)
@@ -176,6 +212,22 @@ def _block_sum(sh, n, tid):
 
 
 @cuda.jit(device=True)
+def _class_sum(sh, n, tid, c_count, r_count):
+    """For each class ``c < c_count``, add columns ``c, c + C, ..., c + (R-1) C`` of rows
+    ``0..n-1`` of ``sh`` by a fixed tree (R = ``r_count``): the sums end in columns
+    ``0..C-1``."""
+    s = r_count
+    while s > 1:
+        h = (s + 1) // 2
+        cuda.syncthreads()
+        if tid < (s - h) * c_count:
+            for k in range(n):
+                sh[k, tid] += sh[k, tid + h * c_count]
+        s = h
+    cuda.syncthreads()
+
+
+@cuda.jit(device=True)
 def _position(q, a_span, n_b):
     """(entry of A, position in B) of a tile's position ``q`` (< THREADS * per_thread),
     for ``a_span`` entries of A of ``n_b`` positions each: no 64-bit division."""
@@ -187,13 +239,67 @@ def _position(q, a_span, n_b):
     return qa, q - qa * n_b
 
 
-def _tiles_kernel(core, **options):
-    """The tiles kernel with ``core`` = log1p(exp(-a)) for the logits' width (``options``:
-    ``cuda.jit``'s, such as ``max_registers``)."""
+class TilesForm(NamedTuple):
+    """One compiled tiles kernel (see "Forms" above).
 
-    def tiles(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out, write_out,
+    ``loop``: the factors it multiplies in (``PLANES_LOOPS``); ``general``: ignore value or
+    a NaN policy other than "error" (elements can be left out); ``write_out``: per-element
+    losses; ``squares``: the sum of squared losses (for standard errors); ``moments``;
+    ``mode``: how a tile's positions map to memory (``RUNS``, ``INTERLEAVED``, ``SPREAD``)."""
+
+    loop: int
+    general: bool
+    write_out: bool
+    squares: bool
+    moments: int
+    mode: int
+
+    @property
+    def name(self) -> str:
+        return (f"tiles_{PLANES_LOOPS[self.loop]}_{'general' if self.general else 'plain'}"
+                f"{'_out' if self.write_out else ''}{'_sq' if self.squares else ''}"
+                f"_m{self.moments}_{MODES[self.mode]}")
+
+
+def _tiles_kernel(form: TilesForm, core=None, **options):
+    """The tiles kernel of ``form`` (see "Forms" above), with ``core`` = log1p(exp(-a))
+    (default: the full-precision one; ``options``: ``cuda.jit``'s, such as
+    ``max_registers``).  The loads of a group of ``UNROLL`` come first: the loop's trip
+    count is not known at compile time, so the compiler would not group them itself."""
+    core = _MATH["log1p_exp_neg"] if core is None else core
+    loop, general, write_out, squares, moments, mode = form
+    use_wf = loop in (WS, WSPS)
+    use_pf = loop in (PS, WSPS)
+    unit = loop == UNIT
+    smoothing = loop == SMOOTH
+    per_element_w = use_wf or smoothing  # w*y and w*(1-y) summed element by element
+    rows_b = moments == MOMENTS_ALONG_B
+    rows_a = moments == MOMENTS_ALONG_A
+    interleaved = mode == INTERLEAVED
+    runs = mode == RUNS
+
+    @_device
+    def element(xv, yv, wc, pc, wf, pf, i, keep, half, ignore, has_ignore, nan_mode):
+        """(left out?, invalid?, w, loss) of one element."""
+        if general:
+            skip, bad = _FLAGS(xv, yv, ignore, has_ignore, nan_mode)
+        else:
+            skip, bad = _FLAGS(xv, yv, 0.0, False, NAN_ERROR)
+        if unit:
+            wi = 1.0
+            pi = 1.0
+        elif smoothing:  # per-element factors decided at run time: a rare option
+            wi = wc * wf[i] if wf.size > 0 else wc
+            pi = pc * pf[i] if pf.size > 0 else pc
+        else:
+            wi = wc * wf[i] if use_wf else wc
+            pi = pc * pf[i] if use_pf else pc
+        yl = yv * keep + half if smoothing else yv
+        return skip, bad, wi, _LOSS(xv, yl, wi, pi, core(abs(xv)))
+
+    def tiles(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out, write_,
               geom, partials, side):
-        (a_count, c_count, b_count, a_per_tile, n_bblocks, b_step, per_thread, moments,
+        (a_count, c_count, b_count, a_per_tile, n_bblocks, b_step, per_thread, _m,
          first, blk_first, blk_total) = geom
         tile = cuda.blockIdx.x
         tid = cuda.threadIdx.x
@@ -203,102 +309,176 @@ def _tiles_kernel(core, **options):
         n_b = min(b_count, b_lo + b_step) - b_lo
         a_span = min(a_count, a_lo + a_per_tile) - a_lo
         n_here = a_span * n_b
-        use_wf = wf.size > 0
-        use_pf = pf.size > 0
         keep = 1.0 - smooth
         half = 0.5 * smooth
+        at = first + tile
         sh = cuda.shared.array((9, THREADS), np.float64)
+        rowsh = cuda.shared.array((ROW_SHARED, THREADS), np.float64)
+        xs = cuda.local.array(UNROLL, np.float64)
+        ys = cuda.local.array(UNROLL, np.float64)
+        ix = cuda.local.array(UNROLL, np.int64)
         rowtot = cuda.local.array(MAX_PER_THREAD, np.float64)
         rowcnt = cuda.local.array(MAX_PER_THREAD, np.float64)
-        for m in range(MAX_PER_THREAD):
-            rowtot[m] = 0.0
-            rowcnt[m] = 0.0
-        for c in range(c_count):
-            n_bad = 0.0
+        if rows_b and not interleaved:
+            for m in range(MAX_PER_THREAD):
+                rowtot[m] = 0.0
+                rowcnt[m] = 0.0
+        r_aa = 0.0
+        r_an = 0.0
+        r_nn = 0.0
+        # INTERLEAVED: rows of (N, C), C <= THREADS, taken as flat memory: thread t < S
+        # (S = C * R, R whole rows per step) always has class t % C, and neighbouring
+        # threads read neighbouring elements.  Else one class after the other.
+        r_step = THREADS // c_count if interleaved else 1
+        s_width = r_step * c_count
+        passes = 1 if interleaved else c_count
+        # INTERLEAVED: this thread's rows left in the tile (none past the S used lanes)
+        rows_left = a_span - tid // c_count if interleaved and tid < s_width else 0
+        for cp in range(passes):
+            c = tid % c_count if interleaved else cp
             s_loss = 0.0
+            s_sq = 0.0
             s_count = 0.0
             s_pos = 0.0
             s_neg = 0.0
-            s_cor = 0.0
-            s_sq = 0.0
             s_wy = 0.0
             s_wn = 0.0
+            n_cor = 0
+            n_bad = 0
             wc = wvec[c]
             pc = pvec[c]
-            for m in range(per_thread):
-                q = tid + m * THREADS
-                if q < n_here:
-                    qa, qb = _position(q, a_span, n_b)
-                    i = ((a_lo + qa) * c_count + c) * b_count + b_lo + qb
-                    xv = float(x[i])
-                    yv = float(y[i])
-                    skip, bad = _FLAGS(xv, yv, ignore, has_ignore, nan_mode)
-                    wi = wc * wf[i] if use_wf else wc
-                    pi = pc * pf[i] if use_pf else pc
-                    loss = _LOSS(xv, yv * keep + half, wi, pi, core(abs(xv)))
-                    if write_out:
-                        out[i] = math.nan if skip else loss
-                    one = 0.0 if skip else 1.0
-                    kept = 0.0 if skip else loss
-                    s_loss += kept
-                    s_sq += kept * kept
-                    s_count += one
-                    s_pos += 0.0 if skip else yv
-                    s_neg += 0.0 if skip else 1.0 - yv
-                    s_cor += one if (xv > 0.0) == (yv >= 0.5) else 0.0
-                    s_wy += 0.0 if skip else wi * yv
-                    s_wn += 0.0 if skip else wi * (1.0 - yv)
-                    n_bad += 1.0 if bad else 0.0
-                    if moments == MOMENTS_ALONG_B:  # (local memory: only when needed)
-                        rowtot[m] += kept
-                        rowcnt[m] += one
+            base = ((a_lo * c_count + c) * b_count + b_lo if not interleaved
+                    else a_lo * c_count + tid)
+            for m0 in range(0, per_thread, UNROLL):
+                for u in range(UNROLL):  # the loads first
+                    m = m0 + u
+                    if interleaved:
+                        ok = m < per_thread and m * r_step < rows_left
+                        i = base + m * s_width
+                    elif runs:
+                        q = tid + m * THREADS
+                        ok = m < per_thread and q < n_here
+                        i = base + q
+                    else:
+                        q = tid + m * THREADS
+                        ok = m < per_thread and q < n_here
+                        qa, qb = _position(q if ok else 0, a_span, n_b)
+                        i = ((a_lo + qa) * c_count + c) * b_count + b_lo + qb
+                    ix[u] = i if ok else -1
+                    xs[u] = float(x[i]) if ok else 0.0
+                    ys[u] = float(y[i]) if ok else 0.0
+                for u in range(UNROLL):
+                    i = ix[u]
+                    kept = 0.0
+                    one = 0.0
+                    if i >= 0:
+                        xv = xs[u]
+                        yv = ys[u]
+                        skip, bad, wi, loss = element(xv, yv, wc, pc, wf, pf, i, keep, half,
+                                                      ignore, has_ignore, nan_mode)
+                        if write_out:
+                            out[i] = math.nan if skip else loss
+                        if general:
+                            kept = 0.0 if skip else loss
+                            one = 0.0 if skip else 1.0
+                            s_count += one
+                            s_pos += 0.0 if skip else yv
+                            s_neg += 0.0 if skip else 1.0 - yv
+                        else:
+                            kept = loss
+                            one = 1.0
+                            s_pos += yv
+                        s_loss += kept
+                        if squares:
+                            s_sq += kept * kept
+                        if per_element_w:
+                            s_wy += 0.0 if skip else wi * yv
+                            s_wn += 0.0 if skip else wi * (1.0 - yv)
+                        if (not skip) and ((xv > 0.0) == (yv >= 0.5)):
+                            n_cor += 1
+                        if bad:
+                            n_bad += 1
+                    if rows_b:
+                        if interleaved:
+                            rowsh[u, tid] = kept
+                            rowsh[UNROLL + u, tid] = one
+                        elif m0 + u < per_thread:
+                            rowtot[m0 + u] += kept
+                            rowcnt[m0 + u] += one
+                if rows_b and interleaved:  # the group's rows: totals through shared memory
+                    cuda.syncthreads()
+                    for j in range(tid, r_step * UNROLL, THREADS):
+                        u = j // r_step
+                        r0 = (j - u * r_step) * c_count
+                        t = 0.0
+                        n = 0.0
+                        for k in range(c_count):
+                            t += rowsh[u, r0 + k]
+                            n += rowsh[UNROLL + u, r0 + k]
+                        r_aa += t * t
+                        r_an += t * n
+                        r_nn += n * n
+                    cuda.syncthreads()
             sh[0, tid] = s_loss
             sh[1, tid] = s_count
             sh[2, tid] = s_pos
             sh[3, tid] = s_neg
-            sh[4, tid] = s_cor
+            sh[4, tid] = float(n_cor)
             sh[5, tid] = s_sq
             sh[6, tid] = s_wy
             sh[7, tid] = s_wn
-            sh[8, tid] = n_bad
-            _block_sum(sh, 9, tid)
-            if tid == 0:
-                at = first + tile
-                partials[LOSS, c, at] = sh[0, 0]
-                partials[COUNT, c, at] = sh[1, 0]
-                partials[POS, c, at] = sh[2, 0]
-                partials[NEG, c, at] = sh[3, 0]
-                partials[CORRECT, c, at] = sh[4, 0]
-                partials[SQ, c, at] = sh[5, 0]
+            sh[8, tid] = float(n_bad)
+            if interleaved:  # per class: columns c, c + C, ... added by a fixed tree
+                if tid >= s_width:
+                    for k in range(9):
+                        sh[k, tid] = 0.0
+                _class_sum(sh, 9, tid, c_count, r_step)
+                writer = tid < c_count
+                n_count = 0.0
+                if writer:  # rows of the tile in class tid
+                    n_count = float(a_span)
+            else:
+                _block_sum(sh, 9, tid)
+                writer = tid == 0
+                n_count = float(n_here)
+            if writer:
+                col = tid if interleaved else 0
+                count = sh[1, col] if general else n_count
+                pos = sh[2, col]
+                neg = sh[3, col] if general else count - pos
+                partials[LOSS, c, at] = sh[0, col]
+                partials[COUNT, c, at] = count
+                partials[POS, c, at] = pos
+                partials[NEG, c, at] = neg
+                partials[CORRECT, c, at] = sh[4, col]
+                partials[SQ, c, at] = sh[5, col]
                 partials[SQN, c, at] = 0.0
                 partials[NSQ, c, at] = 0.0
                 partials[RSQ, c, at] = 0.0
                 partials[RSQN, c, at] = 0.0
                 partials[RNSQ, c, at] = 0.0
-                partials[WPOS, c, at] = sh[6, 0]
-                partials[WNEG, c, at] = sh[7, 0]
-                partials[BAD, c, at] = sh[8, 0]
-                if moments == MOMENTS_ALONG_A:  # the tile is one entry of A: its row
+                partials[WPOS, c, at] = sh[6, col] if per_element_w else wc * pos
+                partials[WNEG, c, at] = sh[7, col] if per_element_w else wc * neg
+                partials[BAD, c, at] = sh[8, col]
+                if rows_a:  # the tile is one entry of A: its row
                     k = 2 * ((a_lo * c_count + c) * blk_total + blk_first + blk)
-                    side[k] = sh[0, 0]
-                    side[k + 1] = sh[1, 0]
+                    side[k] = sh[0, col]
+                    side[k + 1] = count
             cuda.syncthreads()
-        if moments == MOMENTS_ALONG_B:  # the rows' moments (column 0)
-            r_aa = 0.0
-            r_an = 0.0
-            r_nn = 0.0
-            for m in range(per_thread):
-                r_aa += rowtot[m] * rowtot[m]
-                r_an += rowtot[m] * rowcnt[m]
-                r_nn += rowcnt[m] * rowcnt[m]
+        if rows_b:  # the rows' moments (column 0)
+            if not interleaved:
+                for m in range(per_thread):
+                    r_aa += rowtot[m] * rowtot[m]
+                    r_an += rowtot[m] * rowcnt[m]
+                    r_nn += rowcnt[m] * rowcnt[m]
             sh[0, tid] = r_aa
             sh[1, tid] = r_an
             sh[2, tid] = r_nn
             _block_sum(sh, 3, tid)
             if tid == 0:
-                partials[RSQ, 0, first + tile] = sh[0, 0]
-                partials[RSQN, 0, first + tile] = sh[1, 0]
-                partials[RNSQ, 0, first + tile] = sh[2, 0]
+                partials[RSQ, 0, at] = sh[0, 0]
+                partials[RSQN, 0, at] = sh[1, 0]
+                partials[RNSQ, 0, at] = sh[2, 0]
 
     return cuda.jit(tiles, **options)
 
@@ -376,29 +556,45 @@ def _cached_on_disk(kernel, name: str):
     return kernel
 
 
-# compiled per argument types on first use, or loaded from the cache
-_TILES = _cached_on_disk(_tiles_kernel(_MATH["log1p_exp_neg"]), "tiles")
 _add_partials = _cached_on_disk(_add_partials, "add_partials")
+_FORMS: dict = {}
+
+
+def tiles(form: TilesForm):
+    """The tiles kernel of ``form``: made on first use, compiled per argument types on
+    first call or loaded from the cache on disk (a call compiles only its own form)."""
+    kernel = _FORMS.get(form)
+    if kernel is None:
+        kernel = _FORMS[form] = _cached_on_disk(_tiles_kernel(form), form.name)
+    return kernel
 
 
 def geometry(a_count: int, c_count: int, b_count: int, moments: int, first: int = 0,
              blk_first: int = 0, blk_total: int | None = None):
-    """``(geom, n_tiles)``: geom = (A, C, B, entries of A per tile, blocks of B, B per
+    """``(geom, n_tiles, mode)``: geom = (A, C, B, entries of A per tile, blocks of B, B per
     block, positions per thread, moments, index of the first tile in the partials,
     index of the first block of B in ``side`` and blocks of B there (the whole batch's:
-    chunks along B write their blocks side by side; default: this chunk's own))."""
-    most = MAX_PER_THREAD if moments == MOMENTS_ALONG_B else PER_THREAD
-    per_thread = max(1, min(most, ELEMENTS_PER_THREAD // max(c_count, 1)))
-    positions = THREADS * per_thread
-    if b_count >= positions:
-        a_per_tile, b_step = 1, positions
+    chunks along B write their blocks side by side; default: this chunk's own));
+    ``mode``: RUNS, INTERLEAVED or SPREAD."""
+    if b_count == 1 and 2 <= c_count <= THREADS and a_count > 1 \
+            and moments != MOMENTS_ALONG_A:  # rows of (N, C): whole rows, flat
+        per_thread = PER_THREAD
+        a_per_tile, b_step, n_bblocks = THREADS // c_count * per_thread, 1, 1
+        mode = INTERLEAVED
     else:
-        b_step = max(b_count, 1)
-        a_per_tile = 1 if moments == MOMENTS_ALONG_A else max(1, positions // b_step)
-    n_bblocks = max(1, -(-b_count // b_step))
+        most = MAX_PER_THREAD if moments == MOMENTS_ALONG_B else PER_THREAD
+        per_thread = max(1, min(most, ELEMENTS_PER_THREAD // max(c_count, 1)))
+        positions = THREADS * per_thread
+        if b_count >= positions:
+            a_per_tile, b_step = 1, positions
+        else:
+            b_step = max(b_count, 1)
+            a_per_tile = 1 if moments == MOMENTS_ALONG_A else max(1, positions // b_step)
+        n_bblocks = max(1, -(-b_count // b_step))
+        mode = RUNS if a_per_tile == 1 or a_count <= 1 else SPREAD
     n_tiles = -(-a_count // a_per_tile) * n_bblocks
     return ((a_count, c_count, b_count, a_per_tile, n_bblocks, b_step, per_thread, moments,
-             first, blk_first, n_bblocks if blk_total is None else blk_total), n_tiles)
+             first, blk_first, n_bblocks if blk_total is None else blk_total), n_tiles, mode)
 
 
 def _configured(kernel, n_blocks: int, stream):
@@ -502,17 +698,23 @@ def _chunks(canon, chunk: int):
 
 
 def run(x, y, canon, wvec, pvec, wf, pf, smooth, ignore, nan_mode, moments, write_out: bool,
-        chunk: int | None = None):
+        chunk: int | None = None, squares: bool = True):
     """Statistics ``(N_ACC_STATS + 1, C)`` (the last row: invalid elements per class),
     ``side`` (host; with moments along A) and the per-element losses (host ``out``
     for host inputs, a device array for device inputs; None without ``write_out``).
 
     ``x``, ``y``: C-contiguous host arrays of shape ``canon`` (streamed in chunks) or
     device arrays of that many elements (read in place); ``wf``/``pf``: host arrays
-    of shape ``canon`` or None."""
+    of shape ``canon`` or None; ``squares``: sum the squared losses (row ``SQ``; else 0)."""
     a_count, c_count, b_count = canon
     on_device = not isinstance(x, np.ndarray)
-    kernel = _TILES
+    general = ignore is not None or nan_mode != NAN_ERROR
+    loop = planes_form(64, wvec, pvec, wf is not None, pf is not None, smooth, general,
+                       write_out).loop
+
+    def kernel(mode):
+        return tiles(TilesForm(loop, general, bool(write_out), bool(squares), moments, mode))
+
     copy_s, compute_s, slots = _Streams.get()
     wvec_d = cuda.to_device(np.ascontiguousarray(wvec, dtype=np.float64), stream=compute_s)
     pvec_d = cuda.to_device(np.ascontiguousarray(pvec, dtype=np.float64), stream=compute_s)
@@ -546,12 +748,13 @@ def run(x, y, canon, wvec, pvec, wf, pf, smooth, ignore, nan_mode, moments, writ
                (flat[0], flat[1],
                 None if wf is None else cuda.to_device(wf.reshape(-1), stream=compute_s),
                 None if pf is None else cuda.to_device(pf.reshape(-1), stream=compute_s))]
-        _configured(kernel, n_tiles, compute_s)(
+        _configured(kernel(plans[0][2]), n_tiles, compute_s)(
             dev[0], dev[1], wvec_d, pvec_d, dev[2], dev[3], float(smooth), float(ignore or 0.0),
             ignore is not None, int(nan_mode), out if write_out else _empty_on_device(x.dtype),
             bool(write_out), plans[0][0], partials, side if side is not None else empty)
     else:
-        for k, ((a0, a1, b0, b1), (geom, n)) in enumerate(zip(ranges, plans, strict=True)):
+        for k, ((a0, a1, b0, b1), (geom, n, mode)) in enumerate(zip(ranges, plans,
+                                                                     strict=True)):
             slot = slots[k % 2]
             slot.finish()  # its previous chunk's kernel and copies are done
             shape = (a1 - a0, c_count, b1 - b0)
@@ -575,7 +778,7 @@ def run(x, y, canon, wvec, pvec, wf, pf, smooth, ignore, nan_mode, moments, writ
             if side is not None:
                 per_a = 2 * c_count * blk_total
                 s = side[a0 * per_a:a1 * per_a]
-            _configured(kernel, n, compute_s)(
+            _configured(kernel(mode), n, compute_s)(
                 args[0], args[1], wvec_d, pvec_d, args[2], args[3], float(smooth),
                 float(ignore or 0.0), ignore is not None, int(nan_mode),
                 o_d if write_out else _empty_on_device(x.dtype), bool(write_out), geom,

@@ -242,8 +242,10 @@ def _cuda_stats(x, y, class_axis, opts: LossOptions, write, moments):
     pf = None if opts.pos_weight_full is None else _full(opts.pos_weight_full,
                                                           shape).reshape(canon)
     kind, one_element_rows = _moments_kind(moments, write, along_b, c_count)
+    squares = bool(moments) and write != OUT_ONLY  # else the rows SQ.. are zeroed below
     stats, side, out = _cuda.run(xk, yk, canon, wvec, pvec, wf, pf, opts.smoothing, opts.ignore,
-                                 NAN_POLICIES[opts.nan_policy], kind, write != OUT_NONE)
+                                 NAN_POLICIES[opts.nan_policy], kind, write != OUT_NONE,
+                                 squares=squares)
     if stats[_cuda.BAD].any():  # find the first invalid element as the CPU does
         check_targets(to_host(y_given), logits=to_host(x_given), class_axis=axis_given,
                       ignore=opts.ignore, nan_policy=opts.nan_policy)

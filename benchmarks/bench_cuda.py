@@ -29,6 +29,7 @@ Best of ``--repeat`` runs after a warm-up run (which compiles the kernel).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -67,33 +68,45 @@ def _best_events(launch, repeat: int) -> float:
     return min(times)
 
 
+def _form(c: int):
+    """The tiles form ``bce_with_logits(x, y)`` runs for ``c`` classes, and its geometry."""
+    from bce_cli import _cuda
+    from bce_cli._forms import MOMENTS_NONE, UNIT
+
+    def geometry(n):
+        return (_cuda.geometry(1, c, n // c, MOMENTS_NONE) if c == 1 else
+                _cuda.geometry(n // c, c, 1, MOMENTS_NONE))
+
+    return (lambda mode: _cuda.TilesForm(UNIT, False, False, False, MOMENTS_NONE, mode),
+            geometry)
+
+
 def _kernels(xd, yd, c: int, tiles=None):
-    """A launch of the tiles kernel (``tiles``, or bce's) and of the sum of its partials
-    on resident ``xd``, ``yd`` with the defaults (no weights, no moments), buffers made
-    once: the kernels alone."""
+    """A launch of the tiles kernel (``tiles(form)``, or bce's) and of the sum of its
+    partials on resident ``xd``, ``yd`` with the defaults (no weights, no moments),
+    buffers made once: the kernels alone."""
     from numba import cuda
 
     from bce_cli import _cuda
-    from bce_cli._forms import MOMENTS_NONE
     from bce_cli.kernels import NAN_ERROR
 
     n = xd.size
     xd, yd = xd.reshape(n), yd.reshape(n)
-    geom, n_tiles = _cuda.geometry(1, c, n // c, MOMENTS_NONE) if c == 1 else \
-        _cuda.geometry(n // c, c, 1, MOMENTS_NONE)
+    form, geometry = _form(c)
+    geom, n_tiles, mode = geometry(n)
     ones = cuda.to_device(np.ones(c))
     empty = cuda.device_array(0, dtype=np.float64)
     no_out = cuda.device_array(0, dtype=xd.dtype)
     partials = cuda.device_array((_cuda.N_ROWS, c, n_tiles), dtype=np.float64)
     total = cuda.device_array((_cuda.N_ROWS, c), dtype=np.float64)
-    kernel = tiles or _cuda._TILES
+    kernel = (tiles or _cuda.tiles)(form(mode))
 
     def launch():
         _cuda._configured(kernel, n_tiles, 0)(xd, yd, ones, ones, empty, empty, 0.0, 0.0, False,
                                               NAN_ERROR, no_out, False, geom, partials, empty)
         _cuda._configured(_cuda._add_partials, _cuda.N_ROWS * c, 0)(partials, total)
 
-    return launch, geom, n_tiles
+    return launch, geom, n_tiles, mode
 
 
 def _no_math(a):
@@ -101,25 +114,24 @@ def _no_math(a):
 
 
 def _reads(x, y, geom, partials):
-    """The tiles' access pattern with no loss: each element's x + y added in float64
-    (compiled by :func:`_reads_kernel` with ``cuda``, ``THREADS``, ``_position`` and
+    """The tiles' access pattern for long runs (one class) with no loss: each element's
+    x + y added in float64, ``UNROLL`` loads in flight per thread as in the tiles kernel
+    (compiled by :func:`_reads_kernel` with ``cuda``, ``THREADS``, ``UNROLL`` and
     ``_block_sum`` of ``bce_cli._cuda``)."""
-    a_count, c_count, b_count, a_per_tile, n_bblocks, b_step, per_thread = geom[:7]
+    b_count, n_bblocks, b_step, per_thread = geom[2], geom[4], geom[5], geom[6]
     tile = cuda.blockIdx.x  # noqa: F821 (the kernel's namespace)
     tid = cuda.threadIdx.x  # noqa: F821
-    a_lo = (tile // n_bblocks) * a_per_tile
     b_lo = (tile % n_bblocks) * b_step
-    n_b = min(b_count, b_lo + b_step) - b_lo
-    a_span = min(a_count, a_lo + a_per_tile) - a_lo
-    n_here = a_span * n_b
+    n_here = min(b_count, b_lo + b_step) - b_lo
+    xs = cuda.local.array(UNROLL, np.float64)  # noqa: F821
     acc = 0.0
-    for c in range(c_count):
-        for m in range(per_thread):
-            q = tid + m * THREADS  # noqa: F821
-            if q < n_here:
-                qa, qb = _position(q, a_span, n_b)  # noqa: F821
-                i = ((a_lo + qa) * c_count + c) * b_count + b_lo + qb
-                acc += float(x[i]) + float(y[i])
+    for m0 in range(0, per_thread, UNROLL):  # noqa: F821
+        for u in range(UNROLL):  # noqa: F821
+            q = tid + (m0 + u) * THREADS  # noqa: F821
+            ok = m0 + u < per_thread and q < n_here
+            xs[u] = float(x[b_lo + q]) + float(y[b_lo + q]) if ok else 0.0
+        for u in range(UNROLL):  # noqa: F821
+            acc += xs[u]
     sh = cuda.shared.array((1, THREADS), np.float64)  # noqa: F821
     sh[0, tid] = acc
     _block_sum(sh, 1, tid)  # noqa: F821
@@ -133,7 +145,7 @@ def _reads_kernel():
     from bce_cli import _cuda
     from bce_cli._jit import retarget
 
-    namespace = dict(globals(), cuda=cuda, THREADS=_cuda.THREADS, _position=_cuda._position,
+    namespace = dict(globals(), cuda=cuda, THREADS=_cuda.THREADS, UNROLL=_cuda.UNROLL,
                      _block_sum=_cuda._block_sum)
     return retarget(_reads, namespace, cuda.jit)
 
@@ -189,22 +201,30 @@ def main() -> int:
         print(f"  {label:<50} {seconds * 1e3:8.3f} ms  {rate / 1e9:7.1f} GB/s  "
               f"{share}  {n / seconds / 1e9:6.2f} G elements/s", flush=True)
 
-    launch, geom, n_tiles = _kernels(xd, yd, c)
-    row("bce kernels alone, resident data", _best_events(launch, args.repeat))
-    if args.why:
+    launch, geom, n_tiles, mode = _kernels(xd, yd, c)
+    row(f"bce kernels alone, resident data ({_cuda.MODES[mode]})",
+        _best_events(launch, args.repeat))
+    if args.why and mode == _cuda.RUNS:
         reads = _reads_kernel()
         partials = cuda.device_array((1, 1, n_tiles), dtype=np.float64)
         row("  the same tiles, reading only (no loss)",
             _best_events(lambda: reads[n_tiles, _cuda.THREADS](xd.reshape(n), yd.reshape(n),
                                                                geom, partials),
                          args.repeat))
+    if args.why:
+        from bce_cli._forms import MOMENTS_ALONG_B, MOMENTS_NONE
+
+        moments = MOMENTS_ALONG_B if c > 1 else MOMENTS_NONE  # the accumulator's (bce eval's)
+        row("  with the squared losses and row moments (bce eval)",
+            _best_events(_kernels(xd, yd, c, lambda form: _cuda.tiles(
+                form._replace(squares=True, moments=moments)))[0], args.repeat))
         for label, core, opts in (
                 ("  with the CPU's float32 polynomial", _cuda._MATH["log1p_exp_neg_f32"], {}),
                 ("  with log1p(exp(-a)) replaced by a (no math)", _cuda._device(_no_math), {}),
                 ("  at most 64 registers per thread", _cuda._MATH["log1p_exp_neg"],
                  {"max_registers": 64})):
-            variant = _cuda._tiles_kernel(core, **opts)
-            row(label, _best_events(_kernels(xd, yd, c, variant)[0], args.repeat))
+            row(label, _best_events(_kernels(xd, yd, c, functools.partial(
+                _cuda._tiles_kernel, core=core, **opts))[0], args.repeat))
     row("bce_with_logits(x, y) on device arrays",
         _best(lambda: bce_with_logits(xd, yd), args.repeat, cuda.synchronize))
     try:

@@ -156,6 +156,67 @@ def test_float64_matches_the_compiled_tier(layout):
     _close(gpu_acc.state[:N_STATS], cpu_acc.state[:N_STATS])
 
 
+# Shapes that take each way a tile maps to memory (``bce_cli._cuda.MODES``), with the
+# simulator's blocks of 8 threads as with a GPU's 128: (N, 2) and (N, 3) rows taken flat
+# (INTERLEAVED: several rows per step, so the per-class tree adds), (N, C) with more
+# classes than threads (SPREAD with B = 1), short runs of several rows (SPREAD), long
+# runs (RUNS).
+TILE_SHAPES = {"pairs": (301, 2), "triples": (101, 3), "wide": (12, 10), "short": (10, 3, 5),
+               "long": (2, 2, 700)}
+TILE_MODES = {"pairs": "interleaved", "triples": "interleaved", "wide": "spread",
+              "short": "spread", "long": "runs"}
+TILE_OPTIONS = {
+    "plain": {},
+    "ignore": {"ignore": -1.0},
+    "omit": {"nan_policy": "omit"},
+    "element_weight": {"weight_full": True},
+    "pos_element_weight": {"pos_weight_full": True},
+    "smoothing": {"smoothing": 0.1, "pos_weight": True},
+}
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("moments", [False, True])
+@pytest.mark.parametrize("option", list(TILE_OPTIONS))
+@pytest.mark.parametrize("shape", list(TILE_SHAPES))
+def test_every_tile_mode_and_form_matches_the_cpu(shape, option, moments):
+    """``class_stats`` per class (axis 1), every statistic and the losses, GPU against
+    the exact NumPy tier, for each mapping of tiles to memory and each form's options."""
+    from bce_cli import _cuda
+    from bce_cli._dispatch import _layout
+    from bce_cli._forms import MOMENTS_NONE
+    from bce_cli.stats import OUT_WITH_STATS
+
+    dims = TILE_SHAPES[shape]
+    assert _cuda.MODES[_cuda.geometry(*_layout(dims, 1)[0], MOMENTS_NONE)[2]] == \
+        TILE_MODES[shape]
+    rng = np.random.default_rng(7)
+    x, y = _data(rng, dims, soft=option == "smoothing")
+    kw = dict(TILE_OPTIONS[option])
+    if kw.pop("weight_full", None):
+        kw["weight_full"] = rng.random(dims)
+    if kw.pop("pos_weight_full", None):
+        kw["pos_weight_full"] = 1.0 + rng.random(dims)
+    if kw.pop("pos_weight", None):
+        kw["pos_weight"] = np.linspace(1.0, 3.0, dims[1])
+    if option == "ignore":
+        y.reshape(-1)[::7] = -1.0
+    if option == "omit":
+        x.reshape(-1)[5::11] = np.nan
+        y.reshape(-1)[8::13] = np.nan
+    opts = LossOptions(**kw)
+    got, got_out = class_stats(x, y, 1, opts, write=OUT_WITH_STATS, moments=moments,
+                               device="cuda")
+    with _cpu():
+        want, want_out = class_stats(x, y, 1, opts, write=OUT_WITH_STATS, moments=moments)
+    for i, name in enumerate(STAT_NAMES[:N_STATS]):
+        try:
+            _close(got[i], want[i])
+        except AssertionError as err:
+            raise AssertionError(f"row {name}") from err
+    _close(got_out, want_out, 2 ** -23)
+
+
 @pytest.mark.cudasim
 @pytest.mark.skipif(not SIM, reason="a fault of the simulator")
 def test_a_blocks_threads_share_one_shared_array_on_the_simulator(monkeypatch):
@@ -545,7 +606,8 @@ for x, y in SIGNATURES:
     sig = (xt, yt, f64, f64, f64, f64, types.float64, types.float64, types.boolean,
            types.int64, xt, types.boolean, types.UniTuple(types.int64, 11),
            types.float64[:, :, ::1], f64)
-    kernels = [(_cuda._TILES.py_func, sig)]
+    forms = [_cuda.TilesForm(*f) for f in (FORMS if not out else FORMS[-1:])]
+    kernels = [(_cuda._tiles_kernel(f).py_func, sig) for f in forms]
     if not out:
         kernels.append((_cuda._add_partials.py_func, (types.float64[:, :, ::1],
                                                       types.float64[:, ::1])))
@@ -576,17 +638,25 @@ def test_kernels_compile_for_a_real_gpu():
         pytest.skip("needs the cuda extra: pip install 'bce-cli[cuda]'")
     if importlib.util.find_spec("nvidia.cuda_nvcc") is None:
         pytest.skip("needs the CUDA compiler wheel (nvidia-cuda-nvcc-cu12, in the cuda extra)")
+    from bce_cli._forms import MOMENTS_ALONG_A, MOMENTS_ALONG_B, MOMENTS_NONE, SMOOTH, UNIT, WSPS
+
     signatures = [("float32", y) for y in ("uint8", "float32", "float64", "int64")]
     signatures += [("float64", y) for y in ("uint8", "float64")]
-    script = f"CC = (9, 0)\nSIGNATURES = {signatures!r}\n" + _PTX
+    # (loop, general, write_out, squares, moments, mode): each mode plain, then with every
+    # option (the last form, compiled for every signature)
+    forms = [(UNIT, False, False, False, MOMENTS_NONE, mode) for mode in range(3)]
+    forms += [(WSPS, True, True, True, MOMENTS_ALONG_A, 0),
+              (SMOOTH, True, True, True, MOMENTS_ALONG_B, 1),
+              (SMOOTH, True, True, True, MOMENTS_ALONG_B, 2)]
+    script = f"CC = (9, 0)\nSIGNATURES = {signatures!r}\nFORMS = {forms!r}\n" + _PTX
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     env["PYTHONPATH"] = str(ROOT)
     res = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     done = res.stdout.split()
-    assert done == [f"{x},{y}:tiles" for x, y in signatures[:1]] + [
-        f"{signatures[0][0]},{signatures[0][1]}:_add_partials"] + [
+    first = "{},{}:".format(*signatures[0])
+    assert done == [first + "tiles"] * len(forms) + [first + "_add_partials"] + [
         f"{x},{y}:tiles" for x, y in signatures[1:]]
 
 
@@ -594,7 +664,9 @@ _DISK_CACHE = """
 import inspect, os, sys
 from bce_cli import _cache_dirs, _cuda
 assert not _cuda.simulated()
-for kernel, name in ((_cuda._TILES, "tiles"), (_cuda._add_partials, "add_partials")):
+from bce_cli._forms import MOMENTS_NONE, UNIT
+form = _cuda.TilesForm(UNIT, False, False, False, MOMENTS_NONE, _cuda.RUNS)
+for kernel, name in ((_cuda.tiles(form), form.name), (_cuda._add_partials, "add_partials")):
     cache = kernel._cache
     assert type(cache).__name__ == "DiskCache", type(cache)
     assert cache.cache_path == os.path.join(os.environ["NUMBA_CACHE_DIR"], "bce_cli")
@@ -608,8 +680,8 @@ for kernel, name in ((_cuda._TILES, "tiles"), (_cuda._add_partials, "add_partial
     assert not _cache_dirs.holds_cuda(cache.cache_path, name)  # no index yet
     open(base + ".nbi", "w").close()
     assert _cache_dirs.holds_cuda(cache.cache_path, name)
-compiled = [_cuda._TILES.py_func, _cuda._LOSS.py_func, _cuda._FLAGS.py_func,
-            _cuda._block_sum.py_func, _cuda._position.py_func]
+compiled = [_cuda.tiles(form).py_func, _cuda._LOSS.py_func, _cuda._FLAGS.py_func,
+            _cuda._block_sum.py_func, _cuda._class_sum.py_func, _cuda._position.py_func]
 compiled += [f.py_func for f in _cuda._MATH.values()]
 print(" ".join(sorted({os.path.basename(inspect.getfile(f)) for f in compiled})))
 """
@@ -686,6 +758,29 @@ def test_cuda_kernels_are_cached_on_disk_stamped_with_their_sources(tmp_path):
     files = res.stdout.split()
     assert "_fastmath.py" in files and "kernels.py" in files and "_cuda.py" in files
     assert set(files) <= set(CUDA_SOURCES)
+
+
+def test_instruction_counts_of_the_kernels():
+    """``benchmarks/cuda_instructions.py`` reads each form's machine code (no GPU needed):
+    with ``nvdisasm`` at hand, one row per form with plausible counts; without it, it says
+    what to install and exits 0."""
+    import importlib.util
+
+    if importlib.util.find_spec("numba_cuda") is None:
+        pytest.skip("needs the cuda extra: pip install 'bce-cli[cuda]'")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env["PYTHONPATH"] = str(ROOT)
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cuda_instructions.py")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    if "needs ptxas" in res.stdout:
+        assert "pip install nvidia-cuda-nvdisasm" in res.stdout
+        return
+    rows = [line.split() for line in res.stdout.splitlines() if line.endswith("%")]
+    assert len(rows) == 5, res.stdout
+    for row in rows:
+        regs, per_element, fp64 = int(row[-6]), float(row[-5]), float(row[-4])
+        assert 0 < regs <= 255 and 60 < fp64 < per_element < 1000, row
 
 
 # --- on a real GPU (skip without one) ---------------------------------------------------
