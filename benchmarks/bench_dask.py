@@ -1,14 +1,14 @@
 """``bce eval --engine local`` against ``--engine dask`` with 1 and 2 local workers.
 
     python benchmarks/bench_dask.py [--elements 2e7] [--classes 10] [--files 4] [--repeat 2]
-                                    [--memory 1,2,4]
+                                    [--workers 1,2] [--memory 1,2,4]
 
 Writes a Parquet dataset (float32 logits and targets, one column per class, in
 ``--files`` files) to a temporary directory, then times whole ``bce eval`` processes
 (best of ``--repeat``; the dask figures include starting the LocalCluster), then
-``bce eval --scheduler ADDRESS`` against a LocalCluster of 1 and of 2 workers started
-beforehand (as a deployed cluster is: only the client process timed), and checks that
-every engine printed the same JSON report.
+``bce eval --scheduler ADDRESS`` against a LocalCluster of each of ``--workers`` workers
+started beforehand (as a deployed cluster is: only the client process timed), and checks
+that every engine printed the same JSON report.
 
 ``--memory``: at each of these multiples of the data (the same files hard-linked
 again, so 4x costs no disk), the peak RSS of a local run, and of the driver and of
@@ -117,6 +117,8 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--workers", default="1,2",
+                        help="numbers of local workers to time: 1,2,16")
     parser.add_argument("--memory", default="",
                         help="multiples of the data at which to measure peak RSS: 1,2,4")
     opts = parser.parse_args()
@@ -129,16 +131,18 @@ def main() -> None:
         print(f"{int(opts.elements):.2e} elements, {opts.classes} classes, {opts.files} "
               f"Parquet files, {os.cpu_count()} cores; best of {opts.repeat} whole runs")
         reports = {}
-        for name, extra in [("local", ["--engine", "local"]),
-                            ("dask, 1 worker", ["--engine", "dask", "--scheduler", "local:1"]),
-                            ("dask, 2 workers", ["--engine", "dask", "--scheduler", "local:2"])]:
+        workers = [int(w) for w in opts.workers.split(",")]
+        runs = [("local", ["--engine", "local"])]
+        runs += [(f"dask, {n} worker{'s' if n > 1 else ''}",
+                  ["--engine", "dask", "--scheduler", f"local:{n}"]) for n in workers]
+        for name, extra in runs:
             seconds, reports[name] = run(base + extra, opts.repeat)
             print(f"  {name:<16} {seconds:6.2f} s")
         # As on a deployed cluster: the workers started beforehand and kept (warm after the
         # first run), only the `bce eval --scheduler ADDRESS` process timed.
         from bce_cli._dask import local_cluster
 
-        for n in (1, 2):
+        for n in workers:
             name = f"dask, {n} running"
             with local_cluster(n) as cluster:
                 seconds, reports[name] = run(
