@@ -25,6 +25,7 @@ bench: install
 	$(BIN)/python benchmarks/as_avx2.py benchmarks/bench.py --skip-startup
 	$(BIN)/python benchmarks/bench_e2e.py --data .bench-data
 	$(BIN)/python benchmarks/bench_stats.py --data .bench-data
+	$(BIN)/python benchmarks/bench_compile.py
 
 # Malformed and adversarial inputs through the command line for FUZZ_SECONDS (failures are
 # kept in .fuzz-failures/); tests/test_fuzz.py runs a fixed handful of cases in `make test`.

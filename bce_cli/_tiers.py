@@ -7,14 +7,14 @@ Two tiers compute the same statistics with the same semantics:
 * ``compiled``: the numba kernels (``bce_cli.kernels``), 3-4x faster per
   element, but a process pays about 0.35 s to import numba and start its CPU
   target before the first kernel runs, plus ~0.05 s to load a cached form or
-  ~2 s to compile one (the constants below).
+  1.5-1.9 s to compile one (the constants below).
 
 ``auto`` (the default) takes the compiled tier when it pays for the whole job:
 a form compiled in this process already; else when the time it saves over the
 job's elements exceeds what numba would cost to start, load or compile.  With
 the constants below (measured on the 2-core development machine) that is above
-~1.3e8 elements with the form cached and ~7.5e8 without where NumPy and numba
-have AVX-512, ~7e7 and ~4e8 with AVX2 only (NumPy's float64 exp and log1p
+~1.3e8 elements with the form cached and ~6e8 without where NumPy and numba
+have AVX-512, ~7e7 and ~3.2e8 with AVX2 only (NumPy's float64 exp and log1p
 then call libm per element), so a first run on a fresh machine never waits
 for a compiler, and
 ``bce warmup`` (which fills the cache) is what makes the compiled tier
@@ -37,14 +37,16 @@ SMALL = 1 << 16
 # "Performance"; ``benchmarks/as_avx2.py`` runs the same code with AVX2 only), in
 # seconds: numba's start in the ``bce`` command plus loading one cached form (fitted
 # to the difference between the two tiers on the whole 4M x 25 Parquet job, on both
-# vector widths: 0.4 s), compiling one form for one argument type; elements per
+# vector widths: 0.4 s), compiling one form for one argument type (plain, and the
+# planes forms with the general options: ``benchmarks/bench_compile.py``); elements per
 # second per thread of each tier (``BCEAccumulator.update`` on 256k x 25 float32 and
 # bool, 2 threads), with AVX-512 loops and without.  NumPy's float64 exp and log1p
 # have AVX-512 loops only (elsewhere a libm call per element): without AVX-512 the
 # NumPy tier runs at half its speed, and the compiled tier pays sooner.
 NUMBA_START_S = 0.35
 LOAD_S = 0.05
-COMPILE_S = 2.0
+COMPILE_S = 1.5
+COMPILE_GENERAL_S = 1.9
 NUMPY_RATE = 118e6  # NumPy dispatching its AVX-512 loops
 NUMPY_RATE_NARROW = 63e6  # AVX2 (measured) or other CPUs
 COMPILED_RATE = 440e6  # numba compiling for AVX-512
@@ -146,7 +148,8 @@ def choose(n_elements: int, form, job_elements: int | None = None) -> str:
     if n_elements <= SMALL:
         return "numpy"
     started = numba_started()
-    fixed = (0.0 if started else NUMBA_START_S) + (LOAD_S if is_cached(form.name) else COMPILE_S)
+    compile_s = COMPILE_GENERAL_S if getattr(form, "general", False) else COMPILE_S
+    fixed = (0.0 if started else NUMBA_START_S) + (LOAD_S if is_cached(form.name) else compile_s)
     work = max(n_elements, job_elements or 0)
     # The machine's cores, not --threads: the tier (and so the last bits of a result)
     # must not depend on the number of threads asked for.

@@ -270,7 +270,7 @@ _block_sums = inline_copy(block_sums)
 _row_moments = inline_copy(row_moments)
 
 
-def _planes_task_for(block_losses, direct):
+def _planes_task_for(block_losses, direct, general):
     """One planes task: rows ``ablk`` of A, block ``blk`` of B, every class.
 
     Adds into ``partials[k]`` (N_STATS, C) and sets ``n_bad[k]``.  Row moments
@@ -281,12 +281,13 @@ def _planes_task_for(block_losses, direct):
     into ``side`` at ``2 * ((a * C + c) * n_bblocks + blk)``, and the caller
     folds them into rows.
     ``direct``: losses only, written straight into ``out`` (nothing summed).
+    ``general``: the general options (``has_ignore``, ``nan_mode``) are in force, fixed at
+    compile time (the caller picks the form).
     """
 
     def task(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out, write_out,
              geom, partials, side, n_bad, k0, k1):
         a_count, c_count, b_count, a_per_task, n_bblocks, b_step, moments = geom
-        general = has_ignore or nan_mode != NAN_ERROR
         rows_b = moments == MOMENTS_ALONG_B and not direct
         rows_a = moments == MOMENTS_ALONG_A and not direct
         lbuf = np.empty(0 if direct else BLOCK, dtype=np.float64)
@@ -478,7 +479,8 @@ def _entry_for(form: Form, parallel: bool):
         return metrics_entry(form)
     core = _CORES[form.bits]
     if form.kernel == "planes":
-        task, flags = _planes_task_for(_block_losses_for(core, form.loop), form.direct)
+        task, flags = _planes_task_for(_block_losses_for(core, form.loop), form.direct,
+                                       form.general)
     else:
         task, flags = _rows_task_for(core, form.loop)
     if not parallel:
