@@ -125,6 +125,7 @@ MAX_PER_THREAD = 16  # the same with the rows' moments along B (kept per positio
 ELEMENTS_PER_THREAD = 128
 UNROLL = 4  # loads in flight per thread (see _tiles_kernel)
 ROW_SHARED = 2 * UNROLL  # rows of shared memory for the row totals of INTERLEAVED tiles
+SH_ROWS = max(9, ROW_SHARED)  # the block's shared rows: the nine sums, or those row totals
 # How a tile's positions map to memory: RUNS, one run of B (an entry of A each tile);
 # INTERLEAVED, whole rows of (N, C) taken as flat memory (C <= THREADS); SPREAD, short
 # runs of B of several entries of A (a 32-bit division per position).
@@ -312,8 +313,8 @@ def _tiles_kernel(form: TilesForm, core=None, **options):
         keep = 1.0 - smooth
         half = 0.5 * smooth
         at = first + tile
-        sh = cuda.shared.array((9, THREADS), np.float64)
-        rowsh = cuda.shared.array((ROW_SHARED, THREADS), np.float64)
+        sh = cuda.shared.array((SH_ROWS, THREADS), np.float64)
+        rowsh = sh  # the row totals' steps end before the sums use it (both behind barriers)
         xs = cuda.local.array(UNROLL, np.float64)
         ys = cuda.local.array(UNROLL, np.float64)
         ix = cuda.local.array(UNROLL, np.int64)
@@ -578,7 +579,9 @@ def geometry(a_count: int, c_count: int, b_count: int, moments: int, first: int 
     ``mode``: RUNS, INTERLEAVED or SPREAD."""
     if b_count == 1 and 2 <= c_count <= THREADS and a_count > 1 \
             and moments != MOMENTS_ALONG_A:  # rows of (N, C): whole rows, flat
-        per_thread = PER_THREAD
+        # fewer rows per step with more classes: longer tiles keep the partials (one per
+        # statistic, class and tile) a few percent of the data
+        per_thread = PER_THREAD * max(1, c_count // 8)
         a_per_tile, b_step, n_bblocks = THREADS // c_count * per_thread, 1, 1
         mode = INTERLEAVED
     else:

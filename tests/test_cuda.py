@@ -156,21 +156,24 @@ def test_float64_matches_the_compiled_tier(layout):
     _close(gpu_acc.state[:N_STATS], cpu_acc.state[:N_STATS])
 
 
-# Shapes that take each way a tile maps to memory (``bce_cli._cuda.MODES``), with the
+# Shapes that take each way a tile maps to memory (``bce_cli._cuda.MODES``) with the
 # simulator's blocks of 8 threads as with a GPU's 128: (N, 2) and (N, 3) rows taken flat
-# (INTERLEAVED: several rows per step, so the per-class tree adds), (N, C) with more
-# classes than threads (SPREAD with B = 1), short runs of several rows (SPREAD), long
-# runs (RUNS).
-TILE_SHAPES = {"pairs": (301, 2), "triples": (101, 3), "wide": (12, 10), "short": (10, 3, 5),
-               "long": (2, 2, 700)}
-TILE_MODES = {"pairs": "interleaved", "triples": "interleaved", "wide": "spread",
-              "short": "spread", "long": "runs"}
+# (INTERLEAVED: several rows per step, so the per-class tree adds), (N, THREADS) (one row
+# per step), (N, C) with more classes than threads (SPREAD with B = 1), short runs of
+# several rows (SPREAD), long runs (RUNS).
+_T = 8 if SIM else 128  # bce_cli._cuda.THREADS (checked in the test)
+TILE_SHAPES = {"pairs": (301, 2), "triples": (101, 3), "full": (9, _T), "wide": (12, _T + 2),
+               "short": (10, 3, 5), "long": (2, 2, _T * 64 + 37)}
+TILE_MODES = {"pairs": "interleaved", "triples": "interleaved", "full": "interleaved",
+              "wide": "spread", "short": "spread", "long": "runs"}
 TILE_OPTIONS = {
     "plain": {},
+    "class_weight": {"weight": True},
     "ignore": {"ignore": -1.0},
     "omit": {"nan_policy": "omit"},
+    "propagate": {"nan_policy": "propagate"},
     "element_weight": {"weight_full": True},
-    "pos_element_weight": {"pos_weight_full": True},
+    "pos_element_weight": {"pos_weight_full": True, "weight": True},
     "smoothing": {"smoothing": 0.1, "pos_weight": True},
 }
 
@@ -188,6 +191,7 @@ def test_every_tile_mode_and_form_matches_the_cpu(shape, option, moments):
     from bce_cli.stats import OUT_WITH_STATS
 
     dims = TILE_SHAPES[shape]
+    assert _cuda.THREADS == _T
     assert _cuda.MODES[_cuda.geometry(*_layout(dims, 1)[0], MOMENTS_NONE)[2]] == \
         TILE_MODES[shape]
     rng = np.random.default_rng(7)
@@ -199,9 +203,11 @@ def test_every_tile_mode_and_form_matches_the_cpu(shape, option, moments):
         kw["pos_weight_full"] = 1.0 + rng.random(dims)
     if kw.pop("pos_weight", None):
         kw["pos_weight"] = np.linspace(1.0, 3.0, dims[1])
+    if kw.pop("weight", None):
+        kw["weight"] = np.linspace(0.5, 2.0, dims[1])
     if option == "ignore":
         y.reshape(-1)[::7] = -1.0
-    if option == "omit":
+    if option in ("omit", "propagate"):
         x.reshape(-1)[5::11] = np.nan
         y.reshape(-1)[8::13] = np.nan
     opts = LossOptions(**kw)
@@ -215,6 +221,15 @@ def test_every_tile_mode_and_form_matches_the_cpu(shape, option, moments):
         except AssertionError as err:
             raise AssertionError(f"row {name}") from err
     _close(got_out, want_out, 2 ** -23)
+    # w*y and w*(1 - y) over the elements that count (the accumulator's WPOS, WNEG)
+    w = np.ones(dims) * np.reshape(opts.weight if opts.weight is not None else 1.0,
+                                   (1, -1) + (1,) * (len(dims) - 2))
+    w = w * (opts.weight_full if opts.weight_full is not None else 1.0)
+    yf = y.astype(np.float64)
+    counts = ~((yf == opts.ignore) | (opts.nan_policy == "omit") & (np.isnan(x) | np.isnan(yf)))
+    axes = (0, *range(2, len(dims)))
+    _close(got[N_STATS], np.where(counts, w * yf, 0.0).sum(axis=axes))
+    _close(got[N_STATS + 1], np.where(counts, w * (1.0 - yf), 0.0).sum(axis=axes))
 
 
 @pytest.mark.cudasim
