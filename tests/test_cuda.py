@@ -233,6 +233,34 @@ def test_every_tile_mode_and_form_matches_the_cpu(shape, option, moments):
 
 
 @pytest.mark.cudasim
+@pytest.mark.parametrize("shape", [(301, 3), (700,), (5, 2, 40)])
+def test_kept_buffers_carry_nothing_from_one_call_to_the_next(shape):
+    """The partials and class factors kept between calls (``_cuda._Kept``): a call after
+    one with other data, weights and options of the same shape gives the CPU's result,
+    and calls from several threads at once give what they give one at a time."""
+    import concurrent.futures
+
+    from bce_cli import _cuda
+
+    rng = np.random.default_rng(11)
+    c = 1 if len(shape) == 1 else shape[1]
+    first = BCEAccumulator(c, device="cuda", ignore_value=-1.0, weight=np.linspace(1, 2, c))
+    x, y = _data(rng, shape, soft=True)
+    first.update(x, y)
+    assert _cuda._Kept.partials  # kept
+    x, y = _data(rng, shape)
+    got = BCEAccumulator(c, device="cuda").update(x, y)
+    with _cpu():
+        want = BCEAccumulator(c).update(x, y)
+    _close(got.state[:N_ACC_STATS], want.state)
+    batches = [_data(np.random.default_rng(k), shape) for k in range(4)]
+    alone = [bce_with_logits(bx, by, device="cuda") for bx, by in batches]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda b: bce_with_logits(*b, device="cuda"), batches))
+    assert together == alone
+
+
+@pytest.mark.cudasim
 @pytest.mark.skipif(not SIM, reason="a fault of the simulator")
 def test_a_blocks_threads_share_one_shared_array_on_the_simulator(monkeypatch):
     """numba's simulator makes a block's shared array when a thread finds none, without a
