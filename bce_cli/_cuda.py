@@ -36,7 +36,9 @@ A block of ``THREADS`` threads takes one *tile*, in one of three modes (:func:`g
 
 ``per_thread`` is ``PER_THREAD`` (64) for one or two classes and less for more, about
 ``ELEMENTS_PER_THREAD`` (128) elements per thread and tile; at most ``MAX_PER_THREAD``
-(16) with the rows' moments along B outside INTERLEAVED, which keep a total per position.
+(16) with the rows' moments along B, which keep a total per position.  INTERLEAVED tiles
+take ``PER_THREAD`` steps, times ``C // 8`` from 16 classes on (fewer rows per step: longer
+tiles keep the partials a few percent of the data).
 
 **Bit-stable reductions.**  Each thread adds its elements in a fixed order in
 float64; a block adds its threads' sums by a fixed tree in shared memory (no
