@@ -393,18 +393,28 @@ def test_streaming_in_chunks_through_two_slots(rng, monkeypatch):
                              moments=True, device="cuda")
     x2, y2 = _data(rng, (1, 3, 130))  # one row along A, chunks along B: its blocks side by side
     one = BCEAccumulator(3, device="cuda").update(x2, y2)
-    assert [len(c) for c in chunks] == [23, 7, 4]  # each went through both slots
+    # rows of (N, 3): chunks of 33 rows taken flat (INTERLEAVED), the last of one row (RUNS)
+    modes = []
+    geometry = _cuda.geometry
+    monkeypatch.setattr(_cuda, "geometry", lambda *a, **k: modes.append(geometry(*a, **k)[2])
+                        or geometry(*a, **k))
+    x3, y3 = _data(rng, (100, 3))
+    rows = BCEAccumulator(3, device="cuda", weight=np.array([0.5, 1.0, 2.0])).update(x3, y3)
+    assert [len(c) for c in chunks] == [23, 7, 4, 4]  # each went through both slots
+    assert chunks[-1][-1] == (99, 100, 0, 1) and set(modes) == {_cuda.INTERLEAVED, _cuda.RUNS}
     with _cpu():
         cpu = BCEAccumulator(4)
         want = cpu.update(x, y, return_losses=True)
         stats1, out1 = class_stats(x1, y1, None, LossOptions(nan_policy="omit"), write=1,
                                    moments=True)
         one_cpu = BCEAccumulator(3).update(x2, y2)
+        rows_cpu = BCEAccumulator(3, weight=np.array([0.5, 1.0, 2.0])).update(x3, y3)
     _close(acc.state, cpu.state)
     _close(losses, want, 2 ** -23)
     _close(stats[:N_STATS], stats1)
     _close(out, out1)
     _close(one.state, one_cpu.state)
+    _close(rows.state, rows_cpu.state)
 
 
 @pytest.mark.cudasim
