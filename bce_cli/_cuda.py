@@ -136,6 +136,7 @@ MODES = ("runs", "interleaved", "spread")
 BAD = N_ACC_STATS      # the row of the partials that counts invalid elements
 N_ROWS = N_ACC_STATS + 1
 CHUNK = 1 << 22        # elements per host-to-device chunk (streaming host arrays)
+KEEP_BYTES = 64 << 20  # the largest partials kept on the GPU from one call to the next
 
 
 def _device(fn):
@@ -646,11 +647,15 @@ class _Kept:
 
     @classmethod
     def array(cls, shape, stream):
-        """A float64 device array of ``shape`` (every entry written by the kernels)."""
+        """A float64 device array of ``shape`` (every entry written by the kernels); kept
+        for the next call up to ``KEEP_BYTES`` (a larger one is the call's own)."""
         dev = cls.partials.get(len(shape))
         if dev is None or dev.shape != shape:
-            dev = cls.partials[len(shape)] = cuda.device_array(shape, dtype=np.float64,
-                                                               stream=stream)
+            dev = cuda.device_array(shape, dtype=np.float64, stream=stream)
+            if dev.nbytes <= KEEP_BYTES:
+                cls.partials[len(shape)] = dev
+            else:
+                cls.partials.pop(len(shape), None)
         return dev
 
 

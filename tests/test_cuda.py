@@ -234,7 +234,7 @@ def test_every_tile_mode_and_form_matches_the_cpu(shape, option, moments):
 
 @pytest.mark.cudasim
 @pytest.mark.parametrize("shape", [(301, 3), (700,), (5, 2, 40)])
-def test_kept_buffers_carry_nothing_from_one_call_to_the_next(shape):
+def test_kept_buffers_carry_nothing_from_one_call_to_the_next(shape, monkeypatch):
     """The partials and class factors kept between calls (``_cuda._Kept``): a call after
     one with other data, weights and options of the same shape gives the CPU's result,
     and calls from several threads at once give what they give one at a time."""
@@ -258,6 +258,10 @@ def test_kept_buffers_carry_nothing_from_one_call_to_the_next(shape):
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         together = list(pool.map(lambda b: bce_with_logits(*b, device="cuda"), batches))
     assert together == alone
+    _cuda._Kept.partials.clear()
+    monkeypatch.setattr(_cuda, "KEEP_BYTES", 0)  # too large to keep: each call its own
+    assert bce_with_logits(*batches[0], device="cuda") == alone[0]
+    assert not _cuda._Kept.partials
 
 
 @pytest.mark.cudasim
