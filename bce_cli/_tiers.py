@@ -148,7 +148,7 @@ def choose(n_elements: int, form, job_elements: int | None = None) -> str:
     if n_elements <= SMALL:
         return "numpy"
     started = numba_started()
-    compile_s = COMPILE_GENERAL_S if getattr(form, "general", False) else COMPILE_S
+    compile_s = COMPILE_GENERAL_S if form.general else COMPILE_S
     fixed = (0.0 if started else NUMBA_START_S) + (LOAD_S if is_cached(form.name) else compile_s)
     work = max(n_elements, job_elements or 0)
     # The machine's cores, not --threads: the tier (and so the last bits of a result)
