@@ -110,6 +110,33 @@ def all_forms() -> list[Form]:
     return forms
 
 
+def signature(x_dtype, y_dtype, wf_dtype, pf_dtype) -> str:
+    """The tag of a compiled entry point's argument types: the dtypes of the logits,
+    targets and per-element factors (the other arguments are float64 and int64)."""
+    return "-".join(np.dtype(d).name for d in (x_dtype, y_dtype, wf_dtype, pf_dtype))
+
+
+def common_signatures(form: Form) -> tuple[str, ...]:
+    """The signatures bce passes without unusual inputs (what ``bce warmup`` compiles):
+    bool targets (as uint8) or targets of the logits' type, factors of the logits'
+    type."""
+    x = np.float32 if form.bits == 32 else np.float64
+    return tuple(signature(x, y, x, x) for y in (np.uint8, x))
+
+
+def scratch_sizes(form: Form, geom) -> tuple[int, int]:
+    """Scratch a run of tasks needs: (float64 elements, elements of the losses' dtype).
+    Planes: a block's losses and, with rows along B, its rows' totals and counts;
+    rows: the line's factors, losses, counts and per-position sums (``geom[2]``: the
+    line's length), and the general loop's losses when they are not written out."""
+    if form.kernel == "rows":
+        from .stats import SQ
+
+        width = int(geom[2])
+        return (6 + SQ + 1) * width, width
+    return 3 * BLOCK, 0
+
+
 # Row moments (bce_cli.uncertainty) a kernel adds: none, with each position of B a
 # row (the kernel sums them), or with each entry of A a row (per-(row, class) sums
 # into the caller's ``side`` array).

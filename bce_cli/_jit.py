@@ -222,25 +222,37 @@ def _locked(path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def form_kernel(name: str, *, parallel: bool, flags=ELEMENT_FLAGS):
-    """Decorator for the compiled entry point of one kernel form, cached as ``name``."""
+def form_kernel(name: str, *, parallel: bool, flags=ELEMENT_FLAGS, wrapper: bool = True,
+                cache: bool = True):
+    """Decorator for the compiled entry point of one kernel form, cached as ``name`` in
+    numba's cache (unless ``cache`` is false: the pointer entry points are saved as
+    native objects instead, ``bce_cli._native``).  ``wrapper``: callable from Python
+    (else from compiled code, or by address)."""
 
     def decorate(fn):
-        global _cache_warned
-        fn.__qualname__ = fn.__name__ = name
+        fn.__qualname__ = fn.__name__ = name.replace(".", "_").replace("-", "_")
         fn._bce_form = name
         disp = numba.njit(parallel=parallel, nogil=True, error_model="numpy",
-                          fastmath=set(flags), no_cfunc_wrapper=True)(fn)
+                          fastmath=set(flags), no_cfunc_wrapper=True,
+                          no_cpython_wrapper=not wrapper)(fn)
+        if not cache:
+            return disp
         locator = _Locator.for_form(name, fn.__code__.co_filename)
         if locator is None:
-            if not _cache_warned:
-                _cache_warned = True
-                warnings.warn("bce: no writable cache directory for compiled kernels, so they "
-                              "are compiled anew in each process (set NUMBA_CACHE_DIR to a "
-                              "writable directory to keep them)", RuntimeWarning, stacklevel=2)
+            warn_no_cache()
             return disp
         fn._bce_locator = locator
         disp._cache = _FormCache(fn)
         return disp
 
     return decorate
+
+
+def warn_no_cache() -> None:
+    """Say once per process that compiled kernels cannot be kept."""
+    global _cache_warned
+    if not _cache_warned:
+        _cache_warned = True
+        warnings.warn("bce: no writable cache directory for compiled kernels, so they "
+                      "are compiled anew in each process (set NUMBA_CACHE_DIR to a "
+                      "writable directory to keep them)", RuntimeWarning, stacklevel=3)

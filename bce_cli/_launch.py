@@ -1,54 +1,147 @@
-"""Running a compiled form: inputs as read-only views, runs of consecutive tasks on
-the thread pool (or numba's ``prange``), float64 partials per task; and
+"""Running a compiled form: the form's pointer entry point (``bce_cli.kernels``) on
+runs of consecutive tasks on the thread pool, float64 partials per task; and
 ``warmup``, which compiles (or loads) every form once.
 
-The forms and their entry points are in ``bce_cli.kernels``; the task geometry in
-``bce_cli._forms``.  Importing this module imports numba.
+An entry point is loaded from its native object (``bce_cli._native``, no numba)
+when the cache holds one; else numba compiles it (importing numba here, on
+that first use only) and its object is saved for the next process.  Either way
+the process runs the same machine code: the object is the code numba compiled.
+The task geometry is in ``bce_cli._forms``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import threading
+
 import numpy as np
 
-from ._forms import PS, SMOOTH, WS, WSPS, Form
-from .kernels import entry
+from . import _native
+from ._forms import PS, SMOOTH, WS, WSPS, Form, common_signatures, scratch_sizes, signature
 from .stats import N_STATS
 
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+# numba's calling convention for a function of pointers and integers that returns
+# nothing: a status (0: done), a return slot, an exception slot, then the arguments.
+_PROTOTYPE = ctypes.CFUNCTYPE(ctypes.c_int32, _P, _P, *([_P] * 14), _I, _I)
 
-def _read_only(a: np.ndarray) -> np.ndarray:
-    """A read-only view: inputs always reach numba as read-only arrays, so that
-    writable and read-only data (memory-mapped ``.npy``, Arrow buffers) share
-    one compiled signature."""
-    if not a.flags.writeable:
-        return a
-    v = a.view()
-    v.flags.writeable = False
-    return v
+_entries: dict = {}  # (form, signature) -> (ctypes function, "loaded" / "compiled")
+_lock = threading.Lock()
+
+
+def pointer_entry(form: Form, sig: str):
+    """The ctypes function of ``form``'s entry point for signature tag ``sig``: loaded
+    from the cache's native object, else compiled by numba (and saved)."""
+    key = (form, sig)
+    got = _entries.get(key)
+    if got is not None:
+        return got[0]
+    with _lock:
+        if key not in _entries:
+            name = f"{form.name}.{sig}"
+            path = _native.find(name) if _native.supported() else None
+            loaded = _native.load(path) if path else None
+            if loaded is not None:
+                _entries[key] = (_PROTOTYPE(loaded[1]), "loaded")
+            else:
+                from . import kernels  # numba
+
+                symbol, address, obj = kernels.compile_native(form, sig)
+                if obj is not None and _native.save(name, symbol, obj) is None:
+                    from ._jit import warn_no_cache
+
+                    warn_no_cache()
+                _entries[key] = (_PROTOTYPE(address), "compiled")
+    return _entries[key][0]
+
+
+def is_ready(form: Form) -> bool:
+    """Whether this process has compiled or loaded ``form`` (for some signature)."""
+    return any(key[0] == form for key in _entries)
+
+
+def any_compiled() -> bool:
+    """Whether numba compiled an entry point in this process (it has started)."""
+    return any(how == "compiled" for _, how in _entries.values())
+
+
+def cache_dir(form: Form) -> str | None:
+    """The directory ``form``'s compiled code is cached in (None: not cached)."""
+    import os
+
+    if form.kernel == "metrics":
+        from ._metric_kernels import entry
+
+        cache = getattr(entry(form), "_cache", None)
+        return getattr(cache, "cache_path", None)
+    if not _native.supported():
+        from .kernels import _ENTRIES
+
+        caches = [getattr(fn, "_cache", None) for key, fn in _ENTRIES.items()
+                  if key[0] == form]
+        return next((c.cache_path for c in caches if c is not None), None)
+    paths = [_native.find(f"{form.name}.{sig}") for sig in common_signatures(form)]
+    return next((os.path.dirname(p) for p in paths if p), None)
+
+
+def how(form: Form, sig: str) -> str | None:
+    """"loaded" (from a native object), "compiled" (by numba, in this process) or None."""
+    got = _entries.get((form, sig))
+    return got[1] if got else None
+
+
+def _ptr(a: np.ndarray) -> int:
+    return a.ctypes.data
 
 
 def run(form: Form, geom, n_tasks: int, x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore,
         nan_mode, out, write_out, side, parallel: bool = False, pool=None,
         workers: int = 1):
-    """Run ``form`` over flat arrays; returns ``(partials, n_bad)`` with ``partials`` of
-    shape ``(n_tasks, N_STATS, C)`` (summed in order by the caller).  ``side``: the
-    planes kernel's per-(row, class) sums with rows along A (zeros, filled), else
-    empty.
+    """Run ``form`` over flat C-contiguous arrays; returns ``(partials, n_bad)`` with
+    ``partials`` of shape ``(n_tasks, N_STATS, C)`` (summed in order by the caller).
+    ``side``: the planes kernel's per-(row, class) sums with rows along A (zeros,
+    filled), else empty.
 
-    The serial entry point runs runs of consecutive tasks on ``pool``'s ``workers`` threads
-    (it releases the GIL; the partials do not depend on which thread ran a
-    task); ``parallel`` runs the ``prange`` entry point instead.  ``wf``/``pf``:
-    per-element factors (empty when unused)."""
+    The entry point runs runs of consecutive tasks on ``pool``'s ``workers`` threads
+    (ctypes releases the GIL; the partials do not depend on which thread ran a
+    task), each run with scratch of its own; ``parallel`` runs numba's ``prange``
+    entry point instead.  ``wf``/``pf``: per-element factors (empty when unused)."""
     partials = np.zeros((n_tasks, N_STATS, len(wvec)), dtype=np.float64)
     n_bad = np.zeros(n_tasks, dtype=np.int64)
-    fn = entry(form, parallel)
-    args = tuple(_read_only(np.asarray(a)) for a in (x, y, wvec, pvec, wf, pf))
-    args += (float(smooth), float(ignore), bool(has_ignore), int(nan_mode), out,
-             bool(write_out), tuple(int(g) for g in geom), partials, side, n_bad)
-    if pool is None or parallel:
-        fn(*args, 0, n_tasks)
+    if not out.flags.c_contiguous:  # a copy would take the losses
+        raise ValueError("out must be C-contiguous")
+    x, y, wf, pf = (np.ascontiguousarray(a) for a in (x, y, wf, pf))
+    wvec, pvec, side = (np.ascontiguousarray(a, dtype=np.float64) for a in (wvec, pvec, side))
+    n_scratch, n_oscratch = scratch_sizes(form, geom)
+    ints = np.array([x.size, len(wvec), wf.size, pf.size, out.size, side.size, n_tasks,
+                     bool(has_ignore), int(nan_mode), bool(write_out), n_scratch, n_oscratch,
+                     *geom], dtype=np.int64)
+    floats = np.array([smooth, ignore], dtype=np.float64)
+    if parallel:
+        from .kernels import entry
+
+        entry(form, True)(x, y, wvec, pvec, wf, pf, out, side, partials, n_bad,
+                          np.empty(n_scratch), np.empty(n_oscratch, out.dtype), ints, floats,
+                          0, n_tasks)
+        return partials, n_bad
+    fn = pointer_entry(form, signature(x.dtype, y.dtype, wf.dtype, pf.dtype))
+    fixed = [_ptr(a) for a in (x, y, wvec, pvec, wf, pf, out, side, partials, n_bad)]
+
+    def run_tasks(k0: int, k1: int) -> None:
+        scratch = np.empty(n_scratch)
+        oscratch = np.empty(n_oscratch, dtype=out.dtype)
+        ret, exc = ctypes.c_int64(), ctypes.c_void_p()
+        status = fn(ctypes.byref(ret), ctypes.byref(exc), *fixed, _ptr(scratch), _ptr(oscratch),
+                    _ptr(ints), _ptr(floats), k0, k1)
+        if status != 0:
+            raise RuntimeError(f"compiled form {form.name} failed (status {status})")
+
+    if pool is None or workers <= 1 or n_tasks == 1:
+        run_tasks(0, n_tasks)
     else:
         step = max(1, -(-n_tasks // (4 * workers)))
-        list(pool.map(lambda k0: fn(*args, k0, min(n_tasks, k0 + step)),
+        list(pool.map(lambda k0: run_tasks(k0, min(n_tasks, k0 + step)),
                       range(0, n_tasks, step)))
     return partials, n_bad
 

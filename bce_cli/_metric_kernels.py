@@ -40,7 +40,6 @@ import numpy as np
 
 from ._fastmath import exp_neg
 from ._jit import form_kernel
-from ._launch import _read_only
 from .stats import (
     COARSE,
     FINE,
@@ -55,6 +54,18 @@ from .stats import (
 BLOCK = 512
 LANES = 4
 _FLAGS = frozenset()
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view: inputs always reach numba as read-only arrays, so that
+    writable and read-only data (memory-mapped ``.npy``, Arrow buffers) share
+    one compiled signature."""
+    if not a.flags.writeable:
+        return a
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
 _inline = numba.njit(inline="always", error_model="numpy")
 _plain = numba.njit(error_model="numpy", nogil=True, no_cpython_wrapper=True,
                     no_cfunc_wrapper=True)

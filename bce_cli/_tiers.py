@@ -27,7 +27,9 @@ from __future__ import annotations
 import os
 import sys
 
-from ._cache_dirs import is_cached
+from . import _native
+from ._cache_dirs import is_cached as is_cached_by_numba
+from ._forms import common_signatures
 
 TIERS = ("auto", "numpy", "compiled")
 TIER_ENV = "BCE_TIER"
@@ -45,6 +47,10 @@ SMALL = 1 << 16
 # NumPy tier runs at half its speed, and the compiled tier pays sooner.
 NUMBA_START_S = 0.35
 LOAD_S = 0.05
+# Where a form's native object is cached (``bce_cli._native``): llvmlite's start in a
+# fresh process, then loading one object.
+NATIVE_START_S = 0.03
+NATIVE_LOAD_S = 0.003
 COMPILE_S = 1.5
 COMPILE_GENERAL_S = 1.9
 NUMPY_RATE = 118e6  # NumPy dispatching its AVX-512 loops
@@ -128,12 +134,24 @@ class JobTier:
 
 
 def numba_started() -> bool:
-    """Whether this process has compiled or loaded a kernel (the loss's or the metrics'):
-    numba's start is then paid."""
-    kernels = sys.modules.get("bce_cli.kernels")
+    """Whether numba has compiled or loaded a kernel in this process (the loss's or the
+    metrics'): its start is then paid."""
+    launch = sys.modules.get("bce_cli._launch")
     metric_kernels = sys.modules.get("bce_cli._metric_kernels")
-    return bool((kernels is not None and kernels.any_compiled())
+    return bool((launch is not None and launch.any_compiled())
                 or (metric_kernels is not None and metric_kernels.any_compiled()))
+
+
+def native(form) -> bool:
+    """Whether ``form`` is loaded from native objects here (``bce_cli._native``)."""
+    return form.kernel != "metrics" and _native.supported()
+
+
+def is_cached(form) -> bool:
+    """Whether the cache holds ``form`` for this CPU and the current sources."""
+    if native(form):
+        return _native.is_cached(form.name, common_signatures(form))
+    return is_cached_by_numba(form.name)
 
 
 def choose(n_elements: int, form, job_elements: int | None = None) -> str:
@@ -142,14 +160,19 @@ def choose(n_elements: int, form, job_elements: int | None = None) -> str:
     tier = requested()
     if tier != "auto":
         return tier
-    kernels = sys.modules.get("bce_cli.kernels")
-    if kernels is not None and kernels.is_compiled(form):
+    launch = sys.modules.get("bce_cli._launch")
+    if launch is not None and launch.is_ready(form):
         return "compiled"
     if n_elements <= SMALL:
         return "numpy"
-    started = numba_started()
-    compile_s = COMPILE_GENERAL_S if form.general else COMPILE_S
-    fixed = (0.0 if started else NUMBA_START_S) + (LOAD_S if is_cached(form.name) else compile_s)
+    if is_cached(form):
+        if native(form):
+            fixed = (0.0 if _native.started() else NATIVE_START_S) + NATIVE_LOAD_S
+        else:
+            fixed = (0.0 if numba_started() else NUMBA_START_S) + LOAD_S
+    else:
+        compile_s = COMPILE_GENERAL_S if form.general else COMPILE_S
+        fixed = (0.0 if numba_started() else NUMBA_START_S) + compile_s
     work = max(n_elements, job_elements or 0)
     # The machine's cores, not --threads: the tier (and so the last bits of a result)
     # must not depend on the number of threads asked for.

@@ -407,7 +407,7 @@ def warmup_command(debug: DebugOpt = False):
     with guard(debug):
         import time
 
-        from . import _launch, kernels
+        from . import _launch
 
         err = err_console()
         start = time.perf_counter()
@@ -419,7 +419,7 @@ def warmup_command(debug: DebugOpt = False):
 
         forms = _launch.warmup(report)
         slowest = max(times, key=times.get)
-        where = sorted({kernels.cache_path(f) or "nowhere (no writable cache directory: set "
+        where = sorted({_launch.cache_dir(f) or "nowhere (no writable cache directory: set "
                         "NUMBA_CACHE_DIR)" for f in forms})
         typer.echo(f"bce warmup: {len(forms)} kernel forms ready in "
                    f"{time.perf_counter() - start:.1f} s (slowest {slowest}, "

@@ -33,8 +33,10 @@ folded into classes once per task.
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from numba import carray, prange, types
+from numba.extending import intrinsic
 
+from . import _native
 from ._fastmath import log1p_exp_neg, log1p_exp_neg_f32
 from ._forms import (
     BLOCK,
@@ -55,6 +57,7 @@ from .stats import (
     CORRECT,
     COUNT,
     LOSS,
+    N_STATS,
     NAN_ERROR,
     NAN_OMIT,
     NEG,
@@ -257,6 +260,26 @@ def line_rows(lrow, lcnt, m, c_count, general):
     return s_aa, s_an, s_nn
 
 
+# A task's integer arguments (``ints``) before its geometry: elements, C, len(wf),
+# len(pf), len(out), len(side), tasks, has_ignore, nan_mode, write_out, len(scratch),
+# len(oscratch); ``floats`` = (smooth, ignore).
+N_INTS = 12
+
+
+@inline()
+def _arrays(xp, yp, wvp, pvp, wfp, pfp, outp, sidep, partp, badp, scrp, oscrp, ip, fp):
+    """A task's arrays (views of the caller's memory: nothing is allocated or owned)
+    and options, from its pointers: (x, y, wvec, pvec, wf, pf, out, side, partials,
+    n_bad, scratch, oscratch, smooth, ignore, has_ignore, nan_mode, write_out)."""
+    ints = carray(ip, N_INTS)
+    n, c = ints[0], ints[1]
+    return (carray(xp, n), carray(yp, n), carray(wvp, c), carray(pvp, c),
+            carray(wfp, ints[2]), carray(pfp, ints[3]), carray(outp, ints[4]),
+            carray(sidep, ints[5]), carray(partp, (ints[6], N_STATS, c)),
+            carray(badp, ints[6]), carray(scrp, ints[10]), carray(oscrp, ints[11]),
+            fp[0], fp[1], ints[7] != 0, ints[8], ints[9] != 0)
+
+
 # The planes task's float64 sums, compiled into the task itself.  A ``scalar`` callee
 # is not inlined by LLVM when it is large (these are: vectorised reductions), and a
 # call to it then goes by symbol: numba links a copy of the callee into the form
@@ -285,14 +308,19 @@ def _planes_task_for(block_losses, direct, general):
     compile time (the caller picks the form).
     """
 
-    def task(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out, write_out,
-             geom, partials, side, n_bad, k0, k1):
-        a_count, c_count, b_count, a_per_task, n_bblocks, b_step, moments = geom
+    def task(xp, yp, wvp, pvp, wfp, pfp, outp, sidep, partp, badp, scrp, oscrp, ip, fp, k0,
+             k1):
+        (x, y, wvec, pvec, wf, pf, out, side, partials, n_bad, scratch, oscratch, smooth, ignore,
+         has_ignore, nan_mode, write_out) = _arrays(xp, yp, wvp, pvp, wfp, pfp, outp, sidep,
+                                                    partp, badp, scrp, oscrp, ip, fp)
+        g = carray(ip, N_INTS + 7)[N_INTS:]
+        a_count, c_count, b_count, a_per_task, n_bblocks, b_step, moments = (
+            g[0], g[1], g[2], g[3], g[4], g[5], g[6])
         rows_b = moments == MOMENTS_ALONG_B and not direct
         rows_a = moments == MOMENTS_ALONG_A and not direct
-        lbuf = np.empty(0 if direct else BLOCK, dtype=np.float64)
-        rowtot = np.empty(BLOCK if rows_b else 0, dtype=np.float64)
-        rowcnt = np.empty(BLOCK if rows_b and general else 0, dtype=np.float64)
+        lbuf = scratch[:BLOCK]
+        rowtot = scratch[BLOCK:2 * BLOCK]
+        rowcnt = scratch[2 * BLOCK:3 * BLOCK]
         for k in range(k0, k1):
             blk = k % n_bblocks
             ablk = k // n_bblocks
@@ -359,10 +387,27 @@ def _rows_task_for(softplus_core, loop):
     write_loop = loop == ROWS_WRITE
     unit = loop == ROWS_UNIT  # constant factors fold away
 
-    def task(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out, write_out,
-             geom, partials, side, n_bad, k0, k1):
+    def task(xp, yp, wvp, pvp, wfp, pfp, outp, sidep, partp, badp, scrp, oscrp, ip, fp, k0,
+             k1):
+        (x, y, wvec, pvec, wf, pf, out, side, partials, n_bad, scratch, oscratch, smooth, ignore,
+         has_ignore, nan_mode, write_out) = _arrays(xp, yp, wvp, pvp, wfp, pfp, outp, sidep,
+                                                    partp, badp, scrp, oscrp, ip, fp)
+        g = carray(ip, N_INTS + 5)[N_INTS:]
+        n_rows, c_count, width, rows, moments = g[0], g[1], g[2], g[3], g[4]
+        w_line = scratch[:width]
+        p_line = scratch[width:2 * width]
+        lrow = scratch[2 * width:3 * width]
+        lcnt = scratch[3 * width:4 * width]
+        wbuf = scratch[4 * width:5 * width]
+        pbuf = scratch[5 * width:6 * width]
+        a_loss = scratch[(6 + LOSS) * width:(7 + LOSS) * width]
+        a_count = scratch[(6 + COUNT) * width:(7 + COUNT) * width]
+        a_pos = scratch[(6 + POS) * width:(7 + POS) * width]
+        a_neg = scratch[(6 + NEG) * width:(7 + NEG) * width]
+        a_cor = scratch[(6 + CORRECT) * width:(7 + CORRECT) * width]
+        a_sq = scratch[(6 + SQ) * width:(7 + SQ) * width]
+        acc = scratch[6 * width:(6 + N_LINE_STATS) * width]
         for k in range(k0, k1):
-            n_rows, c_count, width, rows, moments = geom
             lo_all = k * rows * c_count
             hi_all = min(n_rows, (k + 1) * rows) * c_count
             use_wf = wf.size > 0
@@ -370,23 +415,10 @@ def _rows_task_for(softplus_core, loop):
             general = has_ignore or nan_mode != NAN_ERROR
             keep = 1.0 - smooth
             half = 0.5 * smooth
-            w_line = np.empty(width, dtype=np.float64)
-            p_line = np.empty(width, dtype=np.float64)
             for j in range(width):
                 w_line[j] = wvec[j % c_count]
                 p_line[j] = pvec[j % c_count]
-            acc = np.zeros((N_LINE_STATS, width), dtype=np.float64)
-            a_loss = acc[LOSS]
-            a_count = acc[COUNT]
-            a_pos = acc[POS]
-            a_neg = acc[NEG]
-            a_cor = acc[CORRECT]
-            a_sq = acc[SQ]
-            lrow = np.empty(width, dtype=np.float64)
-            lcnt = np.empty(width if general_loop else 0, dtype=np.float64)
-            scratch = np.empty(width if general_loop else 0, dtype=out.dtype)
-            wbuf = np.empty(width if use_wf else 0, dtype=np.float64)
-            pbuf = np.empty(width if use_pf else 0, dtype=np.float64)
+            acc[:] = 0.0
             bad_count = 0
             r_aa = 0.0
             r_an = 0.0
@@ -406,7 +438,7 @@ def _rows_task_for(softplus_core, loop):
                         pbuf[j] = p_line[j] * pf[lo + j]
                     ps = pbuf
                 if general_loop:
-                    dst = out[lo:lo + m] if write_out else scratch
+                    dst = out[lo:lo + m] if write_out else oscratch[:m]
                     for j in range(m):
                         xv = np.float64(xs[j])
                         yv = np.float64(ys[j])
@@ -454,7 +486,7 @@ def _rows_task_for(softplus_core, loop):
             for s in range(N_LINE_STATS):
                 for q in range(width // c_count):
                     for c in range(c_count):
-                        stats[s, c] += acc[s, q * c_count + c]
+                        stats[s, c] += acc[s * width + q * c_count + c]
             if not general:  # every element counted: counts follow from the row count
                 for c in range(c_count):
                     stats[COUNT, c] = (hi_all - lo_all) // c_count
@@ -467,59 +499,91 @@ def _rows_task_for(softplus_core, loop):
     return task, ELEMENT_FLAGS
 
 
-def _entry_for(form: Form, parallel: bool):
-    """The form's compiled entry point over tasks ``k0 <= k < k1``: the serial task
-    loop itself (callers that bring their own threads: bce's pool, a Dask
-    worker), or with ``parallel`` a ``prange`` over it.  The serial loop is
-    compiled as one function: LLVM optimises the vectorised loops it inlines
-    once, not again in a wrapper (0.3-0.4 s less per form)."""
-    if form.kernel == "metrics":
-        from ._metric_kernels import entry as metrics_entry
-
-        return metrics_entry(form)
+def _task_for(form: Form):
+    """The form's task loop (its entry point) and its flags."""
     core = _CORES[form.bits]
     if form.kernel == "planes":
-        task, flags = _planes_task_for(_block_losses_for(core, form.loop), form.direct,
-                                       form.general)
-    else:
-        task, flags = _rows_task_for(core, form.loop)
-    if not parallel:
-        return form_kernel(form.name, parallel=False, flags=flags)(task)
+        return _planes_task_for(_block_losses_for(core, form.loop), form.direct, form.general)
+    return _rows_task_for(core, form.loop)
+
+
+@intrinsic
+def _data(typingctx, arr):
+    """The data pointer of an array (the prange entry point passes its arrays as the
+    tasks take them)."""
+    def codegen(context, builder, signature, args):
+        return context.make_array(arr)(context, builder, args[0]).data
+
+    return types.CPointer(arr.dtype)(arr), codegen
+
+
+def _prange_entry_for(form: Form):
+    """The form's tasks under numba's ``prange`` (numba's threads; each task with scratch
+    of its own): arrays in, as ``bce_cli._launch.run`` has them; ``ints`` as the
+    tasks take them."""
+    task, flags = _task_for(form)
     serial = scalar(flags)(task)
 
-    def run_tasks(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out,
-                  write_out, geom, partials, side, n_bad, k0, k1):
+    def run_tasks(x, y, wvec, pvec, wf, pf, out, side, partials, n_bad, scratch, oscratch, ints,
+                  floats, k0, k1):
         for k in prange(k0, k1):
-            serial(x, y, wvec, pvec, wf, pf, smooth, ignore, has_ignore, nan_mode, out,
-                   write_out, geom, partials, side, n_bad, k, k + 1)
+            own = np.empty(scratch.size, dtype=np.float64)
+            oown = np.empty(oscratch.size, dtype=oscratch.dtype)
+            serial(_data(x), _data(y), _data(wvec), _data(pvec), _data(wf), _data(pf), _data(out),
+                   _data(side), _data(partials), _data(n_bad), _data(own), _data(oown),
+                   _data(ints), _data(floats), k, k + 1)
 
     return form_kernel(f"{form.name}_prange", parallel=True)(run_tasks)
+
+
+def native_signature(sig: str):
+    """numba's signature of the pointer entry point for a signature tag of
+    ``bce_cli._forms.signature`` (the dtypes of x, y, wf, pf)."""
+    from numba import from_dtype, types
+
+    x, y, wf, pf = (types.CPointer(from_dtype(np.dtype(t))) for t in sig.split("-"))
+    f64 = types.CPointer(types.float64)
+    i64 = types.CPointer(types.int64)
+    return types.void(x, y, f64, f64, wf, pf, x, f64, f64, i64, f64, x, i64, f64, types.int64,
+                      types.int64)
+
+
+def compile_native(form: Form, sig: str):
+    """Compile ``form``'s entry point for signature tag ``sig``: ``(symbol, address, object
+    code)``; the object is None when it cannot be saved (numba's cache then keeps the
+    form: ``form_kernel``)."""
+    task, flags = _task_for(form)
+    disp = form_kernel(f"{form.name}.{sig}", parallel=False, flags=flags, wrapper=False,
+                       cache=not _native.supported())(task)
+    signature = native_signature(sig)
+    disp.compile(signature.args)
+    cres = disp.overloads[signature.args]
+    library = cres.library
+    symbol = cres.fndesc.llvm_func_name
+    address = library.get_pointer_to_function(symbol)
+    obj = None
+    if not library._dynamic_globals:
+        try:
+            obj = library._get_compiled_object()
+        except (RuntimeError, ValueError):  # loaded from numba's cache: consumed there
+            obj = None
+    return symbol, address, obj
 
 
 _ENTRIES: dict = {}
 
 
-def entry(form: Form, parallel: bool = False):
-    """The compiled entry point of ``form`` (built on first use; numba compiles it,
-    or loads it from the cache, on its first call)."""
+def entry(form: Form, parallel: bool = True):
+    """The numba dispatcher of ``form``'s ``prange`` entry point (built on first use), or
+    of a metrics form's entry point."""
     key = (form, parallel)
     fn = _ENTRIES.get(key)
     if fn is None:
-        fn = _ENTRIES[key] = _entry_for(form, parallel)
+        if form.kernel == "metrics":
+            from ._metric_kernels import entry as metrics_entry
+
+            fn = metrics_entry(form)
+        else:
+            fn = _prange_entry_for(form)
+        _ENTRIES[key] = fn
     return fn
-
-
-def cache_path(form: Form) -> str | None:
-    """The directory the form's compiled code is cached in (None: not cached)."""
-    cache = getattr(entry(form), "_cache", None)
-    return getattr(cache, "cache_path", None)
-
-
-def is_compiled(form: Form) -> bool:
-    """Whether this process has compiled or loaded the form already."""
-    return any(bool(fn.overloads) for key, fn in _ENTRIES.items() if key[0] == form)
-
-
-def any_compiled() -> bool:
-    """Whether numba has compiled or loaded any form in this process (it has started)."""
-    return any(bool(fn.overloads) for fn in _ENTRIES.values())

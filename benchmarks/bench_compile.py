@@ -39,20 +39,22 @@ for targets in (y, y.astype(dt)):
     start = time.perf_counter()
     class_stats(x, targets, axis, opts, write=write, moments=kind != "direct")
     times.append(time.perf_counter() - start)
-from bce_cli import kernels
-print(" ".join(f.name for f, _ in kernels._ENTRIES), *times)
+from bce_cli import _launch
+print(" ".join(sorted({f.name for f, _ in _launch._entries})), *times)
 """
 
-CASES = [(bits, kind) for bits in (32, 64) for kind in ("plain", "general", "direct", "rows")]
+CASES = [f"{bits}:{kind}" for bits in (32, 64) for kind in ("plain", "general", "direct", "rows")]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--cases", default=",".join(CASES),
+                        help="comma-separated BITS:KIND (kinds: plain, general, direct, rows)")
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     print(f"{'form':<28} {'first type (+ numba start)':>27} {'second type alone':>18}")
-    for bits, kind in CASES:
+    for bits, kind in (case.split(":") for case in args.cases.split(",")):
         best = None
         for _ in range(args.repeat):
             with tempfile.TemporaryDirectory() as cache:

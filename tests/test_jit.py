@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from bce_cli import _cache_dirs, _jit, _tiers
+from bce_cli import _cache_dirs, _jit, _native, _tiers
 from bce_cli._forms import Form, planes_geometry, rows_geometry
 
 
@@ -65,49 +65,63 @@ def test_serial_entry_on_threads_equals_prange(kind):
 CHILD = textwrap.dedent("""
     import json, os, sys
     import numpy as np
+    from bce_cli import _launch, _native, _tiers
     if sys.argv[1] == "deny-writes":  # what a read-only file system says, even to root
-        real = os.access
-        os.access = lambda p, m, *a, **k: False if m & os.W_OK else real(p, m, *a, **k)
-    from bce_cli import _jit, _tiers, kernels
+        def refuse(path, mode="r", *args, **kwargs):
+            if any(c in mode for c in "wax+"):
+                raise OSError(30, "Read-only file system", path)
+            return open(path, mode, *args, **kwargs)
+        _native.open = refuse
     only = os.path.join(os.environ["NUMBA_CACHE_DIR"], "bce_cli")
-    _jit.cache_dirs = lambda: [only]  # no fallback to the package's or the user's cache
+    _native.cache_dirs = lambda: [only]  # no fallback to the package's or the user's cache
     _tiers.set_tier("compiled")
     from bce_cli import bce_with_logits
+    from bce_cli._forms import Form
     x = np.linspace(-4, 4, 200_000, dtype=np.float32)
     loss = bce_with_logits(x, (x > 0.5).astype(np.float32))
-    fn = kernels.entry(kernels.Form("planes", 0, 32))
-    print(json.dumps({"loss": loss, "hits": sum(fn.stats.cache_hits.values()),
-                      "misses": sum(fn.stats.cache_misses.values())}))
+    how = _launch.how(Form("planes", 0, 32), "float32-float32-float32-float32")
+    print(json.dumps({"loss": loss, "how": how, "numba": "numba" in sys.modules}))
 """)
 
 
-def _child(mode, cache_dir):
+def _child(mode, cache_dir, stderr=False):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir))
     out = subprocess.run([sys.executable, "-c", CHILD, mode], env=env, check=True,
                          capture_output=True, text=True)
     import json
 
-    return json.loads(out.stdout)
+    result = json.loads(out.stdout)
+    return {**result, "stderr": out.stderr} if stderr else result
 
 
-def test_cache_is_written_then_used_read_only(tmp_path):
-    """A cache restored read-only (CI cache, Docker layer) is used, not recompiled."""
+NATIVE = pytest.mark.skipif(not _native.supported(), reason="native objects: ELF (Linux) only")
+
+
+@NATIVE
+def test_cache_is_written_then_used_read_only_without_numba(tmp_path):
+    """A form compiled once is saved as a native object; a later process (here with a
+    read-only cache: a CI cache, a Docker layer) loads it without importing numba,
+    and computes the same bits."""
     first = _child("write", tmp_path)
-    assert first["misses"] == 1 and first["hits"] == 0
-    name = _cache_dirs.index_name("planes_unit_f32")
-    index = tmp_path / "bce_cli" / name
-    assert index.exists()
-    before = sorted((p.name, p.stat().st_mtime_ns) for p in index.parent.iterdir())
+    assert first["how"] == "compiled" and first["numba"]
+    saved = list((tmp_path / "bce_cli").iterdir())
+    assert [p.name for p in saved] == [_native.file_name(
+        "planes_unit_f32.float32-float32-float32-float32")]
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in saved)
     second = _child("deny-writes", tmp_path)
-    assert second["hits"] == 1 and second["misses"] == 0
-    assert second["loss"] == first["loss"]
-    assert sorted((p.name, p.stat().st_mtime_ns) for p in index.parent.iterdir()) == before
+    assert second == {**first, "how": "loaded", "numba": False}
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "bce_cli").iterdir()) \
+        == before
 
 
+@NATIVE
 def test_a_read_only_cache_without_the_form_still_computes(tmp_path):
+    """Nothing can be saved: the form is compiled, computes, and the user is told once
+    how to keep compiled kernels."""
     (tmp_path / "bce_cli").mkdir()
-    result = _child("deny-writes", tmp_path)
-    assert result["misses"] == 1 and result["hits"] == 0 and result["loss"] > 0
+    result = _child("deny-writes", tmp_path, stderr=True)
+    assert result["how"] == "compiled" and result["loss"] > 0
+    assert result["stderr"].count("no writable cache directory") == 1
     assert list((tmp_path / "bce_cli").iterdir()) == []
 
 
@@ -118,10 +132,15 @@ def test_cache_stamp_covers_every_kernel_source(monkeypatch, tmp_path):
     monkeypatch.setattr(_cache_dirs, "PACKAGE_DIR", tmp_path)
     _cache_dirs.source_stamp.cache_clear()
     stamp = _cache_dirs.source_stamp()
+    _native._key.cache_clear()
+    name = _native.file_name("planes_unit_f32.float32-uint8-float32-float32")
     (tmp_path / "_fastmath.py").write_text("edited")
     _cache_dirs.source_stamp.cache_clear()
+    _native._key.cache_clear()
     assert _cache_dirs.source_stamp() != stamp
+    assert _native.file_name("planes_unit_f32.float32-uint8-float32-float32") != name
     _cache_dirs.source_stamp.cache_clear()
+    _native._key.cache_clear()
 
 
 def test_stale_read_only_cache_is_passed_over(monkeypatch, tmp_path):
@@ -145,22 +164,36 @@ def test_stale_read_only_cache_is_passed_over(monkeypatch, tmp_path):
 
 
 def test_saves_into_one_cache_are_serialised(monkeypatch, tmp_path):
-    """numba updates its index by read-modify-write: each save holds a file lock."""
+    """numba updates its index by read-modify-write: each save into numba's cache (the
+    metrics' forms, the prange entry points) holds a file lock."""
     import fcntl
-
-    from bce_cli import kernels
 
     calls = []
     real = fcntl.flock
     monkeypatch.setattr(fcntl, "flock", lambda fd, op: calls.append(op) or real(fd, op))
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
-    form = Form("planes", 4, 64)  # wsps
-    monkeypatch.delitem(kernels._ENTRIES, (form, False), raising=False)
-    _run_form(form, parallel=False)
+
+    def add_one(a):
+        return a + 1
+
+    kernel = _jit.form_kernel("test_lock", parallel=False)(add_one)
+    assert kernel(1) == 2
     assert calls[:2] == [fcntl.LOCK_EX, fcntl.LOCK_UN]
-    assert (tmp_path / "bce_cli" / _cache_dirs.stamp_name(form.name)).read_text() == \
+    assert (tmp_path / "bce_cli" / _cache_dirs.stamp_name("test_lock")).read_text() == \
         _cache_dirs.stamp_text(None)
-    monkeypatch.delitem(kernels._ENTRIES, (form, False))
+
+
+def test_native_objects_are_per_cpu(monkeypatch):
+    """A native object is named by the CPU it was compiled for (and the sources and
+    compiler versions): a cache restored on another CPU model holds nothing to load."""
+    name = "planes_ps_f64.float64-uint8-float64-float64"
+    monkeypatch.setattr(_native, "cpu_key", lambda: "a" * 16)
+    _native._key.cache_clear()
+    first = _native.file_name(name)
+    monkeypatch.setattr(_native, "cpu_key", lambda: "b" * 16)
+    _native._key.cache_clear()
+    assert _native.file_name(name) != first
+    _native._key.cache_clear()
 
 
 def test_a_cache_built_for_another_cpu_counts_as_empty(monkeypatch, tmp_path):
@@ -215,27 +248,29 @@ def test_the_cpu_key_follows_numbas_target(monkeypatch):
     _cache_dirs.cpu_key.cache_clear()
 
 
+@NATIVE
 def test_warmup_fills_the_cache_for_the_forms_it_names(tmp_path, monkeypatch):
-    """``bce warmup`` compiles each form into the cache; the tier model then sees it."""
+    """``bce warmup`` compiles each form, for each common signature, into the cache; the
+    tier model then sees it."""
     from typer.testing import CliRunner
 
-    from bce_cli import _forms, kernels
+    from bce_cli import _forms, _launch
     from bce_cli.cli import app
 
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_native, "cache_dirs", lambda: [str(tmp_path / "bce_cli")])
     forms = [Form("planes", 3, 64), Form("rows", 1, 64)]  # ps, weighted
     monkeypatch.setattr(_forms, "all_forms", lambda: forms)
-    for form in forms:  # built afresh, so that they pick the new cache directory
-        monkeypatch.delitem(kernels._ENTRIES, (form, False), raising=False)
-    indexes = [tmp_path / "bce_cli" / _cache_dirs.index_name(f.name) for f in forms]
-    assert not any(i.exists() for i in indexes)
+    keys = [(f, sig) for f in forms for sig in _forms.common_signatures(f)]
+    for key in keys:  # compiled afresh, so that they are saved in the new cache directory
+        monkeypatch.delitem(_launch._entries, key, raising=False)
+    files = [tmp_path / "bce_cli" / _native.file_name(f"{f.name}.{sig}") for f, sig in keys]
+    assert not any(f.exists() for f in files) and not any(_tiers.is_cached(f) for f in forms)
     result = CliRunner().invoke(app, ["warmup"])
     assert result.exit_code == 0, result.output
     assert "2 kernel forms ready" in result.output and str(tmp_path) in result.output
-    assert all(i.exists() for i in indexes)
-    assert all(_cache_dirs.is_cached(f.name) for f in forms)
-    for form in forms:
-        monkeypatch.delitem(kernels._ENTRIES, (form, False))
+    assert all(f.exists() for f in files)
+    assert all(_tiers.is_cached(f) for f in forms)
 
 
 _START = """
@@ -267,11 +302,11 @@ def test_the_command_starts_numba_without_its_probes(own):
 SAME_BITS = textwrap.dedent("""
     import json, os, sys
     import numpy as np
-    from bce_cli import _cache_dirs, _jit, _launch, _tiers
+    from bce_cli import _cache_dirs, _launch, _native, _tiers
     from bce_cli._dispatch import LossOptions, class_stats
     from bce_cli.stats import OUT_WITH_STATS
     only = os.path.join(os.environ["NUMBA_CACHE_DIR"], "bce_cli")
-    _jit.cache_dirs = _cache_dirs.cache_dirs = lambda: [only]
+    _cache_dirs.cache_dirs = _native.cache_dirs = lambda: [only]
     _tiers.set_tier("compiled")
     _tiers.set_threads(int(sys.argv[1]))
     rng = np.random.default_rng(3)
@@ -288,7 +323,8 @@ SAME_BITS = textwrap.dedent("""
                     stats, out = class_stats(x[:n], y[:n], axis, opts, write=OUT_WITH_STATS,
                                              moments=True)
                     got.append([stats.tobytes().hex(), out.tobytes().hex()])
-    print(json.dumps(got))
+    hows = sorted({how for _, how in _launch._entries.values()})
+    print(json.dumps({"bits": got, "how": hows, "numba": "numba" in sys.modules}))
 """)
 
 
@@ -301,14 +337,19 @@ def test_same_bits_compiled_or_loaded_on_any_threads(tmp_path):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
 
     def child(threads):
+        import json
+
         out = subprocess.run([sys.executable, "-c", SAME_BITS, str(threads)], env=env,
                              check=True, capture_output=True, text=True)
-        return out.stdout
+        return json.loads(out.stdout)
 
     cold = child(2)
     assert (tmp_path / "bce_cli").is_dir()
-    assert child(2) == cold  # loaded from the cache
-    assert child(1) == cold
+    warm = child(2)  # loaded from the cache
+    assert warm["bits"] == cold["bits"] and child(1)["bits"] == cold["bits"]
+    assert cold["how"] == ["compiled"] and cold["numba"]
+    if _native.supported():  # native objects, without numba
+        assert warm["how"] == ["loaded"] and not warm["numba"]
 
 
 @pytest.mark.parametrize("bits", [32, 64])
@@ -340,3 +381,54 @@ def test_per_element_bits_do_not_depend_on_entry_or_offset(bits):
     assert np.array_equal(losses(0, x.size, pool=_tiers.pool()), full)
     for lo, hi in [(1, 70), (3, 35), (7, 4104), (33, 33 + 32769), (1029, 40_000), (0, 5)]:
         assert np.array_equal(losses(lo, hi), full[lo:hi]), (lo, hi)
+
+
+def test_an_object_that_needs_numbas_runtime_is_never_saved():
+    """LLVM's loader stops the process at an unresolved symbol: an object is saved (and
+    loaded) only when every symbol it leaves undefined is one the loader binds.  Code
+    that allocates needs numba's runtime, so it is refused; an entry point is not."""
+    import numba
+
+    from bce_cli import kernels
+
+    @numba.njit(no_cpython_wrapper=True, no_cfunc_wrapper=True)
+    def allocates(n):
+        return np.zeros(n).sum()
+
+    allocates.compile((numba.int64,))
+    obj = allocates.overloads[(numba.int64,)].library._get_compiled_object()
+    assert "NRT_MemInfo_alloc_aligned" in _native.undefined_symbols(obj)
+    assert not _native.loadable(obj)
+    assert _native.save("test_allocates", "allocates", obj) is None
+    symbol, address, entry_obj = kernels.compile_native(Form("rows", 2, 64),
+                                                        "float64-uint8-float64-float64")
+    assert address and entry_obj is not None and _native.loadable(entry_obj)
+    assert _native.undefined_symbols(entry_obj) <= {"memset", "memcpy", "memmove",
+                                                     "NRT_MemInfo_call_dtor"}
+    for bad in (b"", b"\x7fELF", b"not an object at all", entry_obj[:200]):
+        assert not _native.loadable(bad)
+
+
+@NATIVE
+def test_a_damaged_object_in_the_cache_is_compiled_again(monkeypatch, tmp_path):
+    from bce_cli import _forms, _launch
+
+    form = Form("planes", 1, 64)  # scalar
+    sig = "float64-float64-float64-float64"
+    monkeypatch.setattr(_native, "cache_dirs", lambda: [str(tmp_path)])
+    monkeypatch.delitem(_launch._entries, (form, sig), raising=False)
+    path = tmp_path / _native.file_name(f"{form.name}.{sig}")
+    path.write_bytes(_native.MAGIC + b"symbol\n" + b"\x7fELF" + b"\0" * 100)
+    x = np.linspace(-5, 5, 1000)
+    y = (x > 1).astype(np.float64)
+    geom, n_tasks = _forms.planes_geometry(1, 1, x.size)
+    partials, n_bad = _launch.run(form, geom, n_tasks, x, y, np.ones(1), np.full(1, 2.0),
+                                  np.zeros(0), np.zeros(0), 0.0, 0.0, False, 0, np.zeros(0),
+                                  False, np.zeros(0))
+    assert _launch.how(form, sig) == "compiled" and not n_bad.any()
+    def softplus(v):
+        return np.maximum(v, 0) + np.log1p(np.exp(-np.abs(v)))
+
+    expected = 2.0 * y * softplus(-x) + (1 - y) * softplus(x)  # pos_weight 2
+    np.testing.assert_allclose(partials.sum(axis=0)[0, 0], expected.sum(), rtol=1e-13)
+    assert _native.load(str(path)) is not None  # saved again, whole
