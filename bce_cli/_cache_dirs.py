@@ -15,10 +15,12 @@ import sys
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).parent
-# The modules whose code ends up inside the compiled kernels, or that call them by
-# address (the arguments' layout): the cache is stamped with a hash of all of them.
+# The modules whose code ends up inside the compiled kernels: the cache is
+# stamped with a hash of all of them.  (The layout of a native entry point's
+# arguments is defined in kernels.py; the object file's format is checked by its
+# first line, ``_native.MAGIC``.)
 KERNEL_SOURCES = ("kernels.py", "_fastmath.py", "_jit.py", "_forms.py", "stats.py",
-                  "_metric_kernels.py", "_launch.py", "_native.py")
+                  "_metric_kernels.py")
 # The same for the CUDA kernels (``bce_cli._cuda``), which compile the same math.
 CUDA_SOURCES = (*KERNEL_SOURCES, "_cuda.py")
 

@@ -19,6 +19,7 @@ on any number of threads.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -110,6 +111,7 @@ def all_forms() -> list[Form]:
     return forms
 
 
+@functools.lru_cache(maxsize=64)
 def signature(x_dtype, y_dtype, wf_dtype, pf_dtype) -> str:
     """The tag of a compiled entry point's argument types: the dtypes of the logits,
     targets and per-element factors (the other arguments are float64 and int64)."""

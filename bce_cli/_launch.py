@@ -26,6 +26,9 @@ _I = ctypes.c_int64
 # nothing: a status (0: done), a return slot, an exception slot, then the arguments.
 _PROTOTYPE = ctypes.CFUNCTYPE(ctypes.c_int32, _P, _P, *([_P] * 14), _I, _I)
 
+# Fewest tasks per run handed to a thread (see run).
+MIN_RUN = 4
+
 _entries: dict = {}  # (form, signature) -> (ctypes function, "loaded" / "compiled")
 _lock = threading.Lock()
 
@@ -137,10 +140,13 @@ def run(form: Form, geom, n_tasks: int, x, y, wvec, pvec, wf, pf, smooth, ignore
         if status != 0:
             raise RuntimeError(f"compiled form {form.name} failed (status {status})")
 
-    if pool is None or workers <= 1 or n_tasks == 1:
+    # Runs of at least MIN_RUN tasks: a task takes tens of microseconds, about what
+    # handing a run to a thread costs.
+    n_runs = min(4 * workers, -(-n_tasks // MIN_RUN))
+    if pool is None or workers <= 1 or n_runs <= 1:
         run_tasks(0, n_tasks)
     else:
-        step = max(1, -(-n_tasks // (4 * workers)))
+        step = -(-n_tasks // n_runs)
         list(pool.map(lambda k0: run_tasks(k0, min(n_tasks, k0 + step)),
                       range(0, n_tasks, step)))
     return partials, n_bad

@@ -55,17 +55,29 @@ def supported() -> bool:
         return False
 
 
-@functools.cache
-def _key() -> str:
+def _version(package: str) -> str:
+    """An installed package's version, from its ``.dist-info`` directory's name beside it
+    (``importlib.metadata`` would cost a small job 10 ms of imports)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return "none"
+    site = os.path.dirname(next(iter(spec.submodule_search_locations)))
+    try:
+        for entry in os.listdir(site):
+            if entry.startswith(package + "-") and entry.endswith(".dist-info"):
+                return entry[len(package) + 1:-len(".dist-info")]
+    except OSError:
+        pass
     from importlib import metadata
 
-    versions = []
-    for dist in ("numba", "llvmlite"):
-        try:
-            versions.append(metadata.version(dist))
-        except metadata.PackageNotFoundError:
-            versions.append("none")
-    text = "\0".join((source_stamp(), cpu_key(), *versions))
+    return metadata.version(package)
+
+
+@functools.cache
+def _key() -> str:
+    text = "\0".join((source_stamp(), cpu_key(), _version("numba"), _version("llvmlite")))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

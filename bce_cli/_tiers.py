@@ -5,25 +5,26 @@ Two tiers compute the same statistics with the same semantics:
 * ``numpy``: vectorised float64 NumPy over cache-sized blocks on a thread pool
   (``bce_cli._vectorised``).  Nothing to compile, nothing to load.
 * ``compiled``: the numba kernels (``bce_cli.kernels``), 3-4x faster per
-  element, but a process pays about 0.35 s to import numba and start its CPU
-  target before the first kernel runs, plus ~0.05 s to load a cached form or
-  1.5-1.9 s to compile one (the constants below).
+  element.  A form in the cache loads as a native object with llvmlite alone
+  (``bce_cli._native``: about 0.04 s for the first, 1 ms for each other); a
+  form that is not costs numba's start (about 0.35 s: importing it, then its
+  CPU target) and 1.5-1.9 s to compile it (the constants below).
 
 ``auto`` (the default) takes the compiled tier when it pays for the whole job:
-a form compiled in this process already; else when the time it saves over the
-job's elements exceeds what numba would cost to start, load or compile.  With
+a form compiled or loaded in this process already; else when the time it saves
+over the job's elements exceeds what loading or compiling it would cost.  With
 the constants below (measured on the 2-core development machine) that is above
-~1.3e8 elements with the form cached and ~6e8 without where NumPy and numba
-have AVX-512, ~7e7 and ~3.2e8 with AVX2 only (NumPy's float64 exp and log1p
-then call libm per element), so a first run on a fresh machine never waits
-for a compiler, and
-``bce warmup`` (which fills the cache) is what makes the compiled tier
-available to large jobs.  ``BCE_TIER=numpy`` or
-``BCE_TIER=compiled`` forces a tier.
+~5e6 elements with the form cached and ~6e8 without where NumPy and numba have
+AVX-512, ~3e6 and ~3.2e8 with AVX2 only (NumPy's float64 exp and log1p then call
+libm per element), so a first run on a fresh machine never waits for a
+compiler, and ``bce warmup`` (which fills the cache) is what makes the compiled
+tier available to most jobs.  ``BCE_TIER=numpy`` or ``BCE_TIER=compiled``
+forces a tier.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -47,10 +48,14 @@ SMALL = 1 << 16
 # NumPy tier runs at half its speed, and the compiled tier pays sooner.
 NUMBA_START_S = 0.35
 LOAD_S = 0.05
-# Where a form's native object is cached (``bce_cli._native``): llvmlite's start in a
-# fresh process, then loading one object.
-NATIVE_START_S = 0.03
-NATIVE_LOAD_S = 0.003
+# Where forms are cached as native objects (``bce_cli._native``): what the compiled
+# tier costs a fresh process more than the NumPy tier before its first element
+# (llvmlite's start and the first object, 0.04 s, less the NumPy tier's own first-call
+# costs: fitted to warm ``bce eval`` runs of (n, 10) float32 ``.npy`` pairs from 1e6 to
+# 3e7 elements, ``benchmarks/bench_e2e.py``'s fixed costs: the tiers cross between 3e6
+# and 1e7), then each further object (1 ms).
+NATIVE_START_S = 0.015
+NATIVE_LOAD_S = 0.001
 COMPILE_S = 1.5
 COMPILE_GENERAL_S = 1.9
 NUMPY_RATE = 118e6  # NumPy dispatching its AVX-512 loops
@@ -83,7 +88,13 @@ def threads() -> int:
     if _threads is not None:
         return _threads
     env = os.environ.get("NUMBA_NUM_THREADS", "")
-    return int(env) if env.isdigit() and int(env) > 0 else (os.cpu_count() or 1)
+    return int(env) if env.isdigit() and int(env) > 0 else cores()
+
+
+@functools.cache
+def cores() -> int:
+    """The machine's cores (asked once: each batch asks)."""
+    return os.cpu_count() or 1
 
 
 def pool():
@@ -165,6 +176,13 @@ def choose(n_elements: int, form, job_elements: int | None = None) -> str:
         return "compiled"
     if n_elements <= SMALL:
         return "numpy"
+    work = max(n_elements, job_elements or 0)
+    # The machine's cores, not --threads: the tier (and so the last bits of a result)
+    # must not depend on the number of threads asked for.
+    numpy_rate, compiled_rate = rates()
+    saved = work / (numpy_rate * cores()) - work / (compiled_rate * cores())
+    if saved <= min(NATIVE_LOAD_S, LOAD_S):  # pays for nothing: no need to look at the cache
+        return "numpy"
     if is_cached(form):
         if native(form):
             fixed = (0.0 if _native.started() else NATIVE_START_S) + NATIVE_LOAD_S
@@ -173,12 +191,6 @@ def choose(n_elements: int, form, job_elements: int | None = None) -> str:
     else:
         compile_s = COMPILE_GENERAL_S if form.general else COMPILE_S
         fixed = (0.0 if numba_started() else NUMBA_START_S) + compile_s
-    work = max(n_elements, job_elements or 0)
-    # The machine's cores, not --threads: the tier (and so the last bits of a result)
-    # must not depend on the number of threads asked for.
-    cores = os.cpu_count() or 1
-    numpy_rate, compiled_rate = rates()
-    saved = work / (numpy_rate * cores) - work / (compiled_rate * cores)
     return "compiled" if saved > fixed else "numpy"
 
 

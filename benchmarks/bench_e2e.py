@@ -1,18 +1,20 @@
 """The user's whole job, from a cold start: ``bce eval`` against the scripts it replaces.
 
     make bench                      # runs this after bench.py
-    python benchmarks/bench_e2e.py [--data DIR] [--repeat 3] [--max-elements 1e8] [--skip-warmup]
+    python benchmarks/bench_e2e.py [--data DIR] [--cache DIR] [--repeat 3] [--max-elements 1e8]
+                                   [--skip-warmup]
 
 Every figure is the best wall time of ``--repeat`` fresh processes, side by side in
 one run on the same files:
 
-* bce eval with an empty kernel cache (a fresh CI machine), and again with the
-  cache that run left behind (warm), plus the compiled tier forced after
-  ``bce warmup`` (``BCE_TIER=compiled``);
+* bce eval with an empty kernel cache (a fresh CI machine), again with the
+  cache that run left behind, and with the cache ``bce warmup`` filled (a CI
+  cache step or an image layer);
 * the five-line PyTorch and NumPy scripts a user would write instead;
 * the bare cost: importing numpy, pyarrow, typer and rich and reading the inputs
   (``np.load`` / ``pq.read_table``) in a fresh process;
-* fixed costs from 1e3 to ``--max-elements`` elements: warm ``bce eval`` / bare;
+* fixed costs from 1e3 to ``--max-elements`` elements: ``bce eval`` (empty cache,
+  after warmup) / bare;
 * ``bce warmup``: compile time of every kernel form.
 """
 
@@ -122,49 +124,54 @@ def make_parquet(d: Path, rows: int, row_group: int):
     return (str(d / f"preds_{rows}x25.parquet"), str(d / f"labels_{rows}x25.parquet"))
 
 
-def job_rows(title, inputs, repeat, tmp, scripts, bare):
+def job_rows(title, inputs, repeat, tmp, scripts, bare, warmed):
     env = dict(os.environ)
     env.pop("BCE_TIER", None)
     cache = tempfile.mkdtemp(dir=tmp)
     cold = best([BCE, "eval", *inputs], repeat, env, fresh_cache=tmp)
-    warm_env = dict(env, NUMBA_CACHE_DIR=cache)
-    run([BCE, "eval", *inputs], warm_env)  # leaves its cache behind (if it made one)
-    warm = best([BCE, "eval", *inputs], repeat, warm_env)
-    rows = [("bce eval, empty cache (first run)", cold), ("bce eval, warm", warm)]
+    again_env = dict(env, NUMBA_CACHE_DIR=cache)
+    run([BCE, "eval", *inputs], again_env)  # leaves its cache behind (if it made one)
+    again = best([BCE, "eval", *inputs], repeat, again_env)
+    rows = [("bce eval, empty cache (first run)", cold), ("bce eval, again", again)]
+    if warmed:
+        rows.append(("bce eval, after bce warmup", best([BCE, "eval", *inputs], repeat,
+                                                        dict(env, NUMBA_CACHE_DIR=warmed))))
     rows += [(name, best([PY, "-c", code, *inputs], repeat, env)) for name, code in scripts]
     bare_t, bare_rss = best([PY, "-c", bare, *inputs], repeat, env)
     rows.append(("bare: imports + read", (bare_t, bare_rss)))
     print(f"\n{title}")
     for name, (t, rss) in rows:
         print(f"  {name:<40} {t:6.2f} s  {rss:7.0f} MB   {t / bare_t:5.2f}x bare")
-    print(f"  first run / warm: {cold[0] / warm[0]:.2f}")
-    return cold, warm
+    print(f"  first run / again: {cold[0] / again[0]:.2f}")
+    return cold, again
 
 
-def compiled_row(inputs, repeat, cache):
-    env = dict(os.environ, NUMBA_CACHE_DIR=cache, BCE_TIER="compiled")
-    t, rss = best([BCE, "eval", *inputs], repeat, env)
-    print(f"  {'bce eval, BCE_TIER=compiled after warmup':<40} {t:6.2f} s  {rss:7.0f} MB")
-
-
-def fixed_costs(d: Path, repeat, max_elements):
-    print("\nfixed costs: warm bce eval / bare (imports numpy, pyarrow, typer, rich + np.load), "
-          "(n/10, 10) float32 .npy pairs")
+def fixed_costs(d: Path, repeat, max_elements, warmed):
+    print("\nfixed costs: bce eval / bare (imports numpy, pyarrow, typer, rich + np.load), "
+          "(n/10, 10) float32 .npy pairs; bce with an empty cache"
+          + (" and after bce warmup" if warmed else ""))
+    env = dict(os.environ)
+    env.pop("BCE_TIER", None)
     n = 1000
-    while n <= max_elements:
-        x, y = make_npy(d, n // 10, 10, f"fixed{n}")
-        bce_t = best([BCE, "eval", x, y], repeat)[0]
-        bare_t = best([PY, "-c", BARE_NPY, x, y], repeat)[0]
-        print(f"  {n:>11,} elements: bce {bce_t:5.2f} s, bare {bare_t:5.2f} s, "
-              f"ratio {bce_t / bare_t:4.2f}")
-        n *= 10
+    with tempfile.TemporaryDirectory() as tmp:
+        while n <= max_elements:
+            x, y = make_npy(d, n // 10, 10, f"fixed{n}")
+            bare_t = best([PY, "-c", BARE_NPY, x, y], repeat)[0]
+            cold_t = best([BCE, "eval", x, y], repeat, env, fresh_cache=tmp)[0]
+            line = (f"  {n:>11,} elements: bare {bare_t:5.2f} s, bce empty cache {cold_t:5.2f} s "
+                    f"({cold_t / bare_t:4.2f}x)")
+            if warmed:
+                warm_t = best([BCE, "eval", x, y], repeat, dict(env, NUMBA_CACHE_DIR=warmed))[0]
+                line += f", after warmup {warm_t:5.2f} s ({warm_t / bare_t:4.2f}x)"
+            print(line, flush=True)
+            n *= 10
 
 
 def warmup(cache) -> None:
     env = dict(os.environ, NUMBA_CACHE_DIR=cache)
     out = subprocess.run([BCE, "warmup"], env=env, capture_output=True, text=True, check=True)
     times = [float(m.group(1)) for m in re.finditer(r"\s([\d.]+) s$", out.stderr, re.M)]
-    print(f"\nbce warmup, empty cache: {out.stdout.strip()}")
+    print(f"\nbce warmup: {out.stdout.strip()}")
     print(f"  per form (two argument types each): median {statistics.median(times):.2f} s, "
           f"max {max(times):.2f} s (the first includes numba's start)")
 
@@ -174,7 +181,10 @@ def main() -> None:
     ap.add_argument("--data", help="directory for the generated inputs (kept between runs)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--max-elements", type=float, default=1e8)
-    ap.add_argument("--skip-warmup", action="store_true", help="skip bce warmup (about 60 s)")
+    ap.add_argument("--cache", help="the kernel cache `bce warmup` fills (kept between runs: "
+                                    "a second warmup only loads it); default: a new one")
+    ap.add_argument("--skip-warmup", action="store_true",
+                    help="no bce warmup (about 130 s on an empty cache), no after-warmup rows")
     args = ap.parse_args()
     subprocess.run([PY, "-m", "compileall", "-q", str(HERE.parent / "bce_cli")], check=True)
     data = Path(args.data or tempfile.mkdtemp(prefix="bce-e2e-"))
@@ -185,28 +195,31 @@ def main() -> None:
     if not have_torch:
         print("note: torch is not installed; the PyTorch scripts are skipped")
     with tempfile.TemporaryDirectory() as tmp:
+        warmed = None
+        if not args.skip_warmup:
+            warmed = args.cache or tempfile.mkdtemp(dir=tmp)
+            warmup(warmed)
         npy = make_npy(data, 1_000_000, 20, "1Mx20")
         scripts = ([("PyTorch script", TORCH_NPY)] if have_torch else []) + \
             [("NumPy script", NUMPY_NPY)]
         job_rows("bce eval x.npy y.npy, 1M x 20 float32", npy, args.repeat, tmp, scripts,
-                 BARE_NPY)
+                 BARE_NPY, warmed)
         pq_in = make_parquet(data / "pq256k", 4_000_000, 256 * 1024)
         scripts = [("PyTorch script", TORCH_PQ)] if have_torch else []
         job_rows("bce eval preds.parquet labels.parquet, 4M x 25 float32 + bool, 256k-row groups",
-                 pq_in, args.repeat, tmp, scripts, BARE_PQ)
+                 pq_in, args.repeat, tmp, scripts, BARE_PQ, warmed)
         pq1m = make_parquet(data / "pq1m", 4_000_000, 1 << 20)
-        t, rss = best([BCE, "eval", *pq1m], args.repeat)
-        t8, rss8 = best([BCE, "eval", *pq_in, "--batch-rows", "8192"], args.repeat)
-        base, _ = best([BCE, "eval", *pq_in], args.repeat)
-        print(f"  1M-row groups: {t:.2f} s, {rss:.0f} MB peak; --batch-rows 8192 (256k groups): "
-              f"{t8:.2f} s = {t8 / base:.2f}x the default, {rss8:.0f} MB")
-        if not args.skip_warmup:
-            cache = tempfile.mkdtemp(dir=tmp)
-            warmup(cache)
-            print("\ncompiled tier, forced, cache filled by bce warmup")
-            compiled_row(npy, args.repeat, cache)
-            compiled_row(pq_in, args.repeat, cache)
-        fixed_costs(data, args.repeat, args.max_elements)
+        for label, env in [("empty cache", None)] + (
+                [("after warmup", dict(os.environ, NUMBA_CACHE_DIR=warmed))] if warmed else []):
+            t, rss = best([BCE, "eval", *pq1m], args.repeat, env, fresh_cache=None if env
+                          else tmp)
+            t8, rss8 = best([BCE, "eval", *pq_in, "--batch-rows", "8192"], args.repeat, env,
+                            fresh_cache=None if env else tmp)
+            base, _ = best([BCE, "eval", *pq_in], args.repeat, env,
+                           fresh_cache=None if env else tmp)
+            print(f"  {label}: 1M-row groups {t:.2f} s, {rss:.0f} MB peak; --batch-rows 8192 "
+                  f"(256k groups): {t8:.2f} s = {t8 / base:.2f}x the default, {rss8:.0f} MB")
+        fixed_costs(data, args.repeat, args.max_elements, warmed)
 
 
 if __name__ == "__main__":
