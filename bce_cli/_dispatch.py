@@ -25,6 +25,7 @@ from ._forms import (
     planes_geometry,
     rows_form,
     rows_geometry,
+    signature,
 )
 from .errors import BCEInputError
 from .stats import (
@@ -175,7 +176,9 @@ def _run(x, y, class_axis, opts: LossOptions, write, job, moments):
         form = planes_form(bits, wvec, pvec, wf is not None, pf is not None, smooth, general,
                            write)
     out = None if write == OUT_NONE else np.empty(canon, dtype=x.dtype)
-    tier = job.pick(x.size, form) if job is not None else _tiers.choose(x.size, form)
+    sig = signature(x.dtype, y.dtype, *(_factor_dtype(f, x.dtype) for f in (wf, pf)))
+    tier = (job.pick(x.size, form, sig) if job is not None
+            else _tiers.choose(x.size, form, sig=sig))
     kind, one_element_rows = _moments_kind(moments, write, along_b, c_count)
     if tier == "numpy":
         stats, side = _vectorised.class_stats(x.reshape(canon), y.reshape(canon), wvec, pvec,
@@ -311,6 +314,11 @@ def _compiled_stats(form, x, y, canon, moments, wvec, pvec, wf, pf, smooth, igno
     if n_bad.any():
         return None, None
     return np.ascontiguousarray(partials.sum(axis=0)), side
+
+
+def _factor_dtype(f, dtype) -> np.dtype:
+    """The dtype :func:`_factor_for` gives ``f`` (without converting it)."""
+    return np.dtype(dtype) if f is None or f.dtype == dtype else np.dtype(np.float64)
 
 
 def _factor_for(f, dtype) -> np.ndarray:

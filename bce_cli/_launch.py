@@ -11,6 +11,7 @@ The task geometry is in ``bce_cli._forms``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import threading
 
@@ -35,7 +36,9 @@ _lock = threading.Lock()
 
 def pointer_entry(form: Form, sig: str):
     """The ctypes function of ``form``'s entry point for signature tag ``sig``: loaded
-    from the cache's native object, else compiled by numba (and saved)."""
+    from the cache's native object, else compiled by numba and saved.  A process
+    that compiles a form runs the object it saves (loaded like any other), so it
+    runs the same machine code as every process that loads it."""
     key = (form, sig)
     got = _entries.get(key)
     if got is not None:
@@ -43,19 +46,22 @@ def pointer_entry(form: Form, sig: str):
     with _lock:
         if key not in _entries:
             name = f"{form.name}.{sig}"
-            path = _native.find(name) if _native.supported() else None
-            loaded = _native.load(path) if path else None
-            if loaded is not None:
-                _entries[key] = (_PROTOTYPE(loaded[1]), "loaded")
-            else:
+            native = _native.supported()
+            address = next((a for a in map(_native.load, _native.find(name) if native else [])
+                            if a is not None), None)
+            how = "loaded"
+            if address is None:
                 from . import kernels  # numba
 
                 symbol, address, obj = kernels.compile_native(form, sig)
-                if obj is not None and _native.save(name, symbol, obj) is None:
-                    from ._jit import warn_no_cache
+                how = "compiled"
+                if native and obj is not None and _native.loadable(obj):
+                    if _native.save(name, symbol, obj) is None:
+                        from ._jit import warn_no_cache
 
-                    warn_no_cache()
-                _entries[key] = (_PROTOTYPE(address), "compiled")
+                        warn_no_cache()
+                    address = _native.load_object(obj, symbol) or address
+            _entries[key] = (_PROTOTYPE(address), how)
     return _entries[key][0]
 
 
@@ -78,14 +84,14 @@ def cache_dir(form: Form) -> str | None:
 
         cache = getattr(entry(form), "_cache", None)
         return getattr(cache, "cache_path", None)
+    sigs = common_signatures(form)
     if not _native.supported():
-        from .kernels import _ENTRIES
+        from ._cache_dirs import cache_dirs, holds
 
-        caches = [getattr(fn, "_cache", None) for key, fn in _ENTRIES.items()
-                  if key[0] == form]
-        return next((c.cache_path for c in caches if c is not None), None)
-    paths = [_native.find(f"{form.name}.{sig}") for sig in common_signatures(form)]
-    return next((os.path.dirname(p) for p in paths if p), None)
+        return next((path for path in cache_dirs() for sig in sigs
+                     if holds(path, f"{form.name}.{sig}")), None)
+    paths = [path for sig in sigs for path in _native.find(f"{form.name}.{sig}")]
+    return os.path.dirname(paths[0]) if paths else None
 
 
 def how(form: Form, sig: str) -> str | None:
@@ -112,8 +118,8 @@ def run(form: Form, geom, n_tasks: int, x, y, wvec, pvec, wf, pf, smooth, ignore
     entry point instead.  ``wf``/``pf``: per-element factors (empty when unused)."""
     partials = np.zeros((n_tasks, N_STATS, len(wvec)), dtype=np.float64)
     n_bad = np.zeros(n_tasks, dtype=np.int64)
-    if not out.flags.c_contiguous:  # a copy would take the losses
-        raise ValueError("out must be C-contiguous")
+    if not out.flags.c_contiguous or out.dtype != x.dtype:  # as the entry point takes it
+        raise ValueError(f"out must be C-contiguous {x.dtype}, got {out.dtype}")
     x, y, wf, pf = (np.ascontiguousarray(a) for a in (x, y, wf, pf))
     wvec, pvec, side = (np.ascontiguousarray(a, dtype=np.float64) for a in (wvec, pvec, side))
     n_scratch, n_oscratch = scratch_sizes(form, geom)
@@ -129,7 +135,8 @@ def run(form: Form, geom, n_tasks: int, x, y, wvec, pvec, wf, pf, smooth, ignore
                           0, n_tasks)
         return partials, n_bad
     fn = pointer_entry(form, signature(x.dtype, y.dtype, wf.dtype, pf.dtype))
-    fixed = [_ptr(a) for a in (x, y, wvec, pvec, wf, pf, out, side, partials, n_bad)]
+    arrays = (x, y, wvec, pvec, wf, pf, out, side, partials, n_bad)
+    fixed = [_ptr(a) for a in arrays]
 
     def run_tasks(k0: int, k1: int) -> None:
         scratch = np.empty(n_scratch)
@@ -137,7 +144,7 @@ def run(form: Form, geom, n_tasks: int, x, y, wvec, pvec, wf, pf, smooth, ignore
         ret, exc = ctypes.c_int64(), ctypes.c_void_p()
         status = fn(ctypes.byref(ret), ctypes.byref(exc), *fixed, _ptr(scratch), _ptr(oscratch),
                     _ptr(ints), _ptr(floats), k0, k1)
-        if status != 0:
+        if status != 0 or arrays is None:  # (the closure keeps the arrays alive)
             raise RuntimeError(f"compiled form {form.name} failed (status {status})")
 
     # Runs of at least MIN_RUN tasks: a task takes tens of microseconds, about what
@@ -145,10 +152,17 @@ def run(form: Form, geom, n_tasks: int, x, y, wvec, pvec, wf, pf, smooth, ignore
     n_runs = min(4 * workers, -(-n_tasks // MIN_RUN))
     if pool is None or workers <= 1 or n_runs <= 1:
         run_tasks(0, n_tasks)
-    else:
-        step = -(-n_tasks // n_runs)
-        list(pool.map(lambda k0: run_tasks(k0, min(n_tasks, k0 + step)),
-                      range(0, n_tasks, step)))
+        return partials, n_bad
+    step = -(-n_tasks // n_runs)
+    futures = [pool.submit(run_tasks, k0, min(n_tasks, k0 + step))
+               for k0 in range(0, n_tasks, step)]
+    try:
+        for future in futures:
+            future.result()
+    finally:  # never return (an error, Ctrl-C) while a thread still writes into the arrays
+        for future in futures:
+            future.cancel()
+        concurrent.futures.wait(futures)
     return partials, n_bad
 
 

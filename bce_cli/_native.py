@@ -19,6 +19,7 @@ here is never loaded (an unresolved symbol is a fatal error in LLVM's loader).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -29,7 +30,7 @@ import threading
 
 from ._cache_dirs import cache_dirs, cpu_key, source_stamp
 
-MAGIC = b"bce-native-1\n"
+MAGIC = b"bce-native-2\n"
 # Symbols an entry point may leave undefined: libc's (LLVM lowers large copies and
 # fills to calls), and numba's reference-count release, which an entry point's code
 # names but never calls (its arrays own no memory: views of the caller's pointers).
@@ -38,7 +39,7 @@ NEVER_CALLED = ("NRT_MemInfo_call_dtor",)
 
 _lock = threading.Lock()
 _engines: list = []  # one execution engine per loaded object, kept for the process's life
-_loaded: dict[str, int] = {}  # path -> function address
+_loaded: dict[str, int] = {}  # path -> the entry point's address
 
 
 @functools.cache
@@ -86,14 +87,11 @@ def file_name(name: str) -> str:
     return f"native.{name}.{_key()}.o"
 
 
-def find(name: str) -> str | None:
-    """The path of ``name``'s object in the first cache directory that holds it."""
+def find(name: str) -> list[str]:
+    """The paths of ``name``'s object in the cache directories that hold one, in order."""
     base = file_name(name)
-    for path in cache_dirs():
-        full = os.path.join(path, base)
-        if os.path.isfile(full):
-            return full
-    return None
+    return [full for full in (os.path.join(path, base) for path in cache_dirs())
+            if os.path.isfile(full)]
 
 
 def is_cached(form_name: str, signatures) -> bool:
@@ -104,22 +102,24 @@ def is_cached(form_name: str, signatures) -> bool:
 def save(name: str, symbol: str, obj: bytes) -> str | None:
     """Write ``name``'s object into the first cache directory that can be written
     (atomically: a reader sees the whole file or none); None when none can, or
-    when the object could not be loaded here."""
+    when the object could not be loaded here.  The first line holds the entry
+    point's symbol and the object's SHA-256, checked before it is loaded."""
     if not supported() or not loadable(obj):
         return None
-    data = MAGIC + symbol.encode() + b"\n" + obj
+    data = MAGIC + f"{symbol} {hashlib.sha256(obj).hexdigest()}".encode() + b"\n" + obj
     base = file_name(name)
     for path in cache_dirs():
+        full = os.path.join(path, base)
+        tmp = f"{full}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             os.makedirs(path, exist_ok=True)
-            full = os.path.join(path, base)
-            tmp = f"{full}.{os.getpid()}.{threading.get_ident()}.tmp"
             with open(tmp, "wb") as fh:
                 fh.write(data)
             os.replace(tmp, full)
             return full
         except OSError:  # read-only (a restored cache) or full: try the next one
-            continue
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
     return None
 
 
@@ -127,7 +127,7 @@ def loadable(obj: bytes) -> bool:
     """Whether every undefined symbol of ELF object ``obj`` is one this module binds."""
     try:
         missing = undefined_symbols(obj)
-    except (ValueError, IndexError, struct.error):
+    except (ValueError, IndexError, ZeroDivisionError, struct.error, UnicodeDecodeError):
         return False
     return missing <= set(LIBC_SYMBOLS) | set(NEVER_CALLED)
 
@@ -148,7 +148,7 @@ def undefined_symbols(obj: bytes) -> set[str]:
         if sh_type != 2:  # SHT_SYMTAB
             continue
         str_off = sections[sh_link][4]
-        for i in range(1, sh_size // sh_entsize):
+        for i in range(1, sh_size // sh_entsize):  # an entry size of 0: ZeroDivisionError
             st_name, _, _, st_shndx = struct.unpack_from("<IBBH", obj, sh_offset + i * sh_entsize)
             if st_shndx == 0 and st_name:  # SHN_UNDEF, named
                 end = obj.index(b"\0", str_off + st_name)
@@ -174,9 +174,9 @@ def _binding():
     return ll
 
 
-def load(path: str) -> tuple[str, int] | None:
-    """``(symbol, address)`` of the entry point in the object at ``path``, loaded once
-    per process; None when the file is not a valid object this module can load."""
+def load(path: str) -> int | None:
+    """The address of the entry point in the object file at ``path``, loaded once per
+    process; None when the file is not a whole object this module can load."""
     with _lock:
         if path in _loaded:
             return _loaded[path]
@@ -185,23 +185,42 @@ def load(path: str) -> tuple[str, int] | None:
                 data = fh.read()
         except OSError:
             return None
-        head, sep, rest = data[len(MAGIC):].partition(b"\n")
-        if not data.startswith(MAGIC) or not sep or not loadable(rest):
+        head, sep, obj = data[len(MAGIC):].partition(b"\n")
+        try:
+            symbol, digest = head.decode("ascii").split(" ")
+        except (UnicodeDecodeError, ValueError):
             return None
-        ll = _binding()
-        target = ll.Target.from_default_triple().create_target_machine()
-        engine = ll.create_mcjit_compiler(ll.parse_assembly(""), target)
-        engine.add_object_file(ll.ObjectFileRef.from_data(rest))
-        engine.finalize_object()
-        symbol = head.decode()
-        address = engine.get_function_address(symbol)
-        if not address:
+        if (not data.startswith(MAGIC) or not sep
+                or hashlib.sha256(obj).hexdigest() != digest):  # damaged
             return None
-        _engines.append(engine)
-        _loaded[path] = (symbol, address)
-        return _loaded[path]
+        address = _load_object(obj, symbol)
+        if address is not None:
+            _loaded[path] = address
+        return address
+
+
+def load_object(obj: bytes, symbol: str) -> int | None:
+    """The address of ``symbol`` in object code ``obj`` loaded into this process (the
+    process that compiled it runs the very code it saves); None if it cannot be."""
+    with _lock:
+        return _load_object(obj, symbol)
+
+
+def _load_object(obj: bytes, symbol: str) -> int | None:
+    if not supported() or not loadable(obj):
+        return None
+    ll = _binding()
+    target = ll.Target.from_default_triple().create_target_machine()
+    engine = ll.create_mcjit_compiler(ll.parse_assembly(""), target)
+    engine.add_object_file(ll.ObjectFileRef.from_data(obj))
+    engine.finalize_object()
+    address = engine.get_function_address(symbol)
+    if not address:
+        return None
+    _engines.append(engine)
+    return address
 
 
 def started() -> bool:
     """Whether this process has loaded an object (llvmlite's start is paid)."""
-    return bool(_loaded)
+    return bool(_engines)

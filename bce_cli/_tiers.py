@@ -138,9 +138,9 @@ class JobTier:
         self.elements = elements
         self.tier = tier
 
-    def pick(self, n_elements: int, form) -> str:
+    def pick(self, n_elements: int, form, sig: str | None = None) -> str:
         if self.tier is None:
-            self.tier = choose(n_elements, form, self.elements)
+            self.tier = choose(n_elements, form, self.elements, sig)
         return self.tier
 
 
@@ -158,16 +158,22 @@ def native(form) -> bool:
     return form.kernel != "metrics" and _native.supported()
 
 
-def is_cached(form) -> bool:
-    """Whether the cache holds ``form`` for this CPU and the current sources."""
+def is_cached(form, sig: str | None = None) -> bool:
+    """Whether the cache holds ``form`` for this CPU and the current sources: for the
+    signature ``sig`` (``bce_cli._forms.signature``), or for one the common ones."""
+    if form.kernel == "metrics":
+        return is_cached_by_numba(form.name)
+    sigs = (sig,) if sig else common_signatures(form)
     if native(form):
-        return _native.is_cached(form.name, common_signatures(form))
-    return is_cached_by_numba(form.name)
+        return _native.is_cached(form.name, sigs)
+    return any(is_cached_by_numba(f"{form.name}.{s}") for s in sigs)
 
 
-def choose(n_elements: int, form, job_elements: int | None = None) -> str:
+def choose(n_elements: int, form, job_elements: int | None = None,
+           sig: str | None = None) -> str:
     """"numpy" or "compiled" for a call over ``n_elements`` that is part of a job of
-    ``job_elements`` (streaming: the whole input) and would run ``form``."""
+    ``job_elements`` (streaming: the whole input) and would run ``form`` with argument
+    types ``sig`` (None: the common ones)."""
     tier = requested()
     if tier != "auto":
         return tier
@@ -183,7 +189,7 @@ def choose(n_elements: int, form, job_elements: int | None = None) -> str:
     saved = work / (numpy_rate * cores()) - work / (compiled_rate * cores())
     if saved <= min(NATIVE_LOAD_S, LOAD_S):  # pays for nothing: no need to look at the cache
         return "numpy"
-    if is_cached(form):
+    if is_cached(form, sig):
         if native(form):
             fixed = (0.0 if _native.started() else NATIVE_START_S) + NATIVE_LOAD_S
         else:

@@ -21,8 +21,10 @@ one run on the same files:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -176,6 +178,34 @@ def warmup(cache) -> None:
           f"max {max(times):.2f} s (the first includes numba's start)")
 
 
+@contextlib.contextmanager
+def no_other_cache(tmp: str):
+    """"Empty cache" means empty: bce also reads compiled kernels from the package's
+    ``__pycache__`` and from ``~/.cache/bce`` whatever ``NUMBA_CACHE_DIR`` says.  The
+    user's cache is hidden (``XDG_CACHE_HOME``) and the package's kernel files are
+    moved aside for the run, then put back."""
+    pycache = HERE.parent / "bce_cli" / "__pycache__"
+    aside = Path(tmp) / "package-cache"
+    aside.mkdir()
+    moved = [p for p in pycache.glob("*") if p.name.startswith(("native.", "kernels."))]
+    if moved:
+        print(f"note: {len(moved)} kernel cache files of {pycache} are set aside for the run")
+    for p in moved:
+        shutil.move(str(p), aside / p.name)
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(Path(tmp) / "xdg")
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = old
+        for p in moved:
+            if not p.exists():
+                shutil.move(str(aside / p.name), p)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", help="directory for the generated inputs (kept between runs)")
@@ -194,7 +224,7 @@ def main() -> None:
     have_torch = subprocess.run([PY, "-c", "import torch"], capture_output=True).returncode == 0
     if not have_torch:
         print("note: torch is not installed; the PyTorch scripts are skipped")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, no_other_cache(tmp):
         warmed = None
         if not args.skip_warmup:
             warmed = args.cache or tempfile.mkdtemp(dir=tmp)

@@ -80,7 +80,8 @@ CHILD = textwrap.dedent("""
     x = np.linspace(-4, 4, 200_000, dtype=np.float32)
     loss = bce_with_logits(x, (x > 0.5).astype(np.float32))
     how = _launch.how(Form("planes", 0, 32), "float32-float32-float32-float32")
-    print(json.dumps({"loss": loss, "how": how, "numba": "numba" in sys.modules}))
+    print(json.dumps({"loss": loss, "how": how, "numba": "numba" in sys.modules,
+                      "runs_an_object": _native.started()}))
 """)
 
 
@@ -103,7 +104,7 @@ def test_cache_is_written_then_used_read_only_without_numba(tmp_path):
     read-only cache: a CI cache, a Docker layer) loads it without importing numba,
     and computes the same bits."""
     first = _child("write", tmp_path)
-    assert first["how"] == "compiled" and first["numba"]
+    assert first["how"] == "compiled" and first["numba"] and first["runs_an_object"]
     saved = list((tmp_path / "bce_cli").iterdir())
     assert [p.name for p in saved] == [_native.file_name(
         "planes_unit_f32.float32-float32-float32-float32")]
@@ -383,6 +384,7 @@ def test_per_element_bits_do_not_depend_on_entry_or_offset(bits):
         assert np.array_equal(losses(lo, hi), full[lo:hi]), (lo, hi)
 
 
+@NATIVE
 def test_an_object_that_needs_numbas_runtime_is_never_saved():
     """LLVM's loader stops the process at an unresolved symbol: an object is saved (and
     loaded) only when every symbol it leaves undefined is one the loader binds.  Code
@@ -409,26 +411,62 @@ def test_an_object_that_needs_numbas_runtime_is_never_saved():
         assert not _native.loadable(bad)
 
 
+def _damaged(obj: bytes, symbol: str) -> dict:
+    """Files a cache could hold in place of a good object (a disk error, another program)."""
+    import hashlib
+    import struct
+
+    def file(body, head=None):
+        head = head if head is not None else f"{symbol} {hashlib.sha256(body).hexdigest()}"
+        return _native.MAGIC + (head.encode() if isinstance(head, str) else head) + b"\n" + body
+
+    shoff, = struct.unpack_from("<Q", obj, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", obj, 0x3A)
+    zero_entsize = bytearray(obj)
+    for i in range(shnum):  # the symbol table's entry size set to 0
+        at = shoff + i * shentsize
+        if struct.unpack_from("<I", obj, at + 4)[0] == 2:
+            struct.pack_into("<Q", zero_entsize, at + 56, 0)
+    flipped = bytearray(obj)
+    flipped[len(obj) // 2] ^= 0x40
+    return {
+        "not an object": file(b"\x7fELF" + b"\0" * 100),
+        "truncated": file(obj[: len(obj) // 2]),
+        "symbol table entries of size 0": file(bytes(zero_entsize)),
+        "a symbol line that is not text": file(obj, head=b"\xff\xfe " + b"0" * 64),
+        "a bit flipped after saving": file(bytes(flipped),
+                                           head=f"{symbol} {hashlib.sha256(obj).hexdigest()}"),
+        "an older format": b"bce-native-1\n" + symbol.encode() + b"\n" + obj,
+    }
+
+
 @NATIVE
 def test_a_damaged_object_in_the_cache_is_compiled_again(monkeypatch, tmp_path):
-    from bce_cli import _forms, _launch
+    """A cached object that is not whole is never handed to LLVM's loader (which would
+    stop the process): the form is compiled again, saved whole, and computes."""
+    from bce_cli import _forms, _launch, kernels
 
     form = Form("planes", 1, 64)  # scalar
     sig = "float64-float64-float64-float64"
+    symbol, _, obj = kernels.compile_native(form, sig)
     monkeypatch.setattr(_native, "cache_dirs", lambda: [str(tmp_path)])
-    monkeypatch.delitem(_launch._entries, (form, sig), raising=False)
     path = tmp_path / _native.file_name(f"{form.name}.{sig}")
-    path.write_bytes(_native.MAGIC + b"symbol\n" + b"\x7fELF" + b"\0" * 100)
     x = np.linspace(-5, 5, 1000)
     y = (x > 1).astype(np.float64)
-    geom, n_tasks = _forms.planes_geometry(1, 1, x.size)
-    partials, n_bad = _launch.run(form, geom, n_tasks, x, y, np.ones(1), np.full(1, 2.0),
-                                  np.zeros(0), np.zeros(0), 0.0, 0.0, False, 0, np.zeros(0),
-                                  False, np.zeros(0))
-    assert _launch.how(form, sig) == "compiled" and not n_bad.any()
+
     def softplus(v):
         return np.maximum(v, 0) + np.log1p(np.exp(-np.abs(v)))
 
-    expected = 2.0 * y * softplus(-x) + (1 - y) * softplus(x)  # pos_weight 2
-    np.testing.assert_allclose(partials.sum(axis=0)[0, 0], expected.sum(), rtol=1e-13)
-    assert _native.load(str(path)) is not None  # saved again, whole
+    expected = (2.0 * y * softplus(-x) + (1 - y) * softplus(x)).sum()  # pos_weight 2
+    geom, n_tasks = _forms.planes_geometry(1, 1, x.size)
+    for what, data in _damaged(obj, symbol).items():
+        monkeypatch.delitem(_launch._entries, (form, sig), raising=False)
+        monkeypatch.setattr(_native, "_loaded", {})
+        path.write_bytes(data)
+        assert _native.load(str(path)) is None, what
+        partials, n_bad = _launch.run(form, geom, n_tasks, x, y, np.ones(1), np.full(1, 2.0),
+                                      np.zeros(0), np.zeros(0), 0.0, 0.0, False, 0,
+                                      np.zeros(0), False, np.zeros(0))
+        assert _launch.how(form, sig) == "compiled" and not n_bad.any(), what
+        np.testing.assert_allclose(partials.sum(axis=0)[0, 0], expected, rtol=1e-13)
+        assert _native.load(str(path)) is not None, what  # saved again, whole

@@ -31,7 +31,7 @@ def auto(monkeypatch):
 
 def test_small_inputs_take_numpy_even_when_compiling_costs_nothing(monkeypatch):
     fresh(monkeypatch)
-    monkeypatch.setattr(_tiers, "is_cached", lambda name: True)
+    monkeypatch.setattr(_tiers, "is_cached", lambda *args: True)
     for cost in ("NUMBA_START_S", "LOAD_S", "COMPILE_S", "NATIVE_START_S", "NATIVE_LOAD_S"):
         monkeypatch.setattr(_tiers, cost, 0.0)
     monkeypatch.setattr(_tiers, "rates", lambda: (1e8, 1e15))
@@ -40,7 +40,7 @@ def test_small_inputs_take_numpy_even_when_compiling_costs_nothing(monkeypatch):
 
 
 def test_uncached_form_is_compiled_only_for_jobs_that_repay_it(monkeypatch):
-    monkeypatch.setattr(_tiers, "is_cached", lambda name: False)
+    monkeypatch.setattr(_tiers, "is_cached", lambda *args: False)
     fresh(monkeypatch)
     assert _tiers.choose(2 * 10**7, FORM) == "numpy"
     assert _tiers.choose(2 * 10**7, FORM, job_elements=10**8) == "numpy"
@@ -49,10 +49,10 @@ def test_uncached_form_is_compiled_only_for_jobs_that_repay_it(monkeypatch):
 
 def test_cached_form_pays_sooner(monkeypatch):
     fresh(monkeypatch)
-    monkeypatch.setattr(_tiers, "is_cached", lambda name: False)
+    monkeypatch.setattr(_tiers, "is_cached", lambda *args: False)
     sizes = [int(n) for n in np.geomspace(1e6, 1e12, 120)]
     uncached = next(n for n in sizes if _tiers.choose(n, FORM) == "compiled")
-    monkeypatch.setattr(_tiers, "is_cached", lambda name: True)
+    monkeypatch.setattr(_tiers, "is_cached", lambda *args: True)
     cached = next(n for n in sizes if _tiers.choose(n, FORM) == "compiled")
     assert cached < uncached / 2
 
@@ -62,7 +62,7 @@ def test_without_avx512_the_compiled_tier_pays_sooner(monkeypatch):
     (``benchmarks/as_avx2.py``) the NumPy tier's rate halves, and the compiled tier
     pays from fewer elements than with AVX-512."""
     probe = ("import sys, numpy as np; from bce_cli import _tiers, _forms, _native; "
-             "_tiers.is_cached = lambda form: True; _native.started = lambda: False; "
+             "_tiers.is_cached = lambda *args: True; _native.started = lambda: False; "
              "form = _forms.Form('planes', 0, 32); "
              "sizes = [int(n) for n in np.geomspace(1e5, 1e10, 200)]; "
              "print(*_tiers.rates(), next(n for n in sizes "
@@ -133,7 +133,7 @@ def test_threads_must_be_positive():
 def test_choice_does_not_depend_on_the_thread_count(monkeypatch):
     """The tier decides the last bits of a result: --threads must not change it."""
     fresh(monkeypatch)
-    monkeypatch.setattr(_tiers, "is_cached", lambda name: True)
+    monkeypatch.setattr(_tiers, "is_cached", lambda *args: True)
     sizes = [int(n) for n in np.geomspace(1e5, 1e11, 60)]
     try:
         choices = []
@@ -148,7 +148,7 @@ def test_choice_does_not_depend_on_the_thread_count(monkeypatch):
 
 def test_a_job_keeps_the_tier_of_its_first_batch(monkeypatch):
     fresh(monkeypatch)
-    monkeypatch.setattr(_tiers, "is_cached", lambda name: True)
+    monkeypatch.setattr(_tiers, "is_cached", lambda *args: True)
     job = _tiers.JobTier(10**12)
     assert job.pick(2 * 10**7, FORM) == "compiled"
     monkeypatch.setenv(_tiers.TIER_ENV, "numpy")  # later batches, or another process
