@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
-from bench_e2e import cpu  # the script's own directory is on sys.path
+from bench_e2e import cpu, no_other_cache  # the script's own directory is on sys.path
 
 from bce_cli import BCEAccumulator, _tiers, bce_with_logits
 
@@ -178,6 +178,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20_000_000, help="elements per case")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--skip-startup", action="store_true")
+    ap.add_argument("--startup-only", action="store_true", help="the start-up block alone")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     print(f"machine: {cpu()}; numba {numba.__version__} ({numba.get_num_threads()} threads), "
@@ -194,27 +195,29 @@ def main() -> None:
             "vs NumPy", "bce NumPy tier")
     rows = []
     results = []
-    for case in cases(args.n, rng):
+    for case in [] if args.startup_only else cases(args.n, rng):
         r = run_case(*case, rng=rng, repeat=args.repeat)
         results.append(r)
         rows.append((r["case"], r["dtype"], r["reduction"], r["weights"], fmt_rate(r["bce"]),
                      fmt_rate(r["torch"]), fmt_rate(r["numpy"]), fmt_ratio(r["bce"], r["torch"]),
                      fmt_ratio(r["bce"], r["numpy"]), fmt_rate(r["tier"])))
-    widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(len(head))]
+    if results:
+        widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(len(head))]
 
-    def line(row):
-        return "| " + " | ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)) + " |"
-    print(line(head))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print(line(row))
-    ratios = ", ".join(f"{r['case'].split()[0]} {r['bce'] / r['flat']:.0%}"
-                       for r in results if r["flat"])
-    print("\nper class against 1-D over the same elements (their mean loss with one "
-          f"pos_weight, timed in turn with each case): {ratios}")
+        def line(row):
+            cells = (str(v).ljust(w) for v, w in zip(row, widths, strict=True))
+            return "| " + " | ".join(cells) + " |"
+        print(line(head))
+        print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        for row in rows:
+            print(line(row))
+        ratios = ", ".join(f"{r['case'].split()[0]} {r['bce'] / r['flat']:.0%}"
+                           for r in results if r["flat"])
+        print("\nper class against 1-D over the same elements (their mean loss with one "
+              f"pos_weight, timed in turn with each case): {ratios}")
     if not args.skip_startup:
         print("\nstart-up (seconds, best of 3 runs in fresh processes)")
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, no_other_cache(tmp):
             for name, t in startup(Path(tmp)):
                 print(f"  {name:<62} {t:.2f}{'' if 'ratio' in name else ' s'}")
 

@@ -23,7 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import sys, time
 import numpy as np
-from bce_cli import _tiers
+import os
+from bce_cli import _cache_dirs, _native, _tiers
+only = os.path.join(os.environ["NUMBA_CACHE_DIR"], "bce_cli")  # no other cache directory
+_native.cache_dirs = _cache_dirs.cache_dirs = lambda: [only]
 from bce_cli._dispatch import LossOptions, class_stats
 from bce_cli.stats import OUT_NONE, OUT_ONLY
 _tiers.set_tier("compiled")
