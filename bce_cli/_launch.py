@@ -128,11 +128,11 @@ def run(form: Form, geom, n_tasks: int, x, y, wvec, pvec, wf, pf, smooth, ignore
                      *geom], dtype=np.int64)
     floats = np.array([smooth, ignore], dtype=np.float64)
     if parallel:
-        from .kernels import entry
+        from .kernels import prange_entry
 
-        entry(form, True)(x, y, wvec, pvec, wf, pf, out, side, partials, n_bad,
-                          np.empty(n_scratch), np.empty(n_oscratch, out.dtype), ints, floats,
-                          0, n_tasks)
+        prange_entry(form)(x, y, wvec, pvec, wf, pf, out, side, partials, n_bad,
+                           np.empty(n_scratch), np.empty(n_oscratch, out.dtype), ints, floats,
+                           0, n_tasks)
         return partials, n_bad
     fn = pointer_entry(form, signature(x.dtype, y.dtype, wf.dtype, pf.dtype))
     arrays = (x, y, wvec, pvec, wf, pf, out, side, partials, n_bad)

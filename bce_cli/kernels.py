@@ -2,17 +2,19 @@
 
 Pure array functions (no I/O, no printing).  ``bce_cli._dispatch`` normalises the
 inputs (flat, C-contiguous, native float32/float64 logits) and calls
-``bce_cli._launch.run``, which runs a form's :func:`entry` on threads.  The
+``bce_cli._launch.run``, which runs a form's entry point on threads.  The
 layouts, forms and task sizes are described in ``bce_cli._forms``.
 
 Every form is built from one loop body with its options frozen as constants
 (the factories below).  Its compiled entry point is the serial loop over a
-run of tasks ``k0 <= k < k1``, each writing its own float64 partials; bce
-runs runs of tasks on its thread pool (the entry point releases the GIL), and
-a caller with threads of its own (a Dask worker) can do the same.  A
-``prange`` entry point over the same loop exists for numba's own threads.  A
-form is compiled (or loaded from the cache) on its first use only, with no
-literal dispatch, so the first call of a form costs one small compile.
+run of tasks ``k0 <= k < k1``, each writing its own float64 partials, taking
+pointers and integers (``_arrays``) so that its code needs nothing of numba's
+runtime (:func:`compile_native`; ``bce_cli._native`` saves and loads its
+object code).  bce runs runs of tasks on its thread pool (ctypes releases the
+GIL), and a caller with threads of its own (a Dask worker) can do the same.
+A ``prange`` entry point over the same loop (:func:`prange_entry`) exists for
+numba's own threads.  A form is compiled (or loaded from the cache) on its
+first use only, so the first call of a form costs one small compile.
 
 Planes tasks work in blocks of ``BLOCK`` elements with two simple loops that
 LLVM vectorises:
@@ -32,6 +34,7 @@ folded into classes once per task.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import carray, prange, types
 from numba.extending import intrinsic
@@ -539,9 +542,7 @@ def _prange_entry_for(form: Form):
 def native_signature(sig: str):
     """numba's signature of the pointer entry point for a signature tag of
     ``bce_cli._forms.signature`` (the dtypes of x, y, wf, pf)."""
-    from numba import from_dtype, types
-
-    x, y, wf, pf = (types.CPointer(from_dtype(np.dtype(t))) for t in sig.split("-"))
+    x, y, wf, pf = (types.CPointer(numba.from_dtype(np.dtype(t))) for t in sig.split("-"))
     f64 = types.CPointer(types.float64)
     i64 = types.CPointer(types.int64)
     return types.void(x, y, f64, f64, wf, pf, x, f64, f64, i64, f64, x, i64, f64, types.int64,
@@ -570,20 +571,12 @@ def compile_native(form: Form, sig: str):
     return symbol, address, obj
 
 
-_ENTRIES: dict = {}
+_PRANGE: dict = {}
 
 
-def entry(form: Form, parallel: bool = True):
-    """The numba dispatcher of ``form``'s ``prange`` entry point (built on first use), or
-    of a metrics form's entry point."""
-    key = (form, parallel)
-    fn = _ENTRIES.get(key)
+def prange_entry(form: Form):
+    """The numba dispatcher of ``form``'s ``prange`` entry point (built on first use)."""
+    fn = _PRANGE.get(form)
     if fn is None:
-        if form.kernel == "metrics":
-            from ._metric_kernels import entry as metrics_entry
-
-            fn = metrics_entry(form)
-        else:
-            fn = _prange_entry_for(form)
-        _ENTRIES[key] = fn
+        fn = _PRANGE[form] = _prange_entry_for(form)
     return fn
