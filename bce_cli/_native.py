@@ -1,16 +1,20 @@
 """Compiled forms as native objects: written once numba has compiled a form, loaded
-by later processes with llvmlite alone (no numba).
+by later processes without numba.
 
 Starting numba costs a fresh process about 0.3 s (importing it, then its CPU
-target) before a cached kernel runs; a form's machine code loaded by llvmlite
-costs about 0.03 s.  So each form's entry point (``bce_cli.kernels``) is one
-function of pointers and integers, compiled by numba, with nothing that needs
-numba's runtime (no allocation, no exception objects); its object code, the
-same bytes numba runs in the process that compiled it, is saved as
-``native.<form>.<signature>.<key>.o`` beside the other compiled kernels
-(``bce_cli._cache_dirs``).  ``<key>`` hashes the kernel sources, the CPU numba
-compiled for (``cpu_key``) and the numba and llvmlite versions, so a file is
-valid exactly when its name is found.
+target) before a cached kernel runs.  So each form's entry point
+(``bce_cli.kernels``) is one function of pointers and integers, compiled by
+numba, with nothing that needs numba's runtime (no allocation, no exception
+objects); its object code, the same bytes numba runs in the process that
+compiled it, is saved as ``native.<form>.<signature>.<key>.o`` beside the other
+compiled kernels (``bce_cli._cache_dirs``).  ``<key>`` hashes the kernel sources,
+the CPU numba compiled for (``cpu_key``) and the numba and llvmlite versions, so
+a file is valid exactly when its name is found.
+
+Loading links the object into this process: ``bce_cli._elf`` places an x86-64
+object in memory itself (well under a millisecond, nothing imported); any other
+object goes to llvmlite's loader (MCJIT: 0.04 s and 50 MB for its library).
+Every process, the compiling one included, runs the code loaded this way.
 
 Only ELF objects (Linux) are written and loaded; elsewhere numba's own cache
 serves (``bce_cli._jit``).  An object whose undefined symbols are not all known
@@ -28,6 +32,7 @@ import struct
 import sys
 import threading
 
+from . import _elf
 from ._cache_dirs import cache_dirs, cpu_key, source_stamp
 
 MAGIC = b"bce-native-2\n"
@@ -39,6 +44,7 @@ NEVER_CALLED = ("NRT_MemInfo_call_dtor",)
 
 _lock = threading.Lock()
 _engines: list = []  # one execution engine per loaded object, kept for the process's life
+_linked: list[str] = []  # symbols of the objects linked by ``_elf``
 _loaded: dict[str, int] = {}  # path -> the entry point's address
 
 
@@ -126,51 +132,38 @@ def save(name: str, symbol: str, obj: bytes) -> str | None:
 def loadable(obj: bytes) -> bool:
     """Whether every undefined symbol of ELF object ``obj`` is one this module binds."""
     try:
-        missing = undefined_symbols(obj)
+        missing = _elf.undefined_symbols(obj)
     except (ValueError, IndexError, ZeroDivisionError, struct.error, UnicodeDecodeError):
         return False
     return missing <= set(LIBC_SYMBOLS) | set(NEVER_CALLED)
 
 
-def undefined_symbols(obj: bytes) -> set[str]:
-    """The undefined symbols of a 64-bit little-endian ELF relocatable object."""
-    if obj[:6] != b"\x7fELF\x02\x01":
-        raise ValueError("not a 64-bit little-endian ELF object")
-    shoff, = struct.unpack_from("<Q", obj, 0x28)
-    shentsize, shnum = struct.unpack_from("<HH", obj, 0x3A)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", obj, shoff + i * shentsize)
-                for i in range(shnum)]
-    if any(s[1] != 8 and s[4] + s[5] > len(obj) for s in sections):  # not SHT_NOBITS
-        raise ValueError("a section runs past the end of the object")
-    names = set()
-    for sh_type, sh_offset, sh_size, sh_link, sh_entsize in (
-            (s[1], s[4], s[5], s[6], s[9]) for s in sections):
-        if sh_type != 2:  # SHT_SYMTAB
-            continue
-        str_off = sections[sh_link][4]
-        for i in range(1, sh_size // sh_entsize):  # an entry size of 0: ZeroDivisionError
-            st_name, _, _, st_shndx = struct.unpack_from("<IBBH", obj, sh_offset + i * sh_entsize)
-            if st_shndx == 0 and st_name:  # SHN_UNDEF, named
-                end = obj.index(b"\0", str_off + st_name)
-                names.add(obj[str_off + st_name:end].decode())
-    return names
+undefined_symbols = _elf.undefined_symbols
+
+
+@functools.cache
+def _externals() -> dict[str, int]:
+    """The addresses an object's undefined symbols are bound to."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    out = {name: ctypes.cast(getattr(libc, name), ctypes.c_void_p).value for name in LIBC_SYMBOLS}
+    out.update((name, ctypes.cast(libc.abort, ctypes.c_void_p).value) for name in NEVER_CALLED)
+    return out
 
 
 @functools.cache
 def _binding():
     """llvmlite's binding, with the native target ready and this module's symbols bound."""
-    import ctypes
-
     import llvmlite.binding as ll
 
     ll.initialize_native_target()
     ll.initialize_native_asmprinter()
-    libc = ctypes.CDLL(None)
     for name in LIBC_SYMBOLS:
-        ll.add_symbol(name, ctypes.cast(getattr(libc, name), ctypes.c_void_p).value)
+        ll.add_symbol(name, _externals()[name])
     if ll.address_of_symbol(NEVER_CALLED[0]) is None:  # numba binds it when it runs
         for name in NEVER_CALLED:
-            ll.add_symbol(name, ctypes.cast(libc.abort, ctypes.c_void_p).value)
+            ll.add_symbol(name, _externals()[name])
     return ll
 
 
@@ -206,9 +199,28 @@ def load_object(obj: bytes, symbol: str) -> int | None:
         return _load_object(obj, symbol)
 
 
+def links_itself() -> bool:
+    """Whether objects are linked by ``bce_cli._elf`` here (x86-64), not by llvmlite."""
+    return platform.machine() == "x86_64"
+
+
 def _load_object(obj: bytes, symbol: str) -> int | None:
     if not supported() or not loadable(obj):
         return None
+    if links_itself():
+        try:
+            address = _elf.link_x86_64(obj, symbol, _externals())
+        except _elf.Unsupported:
+            pass  # LLVM's loader may link it
+        except (ValueError, IndexError, ZeroDivisionError, struct.error, UnicodeDecodeError):
+            return None
+        else:
+            _linked.append(symbol)
+            return address
+    return _load_with_llvm(obj, symbol)
+
+
+def _load_with_llvm(obj: bytes, symbol: str) -> int | None:
     ll = _binding()
     target = ll.Target.from_default_triple().create_target_machine()
     engine = ll.create_mcjit_compiler(ll.parse_assembly(""), target)
@@ -222,5 +234,5 @@ def _load_object(obj: bytes, symbol: str) -> int | None:
 
 
 def started() -> bool:
-    """Whether this process has loaded an object (llvmlite's start is paid)."""
-    return bool(_engines)
+    """Whether this process has loaded an object (the loader's start is paid)."""
+    return bool(_engines or _linked)

@@ -1,6 +1,7 @@
 """Compiled kernel forms: caching (also read-only), the serial entry point on threads."""
 
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -81,7 +82,7 @@ CHILD = textwrap.dedent("""
     loss = bce_with_logits(x, (x > 0.5).astype(np.float32))
     how = _launch.how(Form("planes", 0, 32), "float32-float32-float32-float32")
     print(json.dumps({"loss": loss, "how": how, "numba": "numba" in sys.modules,
-                      "runs_an_object": _native.started()}))
+                      "llvm": "llvmlite" in sys.modules, "runs_an_object": _native.started()}))
 """)
 
 
@@ -110,7 +111,8 @@ def test_cache_is_written_then_used_read_only_without_numba(tmp_path):
         "planes_unit_f32.float32-float32-float32-float32")]
     before = sorted((p.name, p.stat().st_mtime_ns) for p in saved)
     second = _child("deny-writes", tmp_path)
-    assert second == {**first, "how": "loaded", "numba": False}
+    assert second == {**first, "how": "loaded", "numba": False,
+                      "llvm": platform.machine() != "x86_64"}  # linked by bce_cli._elf
     assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "bce_cli").iterdir()) \
         == before
 
@@ -325,7 +327,8 @@ SAME_BITS = textwrap.dedent("""
                                              moments=True)
                     got.append([stats.tobytes().hex(), out.tobytes().hex()])
     hows = sorted({how for _, how in _launch._entries.values()})
-    print(json.dumps({"bits": got, "how": hows, "numba": "numba" in sys.modules}))
+    print(json.dumps({"bits": got, "how": hows, "numba": "numba" in sys.modules,
+                      "llvm": "llvmlite" in sys.modules}))
 """)
 
 
@@ -351,6 +354,7 @@ def test_same_bits_compiled_or_loaded_on_any_threads(tmp_path):
     assert cold["how"] == ["compiled"] and cold["numba"]
     if _native.supported():  # native objects, without numba
         assert warm["how"] == ["loaded"] and not warm["numba"]
+        assert warm["llvm"] == (platform.machine() != "x86_64")  # linked by bce_cli._elf
 
 
 @pytest.mark.parametrize("bits", [32, 64])
