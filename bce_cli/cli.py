@@ -6,6 +6,7 @@ stays fast; the commands import the library when they run.
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from typing import Annotated
@@ -443,3 +444,25 @@ def main() -> None:
         sys.stderr.write("bce: aborted\n")
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def command() -> None:
+    """The ``bce`` command: :func:`main`, then the process ends as soon as its output is
+    flushed.  Python's own teardown (freeing every module's objects) costs a small
+    job 20-25 ms, a sixth of its time, and does nothing a finished command needs:
+    every file bce writes is closed and renamed in place by then.  A process that
+    started Dask keeps the normal exit (its clients close at exit)."""
+    try:
+        main()
+    except SystemExit as done:
+        code = done.code
+    else:
+        code = EXIT_OK
+    if "distributed" in sys.modules or not isinstance(code, int | None):
+        sys.exit(code)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):  # a closed or broken stream (or none)
+        sys.exit(code)
+    os._exit(code or EXIT_OK)

@@ -601,6 +601,25 @@ def test_a_reader_that_goes_away_keeps_the_gates_status(tmp_path, fmt, gate, sta
     assert "Traceback" not in err and "Exception ignored" not in err and "error" not in err
 
 
+@pytest.mark.parametrize("gate, status", [([], 0), (["--max-loss", "0.01"], 1)])
+def test_the_command_ends_with_its_whole_report_flushed(tmp_path, gate, status):
+    """The ``bce`` process ends without Python's teardown (``cli.command``): a report far
+    larger than a pipe's buffer still reaches its reader whole, with the gates' status."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((20, 3000)).astype(np.float32)
+    y = (rng.random((20, 3000)) < 0.5).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    res = subprocess.run([*BCE, "eval", tmp_path / "x.npy", tmp_path / "y.npy", "--format",
+                          "json", *gate], capture_output=True, text=True, timeout=60)
+    assert res.returncode == status, res.stderr
+    assert len(res.stdout) > 1 << 19  # pipes hold 64 KiB
+    report = json.loads(res.stdout)
+    assert [c["count"] for c in report["classes"]] == [20] * 3000
+    per = ref.elementwise(x, y).astype(np.float64)
+    assert report["loss"] == pytest.approx(per.mean(), rel=1e-12)
+
+
 @pytest.mark.parametrize("command", [["eval", "x.npy", "y.npy"],
                                      ["suggest-pos-weight", "y.npy"]])
 def test_a_closed_stdout_is_an_input_error(npy_pair, command):
