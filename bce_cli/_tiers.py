@@ -5,17 +5,17 @@ Two tiers compute the same statistics with the same semantics:
 * ``numpy``: vectorised float64 NumPy over cache-sized blocks on a thread pool
   (``bce_cli._vectorised``).  Nothing to compile, nothing to load.
 * ``compiled``: the numba kernels (``bce_cli.kernels``), 3-4x faster per
-  element.  A form in the cache loads as a native object with llvmlite alone
-  (``bce_cli._native``: about 0.04 s for the first, 1 ms for each other); a
-  form that is not costs numba's start (about 0.35 s: importing it, then its
-  CPU target) and 1.5-1.9 s to compile it (the constants below).
+  element.  A form in the cache loads as a native object without numba
+  (``bce_cli._native``: under a millisecond each on x86-64); a form that is not
+  costs numba's start (about 0.35 s: importing it, then its CPU target) and
+  1.5-1.9 s to compile it (the constants below).
 
 ``auto`` (the default) takes the compiled tier when it pays for the whole job:
 a form compiled or loaded in this process already; else when the time it saves
 over the job's elements exceeds what loading or compiling it would cost.  With
 the constants below (measured on the 2-core development machine) that is above
-~5e6 elements with the form cached and ~6e8 without where NumPy and numba have
-AVX-512, ~3e6 and ~3.2e8 with AVX2 only (NumPy's float64 exp and log1p then call
+~3.5e5 elements with the form cached and ~6e8 without where NumPy and numba have
+AVX-512, ~2e5 and ~3.2e8 with AVX2 only (NumPy's float64 exp and log1p then call
 libm per element), so a first run on a fresh machine never waits for a
 compiler, and ``bce warmup`` (which fills the cache) is what makes the compiled
 tier available to most jobs.  ``BCE_TIER=numpy`` or ``BCE_TIER=compiled``
@@ -49,13 +49,14 @@ SMALL = 1 << 16
 NUMBA_START_S = 0.35
 LOAD_S = 0.05
 # Where forms are cached as native objects (``bce_cli._native``): what the compiled
-# tier costs a fresh process more than the NumPy tier before its first element
-# (llvmlite's start and the first object, 0.04 s, less the NumPy tier's own first-call
-# costs: fitted to warm ``bce eval`` runs of (n, 10) float32 ``.npy`` pairs from 1e6 to
-# 3e7 elements, ``benchmarks/bench_e2e.py``'s fixed costs: the tiers cross between 3e6
-# and 1e7), then each further object (1 ms).
-NATIVE_START_S = 0.015
-NATIVE_LOAD_S = 0.001
+# tier costs a fresh process more than the NumPy tier before its first element, and
+# each further object.  Linked by ``bce_cli._elf`` (x86-64): 0.7 ms for the first
+# object, 0.5 ms for each other (measured; the tiers then cross between 3e5 and 1e6
+# elements in warm ``bce eval`` runs of (n, 10) float32 ``.npy`` pairs); loaded by
+# llvmlite elsewhere: 0.04 s for its start and the first object.
+NATIVE_START_S = 0.0005
+LLVM_START_S = 0.04
+NATIVE_LOAD_S = 0.0006
 COMPILE_S = 1.5
 COMPILE_GENERAL_S = 1.9
 NUMPY_RATE = 118e6  # NumPy dispatching its AVX-512 loops
@@ -191,7 +192,8 @@ def choose(n_elements: int, form, job_elements: int | None = None,
         return "numpy"
     if is_cached(form, sig):
         if native(form):
-            fixed = (0.0 if _native.started() else NATIVE_START_S) + NATIVE_LOAD_S
+            start = NATIVE_START_S if _native.links_itself() else LLVM_START_S
+            fixed = (0.0 if _native.started() else start) + NATIVE_LOAD_S
         else:
             fixed = (0.0 if numba_started() else NUMBA_START_S) + LOAD_S
     else:

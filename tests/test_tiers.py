@@ -32,7 +32,8 @@ def auto(monkeypatch):
 def test_small_inputs_take_numpy_even_when_compiling_costs_nothing(monkeypatch):
     fresh(monkeypatch)
     monkeypatch.setattr(_tiers, "is_cached", lambda *args: True)
-    for cost in ("NUMBA_START_S", "LOAD_S", "COMPILE_S", "NATIVE_START_S", "NATIVE_LOAD_S"):
+    for cost in ("NUMBA_START_S", "LOAD_S", "COMPILE_S", "NATIVE_START_S", "LLVM_START_S",
+                 "NATIVE_LOAD_S"):
         monkeypatch.setattr(_tiers, cost, 0.0)
     monkeypatch.setattr(_tiers, "rates", lambda: (1e8, 1e15))
     assert _tiers.choose(_tiers.SMALL, FORM) == "numpy"
