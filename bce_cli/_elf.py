@@ -18,7 +18,8 @@ import struct
 from typing import NamedTuple
 
 SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR, SHF_TLS = 0x1, 0x2, 0x4, 0x400
-SHT_SYMTAB, SHT_RELA, SHT_NOBITS = 2, 4, 8
+SHT_SYMTAB, SHT_RELA, SHT_NOBITS, SHT_REL, SHT_RELR, SHT_CREL = 2, 4, 8, 9, 19, 0x40000014
+ET_REL = 1
 SHN_UNDEF, SHN_ABS, SHN_LORESERVE = 0, 0xFFF1, 0xFF00
 EM_X86_64 = 62
 # Relocations: type -> (size in bytes, relative to the place patched).
@@ -59,7 +60,9 @@ def sections(obj: bytes) -> tuple[int, list[Section]]:
     (ValueError, struct.error or IndexError when it is not a whole one)."""
     if obj[:6] != b"\x7fELF\x02\x01":
         raise ValueError("not a 64-bit little-endian ELF object")
-    machine, = struct.unpack_from("<H", obj, 0x12)
+    kind, machine = struct.unpack_from("<HH", obj, 0x10)
+    if kind != ET_REL:
+        raise ValueError("not a relocatable object")
     shoff, = struct.unpack_from("<Q", obj, 0x28)
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", obj, 0x3A)
     raw = [struct.unpack_from("<IIQQQQIIQQ", obj, shoff + i * shentsize) for i in range(shnum)]
@@ -115,8 +118,11 @@ def link_x86_64(obj: bytes, symbol: str, externals: dict[str, int]) -> int:
         raise Unsupported(f"machine {machine}")
     loaded = [i for i, s in enumerate(table)
               if s.flags & SHF_ALLOC and s.size and s.name not in UNWIND_SECTIONS]
-    if any(table[i].flags & (SHF_WRITE | SHF_TLS) for i in loaded):
-        raise Unsupported("writable or thread-local data")
+    if any(table[i].flags & (SHF_WRITE | SHF_TLS) or table[i].type == SHT_NOBITS
+           or table[i].align > PAGE for i in loaded):
+        raise Unsupported("writable, thread-local or zero-filled data, or page-aligned sections")
+    if any(s.type in (SHT_REL, SHT_RELR, SHT_CREL) and s.info in loaded for s in table):
+        raise Unsupported("relocations other than RELA")
     # Code first, then read-only data from a fresh page, so each part gets its own rights.
     place, end = {}, 0
     for part in (True, False):
@@ -129,6 +135,8 @@ def link_x86_64(obj: bytes, symbol: str, externals: dict[str, int]) -> int:
     code_size = -(-max([place[i] + table[i].size for i in loaded
                         if table[i].flags & SHF_EXECINSTR] or [0]) // PAGE) * PAGE
     size = max(-(-end // PAGE) * PAGE, PAGE)
+    if size > len(obj) + len(loaded) * PAGE + 2 * PAGE:
+        raise ValueError("sections larger than the object")
     libc = _libc()
     base = libc.mmap(None, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
     if base is None or base == ctypes.c_void_p(-1).value:
@@ -150,6 +158,8 @@ def link_x86_64(obj: bytes, symbol: str, externals: dict[str, int]) -> int:
                 return sym.value
             if sym.shndx >= SHN_LORESERVE or sym.shndx not in place:
                 raise Unsupported(f"symbol {sym.name!r} in a section not loaded")
+            if sym.value > table[sym.shndx].size:
+                raise ValueError(f"symbol {sym.name!r} lies outside its section")
             return base + place[sym.shndx] + sym.value
 
         for rela in table:
@@ -176,6 +186,8 @@ def link_x86_64(obj: bytes, symbol: str, externals: dict[str, int]) -> int:
         entry = next((s for s in syms if s.name == symbol and s.shndx in place), None)
         if entry is None or not table[entry.shndx].flags & SHF_EXECINSTR:
             raise Unsupported(f"no code for {symbol!r}")
+        if entry.value >= table[entry.shndx].size:
+            raise ValueError(f"{symbol!r} lies outside its section")
         if (libc.mprotect(base, code_size, PROT_READ | PROT_EXEC) != 0
                 or (size > code_size and libc.mprotect(base + code_size, size - code_size,
                                                        PROT_READ) != 0)):

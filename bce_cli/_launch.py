@@ -168,11 +168,14 @@ def run(form: Form, geom, n_tasks: int, x, y, wvec, pvec, wf, pf, smooth, ignore
                 return
             run_tasks(k0, min(n_tasks, k0 + step))
 
-    helpers = [pool.submit(take_runs) for _ in range(min(workers, n_runs) - 1)]
+    helpers: list = []
     try:
+        for _ in range(min(workers, n_runs) - 1):
+            helpers.append(pool.submit(take_runs))
         take_runs()
         for future in helpers:
-            future.result()
+            if not future.cancel():  # (one that never started has nothing left to take)
+                future.result()
     finally:  # never return (an error, Ctrl-C) while a thread still writes into the arrays
         with taking:
             for _ in starts:  # no thread starts another run

@@ -212,7 +212,8 @@ def _load_object(obj: bytes, symbol: str) -> int | None:
             address = _elf.link_x86_64(obj, symbol, _externals())
         except _elf.Unsupported:
             pass  # LLVM's loader may link it
-        except (ValueError, IndexError, ZeroDivisionError, struct.error, UnicodeDecodeError):
+        except (ValueError, IndexError, ZeroDivisionError, OverflowError, struct.error,
+                UnicodeDecodeError):
             return None
         else:
             _linked.append(symbol)

@@ -460,9 +460,13 @@ def command() -> None:
         code = EXIT_OK
     if "distributed" in sys.modules or not isinstance(code, int | None):
         sys.exit(code)
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):  # a closed or broken stream (or none)
-        sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:  # its reader went away: what is left is dropped
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # closed (or none): Python's exit
+            sys.exit(code)
     os._exit(code or EXIT_OK)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bce_cli.data import InputSpec, open_inputs
+from bce_cli.data import InputSpec, _inputs, open_inputs
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -22,7 +22,8 @@ def read_all(spec):
     with open_inputs(spec) as inp:
         bs = list(inp.batches())
     sizes = [b.n_rows for b in bs]
-    assert all(s == spec.batch_rows for s in sizes[:-1]) and 0 < sizes[-1] <= spec.batch_rows
+    assert inp.batch_rows >= spec.batch_rows  # more for views (see Inputs)
+    assert all(s == inp.batch_rows for s in sizes[:-1]) and 0 < sizes[-1] <= inp.batch_rows
     assert [b.row_offset for b in bs] == [sum(sizes[:i]) for i in range(len(bs))]
     return (np.concatenate([b.logits for b in bs]), np.concatenate([b.targets for b in bs]), inp)
 
@@ -94,8 +95,9 @@ def test_tables_round_trip(
     batch_rows=st.integers(1, 80),
     variant=st.sampled_from(["native", "big", "fortran", "npz", "npz_compressed"]),
     seed=st.integers(0, 2**32 - 1),
+    view_elements=st.sampled_from([1, 50, 1 << 22]),
 )
-def test_arrays_round_trip(n, inner, class_dim, batch_rows, variant, seed):
+def test_arrays_round_trip(n, inner, class_dim, batch_rows, variant, seed, view_elements):
     shape = (n, *inner)
     rng = np.random.default_rng(seed)
     x = rng.normal(size=shape).astype(np.float32)
@@ -106,6 +108,7 @@ def test_arrays_round_trip(n, inner, class_dim, batch_rows, variant, seed):
         if variant.startswith("npz"):
             save = np.savez_compressed if variant == "npz_compressed" else np.savez
             save(os.path.join(d, "a.npz"), logits=x, targets=y)
+            xs = x
             spec = InputSpec(os.path.join(d, "a.npz"), class_dim=cd, batch_rows=batch_rows)
         else:
             xs = {"native": x, "big": x.astype(">f4"), "fortran": np.asfortranarray(x)}[variant]
@@ -117,7 +120,15 @@ def test_arrays_round_trip(n, inner, class_dim, batch_rows, variant, seed):
                 class_dim=cd,
                 batch_rows=batch_rows,
             )
-        L, T, inp = read_all(spec)
+        default, _inputs.VIEW_BATCH_ELEMENTS = _inputs.VIEW_BATCH_ELEMENTS, view_elements
+        try:
+            L, T, inp = read_all(spec)
+        finally:
+            _inputs.VIEW_BATCH_ELEMENTS = default
+    views = (variant in ("native", "fortran") and xs.flags.c_contiguous
+             and (nd <= 2 or cd == 1))  # every batch a view of the files: no copies
+    enlarged = max(batch_rows, -(-view_elements // inp.elements_per_row))
+    assert inp.batch_rows == (enlarged if views else batch_rows)
     if nd == 1:
         ex, ey = x[:, None], y[:, None]
     else:

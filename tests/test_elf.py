@@ -60,6 +60,16 @@ def _with_section_flag(obj, name, flag):
     return bytes(out)
 
 
+def _with_section_type(obj, name, kind):
+    _, table = _elf.sections(obj)
+    shoff, = struct.unpack_from("<Q", obj, 0x28)
+    shentsize, = struct.unpack_from("<H", obj, 0x3A)
+    out = bytearray(obj)
+    i = next(i for i, s in enumerate(table) if s.name == name)
+    struct.pack_into("<I", out, shoff + i * shentsize + 4, kind)
+    return bytes(out)
+
+
 def _with_first_relocation(obj, kind):
     _, table = _elf.sections(obj)
     rela = next(s for s in table if s.type == _elf.SHT_RELA and s.name == b".rela.ltext")
@@ -77,6 +87,8 @@ def test_what_the_linker_does_not_link_is_refused_or_left_to_llvm(monkeypatch):
         "another machine": obj[:0x12] + struct.pack("<H", 183) + obj[0x14:],  # AArch64
         "writable data": _with_section_flag(obj, b".ltext", _elf.SHF_WRITE),
         "an unknown relocation": _with_first_relocation(obj, 10),  # R_X86_64_32
+        "REL relocations": _with_section_type(obj, b".rela.ltext", 9),
+        "zero-filled data": _with_section_type(obj, b".rodata.cst8", _elf.SHT_NOBITS),
     }
     for bad in not_linked.values():
         with pytest.raises(_elf.Unsupported):
@@ -85,9 +97,10 @@ def test_what_the_linker_does_not_link_is_refused_or_left_to_llvm(monkeypatch):
         _elf.link_x86_64(obj, symbol, {k: v for k, v in externals.items() if k != "memset"})
     with pytest.raises(_elf.Unsupported, match="no code"):
         _elf.link_x86_64(obj, "no_such_symbol", externals)
-    for truncated in (obj[:100], obj[: len(obj) // 2]):
+    shared_object = obj[:0x10] + struct.pack("<H", 3) + obj[0x12:]  # ET_DYN
+    for damaged in (obj[:100], obj[: len(obj) // 2], shared_object):
         with pytest.raises((ValueError, IndexError, struct.error)):
-            _elf.link_x86_64(truncated, symbol, externals)
+            _elf.link_x86_64(damaged, symbol, externals)
 
     # An object the linker refuses is loaded by LLVM, and runs the same bits.
     def refuse(*args):

@@ -88,6 +88,10 @@ class ArrayFeed:
     def locate(self, row):
         return self.source_name, row
 
+    def views_only(self) -> bool:
+        """Whether every block is a view (nothing is read or copied per batch)."""
+        return all(v.views_only() for v in self.views.values())
+
     def __iter__(self):
         its = {k: v.blocks(self.batch_rows, self.order) for k, v in self.views.items()}
         if self.rows is not None:  # whole blocks: start is a multiple of batch_rows

@@ -265,6 +265,17 @@ class ArrayView:
             return f"{self.h.name}[:, {i}]"
         return f"{self.h.name}[class {i} on axis {self.cdim}]"
 
+    def views_only(self) -> bool:
+        """Whether :meth:`blocks` yields views of memory that is already there (a
+        memory-mapped or in-memory array whose dtype and layout need no copy)."""
+        h = self.h
+        if not isinstance(h, MemArray) or h.dtype.newbyteorder("=") != h.dtype:
+            return False
+        if h.dtype != self.dtype:
+            return False
+        c_order = h.arr.flags.c_contiguous
+        return self.cdim is None or c_order and (self.S is None or self.cdim == 1)
+
     def blocks(self, batch_rows, order):
         """Batches ``(n, C)`` or ``(n, C, S)``: views of the file's own memory where its
         dtype and layout allow (a C-ordered ``.npy`` is read without a copy; the
