@@ -34,7 +34,7 @@ from ._forms import common_signatures
 
 TIERS = ("auto", "numpy", "compiled")
 TIER_ENV = "BCE_TIER"
-# At most this many elements always take the NumPy tier.
+# Calls of at most this many elements, in a job of at most as many, take the NumPy tier.
 SMALL = 1 << 16
 # The cost model, measured on the 2-core development machine (see README,
 # "Performance"; ``benchmarks/as_avx2.py`` runs the same code with AVX2 only), in
@@ -181,9 +181,9 @@ def choose(n_elements: int, form, job_elements: int | None = None,
     launch = sys.modules.get("bce_cli._launch")
     if launch is not None and launch.is_ready(form):
         return "compiled"
-    if n_elements <= SMALL:
-        return "numpy"
     work = max(n_elements, job_elements or 0)
+    if work <= SMALL:  # (a job of small batches is a large job: 1-D Parquet's 65536 rows)
+        return "numpy"
     # The machine's cores, not --threads: the tier (and so the last bits of a result)
     # must not depend on the number of threads asked for.
     numpy_rate, compiled_rate = rates()

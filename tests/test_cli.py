@@ -620,6 +620,19 @@ def test_the_command_ends_with_its_whole_report_flushed(tmp_path, gate, status):
     assert report["loss"] == pytest.approx(per.mean(), rel=1e-12)
 
 
+def test_a_profiled_run_still_writes_its_profile(npy_pair, tmp_path):
+    """``python -m cProfile -m bce_cli``: a watched process keeps Python's exit, so the
+    profiler writes what it saw."""
+    out = tmp_path / "bce.prof"
+    res = subprocess.run([sys.executable, "-m", "cProfile", "-o", out, "-m", "bce_cli", "eval",
+                          *npy_pair, "--format", "json"], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    import pstats
+
+    assert pstats.Stats(str(out)).total_calls > 0
+
+
 @pytest.mark.parametrize("command", [["eval", "x.npy", "y.npy"],
                                      ["suggest-pos-weight", "y.npy"]])
 def test_a_closed_stdout_is_an_input_error(npy_pair, command):
