@@ -50,23 +50,15 @@ def test_linked_code_runs_the_same_bits_as_numbas_and_llvms(form, sig, monkeypat
     assert _compute(form, sig, by_llvm, monkeypatch) == expected
 
 
-def _with_section_flag(obj, name, flag):
+def _with_section_field(obj, name, field, value):
+    """``obj`` with section ``name``'s header field ``field`` ("type" or "flags") set."""
     _, table = _elf.sections(obj)
     shoff, = struct.unpack_from("<Q", obj, 0x28)
     shentsize, = struct.unpack_from("<H", obj, 0x3A)
     out = bytearray(obj)
     i = next(i for i, s in enumerate(table) if s.name == name)
-    struct.pack_into("<Q", out, shoff + i * shentsize + 8, table[i].flags | flag)
-    return bytes(out)
-
-
-def _with_section_type(obj, name, kind):
-    _, table = _elf.sections(obj)
-    shoff, = struct.unpack_from("<Q", obj, 0x28)
-    shentsize, = struct.unpack_from("<H", obj, 0x3A)
-    out = bytearray(obj)
-    i = next(i for i, s in enumerate(table) if s.name == name)
-    struct.pack_into("<I", out, shoff + i * shentsize + 4, kind)
+    fmt, at = {"type": ("<I", 4), "flags": ("<Q", 8)}[field]
+    struct.pack_into(fmt, out, shoff + i * shentsize + at, value)
     return bytes(out)
 
 
@@ -85,10 +77,11 @@ def test_what_the_linker_does_not_link_is_refused_or_left_to_llvm(monkeypatch):
     externals = _native._externals()
     not_linked = {
         "another machine": obj[:0x12] + struct.pack("<H", 183) + obj[0x14:],  # AArch64
-        "writable data": _with_section_flag(obj, b".ltext", _elf.SHF_WRITE),
+        "writable data": _with_section_field(obj, b".ltext", "flags",
+                                             _elf.SHF_ALLOC | _elf.SHF_EXECINSTR | _elf.SHF_WRITE),
         "an unknown relocation": _with_first_relocation(obj, 10),  # R_X86_64_32
-        "REL relocations": _with_section_type(obj, b".rela.ltext", 9),
-        "zero-filled data": _with_section_type(obj, b".rodata.cst8", _elf.SHT_NOBITS),
+        "REL relocations": _with_section_field(obj, b".rela.ltext", "type", _elf.SHT_REL),
+        "zero-filled data": _with_section_field(obj, b".rodata.cst8", "type", _elf.SHT_NOBITS),
     }
     for bad in not_linked.values():
         with pytest.raises(_elf.Unsupported):
