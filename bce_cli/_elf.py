@@ -14,6 +14,7 @@ architecture, writable or thread-local data, another relocation) raises
 from __future__ import annotations
 
 import ctypes
+import functools
 import struct
 from typing import NamedTuple
 
@@ -31,6 +32,11 @@ UNWIND_SECTIONS = (b".eh_frame",)  # nothing unwinds through an entry point: not
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 MAP_PRIVATE, MAP_ANONYMOUS = 0x02, 0x20
 PAGE = 4096
+
+
+# What reading a damaged object raises (a size of 0, an offset past the end...).
+NOT_WHOLE = (ValueError, IndexError, ZeroDivisionError, OverflowError, struct.error,
+             UnicodeDecodeError)
 
 
 class Unsupported(Exception):
@@ -95,9 +101,7 @@ def undefined_symbols(obj: bytes) -> set[str]:
     return {s.name for s in symbols(obj, table) if s.shndx == SHN_UNDEF and s.name}
 
 
-_mappings: list[tuple[int, int]] = []  # (address, size) of each object linked: kept for good
-
-
+@functools.cache
 def _libc():
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
@@ -195,5 +199,4 @@ def link_x86_64(obj: bytes, symbol: str, externals: dict[str, int]) -> int:
     except BaseException:
         libc.munmap(base, size)
         raise
-    _mappings.append((base, size))
     return base + place[entry.shndx] + entry.value

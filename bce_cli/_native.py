@@ -28,7 +28,6 @@ import functools
 import hashlib
 import os
 import platform
-import struct
 import sys
 import threading
 
@@ -133,12 +132,9 @@ def loadable(obj: bytes) -> bool:
     """Whether every undefined symbol of ELF object ``obj`` is one this module binds."""
     try:
         missing = _elf.undefined_symbols(obj)
-    except (ValueError, IndexError, ZeroDivisionError, struct.error, UnicodeDecodeError):
+    except _elf.NOT_WHOLE:
         return False
     return missing <= set(LIBC_SYMBOLS) | set(NEVER_CALLED)
-
-
-undefined_symbols = _elf.undefined_symbols
 
 
 @functools.cache
@@ -212,8 +208,7 @@ def _load_object(obj: bytes, symbol: str) -> int | None:
             address = _elf.link_x86_64(obj, symbol, _externals())
         except _elf.Unsupported:
             pass  # LLVM's loader may link it
-        except (ValueError, IndexError, ZeroDivisionError, OverflowError, struct.error,
-                UnicodeDecodeError):
+        except _elf.NOT_WHOLE:
             return None
         else:
             _linked.append(symbol)

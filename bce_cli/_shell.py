@@ -58,15 +58,22 @@ def report_on_stdout():
     is dropped quietly and the exit status stays the gates' (0 or 1), as a report
     nobody reads changes nothing; stdout is pointed at /dev/null so that Python's
     final flush does not complain."""
-    import os
     import sys
 
     try:
         yield
     except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        to_devnull(sys.stdout)
+
+
+def to_devnull(stream) -> None:
+    """Point ``stream``'s file descriptor at /dev/null (its reader went away): what is
+    left to write is dropped without a complaint."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())
+    os.close(devnull)
 
 
 def fail(message: str, code: int) -> typer.Exit:

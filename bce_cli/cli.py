@@ -25,6 +25,7 @@ from ._shell import (
     guard,
     out_console,
     report_on_stdout,
+    to_devnull,
     usage_error,
     warn,
 )
@@ -474,9 +475,7 @@ def command() -> None:
         try:
             stream.flush()
         except BrokenPipeError:  # its reader went away: what is left is dropped
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, stream.fileno())
-            os.close(devnull)
+            to_devnull(stream)
         except (OSError, ValueError, AttributeError):  # closed (or none): Python's exit
             sys.exit(code)
     os._exit(code or EXIT_OK)

@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from bce_cli import _cache_dirs, _jit, _native, _tiers
+from bce_cli import _cache_dirs, _elf, _jit, _native, _tiers
 from bce_cli._forms import Form, planes_geometry, rows_geometry
 
 
@@ -403,13 +403,13 @@ def test_an_object_that_needs_numbas_runtime_is_never_saved():
 
     allocates.compile((numba.int64,))
     obj = allocates.overloads[(numba.int64,)].library._get_compiled_object()
-    assert "NRT_MemInfo_alloc_aligned" in _native.undefined_symbols(obj)
+    assert "NRT_MemInfo_alloc_aligned" in _elf.undefined_symbols(obj)
     assert not _native.loadable(obj)
     assert _native.save("test_allocates", "allocates", obj) is None
     symbol, address, entry_obj = kernels.compile_native(Form("rows", 2, 64),
                                                         "float64-uint8-float64-float64")
     assert address and entry_obj is not None and _native.loadable(entry_obj)
-    assert _native.undefined_symbols(entry_obj) <= {"memset", "memcpy", "memmove",
+    assert _elf.undefined_symbols(entry_obj) <= {"memset", "memcpy", "memmove",
                                                      "NRT_MemInfo_call_dtor"}
     for bad in (b"", b"\x7fELF", b"not an object at all", entry_obj[:200]):
         assert not _native.loadable(bad)

@@ -29,6 +29,9 @@ class Feed(Protocol):
     def __iter__(self) -> Iterator[dict]:
         """Batches as ``{role: ndarray}``, each call reading again."""
 
+    def views_only(self) -> bool:
+        """Whether every batch is a view of memory already there (no copy per batch)."""
+
 
 class Role:
     """Where one role's values come from, for names and messages."""
@@ -120,6 +123,10 @@ class TableFeed:
         self.order = order
         self.segments = []  # (global_row, file, row_in_file) where a file starts
         self.columns = list(dict.fromkeys(c for sel in roles.values() for c in sel.columns))
+
+    def views_only(self) -> bool:
+        """Never: a table's batches are decoded and converted (see ArrayFeed)."""
+        return False
 
     def _note(self, global_row, file, row0):
         if not self.segments or self.segments[-1][1] != file:

@@ -269,9 +269,7 @@ class ArrayView:
         """Whether :meth:`blocks` yields views of memory that is already there (a
         memory-mapped or in-memory array whose dtype and layout need no copy)."""
         h = self.h
-        if not isinstance(h, MemArray) or h.dtype.newbyteorder("=") != h.dtype:
-            return False
-        if h.dtype != self.dtype:
+        if not isinstance(h, MemArray) or h.dtype != self.dtype:  # (byte order included)
             return False
         c_order = h.arr.flags.c_contiguous
         return self.cdim is None or c_order and (self.S is None or self.cdim == 1)
