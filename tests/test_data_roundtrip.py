@@ -15,6 +15,32 @@ import pytest
 from bce_cli.data import InputSpec, open_inputs
 
 
+@pytest.fixture(autouse=True)
+def pooled(monkeypatch):
+    """Every batch array made from Arrow data in this module comes from Arrow's memory
+    pool, as the large ones of real inputs do (the rest of the suite's small ones come
+    from np.empty)."""
+    from bce_cli.data import _convert
+
+    monkeypatch.setattr(_convert, "POOLED_BYTES", 0)
+
+
+def test_pooled_arrays_are_plain_writable_arrays():
+    from bce_cli.data._convert import empty
+
+    before = pa.total_allocated_bytes()
+    for shape, dtype, order in [((5000, 3), np.float32, "F"), ((5000, 3), np.float64, "C"),
+                                ((7,), bool, "C"), ((0, 4), np.float32, "F")]:
+        a = empty(shape, dtype, order)
+        assert a.shape == shape and a.dtype == dtype and a.flags.writeable
+        assert a.flags.f_contiguous if order == "F" else a.flags.c_contiguous
+        assert pa.total_allocated_bytes() - before >= a.nbytes  # the pool's memory
+        a[...] = 1
+        assert a.sum() == a.size
+        del a
+        assert pa.total_allocated_bytes() == before  # given back with the array
+
+
 # ----------------------------------------------------------------- helpers
 def ref_loss(x, y, w=None):
     """Slow float64 reference: mean of y*softplus(-x) + (1-y)*softplus(x), element by element."""

@@ -62,6 +62,25 @@ def np_dtype(t: pa.DataType) -> np.dtype:
 
 
 # ------------------------------------------------------------------------ conversion
+# A batch's arrays hold a few MB each and live for one batch.  glibc's malloc gives
+# each a fresh mapping (always under Dask's workers, which set MALLOC_TRIM_THRESHOLD_)
+# whose every page faults on its first write, then unmaps it; Arrow's memory pool
+# keeps the freed memory for the next batch.  Measured on 1e8 float32 elements in
+# 65536-row batches: 0.45 s of system time under MALLOC_TRIM_THRESHOLD_=65536.
+POOLED_BYTES = 1 << 20
+
+
+def empty(shape, dtype, order: str = "C") -> np.ndarray:
+    """``np.empty``; from Arrow's memory pool from POOLED_BYTES up."""
+    dtype = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    count = int(np.prod(shape, dtype=np.int64))
+    if count * dtype.itemsize < POOLED_BYTES:
+        return np.empty(shape, dtype=dtype, order=order)
+    flat = np.frombuffer(pa.allocate_buffer(count * dtype.itemsize), dtype=dtype, count=count)
+    return flat.reshape(shape, order=order)
+
+
 def _bits(buf, offset: int, n: int) -> np.ndarray:
     """``n`` bits of an Arrow bitmap from bit ``offset``, as bool."""
     if n == 0 or buf is None:
@@ -214,7 +233,7 @@ def fill_role(pieces, n, sel: Selection, policy, order):
                                 type=pieces[0][0].schema.field(sel.columns[0]).type)
     dtype = np.dtype(np.float64) if _needs_float(pieces, sel, policy) else sel.dtype
     if sel.kind == "row":
-        out = np.empty(n, dtype=dtype)
+        out = empty(n, dtype)
         col = sel.columns[0]
         pos = 0
         for rb, file, row0 in pieces:
@@ -225,7 +244,7 @@ def fill_role(pieces, n, sel: Selection, policy, order):
             pos += m
         return out
     if sel.kind == "wide":
-        out = np.empty((n, len(sel.columns)), dtype=dtype, order=order)
+        out = empty((n, len(sel.columns)), dtype, order)
         for j, col in enumerate(sel.columns):
             pos = 0
             for rb, file, row0 in pieces:
@@ -236,7 +255,7 @@ def fill_role(pieces, n, sel: Selection, policy, order):
                 pos += m
         return out
     # list
-    out = np.empty((n, sel.k), dtype=dtype, order=order)
+    out = empty((n, sel.k), dtype, order)
     pos = 0
     for rb, file, row0 in pieces:
         m = rb.num_rows
