@@ -13,6 +13,8 @@ one run on the same files:
 * the five-line PyTorch and NumPy scripts a user would write instead;
 * the bare cost: importing numpy, pyarrow, typer and rich and reading the inputs
   (``np.load`` / ``pq.read_table``) in a fresh process;
+* per-element losses written to Parquet (``--reduction none --output``) against
+  the PyTorch script that writes them with ``pq.write_table``;
 * fixed costs from 1e3 to ``--max-elements`` elements: ``bce eval`` (empty cache,
   after warmup) / bare;
 * ``bce warmup``: compile time of every kernel form.
@@ -55,6 +57,15 @@ x = torch.from_numpy(np.column_stack([c.to_numpy() for c in tx.columns]))
 y = torch.from_numpy(np.column_stack([c.to_numpy(zero_copy_only=False)
                                       for c in ty.columns]).astype(np.float32))
 print(F.binary_cross_entropy_with_logits(x, y, reduction="none").mean(0).mean().item())
+"""
+TORCH_PQ_NONE = """
+import sys, numpy as np, torch, torch.nn.functional as F, pyarrow as pa, pyarrow.parquet as pq
+tx = pq.read_table(sys.argv[1]); ty = pq.read_table(sys.argv[2])
+x = torch.from_numpy(np.column_stack([c.to_numpy() for c in tx.columns]))
+y = torch.from_numpy(np.column_stack([c.to_numpy(zero_copy_only=False)
+                                      for c in ty.columns]).astype(np.float32))
+loss = F.binary_cross_entropy_with_logits(x, y, reduction="none").numpy()
+pq.write_table(pa.table({n: loss[:, i] for i, n in enumerate(tx.column_names)}), sys.argv[3])
 """
 BARE_NPY = ("import sys, numpy, pyarrow, typer, rich; numpy.load(sys.argv[1]); "
             "numpy.load(sys.argv[2])")
@@ -146,6 +157,26 @@ def job_rows(title, inputs, repeat, tmp, scripts, bare, warmed):
         print(f"  {name:<40} {t:6.2f} s  {rss:7.0f} MB   {t / bare_t:5.2f}x bare")
     print(f"  first run / again: {cold[0] / again[0]:.2f}")
     return cold, again
+
+
+def per_element(inputs, repeat, tmp, warmed, have_torch):
+    """``--reduction none --output losses.parquet`` on the Parquet job, against the
+    PyTorch script that writes its losses with ``pq.write_table`` (pyarrow's defaults)."""
+    env = dict(os.environ)
+    env.pop("BCE_TIER", None)
+    out = os.path.join(tmp, "losses.parquet")
+    mb = lambda: os.path.getsize(out) / 1e6  # noqa: E731
+    label = "after warmup" if warmed else "empty cache"
+    bce_t = best([BCE, "eval", *inputs, "--reduction", "none", "--output", out], repeat,
+                 dict(env, NUMBA_CACHE_DIR=warmed) if warmed else env,
+                 fresh_cache=None if warmed else tmp)
+    line = (f"\nper-element losses to Parquet (--reduction none --output), same job: bce "
+            f"({label}) {bce_t[0]:.2f} s, {bce_t[1]:.0f} MB peak, file {mb():.0f} MB")
+    if have_torch:
+        torch_t = best([PY, "-c", TORCH_PQ_NONE, *inputs, out], repeat, env)
+        line += (f"; PyTorch script + pq.write_table {torch_t[0]:.2f} s, {torch_t[1]:.0f} MB "
+                 f"peak, file {mb():.0f} MB")
+    print(line, flush=True)
 
 
 def fixed_costs(d: Path, repeat, max_elements, warmed):
@@ -249,6 +280,7 @@ def main() -> None:
                            fresh_cache=None if env else tmp)
             print(f"  {label}: 1M-row groups {t:.2f} s, {rss:.0f} MB peak; --batch-rows 8192 "
                   f"(256k groups): {t8:.2f} s = {t8 / base:.2f}x the default, {rss8:.0f} MB")
+        per_element(pq_in, args.repeat, tmp, warmed, have_torch)
         fixed_costs(data, args.repeat, args.max_elements, warmed)
 
 
