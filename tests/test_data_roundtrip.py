@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +40,47 @@ def test_pooled_arrays_are_plain_writable_arrays():
         assert a.sum() == a.size
         del a
         assert pa.total_allocated_bytes() == before  # given back with the array
+
+
+@pytest.mark.parametrize("environ, fixed", [
+    ({}, False),
+    ({"PATH": "/bin", "MALLOC_ARENA_MAX": "2"}, False),
+    ({"MALLOC_TRIM_THRESHOLD_": "65536"}, True),  # Dask's workers
+    ({"MALLOC_MMAP_THRESHOLD_": "131072"}, True),
+    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, False),
+    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.trim_threshold=0"}, True),
+])
+def test_arrow_s_pool_where_glibc_s_thresholds_are_fixed(environ, fixed):
+    from bce_cli.data._convert import thresholds_fixed
+
+    assert thresholds_fixed(environ) is fixed
+
+
+def test_batches_of_dask_workers_come_from_arrow_s_pool(tmp_path):
+    """A process started with MALLOC_TRIM_THRESHOLD_ (as Dask's nannies start workers)
+    takes a large batch's arrays from Arrow's pool; one without, from np.empty."""
+    import subprocess
+    import sys
+
+    n = 400_000  # 1.6 MB arrays
+    pq.write_table(pa.table({"x": np.zeros(n, np.float32), "y": np.ones(n, np.float32)}),
+                   tmp_path / "d.parquet")
+    code = ("import sys, pyarrow as pa\n"
+            "from bce_cli.data import InputSpec, open_inputs\n"
+            f"spec = InputSpec(preds={str(tmp_path / 'd.parquet')!r}, logits='x', targets='y',"
+            f" batch_rows={n})\n"
+            "with open_inputs(spec) as inp:\n"
+            "    for b in inp.batches():\n"
+            "        owner = b.logits\n"
+            "        while getattr(owner, 'base', None) is not None:\n"
+            "            owner = owner.base\n"
+            "        print(b.logits.nbytes, isinstance(owner, pa.Buffer))\n")
+    for environ, pooled in (({}, False), ({"MALLOC_TRIM_THRESHOLD_": "65536"}, True)):
+        env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_TRIM_THRESHOLD_",)}
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**env, **environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                              check=True)
+        assert done.stdout.split() == [str(4 * n), str(pooled)], done.stdout
 
 
 # ----------------------------------------------------------------- helpers
