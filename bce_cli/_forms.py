@@ -37,8 +37,14 @@ PLANES_LOOPS = ("unit", "scalar", "ws", "ps", "wsps", "smooth")
 # Rows loops: unweighted sums, weighted sums, sums and losses, general options.
 ROWS_UNIT, ROWS_WEIGHTED, ROWS_WRITE, ROWS_GENERAL = range(4)
 ROWS_LOOPS = ("unit", "weighted", "write", "general")
-# The metrics' histogram pass (bce_cli._metric_kernels): one loop.
+# The metrics' histogram pass (bce_cli._metric_kernels): one loop, over blocks of
+# METRICS_BLOCK elements, its sums in METRICS_LANES interleaved copies; its entry
+# point's integer arguments (A, C, B, len(wf), len(edges), the state's width,
+# has_ignore, nan_mode).
 METRICS_LOOPS = ("hist",)
+METRICS_BLOCK = 512
+METRICS_LANES = 4
+N_METRIC_INTS = 8
 LOOPS = {"planes": PLANES_LOOPS, "rows": ROWS_LOOPS, "metrics": METRICS_LOOPS}
 # Rows kernel: lines of LINE_MIN..LINE_MAX elements (see line_length); tasks of at
 # least CHUNK elements and, for wide C, CHUNK_ROWS rows (partials, 5 floats per class
@@ -123,7 +129,16 @@ def common_signatures(form: Form) -> tuple[str, ...]:
     bool targets (as uint8) or targets of the logits' type, factors of the logits'
     type."""
     x = np.float32 if form.bits == 32 else np.float64
-    return tuple(signature(x, y, x, x) for y in (np.uint8, x))
+    factor = np.float64 if form.kernel == "metrics" else x  # the metrics' weights: float64
+    return tuple(signature(x, y, factor, factor) for y in (np.uint8, x))
+
+
+def metrics_scratch_sizes(n_cal: int, width: int) -> tuple[int, int]:
+    """Scratch of a run of classes of the metrics' pass (``n_cal`` calibration bins, a
+    state ``width`` wide): (float64 elements, int64 elements).  Also compiled into the
+    kernel, which cuts its buffers from them."""
+    return (6 * METRICS_BLOCK + METRICS_LANES * 4 * n_cal + METRICS_LANES + width,
+            3 * METRICS_BLOCK + METRICS_LANES * 2 * n_cal + 3)
 
 
 def scratch_sizes(form: Form, geom) -> tuple[int, int]:

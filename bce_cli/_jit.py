@@ -248,6 +248,24 @@ def form_kernel(name: str, *, parallel: bool, flags=ELEMENT_FLAGS, wrapper: bool
     return decorate
 
 
+def compile_entry(disp, signature):
+    """Compile a pointer entry point (``form_kernel(..., wrapper=False)``) for
+    ``signature``: ``(symbol, address, object code)``; the object is None when it
+    cannot be saved (numba's cache then keeps the form)."""
+    disp.compile(signature.args)
+    cres = disp.overloads[signature.args]
+    library = cres.library
+    symbol = cres.fndesc.llvm_func_name
+    address = library.get_pointer_to_function(symbol)
+    obj = None
+    if not library._dynamic_globals:
+        try:
+            obj = library._get_compiled_object()
+        except (RuntimeError, ValueError):  # loaded from numba's cache: consumed there
+            obj = None
+    return symbol, address, obj
+
+
 def warn_no_cache() -> None:
     """Say once per process that compiled kernels cannot be kept."""
     global _cache_warned

@@ -1,5 +1,6 @@
 """Running a compiled form: the form's pointer entry point (``bce_cli.kernels``) on
-runs of consecutive tasks on the thread pool, float64 partials per task; and
+runs of consecutive tasks on the thread pool, float64 partials per task; the
+metrics' entry point (``bce_cli._metric_kernels``) on runs of classes; and
 ``warmup``, which compiles (or loads) every form once.
 
 An entry point is loaded from its native object (``bce_cli._native``, no numba)
@@ -27,6 +28,9 @@ _I = ctypes.c_int64
 # nothing: a status (0: done), a return slot, an exception slot, then the arguments.
 _PROTOTYPE = ctypes.CFUNCTYPE(ctypes.c_int32, _P, _P, *([_P] * 14), _I, _I)
 
+# The metrics' entry point (``bce_cli._metric_kernels``): ten pointers, then classes c0, c1.
+_METRICS_PROTOTYPE = ctypes.CFUNCTYPE(ctypes.c_int32, _P, _P, *([_P] * 10), _I, _I)
+
 # Fewest tasks per run handed to a thread (see run).
 MIN_RUN = 4
 
@@ -51,7 +55,10 @@ def pointer_entry(form: Form, sig: str):
                             if a is not None), None)
             how = "loaded"
             if address is None:
-                from . import kernels  # numba
+                if form.kernel == "metrics":
+                    from . import _metric_kernels as kernels  # numba
+                else:
+                    from . import kernels  # numba
 
                 symbol, address, obj = kernels.compile_native(form, sig)
                 how = "compiled"
@@ -61,7 +68,8 @@ def pointer_entry(form: Form, sig: str):
 
                         warn_no_cache()
                     address = _native.load_object(obj, symbol) or address
-            _entries[key] = (_PROTOTYPE(address), how)
+            prototype = _METRICS_PROTOTYPE if form.kernel == "metrics" else _PROTOTYPE
+            _entries[key] = (prototype(address), how)
     return _entries[key][0]
 
 
@@ -79,11 +87,6 @@ def cache_dir(form: Form) -> str | None:
     """The directory ``form``'s compiled code is cached in (None: not cached)."""
     import os
 
-    if form.kernel == "metrics":
-        from ._metric_kernels import entry
-
-        cache = getattr(entry(form), "_cache", None)
-        return getattr(cache, "cache_path", None)
     sigs = common_signatures(form)
     if not _native.supported():
         from ._cache_dirs import cache_dirs, holds
@@ -186,6 +189,58 @@ def run(form: Form, geom, n_tasks: int, x, y, wvec, pvec, wf, pf, smooth, ignore
     return partials, n_bad
 
 
+def _call(fn, *args) -> None:
+    ret, exc = ctypes.c_int64(), ctypes.c_void_p()
+    status = fn(ctypes.byref(ret), ctypes.byref(exc), *args)
+    if status != 0:
+        raise RuntimeError(f"a compiled form failed (status {status})")
+
+
+def metrics_entry(x_dtype, y_dtype):
+    """The metrics' entry point for logits and targets of these dtypes (weights are
+    float64), loaded or compiled (``pointer_entry``)."""
+    from .metrics import metrics_form
+
+    return pointer_entry(metrics_form(x_dtype),
+                         signature(x_dtype, y_dtype, np.float64, np.float64))
+
+
+def run_metrics(x3, y3, w3, wvec, ignore, nan_mode, edges, out, *, workers=None) -> None:
+    """Add a batch's ``(A, C, B)`` arrays into ``out`` (a metrics state, C x width, float64
+    C-contiguous) with the metrics' entry point: runs of classes on the thread pool
+    (``bce_cli._tiers``), each with scratch of its own.  ``w3``: per-element weights
+    of x3's shape, or empty."""
+    from . import _tiers
+    from ._forms import metrics_scratch_sizes
+
+    if not out.flags.c_contiguous or out.dtype != np.float64:
+        raise ValueError(f"out must be C-contiguous float64, got {out.dtype}")
+    x3, y3 = np.ascontiguousarray(x3), np.ascontiguousarray(y3)
+    w3, wvec, edges = (np.ascontiguousarray(a, dtype=np.float64) for a in (w3, wvec, edges))
+    a_count, c_count, b_count = x3.shape
+    n_f, n_i = metrics_scratch_sizes(edges.size - 1, out.shape[1])
+    ints = np.array([a_count, c_count, b_count, w3.size, edges.size, out.shape[1],
+                     ignore is not None, int(nan_mode)], dtype=np.int64)
+    floats = np.array([0.0 if ignore is None else float(ignore)])
+    fn = metrics_entry(x3.dtype, y3.dtype)
+    fixed = [_ptr(a) for a in (x3, y3, w3, wvec, edges, out)]
+
+    def classes(c0: int) -> None:
+        # named, so that they live through the call (``fixed`` holds only addresses: the
+        # arrays it points into are this function's caller's locals, alive until it returns)
+        fscratch, iscratch = np.empty(n_f), np.empty(n_i, dtype=np.int64)
+        _call(fn, *fixed, _ptr(fscratch), _ptr(iscratch), _ptr(ints), _ptr(floats), c0,
+              min(c_count, c0 + step))
+
+    workers = workers or _tiers.threads()
+    if workers <= 1 or c_count == 1:
+        step = c_count
+        classes(0)
+        return
+    step = max(1, -(-c_count // (4 * workers)))
+    list(_tiers.pool().map(classes, range(0, c_count, step)))
+
+
 def warmup(report=lambda form, seconds: None) -> list[Form]:
     """Compile (or load) every form for the argument types ``bce_cli._dispatch`` passes:
     float32 and float64 logits with bool targets or targets of the logits' type,
@@ -199,9 +254,8 @@ def warmup(report=lambda form, seconds: None) -> list[Form]:
     for form in forms:
         start = time.perf_counter()
         if form.kernel == "metrics":
-            from ._metric_kernels import warmup_form
-
-            warmup_form(form)
+            for sig in common_signatures(form):
+                pointer_entry(form, sig)
             report(form, time.perf_counter() - start)
             continue
         dtype = np.float32 if form.bits == 32 else np.float64

@@ -31,15 +31,25 @@ last bits, through exp and the order of the sums).  One form per float width of
 the logits (``metrics_hist_f32`` / ``_f64``), each with a signature per target
 type (bool or the logits' float type); everything after the gather is float64,
 compiled once for all of them.
+
+Its entry point takes pointers, as the loss's forms do (``bce_cli.kernels``), and
+allocates nothing (its scratch comes from the caller): its machine code is saved as
+native objects and later processes run it without numba (``bce_cli._launch``:
+``run_metrics``).
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import carray, types
 
+from . import _native
 from ._fastmath import exp_neg
-from ._jit import form_kernel
+from ._forms import METRICS_BLOCK as BLOCK
+from ._forms import METRICS_LANES as LANES
+from ._forms import N_METRIC_INTS, metrics_scratch_sizes
+from ._jit import compile_entry, form_kernel
 from .stats import (
     COARSE,
     FINE,
@@ -51,24 +61,12 @@ from .stats import (
     RANK_BINS,
 )
 
-BLOCK = 512
-LANES = 4
 _FLAGS = frozenset()
-
-
-def _read_only(a: np.ndarray) -> np.ndarray:
-    """A read-only view: inputs always reach numba as read-only arrays, so that
-    writable and read-only data (memory-mapped ``.npy``, Arrow buffers) share
-    one compiled signature."""
-    if not a.flags.writeable:
-        return a
-    v = a.view()
-    v.flags.writeable = False
-    return v
 
 _inline = numba.njit(inline="always", error_model="numpy")
 _plain = numba.njit(error_model="numpy", nogil=True, no_cpython_wrapper=True,
                     no_cfunc_wrapper=True)
+_scratch_sizes = _inline(metrics_scratch_sizes)  # the launcher's own formula
 
 
 @_inline
@@ -229,34 +227,39 @@ def block_add(m, use_wf, wc, ignore, has_ignore, nan_mode, edges, xs, ys, ws, kb
     block_scatter(m, r[2] == 0, kb, jb, pb, wb, ys, ob, bt, hist, cal, tally, brier)
 
 
-def _hist_task(x, y, wf, wvec, ignore, has_ignore, nan_mode, edges, state, c0, c1):
-    """Classes ``c0 <= c < c1`` of ``(A, C, B)`` arrays: each class's elements, in row
-    order, gathered (and made float64) into blocks of BLOCK, whatever the layout (so
-    the sums do not depend on it either), summed into a row of its own, which is
+@_plain
+def _hist_classes(xf, yf, wflat, a_count, c_count, b_count, wvec, ignore, has_ignore,
+                  nan_mode, edges, state, c0, c1, fscratch, iscratch):
+    """Classes ``c0 <= c < c1`` of flat ``(A, C, B)`` arrays: each class's elements, in
+    row order, gathered (and made float64) into blocks of BLOCK, whatever the layout
+    (so the sums do not depend on it either), summed into a row of its own, which is
     then added into the class's row of ``state``: ``state + batch``, as a Dask
     task's batch state is added to the driver's, and in this task's thread, while
     the row is in cache (a separate pass over a (C, width) batch state cost more
-    than a tenth of the metrics' time)."""
-    a_count, c_count, b_count = x.shape
+    than a tenth of the metrics' time).  Every buffer is cut from the caller's
+    ``fscratch`` (float64) and ``iscratch`` (int64)
+    (``bce_cli._forms.metrics_scratch_sizes``): nothing is allocated."""
     n_cal = edges.size - 1
-    use_wf = wf.size > 0
-    xf = x.reshape(x.size)
-    yf = y.reshape(y.size)
-    wflat = wf.reshape(wf.size)
-    xs = np.empty(BLOCK, dtype=np.float64)
-    ys = np.empty(BLOCK, dtype=np.float64)
-    ws = np.empty(BLOCK, dtype=np.float64)
-    kb = np.empty(BLOCK, dtype=np.int64)
-    jb = np.empty(BLOCK, dtype=np.int64)
-    ob = np.empty(BLOCK, dtype=np.int64)
-    pb = np.empty(BLOCK, dtype=np.float64)
-    wb = np.empty(BLOCK, dtype=np.float64)
-    bt = np.empty(BLOCK, dtype=np.float64)
-    cal = np.empty(LANES * 4 * n_cal, dtype=np.float64)
-    tally = np.empty(LANES * 2 * n_cal, dtype=np.int64)
-    brier = np.empty(LANES, dtype=np.float64)
-    counts = np.empty(3, dtype=np.int64)
-    o = np.empty(state.shape[1], dtype=np.float64)
+    use_wf = wflat.size > 0
+    xs = fscratch[0:BLOCK]
+    ys = fscratch[BLOCK:2 * BLOCK]
+    ws = fscratch[2 * BLOCK:3 * BLOCK]
+    pb = fscratch[3 * BLOCK:4 * BLOCK]
+    wb = fscratch[4 * BLOCK:5 * BLOCK]
+    bt = fscratch[5 * BLOCK:6 * BLOCK]
+    at = 6 * BLOCK
+    cal = fscratch[at:at + LANES * 4 * n_cal]
+    at += LANES * 4 * n_cal
+    brier = fscratch[at:at + LANES]
+    at += LANES
+    o = fscratch[at:at + state.shape[1]]
+    kb = iscratch[0:BLOCK]
+    jb = iscratch[BLOCK:2 * BLOCK]
+    ob = iscratch[2 * BLOCK:3 * BLOCK]
+    at = 3 * BLOCK
+    tally = iscratch[at:at + LANES * 2 * n_cal]
+    at += LANES * 2 * n_cal
+    counts = iscratch[at:at + 3]
     for c in range(c0, c1):
         o[:] = 0.0
         hist = o[:2 * RANK_BINS]
@@ -312,64 +315,38 @@ def _hist_task(x, y, wf, wvec, ignore, has_ignore, nan_mode, edges, state, c0, c
             row[i] += o[i]
 
 
-_ENTRIES: dict = {}
+def _entry_for():
+    """The metrics' pointer entry point (a new function each time: ``form_kernel``
+    names it after its form): the batch's arrays and its scratch as pointers, its
+    integers (``N_METRIC_INTS``: A, C, B, len(wf), len(edges), the state's width,
+    has_ignore, nan_mode) and ``floats`` (the ignore value), classes ``c0..c1``."""
+
+    def hist_entry(xp, yp, wfp, wvp, edgesp, statep, fsp, isp, ip, fp, c0, c1):
+        ints = carray(ip, N_METRIC_INTS)
+        a_count, c_count, b_count = ints[0], ints[1], ints[2]
+        n = a_count * c_count * b_count
+        n_edges, width = ints[4], ints[5]
+        n_f, n_i = _scratch_sizes(n_edges - 1, width)
+        _hist_classes(carray(xp, n), carray(yp, n), carray(wfp, ints[3]), a_count, c_count,
+                      b_count, carray(wvp, c_count), fp[0], ints[6] != 0, ints[7],
+                      carray(edgesp, n_edges), carray(statep, (c_count, width)), c0, c1,
+                      carray(fsp, n_f), carray(isp, n_i))
+
+    return hist_entry
 
 
-def entry(form):
-    """The compiled entry point of a metrics form (built on first use)."""
-    fn = _ENTRIES.get(form)
-    if fn is None:
-        fn = _ENTRIES[form] = form_kernel(form.name, parallel=False, flags=_FLAGS)(_hist_task)
-    return fn
+def native_signature(sig: str):
+    """numba's signature of the entry point for a signature tag (the dtypes of x, y,
+    and the float64 weights, ``bce_cli._forms.signature``)."""
+    x, y = (types.CPointer(numba.from_dtype(np.dtype(t))) for t in sig.split("-")[:2])
+    f64 = types.CPointer(types.float64)
+    i64 = types.CPointer(types.int64)
+    return types.void(x, y, f64, f64, f64, f64, f64, i64, i64, f64, types.int64, types.int64)
 
 
-def is_compiled(form) -> bool:
-    fn = _ENTRIES.get(form)
-    return fn is not None and bool(fn.overloads)
-
-
-def any_compiled() -> bool:
-    return any(bool(fn.overloads) for fn in _ENTRIES.values())
-
-
-
-
-def run(x3, y3, w3, wvec, ignore, nan_mode, edges, out, *, workers=None) -> None:
-    """Add a batch's ``(A, C, B)`` arrays into ``out`` (a state, C x width): runs of
-    classes on the thread pool (``bce_cli._tiers``)."""
-    from . import _tiers
-    from .metrics import metrics_form
-
-    fn = entry(metrics_form(x3.dtype))
-    args = tuple(_read_only(np.asarray(a)) for a in (x3, y3, w3, wvec))
-    args += (0.0 if ignore is None else float(ignore), ignore is not None, int(nan_mode),
-             _read_only(edges), out)
-    n = x3.shape[1]
-    workers = workers or _tiers.threads()
-    if workers <= 1 or n == 1:
-        fn(*args, 0, n)
-        return
-    step = max(1, -(-n // (4 * workers)))
-    list(_tiers.pool().map(lambda c0: fn(*args, c0, min(n, c0 + step)), range(0, n, step)))
-
-
-def load(x3, y3, width, edges) -> None:
-    """Compile or load the form and signature that a batch like ``x3``, ``y3`` runs
-    (a call on one element), so that numba has started before the loss picks its
-    tier."""
-    out = np.zeros((1, width))
-    run(x3[:1, :1, :1], y3[:1, :1, :1], np.zeros((0, 0, 0)), np.ones(1), None, 0, edges, out,
-        workers=1)
-
-
-def warmup_form(form) -> None:
-    """Compile (or load) a form for the argument types ``bce_cli.metrics`` passes:
-    bool targets or targets of the logits' type, with or without per-element weights."""
-    from .metrics import Layout, calibration_edges
-
-    dtype = np.float32 if form.bits == 32 else np.float64
-    x = np.zeros((4, 2, 1), dtype=dtype)
-    for y in (np.zeros(x.shape, dtype=np.uint8), np.zeros(x.shape, dtype=dtype)):
-        for w in (np.zeros((0, 0, 0)), np.ones(x.shape)):
-            out = np.zeros((2, Layout(15).width))
-            run(x, y, w, np.ones(2), None, 0, calibration_edges(15), out, workers=1)
+def compile_native(form, sig: str):
+    """Compile the metrics' entry point for signature tag ``sig``: ``(symbol, address,
+    object code or None)``, as ``bce_cli.kernels.compile_native``."""
+    disp = form_kernel(f"{form.name}.{sig}", parallel=False, flags=_FLAGS, wrapper=False,
+                       cache=not _native.supported())(_entry_for())
+    return compile_entry(disp, native_signature(sig))

@@ -149,21 +149,17 @@ def numba_started() -> bool:
     """Whether numba has compiled or loaded a kernel in this process (the loss's or the
     metrics'): its start is then paid."""
     launch = sys.modules.get("bce_cli._launch")
-    metric_kernels = sys.modules.get("bce_cli._metric_kernels")
-    return bool((launch is not None and launch.any_compiled())
-                or (metric_kernels is not None and metric_kernels.any_compiled()))
+    return bool(launch is not None and launch.any_compiled())
 
 
 def native(form) -> bool:
     """Whether ``form`` is loaded from native objects here (``bce_cli._native``)."""
-    return form.kernel != "metrics" and _native.supported()
+    return _native.supported()
 
 
 def is_cached(form, sig: str | None = None) -> bool:
     """Whether the cache holds ``form`` for this CPU and the current sources: for the
     signature ``sig`` (``bce_cli._forms.signature``), or for one the common ones."""
-    if form.kernel == "metrics":
-        return is_cached_by_numba(form.name)
     sigs = (sig,) if sig else common_signatures(form)
     if native(form):
         return _native.is_cached(form.name, sigs)
@@ -190,16 +186,19 @@ def choose(n_elements: int, form, job_elements: int | None = None,
     saved = work / (numpy_rate * cores()) - work / (compiled_rate * cores())
     if saved <= min(NATIVE_LOAD_S, LOAD_S):  # pays for nothing: no need to look at the cache
         return "numpy"
+    return "compiled" if saved > fixed_cost(form, sig) else "numpy"
+
+
+def fixed_cost(form, sig: str | None = None) -> float:
+    """Seconds the compiled tier costs this process before ``form``'s first element:
+    loading it from the cache, or compiling it."""
     if is_cached(form, sig):
         if native(form):
             start = NATIVE_START_S if _native.links_itself() else LLVM_START_S
-            fixed = (0.0 if _native.started() else start) + NATIVE_LOAD_S
-        else:
-            fixed = (0.0 if numba_started() else NUMBA_START_S) + LOAD_S
-    else:
-        compile_s = COMPILE_GENERAL_S if form.general else COMPILE_S
-        fixed = (0.0 if numba_started() else NUMBA_START_S) + compile_s
-    return "compiled" if saved > fixed else "numpy"
+            return (0.0 if _native.started() else start) + NATIVE_LOAD_S
+        return (0.0 if numba_started() else NUMBA_START_S) + LOAD_S
+    compile_s = COMPILE_GENERAL_S if form.general else COMPILE_S
+    return (0.0 if numba_started() else NUMBA_START_S) + compile_s
 
 
 def _numpy_cpu():

@@ -55,7 +55,7 @@ from ._forms import (
     WSPS,
     Form,
 )
-from ._jit import ELEMENT_FLAGS, SUM_FLAGS, form_kernel, inline, inline_copy, scalar
+from ._jit import ELEMENT_FLAGS, SUM_FLAGS, compile_entry, form_kernel, inline, inline_copy, scalar
 from .stats import (
     CORRECT,
     COUNT,
@@ -556,19 +556,7 @@ def compile_native(form: Form, sig: str):
     task, flags = _task_for(form)
     disp = form_kernel(f"{form.name}.{sig}", parallel=False, flags=flags, wrapper=False,
                        cache=not _native.supported())(task)
-    signature = native_signature(sig)
-    disp.compile(signature.args)
-    cres = disp.overloads[signature.args]
-    library = cres.library
-    symbol = cres.fndesc.llvm_func_name
-    address = library.get_pointer_to_function(symbol)
-    obj = None
-    if not library._dynamic_globals:
-        try:
-            obj = library._get_compiled_object()
-        except (RuntimeError, ValueError):  # loaded from numba's cache: consumed there
-            obj = None
-    return symbol, address, obj
+    return compile_entry(disp, native_signature(sig))
 
 
 _PRANGE: dict = {}

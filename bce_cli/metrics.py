@@ -198,9 +198,9 @@ class MetricsAccumulator:
                                                         (self.n_classes,))))
         mode = NAN_POLICIES[nan_policy]
         if self._pick(x3, y3) == "compiled":
-            from ._metric_kernels import run
+            from ._launch import run_metrics
 
-            run(x3, y3, w3, wv, ignore, mode, self.edges, self.state)
+            run_metrics(x3, y3, w3, wv, ignore, mode, self.edges, self.state)
         else:
             _numpy_state(x3, y3, w3, wv, ignore, mode, self.edges, self.state, self.layout)
         return self
@@ -227,9 +227,9 @@ class MetricsAccumulator:
         if self.tier is None:
             self.tier = choose_tier(x3.size, metrics_form(x3.dtype), self.job_elements)
             if self.tier == "compiled" and x3.size:
-                from ._metric_kernels import load
+                from ._launch import metrics_entry
 
-                load(x3, y3, self.layout.width, self.edges)
+                metrics_entry(x3.dtype, y3.dtype)
         return self.tier
 
     def compute(self, metrics=METRICS) -> dict:
@@ -247,8 +247,9 @@ class MetricsAccumulator:
 
 
 # The NumPy tier's rate here (elements per second, 2 threads: several passes with
-# bincount per class), far below the kernel's: the compiled tier pays from about
-# 2e7 elements with the kernel cached, 5e7 without (bce_cli._tiers' fixed costs).
+# bincount per class), far below the kernel's: the compiled tier pays from SMALL
+# elements with the kernel cached as native objects (a millisecond to load), 4e7
+# without (numba's start and a compile: bce_cli._tiers' fixed costs).
 NUMPY_RATE = 20e6
 COMPILED_RATE = 300e6
 
@@ -258,20 +259,17 @@ def choose_tier(n_elements: int, form, job_elements: int | None = None) -> str:
     decides for the loss, with the metrics' own rates."""
     import sys
 
-    from ._cache_dirs import is_cached
-
     tier = _tiers.requested()
     if tier != "auto":
         return tier
-    kernels = sys.modules.get("bce_cli._metric_kernels")
-    if kernels is not None and kernels.is_compiled(form):
+    launch = sys.modules.get("bce_cli._launch")
+    if launch is not None and launch.is_ready(form):
         return "compiled"
     if n_elements <= _tiers.SMALL and not job_elements:
         return "numpy"
-    fixed = ((0.0 if _tiers.numba_started() else _tiers.NUMBA_START_S)
-             + (_tiers.LOAD_S if is_cached(form.name) else _tiers.COMPILE_S))
     work = max(n_elements, job_elements or 0)
-    return "compiled" if work / NUMPY_RATE - work / COMPILED_RATE > fixed else "numpy"
+    saved = work / NUMPY_RATE - work / COMPILED_RATE
+    return "compiled" if saved > _tiers.fixed_cost(form) else "numpy"
 
 
 def metrics_form(dtype):

@@ -117,6 +117,49 @@ def test_cache_is_written_then_used_read_only_without_numba(tmp_path):
         == before
 
 
+METRICS_CHILD = textwrap.dedent("""
+    import json, os, sys
+    import numpy as np
+    from bce_cli import _launch, _native, _tiers
+    only = os.path.join(os.environ["NUMBA_CACHE_DIR"], "bce_cli")
+    _native.cache_dirs = lambda: [only]
+    _tiers.set_tier("compiled")
+    from bce_cli.metrics import MetricsAccumulator, metrics_form
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((30_000, 4)) * 3).astype(np.float32)
+    y = rng.random((30_000, 4)) < 0.3
+    acc = MetricsAccumulator(4).update(x, y, wfull=rng.random((30_000, 4)))
+    acc.update(x, y.astype(np.float32), ignore=1.0, nan_policy="omit")
+    how = [_launch.how(metrics_form(x.dtype), f"float32-{t}-float64-float64")
+           for t in ("uint8", "float32")]
+    print(json.dumps({"state": acc.state.tobytes().hex(), "how": how,
+                      "numba": "numba" in sys.modules, "llvm": "llvmlite" in sys.modules}))
+""")
+
+
+@NATIVE
+def test_the_metrics_kernel_is_saved_then_loaded_without_numba(tmp_path):
+    """``--metrics``'s kernel has a pointer entry point like the loss's: compiled once and
+    saved as native objects, then loaded by a later process without numba, which
+    computes the same bits (weights, an ignore value, both target types)."""
+    import json
+
+    def child():
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+        out = subprocess.run([sys.executable, "-c", METRICS_CHILD], env=env, check=True,
+                             capture_output=True, text=True)
+        return json.loads(out.stdout)
+
+    first = child()
+    assert first["how"] == ["compiled", "compiled"] and first["numba"]
+    assert sorted(p.name for p in (tmp_path / "bce_cli").iterdir()) == sorted(
+        _native.file_name(f"metrics_hist_f32.float32-{t}-float64-float64")
+        for t in ("uint8", "float32"))
+    second = child()
+    assert second == {**first, "how": ["loaded", "loaded"], "numba": False,
+                      "llvm": platform.machine() != "x86_64"}
+
+
 @NATIVE
 def test_a_read_only_cache_without_the_form_still_computes(tmp_path):
     """Nothing can be saved: the form is compiled, computes, and the user is told once
@@ -262,7 +305,7 @@ def test_warmup_fills_the_cache_for_the_forms_it_names(tmp_path, monkeypatch):
 
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(_native, "cache_dirs", lambda: [str(tmp_path / "bce_cli")])
-    forms = [Form("planes", 3, 64), Form("rows", 1, 64)]  # ps, weighted
+    forms = [Form("planes", 3, 64), Form("rows", 1, 64), Form("metrics", 0, 64)]
     monkeypatch.setattr(_forms, "all_forms", lambda: forms)
     keys = [(f, sig) for f in forms for sig in _forms.common_signatures(f)]
     for key in keys:  # compiled afresh, so that they are saved in the new cache directory
@@ -271,7 +314,7 @@ def test_warmup_fills_the_cache_for_the_forms_it_names(tmp_path, monkeypatch):
     assert not any(f.exists() for f in files) and not any(_tiers.is_cached(f) for f in forms)
     result = CliRunner().invoke(app, ["warmup"])
     assert result.exit_code == 0, result.output
-    assert "2 kernel forms ready" in result.output and str(tmp_path) in result.output
+    assert "3 kernel forms ready" in result.output and str(tmp_path) in result.output
     assert all(f.exists() for f in files)
     assert all(_tiers.is_cached(f) for f in forms)
 
