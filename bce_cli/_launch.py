@@ -160,33 +160,42 @@ def run(form: Form, geom, n_tasks: int, x, y, wvec, pvec, wf, pf, smooth, ignore
         run_tasks(0, n_tasks)
         return partials, n_bad
     step = -(-n_tasks // n_runs)
-    starts = iter(range(0, n_tasks, step))
+    _share(range(0, n_tasks, step), lambda k0: run_tasks(k0, min(n_tasks, k0 + step)), pool,
+           min(workers, n_runs))
+    return partials, n_bad
+
+
+def _share(starts, work, pool, workers: int) -> None:
+    """``work(start)`` for each of ``starts``, taken in turn by this thread and
+    ``workers - 1`` of ``pool``'s.  Returns, or raises, only once no thread runs one any
+    more (an error, Ctrl-C): the arrays the compiled code reads and writes by address
+    stay alive until then."""
+    starts = iter(starts)
     taking = threading.Lock()
 
-    def take_runs() -> None:
+    def take() -> None:
         while True:
             with taking:
                 k0 = next(starts, None)
             if k0 is None:
                 return
-            run_tasks(k0, min(n_tasks, k0 + step))
+            work(k0)
 
     helpers: list = []
     try:
-        for _ in range(min(workers, n_runs) - 1):
-            helpers.append(pool.submit(take_runs))
-        take_runs()
+        for _ in range(workers - 1):
+            helpers.append(pool.submit(take))
+        take()
         for future in helpers:
             if not future.cancel():  # (one that never started has nothing left to take)
                 future.result()
-    finally:  # never return (an error, Ctrl-C) while a thread still writes into the arrays
+    finally:
         with taking:
-            for _ in starts:  # no thread starts another run
+            for _ in starts:  # no thread starts another
                 pass
         for future in helpers:
             future.cancel()
         concurrent.futures.wait(helpers)
-    return partials, n_bad
 
 
 def _call(fn, *args) -> None:
@@ -196,49 +205,58 @@ def _call(fn, *args) -> None:
         raise RuntimeError(f"a compiled form failed (status {status})")
 
 
+def metrics_signature(x_dtype, y_dtype) -> str:
+    """The metrics' signature tag for logits and targets of these dtypes (its weights
+    are float64)."""
+    return signature(x_dtype, y_dtype, np.float64, np.float64)
+
+
 def metrics_entry(x_dtype, y_dtype):
-    """The metrics' entry point for logits and targets of these dtypes (weights are
-    float64), loaded or compiled (``pointer_entry``)."""
+    """The metrics' entry point for logits and targets of these dtypes, loaded or
+    compiled (``pointer_entry``)."""
     from .metrics import metrics_form
 
-    return pointer_entry(metrics_form(x_dtype),
-                         signature(x_dtype, y_dtype, np.float64, np.float64))
+    return pointer_entry(metrics_form(x_dtype), metrics_signature(x_dtype, y_dtype))
 
 
 def run_metrics(x3, y3, w3, wvec, ignore, nan_mode, edges, out, *, workers=None) -> None:
-    """Add a batch's ``(A, C, B)`` arrays into ``out`` (a metrics state, C x width, float64
-    C-contiguous) with the metrics' entry point: runs of classes on the thread pool
-    (``bce_cli._tiers``), each with scratch of its own.  ``w3``: per-element weights
-    of x3's shape, or empty."""
+    """Add a batch's ``(A, C, B)`` arrays into ``out`` (a metrics state ``(C, width)``,
+    float64, C-contiguous) with the metrics' entry point: runs of classes on the
+    thread pool (``bce_cli._tiers``), each with scratch of its own.  ``w3``: per-element
+    weights of x3's shape, or empty.  Shapes are checked here: the compiled code
+    trusts them."""
     from . import _tiers
     from ._forms import metrics_scratch_sizes
+    from .metrics import Layout
 
-    if not out.flags.c_contiguous or out.dtype != np.float64:
-        raise ValueError(f"out must be C-contiguous float64, got {out.dtype}")
     x3, y3 = np.ascontiguousarray(x3), np.ascontiguousarray(y3)
     w3, wvec, edges = (np.ascontiguousarray(a, dtype=np.float64) for a in (w3, wvec, edges))
     a_count, c_count, b_count = x3.shape
-    n_f, n_i = metrics_scratch_sizes(edges.size - 1, out.shape[1])
-    ints = np.array([a_count, c_count, b_count, w3.size, edges.size, out.shape[1],
+    width = Layout(edges.size - 1).width
+    if (y3.shape != x3.shape or w3.size not in (0, x3.size) or wvec.shape != (c_count,)
+            or edges.ndim != 1 or edges.size < 2 or out.shape != (c_count, width)
+            or not out.flags.c_contiguous or out.dtype != np.float64):
+        raise ValueError(f"run_metrics: x {x3.shape}, y {y3.shape}, w {w3.shape}, wvec "
+                         f"{wvec.shape}, edges {edges.shape}, out {out.shape} {out.dtype}")
+    n_f, n_i = metrics_scratch_sizes(edges.size - 1, width)
+    ints = np.array([a_count, c_count, b_count, w3.size, edges.size, width,
                      ignore is not None, int(nan_mode)], dtype=np.int64)
     floats = np.array([0.0 if ignore is None else float(ignore)])
     fn = metrics_entry(x3.dtype, y3.dtype)
-    fixed = [_ptr(a) for a in (x3, y3, w3, wvec, edges, out)]
+    fixed = [_ptr(a) for a in (x3, y3, w3, wvec, edges, out)]  # this function's arrays
 
     def classes(c0: int) -> None:
-        # named, so that they live through the call (``fixed`` holds only addresses: the
-        # arrays it points into are this function's caller's locals, alive until it returns)
         fscratch, iscratch = np.empty(n_f), np.empty(n_i, dtype=np.int64)
         _call(fn, *fixed, _ptr(fscratch), _ptr(iscratch), _ptr(ints), _ptr(floats), c0,
               min(c_count, c0 + step))
 
     workers = workers or _tiers.threads()
-    if workers <= 1 or c_count == 1:
-        step = c_count
-        classes(0)
+    step = c_count if workers <= 1 else max(1, -(-c_count // (4 * workers)))
+    if step >= c_count:
+        if c_count:
+            classes(0)
         return
-    step = max(1, -(-c_count // (4 * workers)))
-    list(_tiers.pool().map(classes, range(0, c_count, step)))
+    _share(range(0, c_count, step), classes, _tiers.pool(), workers)
 
 
 def warmup(report=lambda form, seconds: None) -> list[Form]:

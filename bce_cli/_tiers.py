@@ -146,8 +146,8 @@ class JobTier:
 
 
 def numba_started() -> bool:
-    """Whether numba has compiled or loaded a kernel in this process (the loss's or the
-    metrics'): its start is then paid."""
+    """Whether numba has compiled a kernel in this process (the loss's or the metrics'):
+    its start is then paid."""
     launch = sys.modules.get("bce_cli._launch")
     return bool(launch is not None and launch.any_compiled())
 

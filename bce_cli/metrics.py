@@ -206,8 +206,9 @@ class MetricsAccumulator:
         return self
 
     def prepare(self, x, y) -> None:
-        """Choose the job's tier at its first batch and, if compiled, load the kernel:
-        before the loss's pass, so that the loss's tier sees numba started."""
+        """Choose the job's tier at its first batch and, if compiled, load the kernel
+        before the loss's pass (where it had to be compiled, the loss's tier then sees
+        numba started)."""
         if self.tier is None:
             self._pick(*self._arrays(x, y, None)[:2])
 
@@ -225,7 +226,10 @@ class MetricsAccumulator:
     def _pick(self, x3, y3) -> str:
         """The job's tier, chosen at its first batch; the kernel loaded then."""
         if self.tier is None:
-            self.tier = choose_tier(x3.size, metrics_form(x3.dtype), self.job_elements)
+            from ._launch import metrics_signature
+
+            self.tier = choose_tier(x3.size, metrics_form(x3.dtype), self.job_elements,
+                                    metrics_signature(x3.dtype, y3.dtype))
             if self.tier == "compiled" and x3.size:
                 from ._launch import metrics_entry
 
@@ -254,9 +258,11 @@ NUMPY_RATE = 20e6
 COMPILED_RATE = 300e6
 
 
-def choose_tier(n_elements: int, form, job_elements: int | None = None) -> str:
-    """"numpy" or "compiled" for the metrics of a job: as ``bce_cli._tiers.choose``
-    decides for the loss, with the metrics' own rates."""
+def choose_tier(n_elements: int, form, job_elements: int | None = None,
+                sig: str | None = None) -> str:
+    """"numpy" or "compiled" for the metrics of a job whose batches have signature
+    ``sig`` (``bce_cli._launch.metrics_signature``; None: the common ones): as
+    ``bce_cli._tiers.choose`` decides for the loss, with the metrics' own rates."""
     import sys
 
     tier = _tiers.requested()
@@ -269,7 +275,7 @@ def choose_tier(n_elements: int, form, job_elements: int | None = None) -> str:
         return "numpy"
     work = max(n_elements, job_elements or 0)
     saved = work / NUMPY_RATE - work / COMPILED_RATE
-    return "compiled" if saved > _tiers.fixed_cost(form) else "numpy"
+    return "compiled" if saved > _tiers.fixed_cost(form, sig) else "numpy"
 
 
 def metrics_form(dtype):

@@ -150,10 +150,10 @@ class ParquetLossWriter(LossWriter):
             # files 1.5x the raw size and writes 4x slower, and Snappy saves nothing on
             # them; a key column keeps both.
             key = [] if self.inp.key is None else [self.inp.key[0]]
+            # (a dict names the columns to compress; Arrow leaves the others uncompressed)
             self.writer = pq.ParquetWriter(
                 self.file.fh, table.schema, use_dictionary=key,
-                compression={name: "snappy" if name in key else "none"
-                             for name in table.column_names})
+                compression={key[0]: "snappy"} if key else "none")
         self.writer.write_table(table)
 
     def _finish(self):

@@ -49,6 +49,9 @@ def test_pooled_arrays_are_plain_writable_arrays():
     ({"MALLOC_MMAP_THRESHOLD_": "131072"}, True),
     ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, False),
     ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.trim_threshold=0"}, True),
+    ({"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0"}, True),
+    ({"GLIBC_TUNABLES": "glibc.malloc.top_pad=0"}, True),
+    ({"MALLOC_TOP_PAD_": "0"}, True),
 ])
 def test_arrow_s_pool_where_glibc_s_thresholds_are_fixed(environ, fixed):
     from bce_cli.data._convert import thresholds_fixed
@@ -76,7 +79,10 @@ def test_batches_of_dask_workers_come_from_arrow_s_pool(tmp_path):
             "            owner = owner.base\n"
             "        print(b.logits.nbytes, isinstance(owner, pa.Buffer))\n")
     for environ, pooled in (({}, False), ({"MALLOC_TRIM_THRESHOLD_": "65536"}, True)):
-        env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_TRIM_THRESHOLD_",)}
+        from bce_cli.data._convert import _FIXED_BY
+
+        env = {k: v for k, v in os.environ.items()
+               if k not in _FIXED_BY and k != "GLIBC_TUNABLES"}
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               env={**env, **environ, "PYTHONPATH": os.pathsep.join(sys.path)},
                               check=True)

@@ -534,3 +534,25 @@ def test_a_parquet_job_with_labels_of_another_layout(cli, tmp_path, digits):
                           "--metrics", "all")
     for a, b in zip(wide["classes"], arrays["classes"], strict=True):
         assert a["auroc"] == b["auroc"] and a["brier"] == pytest.approx(b["brier"], rel=1e-12)
+
+
+def test_the_compiled_pass_checks_the_shapes_it_is_given():
+    """The kernel trusts the shapes it reads by address: the launcher refuses any other."""
+    from bce_cli._launch import run_metrics
+    from bce_cli.metrics import Layout, calibration_edges
+
+    x = np.zeros((10, 3, 1), np.float32)
+    y = np.zeros((10, 3, 1), np.uint8)
+    edges = calibration_edges(15)
+    out = np.zeros((3, Layout(15).width))
+    run_metrics(x, y, np.zeros((0, 0, 0)), np.ones(3), None, 0, edges, out)  # fine
+    assert out.sum() > 0
+    bad = [(x, y[:5], np.zeros((0, 0, 0)), np.ones(3), edges, out),
+           (x, y, np.ones((10, 3, 2)), np.ones(3), edges, out),
+           (x, y, np.zeros((0, 0, 0)), np.ones(2), edges, out),
+           (x, y, np.zeros((0, 0, 0)), np.ones(3), edges, np.zeros((3, Layout(10).width))),
+           (x, y, np.zeros((0, 0, 0)), np.ones(3), edges, np.zeros((2, Layout(15).width))),
+           (x, y, np.zeros((0, 0, 0)), np.ones(3), edges, out.astype(np.float32))]
+    for xb, yb, wb, wv, eb, ob in bad:
+        with pytest.raises(ValueError, match="run_metrics"):
+            run_metrics(xb, yb, wb, wv, None, 0, eb, ob)

@@ -17,7 +17,6 @@ FORM = Form("planes", 0, 32)
 def fresh(monkeypatch):
     """As in a fresh process: neither numba nor the native loader has started."""
     monkeypatch.setitem(sys.modules, "bce_cli._launch", None)
-    monkeypatch.setitem(sys.modules, "bce_cli._metric_kernels", None)
     monkeypatch.setattr(_native, "started", lambda: False)
 
 
@@ -165,3 +164,36 @@ def test_a_job_keeps_the_tier_of_its_first_batch(monkeypatch):
     monkeypatch.setenv(_tiers.TIER_ENV, "numpy")  # later batches, or another process
     assert job.pick(10, FORM) == "compiled"
     assert _tiers.JobTier(10**12).pick(2 * 10**7, FORM) == "numpy"
+
+
+METRICS = Form("metrics", 0, 32)
+
+
+def test_the_metrics_take_their_kernel_as_the_loss_does(monkeypatch):
+    """``--metrics``: with its native objects cached the kernel costs a millisecond, so it
+    is taken from SMALL elements on; uncached it must repay numba's start and a compile
+    (about 4e7 elements at the metrics' rates); loaded here already, always."""
+    from bce_cli import metrics
+
+    fresh(monkeypatch)
+    monkeypatch.setattr(_native, "supported", lambda: True)
+    monkeypatch.setattr(_native, "links_itself", lambda: True)
+    cached = {"float32-uint8-float64-float64"}
+    monkeypatch.setattr(_native, "is_cached", lambda name, sigs: any(s in cached for s in sigs))
+    sig = "float32-uint8-float64-float64"
+    assert metrics.choose_tier(_tiers.SMALL, METRICS, sig=sig) == "numpy"
+    assert metrics.choose_tier(_tiers.SMALL + 1, METRICS, sig=sig) == "compiled"
+    assert metrics.choose_tier(1000, METRICS, job_elements=10**6, sig=sig) == "compiled"
+    other = "float32-float64-float64-float64"  # not a common signature: not cached
+    assert metrics.choose_tier(10**7, METRICS, sig=other) == "numpy"
+    assert metrics.choose_tier(10**8, METRICS, sig=other) == "compiled"
+    monkeypatch.setattr(_native, "is_cached", lambda name, sigs: False)
+    assert metrics.choose_tier(10**7, METRICS) == "numpy"
+
+
+def test_a_metrics_form_loaded_here_is_always_taken(monkeypatch):
+    from bce_cli import _launch, metrics
+
+    monkeypatch.setattr(_launch, "is_ready", lambda form: form == METRICS)
+    assert metrics.choose_tier(10, METRICS) == "compiled"
+    assert metrics.choose_tier(10, Form("metrics", 0, 64)) == "numpy"

@@ -74,7 +74,7 @@ def np_dtype(t: pa.DataType) -> np.dtype:
 _FIXED_BY = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_",
              "MALLOC_MMAP_MAX_")
 _TUNABLES = ("glibc.malloc.trim_threshold", "glibc.malloc.top_pad",
-             "glibc.malloc.mmap_threshold", "glibc.malloc.mmax")
+             "glibc.malloc.mmap_threshold", "glibc.malloc.mmap_max")
 
 
 def thresholds_fixed(environ) -> bool:
@@ -92,7 +92,7 @@ POOLED_BYTES = 1 << 20 if thresholds_fixed(os.environ) else None
 def empty(shape, dtype, order: str = "C") -> np.ndarray:
     """``np.empty``; from Arrow's memory pool from POOLED_BYTES up."""
     dtype = np.dtype(dtype)
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    shape = (int(shape),) if np.ndim(shape) == 0 else tuple(shape)
     count = int(np.prod(shape, dtype=np.int64))
     if POOLED_BYTES is None or count * dtype.itemsize < POOLED_BYTES:
         return np.empty(shape, dtype=dtype, order=order)
