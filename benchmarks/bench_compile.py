@@ -3,7 +3,8 @@
     python benchmarks/bench_compile.py [--repeat 2]
 
 For each case, a new process with an empty ``NUMBA_CACHE_DIR`` and the compiled tier
-forced runs ``class_stats`` twice on 1e5 elements: with bool targets (numba's start, the
+forced runs ``class_stats`` (for ``metrics``: ``MetricsAccumulator.update``) twice on 1e5
+elements: with bool targets (numba's start, the
 shared functions and the form's first argument type), then with targets of the logits'
 type (that form's second argument type: its compile alone).  The second column is the
 figure to hold against "no form takes more than 2 s"; best of ``--repeat`` processes.
@@ -32,7 +33,7 @@ from bce_cli.stats import OUT_NONE, OUT_ONLY
 _tiers.set_tier("compiled")
 bits, kind = int(sys.argv[1]), sys.argv[2]
 dt = np.float32 if bits == 32 else np.float64
-shape, axis = ((20000, 5), 1) if kind == "rows" else ((100000,), None)
+shape, axis = ((20000, 5), 1) if kind in ("rows", "metrics") else ((100000,), None)
 x = np.random.default_rng(0).standard_normal(shape).astype(dt)
 y = np.random.default_rng(1).random(shape) < 0.3
 opts = LossOptions(ignore=-1.0) if kind == "general" else LossOptions()
@@ -40,20 +41,27 @@ write = OUT_ONLY if kind == "direct" else OUT_NONE
 times = []
 for targets in (y, y.astype(dt)):
     start = time.perf_counter()
-    class_stats(x, targets, axis, opts, write=write, moments=kind != "direct")
+    if kind == "metrics":  # --metrics' pass: its own form
+        from bce_cli.metrics import MetricsAccumulator
+
+        MetricsAccumulator(5).update(x, targets)
+    else:
+        class_stats(x, targets, axis, opts, write=write, moments=kind != "direct")
     times.append(time.perf_counter() - start)
 from bce_cli import _launch
 print(" ".join(sorted({f.name for f, _ in _launch._entries})), *times)
 """
 
-CASES = [f"{bits}:{kind}" for bits in (32, 64) for kind in ("plain", "general", "direct", "rows")]
+CASES = [f"{bits}:{kind}" for bits in (32, 64)
+         for kind in ("plain", "general", "direct", "rows", "metrics")]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--cases", default=",".join(CASES),
-                        help="comma-separated BITS:KIND (kinds: plain, general, direct, rows)")
+                        help="comma-separated BITS:KIND (kinds: plain, general, direct, rows, "
+                             "metrics)")
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     print(f"{'form':<28} {'first type (+ numba start)':>27} {'second type alone':>18}")
