@@ -138,17 +138,14 @@ def run(form: Form, geom, n_tasks: int, x, y, wvec, pvec, wf, pf, smooth, ignore
                            0, n_tasks)
         return partials, n_bad
     fn = pointer_entry(form, signature(x.dtype, y.dtype, wf.dtype, pf.dtype))
-    arrays = (x, y, wvec, pvec, wf, pf, out, side, partials, n_bad)
-    fixed = [_ptr(a) for a in arrays]
+    # addresses of this function's arrays, alive until it returns (see _share)
+    fixed = [_ptr(a) for a in (x, y, wvec, pvec, wf, pf, out, side, partials, n_bad)]
 
     def run_tasks(k0: int, k1: int) -> None:
         scratch = np.empty(n_scratch)
         oscratch = np.empty(n_oscratch, dtype=out.dtype)
-        ret, exc = ctypes.c_int64(), ctypes.c_void_p()
-        status = fn(ctypes.byref(ret), ctypes.byref(exc), *fixed, _ptr(scratch), _ptr(oscratch),
-                    _ptr(ints), _ptr(floats), k0, k1)
-        if status != 0 or arrays is None:  # (the closure keeps the arrays alive)
-            raise RuntimeError(f"compiled form {form.name} failed (status {status})")
+        _call(fn, form, *fixed, _ptr(scratch), _ptr(oscratch), _ptr(ints), _ptr(floats), k0,
+              k1)
 
     # Runs of at least MIN_RUN tasks: a task takes tens of microseconds, about what
     # handing a run to a thread costs.  This thread and workers - 1 of the pool's take
@@ -198,11 +195,12 @@ def _share(starts, work, pool, workers: int) -> None:
         concurrent.futures.wait(helpers)
 
 
-def _call(fn, *args) -> None:
+def _call(fn, form: Form, *args) -> None:
+    """An entry point's call in numba's convention (a return and an exception slot first)."""
     ret, exc = ctypes.c_int64(), ctypes.c_void_p()
     status = fn(ctypes.byref(ret), ctypes.byref(exc), *args)
     if status != 0:
-        raise RuntimeError(f"a compiled form failed (status {status})")
+        raise RuntimeError(f"compiled form {form.name} failed (status {status})")
 
 
 def metrics_signature(x_dtype, y_dtype) -> str:
@@ -212,11 +210,12 @@ def metrics_signature(x_dtype, y_dtype) -> str:
 
 
 def metrics_entry(x_dtype, y_dtype):
-    """The metrics' entry point for logits and targets of these dtypes, loaded or
-    compiled (``pointer_entry``)."""
+    """The metrics' form and entry point for logits and targets of these dtypes, loaded
+    or compiled (``pointer_entry``)."""
     from .metrics import metrics_form
 
-    return pointer_entry(metrics_form(x_dtype), metrics_signature(x_dtype, y_dtype))
+    form = metrics_form(x_dtype)
+    return form, pointer_entry(form, metrics_signature(x_dtype, y_dtype))
 
 
 def run_metrics(x3, y3, w3, wvec, ignore, nan_mode, edges, out, *, workers=None) -> None:
@@ -242,12 +241,12 @@ def run_metrics(x3, y3, w3, wvec, ignore, nan_mode, edges, out, *, workers=None)
     ints = np.array([a_count, c_count, b_count, w3.size, edges.size, width,
                      ignore is not None, int(nan_mode)], dtype=np.int64)
     floats = np.array([0.0 if ignore is None else float(ignore)])
-    fn = metrics_entry(x3.dtype, y3.dtype)
+    form, fn = metrics_entry(x3.dtype, y3.dtype)
     fixed = [_ptr(a) for a in (x3, y3, w3, wvec, edges, out)]  # this function's arrays
 
     def classes(c0: int) -> None:
         fscratch, iscratch = np.empty(n_f), np.empty(n_i, dtype=np.int64)
-        _call(fn, *fixed, _ptr(fscratch), _ptr(iscratch), _ptr(ints), _ptr(floats), c0,
+        _call(fn, form, *fixed, _ptr(fscratch), _ptr(iscratch), _ptr(ints), _ptr(floats), c0,
               min(c_count, c0 + step))
 
     workers = workers or _tiers.threads()
