@@ -180,13 +180,17 @@ def _run(x, y, class_axis, opts: LossOptions, write, job, moments):
     tier = (job.pick(x.size, form, sig) if job is not None
             else _tiers.choose(x.size, form, sig=sig))
     kind, one_element_rows = _moments_kind(moments, write, along_b, c_count)
-    if tier == "numpy":
+    stats = None
+    if tier != "numpy":
+        stats, side = _compiled_stats(form, x, y, canon, kind, wvec, pvec, wf, pf, smooth,
+                                      ignore, mode, out)
+    if stats is None:
+        # The NumPy tier, or the compiled loops found an element they may not have
+        # computed right (a NaN, an infinite logit: kernels.fast_loss) or an invalid
+        # one: the NumPy tier's careful path decides, with the exact rules.
         stats, side = _vectorised.class_stats(x.reshape(canon), y.reshape(canon), wvec, pvec,
                                               wf, pf, smooth, ignore, mode, out,
                                               write != OUT_ONLY, kind, moments)
-    else:
-        stats, side = _compiled_stats(form, x, y, canon, kind, wvec, pvec, wf, pf, smooth,
-                                      ignore, mode, out)
     if stats is not None and moments and write != OUT_ONLY:
         _row_moments(stats, side, canon, one_element_rows)
     return stats, (None if out is None else out.reshape(shape))
@@ -292,7 +296,8 @@ def _row_moments(stats, side, canon, one_element_rows) -> None:
 def _compiled_stats(form, x, y, canon, moments, wvec, pvec, wf, pf, smooth, ignore, mode,
                     out):
     """Run a compiled kernel form over flat views: ``(stats, side)``, stats None when
-    an element is invalid (see :func:`_row_moments` for ``side``)."""
+    an element is invalid or a loss NaN (:func:`bce_cli.kernels.fast_loss`; see
+    :func:`_row_moments` for ``side``)."""
     from . import _launch  # numba: only when the compiled tier pays (bce_cli._tiers)
 
     a_count, c_count, b_count = canon

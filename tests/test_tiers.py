@@ -197,3 +197,45 @@ def test_a_metrics_form_loaded_here_is_always_taken(monkeypatch):
     monkeypatch.setattr(_launch, "is_ready", lambda form: form == METRICS)
     assert metrics.choose_tier(10, METRICS) == "compiled"
     assert metrics.choose_tier(10, Form("metrics", 0, 64)) == "numpy"
+
+
+@pytest.mark.parametrize("shape", [(4000,), (800, 5)])  # the planes and the rows kernel
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_kernels_hand_infinite_logits_to_the_numpy_tier(monkeypatch, rng, shape, reduction,
+                                                        weighted):
+    """The kernels' shorter formula (``kernels.fast_loss``) gives NaN where a zero
+    coefficient meets an infinite logit; such a call is redone by the NumPy tier's
+    careful path, which gives the limits, and a call without one is not."""
+    from bce_cli import _vectorised, bce_with_logits
+
+    from . import reference as ref
+
+    _tiers.set_tier("compiled")
+    calls = []
+    real = _vectorised.class_stats
+    monkeypatch.setattr(_vectorised, "class_stats",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = (rng.standard_normal(shape) * 5).astype(np.float32)
+    y = (rng.random(shape) < 0.5).astype(np.float32)
+    pw = np.linspace(0.5, 2.0, shape[-1]).astype(np.float32) if weighted else None
+
+    def check():
+        got = bce_with_logits(x, y, pos_weight=pw, reduction=reduction)
+        want = ref.bce(x, y, pos_weight=pw, reduction=reduction)
+        if reduction == "none":
+            np.testing.assert_allclose(got, np.asarray(want).astype(np.float32), rtol=1e-6)
+        else:
+            assert got == pytest.approx(float(want), rel=1e-9)
+
+    check()
+    assert calls == []
+    flat_x, flat_y = x.reshape(-1), y.reshape(-1)
+    flat_x[:4] = [np.inf, -np.inf, np.inf, -np.inf]
+    flat_y[:4] = [1.0, 0.0, 0.0, 1.0]  # limits 0, 0, inf, inf*p: only the first two are NaN
+    flat_x[-1], flat_y[-1] = np.inf, 0.0
+    if reduction == "none":
+        check()
+    else:
+        assert bce_with_logits(x, y, pos_weight=pw, reduction=reduction) == np.inf
+    assert calls == [1]
