@@ -517,3 +517,51 @@ def test_a_damaged_object_in_the_cache_is_compiled_again(monkeypatch, tmp_path):
         assert _launch.how(form, sig) == "compiled" and not n_bad.any(), what
         np.testing.assert_allclose(partials.sum(axis=0)[0, 0], expected, rtol=1e-13)
         assert _native.load(str(path)) is not None, what  # saved again, whole
+
+
+AVX2_CHILD = r"""
+import sys
+import numpy as np
+from bce_cli import _tiers, bce_with_logits, kernels
+assert not kernels._wide_vectors()  # per-class factors: the loop of their own
+_tiers.set_tier("compiled")
+x, y, pw = (np.load(f) for f in sys.argv[1:4])
+np.save(sys.argv[4], bce_with_logits(x, y, pos_weight=pw, reduction="none"))
+np.save(sys.argv[5], np.array([bce_with_logits(x, y, pos_weight=pw)]))
+"""
+
+
+def test_rows_kernel_with_avx2_code(tmp_path, rng):
+    """With AVX2's 16 vector registers the rows loops with per-class factors compute the
+    losses in a loop of their own (``kernels._wide_vectors``): the same bounds there, in
+    a process that compiles for this CPU without its AVX-512 features."""
+    from pathlib import Path
+
+    from .reference import elementwise
+    from .test_accuracy import logit_grid
+
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        from as_avx2 import avx2_env
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    x = logit_grid(np.float32)
+    x = x[np.abs(x) < np.finfo(np.float32).max / 4]  # finite, |x| + loss representable
+    x = x[: x.size - x.size % 5].reshape(-1, 5)
+    y = np.where(rng.random(x.shape) < 0.5, 0.0, 1.0).astype(np.float32)
+    y[::7] = rng.random(y[::7].shape)  # some soft targets
+    pw = np.array([0.5, 1.0, 2.0, 3.0, 4.0], np.float32)
+    files = [tmp_path / f"{name}.npy" for name in ("x", "y", "pw", "none", "mean")]
+    for f, a in zip(files[:3], (x, y, pw), strict=True):
+        np.save(f, a)
+    env = dict(avx2_env(dict(os.environ)), NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    subprocess.run([sys.executable, "-c", AVX2_CHILD, *map(str, files)], env=env, check=True,
+                   timeout=600)
+    got = np.load(files[3])
+    assert got.dtype == np.float32 and got.shape == x.shape
+    want = elementwise(x, y, pos_weight=pw)
+    scale = np.abs(x.astype(np.longdouble)) + want
+    spacing = np.spacing(scale.astype(np.float32)).astype(np.longdouble)
+    assert (np.abs(got - want) / spacing).max() <= 4
+    assert np.load(files[4])[0] == pytest.approx(float(want.mean()), rel=1e-10)
