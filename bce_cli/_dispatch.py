@@ -308,14 +308,14 @@ def _compiled_stats(form, x, y, canon, moments, wvec, pvec, wf, pf, smooth, igno
         geom, n_tasks = planes_geometry(a_count, c_count, b_count, moments)
         if moments == MOMENTS_ALONG_A:
             side = np.zeros(2 * a_count * c_count * geom[4])
+    workers = _tiers.kernel_threads()
     partials, n_bad = _launch.run(
         form, geom, n_tasks, x.reshape(-1), y.reshape(-1), wvec, pvec,
         _factor_for(wf, x.dtype), _factor_for(pf, x.dtype), smooth,
         0.0 if ignore is None else ignore, ignore is not None, mode,
         out.reshape(-1) if out is not None else np.zeros(0, dtype=x.dtype), out is not None,
         np.zeros(0) if side is None else side,
-        parallel=False, pool=_tiers.pool() if _tiers.threads() > 1 else None,
-        workers=_tiers.threads())
+        parallel=False, pool=_tiers.pool() if workers > 1 else None, workers=workers)
     if n_bad.any():
         return None, None
     return np.ascontiguousarray(partials.sum(axis=0)), side

@@ -249,7 +249,7 @@ def run_metrics(x3, y3, w3, wvec, ignore, nan_mode, edges, out, *, workers=None)
         _call(fn, form, *fixed, _ptr(fscratch), _ptr(iscratch), _ptr(ints), _ptr(floats), c0,
               min(c_count, c0 + step))
 
-    workers = workers or _tiers.threads()
+    workers = workers or _tiers.kernel_threads()
     step = c_count if workers <= 1 else max(1, -(-c_count // (4 * workers)))
     if step >= c_count:
         if c_count:

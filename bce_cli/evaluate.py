@@ -160,16 +160,17 @@ def evaluate(spec, opts: EvalOptions, *, warn: Callable[[str], None] = lambda ms
                                             groups=groups)
             else:
                 lo, hi = math.inf, -math.inf
-                for batch in read_ahead(inp.batches()):
-                    losses, lo, hi = add_batch(acc, batch, inp, opts.from_probs, lo, hi,
-                                               return_losses=writer is not None
-                                               or groups is not None)
-                    if groups is not None:
-                        groups.add(batch, losses)
-                    if writer is not None:
-                        writer.write(losses)
-                    if progress is not None:
-                        progress(batch.n_rows)
+                with _tiers.decoding_on_a_thread(inp.decodes):
+                    for batch in read_ahead(inp.batches()):
+                        losses, lo, hi = add_batch(acc, batch, inp, opts.from_probs, lo, hi,
+                                                   return_losses=writer is not None
+                                                   or groups is not None)
+                        if groups is not None:
+                            groups.add(batch, losses)
+                        if writer is not None:
+                            writer.write(losses)
+                        if progress is not None:
+                            progress(batch.n_rows)
             if not opts.from_probs and 0.0 <= lo and hi <= 1.0:
                 warn("the predictions all lie in [0, 1]: these look like probabilities, not "
                      "logits; pass --from-probs if they are")

@@ -155,7 +155,9 @@ def test_arrow_to_numpy_without_pyarrow_conversion_is_pyarrows(type_):
     valid = rng.random(1000) > 0.1
     whole = pa.array(values, type=type_)
     with_nulls = pa.array(values, type=type_, mask=~valid)
-    for arr in (whole, whole.slice(3, 517), whole.slice(1000), with_nulls.slice(5, 300)):
+    for arr in (whole, whole.slice(3, 517), whole.slice(1000), with_nulls.slice(5, 300),
+                whole.slice(8, 9), whole.slice(517, 483), whole.slice(999, 1),
+                with_nulls.slice(64, 100), with_nulls.slice(611, 389)):
         if arr.null_count and not pa.types.is_floating(type_):
             filled = arr.fill_null(pa.scalar(0).cast(type_)).to_numpy(zero_copy_only=False)
             want = np.where(arr.is_valid().to_numpy(zero_copy_only=False), filled,

@@ -239,3 +239,67 @@ def test_kernels_hand_infinite_logits_to_the_numpy_tier(monkeypatch, rng, shape,
     else:
         assert bce_with_logits(x, y, pos_weight=pw, reduction=reduction) == np.inf
     assert calls == [1]
+
+
+def test_kernels_leave_the_decoding_thread_a_core(monkeypatch):
+    """While a job's batches are decoded on a thread of their own, the compiled kernels
+    take one core fewer, unless the thread count was asked for."""
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    monkeypatch.setattr(_tiers, "cores", lambda: 4)
+    _tiers.set_threads(None)
+    assert _tiers.kernel_threads() == 4
+    with _tiers.decoding_on_a_thread(True):
+        assert _tiers.kernel_threads() == 3
+        with _tiers.decoding_on_a_thread(False):  # a .npy job's views: nothing decoded
+            assert _tiers.kernel_threads() == 4
+        assert _tiers.kernel_threads() == 3
+        monkeypatch.setenv("NUMBA_NUM_THREADS", "4")
+        assert _tiers.kernel_threads() == 4
+        monkeypatch.delenv("NUMBA_NUM_THREADS")
+        try:
+            _tiers.set_threads(2)  # --threads 2
+            assert _tiers.kernel_threads() == 2
+        finally:
+            _tiers.set_threads(None)
+        monkeypatch.setattr(_tiers, "cores", lambda: 1)
+        assert _tiers.kernel_threads() == 1
+    assert _tiers.kernel_threads() == 1
+
+
+def _pairs(tmp_path) -> None:
+    """x/y pairs of the same (10, 2) zeros as .npy and as Parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x = np.zeros((10, 2), np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", x)
+    pq.write_table(pa.table({"a": x[:, 0], "b": x[:, 1]}), tmp_path / "x.parquet")
+    pq.write_table(pa.table({"a": x[:, 0], "b": x[:, 1]}), tmp_path / "y.parquet")
+
+
+def test_which_inputs_are_decoded(tmp_path):
+    """Tables are decoded batch by batch; a memory-mapped .npy pair gives views."""
+    from bce_cli.data import InputSpec, open_inputs
+
+    _pairs(tmp_path)
+    for suffix, decodes in ((".npy", False), (".parquet", True)):
+        spec = InputSpec(preds=str(tmp_path / f"x{suffix}"), labels=str(tmp_path / f"y{suffix}"))
+        with open_inputs(spec) as inp:
+            assert inp.decodes is decodes
+
+
+def test_eval_leaves_a_core_to_decode_tables(monkeypatch, tmp_path, cli):
+    """``bce eval`` runs the kernels on one core fewer while it decodes a table's batches
+    ahead, and on every core over a .npy pair's views."""
+    _pairs(tmp_path)
+    seen = []
+    real = _tiers.kernel_threads
+    monkeypatch.setattr(_tiers, "kernel_threads", lambda: seen.append(_tiers._decoding) or real())
+    _tiers.set_tier("compiled")
+    for suffix, decodes in ((".npy", False), (".parquet", True)):
+        seen.clear()
+        res = cli("eval", tmp_path / f"x{suffix}", tmp_path / f"y{suffix}", "--format", "json")
+        assert res.exit_code == 0, res.output
+        assert seen and set(seen) == {decodes}
+    assert not _tiers._decoding

@@ -101,11 +101,16 @@ def empty(shape, dtype, order: str = "C") -> np.ndarray:
 
 
 def _bits(buf, offset: int, n: int) -> np.ndarray:
-    """``n`` bits of an Arrow bitmap from bit ``offset``, as bool."""
+    """``n`` bits of an Arrow bitmap from bit ``offset``, as bool: only the bytes that
+    hold them are unpacked (a slice of a large batch has a large offset: unpacking from
+    the buffer's start made the 32nd 8192-row slice of a 256Ki-row group unpack 32x
+    its own bits)."""
     if n == 0 or buf is None:
         return np.zeros(n, dtype=bool)
-    return np.unpackbits(np.frombuffer(buf, dtype=np.uint8), count=offset + n,
-                         bitorder="little")[offset:].view(bool)
+    first, skip = divmod(offset, 8)
+    return np.unpackbits(np.frombuffer(buf, dtype=np.uint8, offset=first,
+                                       count=-(-(skip + n) // 8)),
+                         count=skip + n, bitorder="little")[skip:].view(bool)
 
 
 def numpy_of(arr, *, nulls=None) -> np.ndarray:

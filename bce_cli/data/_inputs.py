@@ -62,6 +62,9 @@ class Inputs:
                 break
         self.elements_per_row = targets.C * (targets.S or 1)
         self.batch_rows = spec.batch_rows  # rows per batch
+        # Whether each batch is decoded and copied (tables), not a view (.npy): the
+        # read-ahead thread then keeps a core busy (bce_cli._tiers.kernel_threads).
+        self.decodes = not all(f.views_only() for f in feeds)
         if spec.rows is None and feeds and all(f.views_only() for f in feeds):
             # Every batch is a view of arrays already in memory (a memory-mapped .npy):
             # a batch then holds nothing, but costs a fixed time whatever its size (a
