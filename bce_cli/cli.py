@@ -174,9 +174,9 @@ def eval_command(
         "--min-auroc", help="Gate: fail if any class's AUROC is below this.")] = None,
     max_ece: Annotated[float | None, typer.Option(
         "--max-ece", help="Gate: fail if any class's ECE exceeds this.")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", min=1,
-                                                help="Compute threads (default: all cores).")
-                       ] = None,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", min=1, help="Compute threads (default: all cores; one fewer for the "
+                                 "kernels while tables are decoded ahead).")] = None,
     batch_rows: BatchRowsOpt = 65536,
     engine: EngineOpt = Engine.LOCAL,
     scheduler: SchedulerOpt = None,
