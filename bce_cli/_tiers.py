@@ -28,6 +28,7 @@ import contextlib
 import functools
 import os
 import sys
+import threading
 
 from . import _native
 from ._cache_dirs import is_cached as is_cached_by_numba
@@ -71,7 +72,7 @@ COMPILED_RATE_NARROW = 228e6
 own_process = False
 
 _threads: int | None = None
-_decoding = False  # a job's batches are decoded on a thread of their own
+_decoding = threading.local()  # .active: this thread's job decodes batches ahead
 _pool = None  # a concurrent.futures.ThreadPoolExecutor
 _pool_size = 0
 _forced: str | None = None  # tests: set_tier()
@@ -104,7 +105,9 @@ def kernel_threads() -> int:
     default batches 0.81-0.84 s against 0.79 s.  The NumPy tier, whose arithmetic
     sets the pace, keeps every thread (1.19-1.23 s against 1.23-1.25 s)."""
     n = threads()
-    if _decoding and n > 1 and _threads is None and not os.environ.get("NUMBA_NUM_THREADS"):
+    env = os.environ.get("NUMBA_NUM_THREADS", "")
+    asked = _threads is not None or (env.isdigit() and int(env) > 0)
+    if n > 1 and not asked and decoding():
         return n - 1
     return n
 
@@ -112,13 +115,18 @@ def kernel_threads() -> int:
 @contextlib.contextmanager
 def decoding_on_a_thread(active: bool = True):
     """While the batches of a job are decoded on a thread of their own (see
-    :func:`kernel_threads`)."""
-    global _decoding
-    before, _decoding = _decoding, bool(active)
+    :func:`kernel_threads`), for the kernels this thread launches."""
+    before = getattr(_decoding, "active", False)
+    _decoding.active = bool(active)
     try:
         yield
     finally:
-        _decoding = before
+        _decoding.active = before
+
+
+def decoding() -> bool:
+    """Whether this thread's job decodes its batches on a thread of their own."""
+    return getattr(_decoding, "active", False)
 
 
 @functools.cache

@@ -114,8 +114,9 @@ def fast_loss(x, y, w, p, t, unit):
     instead of ``(1 - y)*(x + t) + y*t``), and no cancellation: ``x*c`` and ``d*t``
     are never negative for targets in [0, 1].
 
-    It gives NaN where a zero coefficient meets an infinite logit (``x = +inf, y = 1``:
-    ``inf * 0``) instead of the limit, as well as for a NaN input: a task whose loss
+    It gives NaN where a zero coefficient or weight meets an infinite logit (``x = +inf,
+    y = 1``: ``inf * 0``) instead of the limit, as well as for a NaN input (whatever its
+    weight: ``0 * NaN``): a task whose loss
     sum is NaN counts as holding an invalid element, and the caller then takes the
     NumPy tier, whose careful path applies the exact rules (or finds the invalid
     element).
@@ -123,8 +124,9 @@ def fast_loss(x, y, w, p, t, unit):
     if unit:
         return x * ((1.0 - y) if x > 0.0 else -y) + t
     py = p * y
-    loss = w * (x * ((1.0 - y) if x > 0.0 else -py) + ((1.0 - y) + py) * t)
-    return loss if w != 0.0 else 0.0
+    # No zero-weight rule here: 0 * NaN stays NaN, so a NaN input under a weight of 0 is
+    # still caught (the careful path gives an infinite logit under a weight of 0 its 0)
+    return w * (x * ((1.0 - y) if x > 0.0 else -py) + ((1.0 - y) + py) * t)
 
 
 @inline()

@@ -30,9 +30,9 @@ def logit_grid(dtype):
 def losses(x, y, layout, pos_weight=1.0):
     """Per-element losses of 1-D ``x``, computed 1-D ("flat", the planes kernel) or
     as (n, 5) rows with a per-class pos_weight ("rows", the rows kernel).  Finite and
-    infinite logits in separate calls: an infinite logit sends the whole call to the
-    NumPy tier's careful path (see ``bce_cli.kernels.fast_loss``), and the kernels
-    must meet the bounds on every finite one."""
+    infinite logits in separate calls: an infinite logit whose coefficient is 0 sends the
+    whole call to the NumPy tier's careful path (see ``bce_cli.kernels.fast_loss``), and
+    the kernels must meet the bounds on every finite one."""
     finite = np.isfinite(x)
     if 0 < finite.sum() < finite.size:
         got = np.empty_like(x)

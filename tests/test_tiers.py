@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +242,32 @@ def test_kernels_hand_infinite_logits_to_the_numpy_tier(monkeypatch, rng, shape,
     assert calls == [1]
 
 
+@pytest.mark.parametrize("shape", [(4000,), (800, 5)])  # the planes and the rows kernel
+@pytest.mark.parametrize("where", ["logits", "targets"])
+@pytest.mark.parametrize("how", ["element", "class"])
+def test_a_nan_under_a_weight_of_0_is_still_an_error(rng, shape, where, how):
+    """A weight of 0 (padding masked out, say) does not hide a NaN input: the compiled
+    loops' loss is NaN there too, and the call is refused as on the NumPy tier."""
+    from bce_cli import bce_with_logits
+    from bce_cli.errors import InvalidValueError
+
+    _tiers.set_tier("compiled")
+    x = (rng.standard_normal(shape) * 5).astype(np.float32)
+    y = (rng.random(shape) < 0.5).astype(np.float32)
+    if how == "element":
+        w = np.ones(shape, np.float32)
+        w.reshape(-1)[7] = 0.0
+        index = 7
+    else:  # the last class's weight, or the only class's
+        w = np.ones(shape[-1], np.float32)
+        w[-1] = 0.0
+        index = shape[-1] - 1
+    (x if where == "logits" else y).reshape(-1)[index] = np.nan
+    for reduction in ("mean", "none"):
+        with pytest.raises(InvalidValueError):
+            bce_with_logits(x, y, weight=w, reduction=reduction)
+
+
 def test_kernels_leave_the_decoding_thread_a_core(monkeypatch):
     """While a job's batches are decoded on a thread of their own, the compiled kernels
     take one core fewer, unless the thread count was asked for."""
@@ -261,6 +288,14 @@ def test_kernels_leave_the_decoding_thread_a_core(monkeypatch):
             assert _tiers.kernel_threads() == 2
         finally:
             _tiers.set_threads(None)
+        monkeypatch.setenv("NUMBA_NUM_THREADS", "0")  # not a count: ignored, as threads() does
+        assert _tiers.kernel_threads() == 3
+        monkeypatch.delenv("NUMBA_NUM_THREADS")
+        other = []  # another thread's kernels (a library caller's): every core
+        worker = threading.Thread(target=lambda: other.append(_tiers.kernel_threads()))
+        worker.start()
+        worker.join()
+        assert other == [4]
         monkeypatch.setattr(_tiers, "cores", lambda: 1)
         assert _tiers.kernel_threads() == 1
     assert _tiers.kernel_threads() == 1
@@ -295,11 +330,11 @@ def test_eval_leaves_a_core_to_decode_tables(monkeypatch, tmp_path, cli):
     _pairs(tmp_path)
     seen = []
     real = _tiers.kernel_threads
-    monkeypatch.setattr(_tiers, "kernel_threads", lambda: seen.append(_tiers._decoding) or real())
+    monkeypatch.setattr(_tiers, "kernel_threads", lambda: seen.append(_tiers.decoding()) or real())
     _tiers.set_tier("compiled")
     for suffix, decodes in ((".npy", False), (".parquet", True)):
         seen.clear()
         res = cli("eval", tmp_path / f"x{suffix}", tmp_path / f"y{suffix}", "--format", "json")
         assert res.exit_code == 0, res.output
         assert seen and set(seen) == {decodes}
-    assert not _tiers._decoding
+    assert not _tiers.decoding()
