@@ -116,10 +116,9 @@ def fast_loss(x, y, w, p, t, unit):
 
     It gives NaN where a zero coefficient or weight meets an infinite logit (``x = +inf,
     y = 1``: ``inf * 0``) instead of the limit, as well as for a NaN input (whatever its
-    weight: ``0 * NaN``): a task whose loss
-    sum is NaN counts as holding an invalid element, and the caller then takes the
-    NumPy tier, whose careful path applies the exact rules (or finds the invalid
-    element).
+    weight: ``0 * NaN``): a task whose loss sum is NaN counts as holding an invalid
+    element, and the caller then takes the NumPy tier, whose careful path applies the
+    exact rules (or finds the invalid element).
     """
     if unit:
         return x * ((1.0 - y) if x > 0.0 else -y) + t

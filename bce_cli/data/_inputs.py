@@ -65,7 +65,7 @@ class Inputs:
         # Whether each batch is decoded and copied (tables), not a view (.npy): the
         # read-ahead thread then keeps a core busy (bce_cli._tiers.kernel_threads).
         self.decodes = not all(f.views_only() for f in feeds)
-        if spec.rows is None and feeds and all(f.views_only() for f in feeds):
+        if spec.rows is None and feeds and not self.decodes:
             # Every batch is a view of arrays already in memory (a memory-mapped .npy):
             # a batch then holds nothing, but costs a fixed time whatever its size (a
             # 1-D .npy pair of 3e7 elements in 65536-row batches: 0.44 s, in 4M-element
