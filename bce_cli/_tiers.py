@@ -88,11 +88,17 @@ def set_threads(n: int | None) -> None:
     _threads = n
 
 
-def threads() -> int:
+def _asked() -> int | None:
+    """The thread count asked for (``--threads``, else ``NUMBA_NUM_THREADS``), or None."""
     if _threads is not None:
         return _threads
     env = os.environ.get("NUMBA_NUM_THREADS", "")
-    return int(env) if env.isdigit() and int(env) > 0 else cores()
+    return int(env) if env.isdigit() and int(env) > 0 else None
+
+
+def threads() -> int:
+    n = _asked()
+    return cores() if n is None else n
 
 
 def kernel_threads() -> int:
@@ -104,19 +110,18 @@ def kernel_threads() -> int:
     took 1.07-1.14 s on 2 cores against 0.98-1.00 s with one kernel thread, in the
     default batches 0.81-0.84 s against 0.79 s.  The NumPy tier, whose arithmetic
     sets the pace, keeps every thread (1.19-1.23 s against 1.23-1.25 s)."""
-    n = threads()
-    env = os.environ.get("NUMBA_NUM_THREADS", "")
-    asked = _threads is not None or (env.isdigit() and int(env) > 0)
-    if n > 1 and not asked and decoding():
-        return n - 1
-    return n
+    n = _asked()
+    if n is not None:
+        return n
+    n = cores()
+    return n - 1 if n > 1 and decoding() else n
 
 
 @contextlib.contextmanager
 def decoding_on_a_thread(active: bool = True):
     """While the batches of a job are decoded on a thread of their own (see
     :func:`kernel_threads`), for the kernels this thread launches."""
-    before = getattr(_decoding, "active", False)
+    before = decoding()
     _decoding.active = bool(active)
     try:
         yield

@@ -535,7 +535,8 @@ def _rows_task_for(softplus_core, loop):
                         if write_loop:
                             dst[j] = loss
                         if moments:  # loop-invariant: LLVM unswitches the loop
-                            lrow[j] = loss
+                            if not split:  # (split: the losses are in lrow already)
+                                lrow[j] = loss
                             a_sq[j] += loss * loss
                         a_loss[j] += loss
                         a_pos[j] += yv

@@ -522,12 +522,14 @@ def test_a_damaged_object_in_the_cache_is_compiled_again(monkeypatch, tmp_path):
 AVX2_CHILD = r"""
 import sys
 import numpy as np
-from bce_cli import _tiers, bce_with_logits, kernels
+from bce_cli import BCEAccumulator, _tiers, bce_with_logits, kernels
 assert not kernels._wide_vectors()  # per-class factors: the loop of their own
 _tiers.set_tier("compiled")
 x, y, pw = (np.load(f) for f in sys.argv[1:4])
 np.save(sys.argv[4], bce_with_logits(x, y, pos_weight=pw, reduction="none"))
 np.save(sys.argv[5], np.array([bce_with_logits(x, y, pos_weight=pw)]))
+state = BCEAccumulator(x.shape[1], pos_weight=pw).update(x, y).state_dict()["state"]
+np.savez(sys.argv[6], **state)  # with the row moments
 """
 
 
@@ -553,6 +555,7 @@ def test_rows_kernel_with_avx2_code(tmp_path, rng):
     y[::7] = rng.random(y[::7].shape)  # some soft targets
     pw = np.array([0.5, 1.0, 2.0, 3.0, 4.0], np.float32)
     files = [tmp_path / f"{name}.npy" for name in ("x", "y", "pw", "none", "mean")]
+    files.append(tmp_path / "state.npz")
     for f, a in zip(files[:3], (x, y, pw), strict=True):
         np.save(f, a)
     env = dict(avx2_env(dict(os.environ)), NUMBA_CACHE_DIR=str(tmp_path / "cache"))
@@ -565,3 +568,9 @@ def test_rows_kernel_with_avx2_code(tmp_path, rng):
     spacing = np.spacing(scale.astype(np.float32)).astype(np.longdouble)
     assert (np.abs(got - want) / spacing).max() <= 4
     assert np.load(files[4])[0] == pytest.approx(float(want.mean()), rel=1e-10)
+    from bce_cli import BCEAccumulator
+
+    here = BCEAccumulator(x.shape[1], pos_weight=pw).update(x, y).state_dict()["state"]
+    with np.load(files[5]) as there:  # this process's code against AVX2 code's
+        for name, value in here.items():
+            np.testing.assert_allclose(there[name], value, rtol=1e-10, err_msg=name)
