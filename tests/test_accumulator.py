@@ -412,6 +412,70 @@ def test_class_sums_of_the_numpy_tier(rng, shape):
     np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-9)
 
 
+@pytest.mark.parametrize("shape,order", [((5000, 3), "C"), ((300, 200), "C"), ((9000, 4), "F"),
+                                         ((40, 3, 900), "C"), ((17, 5, 33), "C")])
+@pytest.mark.parametrize("kind", ["bool", "float", "float with -0.0", "float with a soft one"])
+@pytest.mark.parametrize("infinite", [False, True])
+def test_targets_of_0_and_1(rng, shape, order, kind, infinite):
+    """Unweighted targets that are all 0 or 1 take a shorter form on the NumPy tier
+    (``|x|`` where the logit is on the wrong side): bools, float 0 and 1 (-0.0
+    among them), and floats where one soft target lies past the first few give the
+    reference's losses, positives and accuracy; with infinite logits on their
+    targets' side (loss 0) too."""
+    x = np.asarray(rng.standard_normal(shape) * 4, dtype=np.float32, order=order)
+    y = np.asarray(rng.random(shape) < 0.3, order=order)
+    if infinite:
+        x.flat[[3, 11]] = [np.inf, -np.inf]
+        y.flat[[3, 11]] = [True, False]
+    if kind != "bool":
+        y = y.astype(np.float32)
+    if kind == "float with -0.0":
+        y[y == 0] = -0.0
+    if kind == "float with a soft one":
+        y.flat[y.size // 2 + 7] = 0.25
+    exact = ref.elementwise(x, y)
+    want = exact.astype(np.float64)
+    axes = (0,) if x.ndim == 2 else (0, 2)
+    res = BCEAccumulator(shape[1]).update(x, y).compute()
+    np.testing.assert_allclose(res.class_loss, want.mean(axis=axes), rtol=1e-12)
+    np.testing.assert_array_equal(res.n_pos, y.astype(np.float64).sum(axis=axes))
+    np.testing.assert_array_equal(res.accuracy, ((x > 0) == (y >= 0.5)).mean(axis=axes))
+    losses = bce_with_logits(x, y, reduction="none")
+    assert ref.ulp_error(losses, exact, np.float32).max() <= 1.0
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("kind", ["bool", "float", "float with a soft one"])
+@pytest.mark.parametrize("factors", ["pos_weight", "weight", "both"])
+def test_targets_of_0_and_1_with_class_factors(rng, order, kind, factors):
+    """The same with per-class weights and pos_weight (one of 0): ``c * w`` times the
+    unweighted loss, ``c`` the pos_weight for a positive and 1 for a negative."""
+    n, c = 6000, 4
+    x = np.asarray(rng.standard_normal((n, c)) * 4, order=order)
+    y = np.asarray(rng.random((n, c)) < 0.4, order=order)
+    if kind != "bool":
+        y = y.astype(np.float64)
+    if kind == "float with a soft one":
+        y[n // 2, 1] = 0.75
+    pw = np.array([2.5, 0.0, 1.0, 0.3]) if factors != "weight" else None
+    w = np.array([0.5, 2.0, 1.0, 3.0]) if factors != "pos_weight" else None
+    exact = ref.elementwise(x, y, weight=w, pos_weight=pw)
+    res = BCEAccumulator(c, weight=w, pos_weight=pw).update(x, y).compute("sum")
+    np.testing.assert_allclose(res.class_loss, exact.astype(np.float64).sum(axis=0), rtol=1e-12)
+    losses = bce_with_logits(x, y, weight=w, pos_weight=pw, reduction="none")
+    # 1.5 ulp for the loss (README, "Accuracy"), and a rounding for each factor
+    assert ref.ulp_error(losses, exact, np.float64).max() <= 2.5
+
+@pytest.mark.parametrize("shape", [(5000, 3, 1), (4099, 7, 1), (300, 200, 1), (1, 4, 9000),
+                                   (17, 5, 33)])
+def test_class_counts_of_the_numpy_tier(rng, shape):
+    from bce_cli._vectorised import class_counts
+
+    b = rng.random(shape) < 0.4
+    want = [int(np.count_nonzero(b[:, c, :])) for c in range(shape[1])]
+    assert class_counts(b).tolist() == want
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_prior_predicts_the_positive_rate_over_streamed_batches(rng, reduction):
     """Batches weighted three ways (per class, per element, not at all), with
