@@ -157,16 +157,17 @@ def class_stats(x, y, wvec, pvec, wfull, pfull, smooth, ignore, mode, out, want_
     return stats, side
 
 
-def _row_parts(stats, u, keep, rows) -> None:
+def _row_parts(stats, u, keep, rows, scratch=None) -> None:
     """A block's sums of squared losses and its part of the row moments, from its
     losses ``u`` (A, C, B) (0 where left out) and ``keep`` (None: every element
     counts).  ``rows``: (moments, the block's cells of the tier's ``side`` array
     (A, C, 2) with moments along A, which receive its (row, class) sums, whether
-    to sum the squares)."""
+    to sum the squares); ``scratch``: None or a float64 buffer of ``u``'s shape for
+    the squares (else a fresh array per block)."""
     kind, cells, squares = rows
     with np.errstate(over="ignore", invalid="ignore"):  # huge losses: inf, as the kernels
         if squares:
-            stats[SQ] = class_sums(u * u)
+            stats[SQ] = class_sums(np.multiply(u, u, out=scratch))
         if kind == MOMENTS_ALONG_A:
             u.sum(axis=2, out=cells[..., 0])
             cells[..., 1] = u.shape[2] if keep is None else keep.sum(axis=2)
@@ -262,7 +263,7 @@ def _fast_losses(xb, yb, w3, p3, unit, wf, pf, smooth, ob, want_stats, rows, buf
         np.equal(m1, m2, out=m1)
         np.copyto(t, m1)
         stats[CORRECT] = class_sums(t)
-        _row_parts(stats, u, None, rows)
+        _row_parts(stats, u, None, rows, t)
     if ob is not None:  # a loss beyond float32's range is inf there
         np.copyto(ob, u, casting="unsafe")
     return stats
@@ -322,7 +323,7 @@ def _hard_losses(xb, yt, factors, bufs, ob, want_stats, rows):
         stats[POS] = class_counts(yt)
         stats[NEG] = count - stats[POS]
         stats[CORRECT] = count - class_counts(wrong)
-        _row_parts(stats, u, None, rows)
+        _row_parts(stats, u, None, rows, t)
     if ob is not None:  # a loss beyond float32's range is inf there
         np.copyto(ob, u, casting="unsafe")
     return stats
