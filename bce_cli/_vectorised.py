@@ -311,6 +311,8 @@ def _hard_losses(xb, yt, factors, bufs, ob, want_stats, rows):
             np.logical_not(yt, out=other)
             c += other
             u *= c
+            if np.any(p3 < 0.0):  # 0 * -p is -0.0; the general form's sum gives +0.0
+                u += 0.0
         if np.any(w3 != 1.0):
             u *= w3
     stats = np.zeros((N_STATS, shape[1]))

@@ -415,18 +415,18 @@ def test_class_sums_of_the_numpy_tier(rng, shape):
 @pytest.mark.parametrize("shape,order", [((5000, 3), "C"), ((300, 200), "C"), ((9000, 4), "F"),
                                          ((40, 3, 900), "C"), ((17, 5, 33), "C")])
 @pytest.mark.parametrize("kind", ["bool", "float", "float with -0.0", "float with a soft one"])
-@pytest.mark.parametrize("infinite", [False, True])
+@pytest.mark.parametrize("infinite", [None, "on its side", "on the wrong side"])
 def test_targets_of_0_and_1(rng, shape, order, kind, infinite):
     """Unweighted targets that are all 0 or 1 take a shorter form on the NumPy tier
     (``|x|`` where the logit is on the wrong side): bools, float 0 and 1 (-0.0
     among them), and floats where one soft target lies past the first few give the
     reference's losses, positives and accuracy; with infinite logits on their
-    targets' side (loss 0) too."""
+    targets' side (loss 0) or on the wrong side (loss inf) too."""
     x = np.asarray(rng.standard_normal(shape) * 4, dtype=np.float32, order=order)
     y = np.asarray(rng.random(shape) < 0.3, order=order)
-    if infinite:
+    if infinite is not None:
         x.flat[[3, 11]] = [np.inf, -np.inf]
-        y.flat[[3, 11]] = [True, False]
+        y.flat[[3, 11]] = [True, False] if infinite == "on its side" else [False, True]
     if kind != "bool":
         y = y.astype(np.float32)
     if kind == "float with -0.0":
@@ -462,9 +462,21 @@ def test_targets_of_0_and_1_with_class_factors(rng, order, kind, factors):
     exact = ref.elementwise(x, y, weight=w, pos_weight=pw)
     res = BCEAccumulator(c, weight=w, pos_weight=pw).update(x, y).compute("sum")
     np.testing.assert_allclose(res.class_loss, exact.astype(np.float64).sum(axis=0), rtol=1e-12)
+    np.testing.assert_array_equal(res.n_pos, y.astype(np.float64).sum(axis=0))
+    np.testing.assert_array_equal(res.n_neg, (1.0 - y.astype(np.float64)).sum(axis=0))
+    np.testing.assert_array_equal(res.accuracy, ((x > 0) == (y >= 0.5)).mean(axis=0))
     losses = bce_with_logits(x, y, weight=w, pos_weight=pw, reduction="none")
     # 1.5 ulp for the loss (README, "Accuracy"), and a rounding for each factor
     assert ref.ulp_error(losses, exact, np.float64).max() <= 2.5
+
+def test_a_zero_loss_under_a_negative_pos_weight_is_positive_zero():
+    """``p * y * softplus(-x)`` is -0.0 for a positive far on its side under a negative
+    pos_weight; the loss adds ``(1 - y) * softplus(x)``, +0.0, so it is +0.0 (as in
+    PyTorch), not -0.0."""
+    x = np.full((40, 2), 1000.0)
+    y = np.ones((40, 2))
+    losses = bce_with_logits(x, y, pos_weight=np.array([-2.0, 3.0]), reduction="none")
+    assert (losses == 0.0).all() and not np.signbit(losses).any()
 
 @pytest.mark.parametrize("shape", [(5000, 3, 1), (4099, 7, 1), (300, 200, 1), (1, 4, 9000),
                                    (17, 5, 33)])
