@@ -250,9 +250,8 @@ def _fast_losses(xb, yb, w3, p3, unit, wf, pf, smooth, ob, want_stats, rows, buf
         u *= w3
     if wf is not None:
         u *= wf
-    stats = np.zeros((N_STATS, shape[1]))
-    stats[LOSS] = class_sums(u)
-    if np.isnan(stats[LOSS]).any():
+    stats = _summed(u)
+    if stats is None:
         return None
     if want_stats:
         stats[COUNT] = shape[0] * shape[2]
@@ -267,6 +266,14 @@ def _fast_losses(xb, yb, w3, p3, unit, wf, pf, smooth, ob, want_stats, rows, buf
     if ob is not None:  # a loss beyond float32's range is inf there
         np.copyto(ob, u, casting="unsafe")
     return stats
+
+
+def _summed(u):
+    """A block's statistics with its losses' per-class sums (LOSS), from losses ``u``;
+    None when a sum is NaN (the careful path decides)."""
+    stats = np.zeros((N_STATS, u.shape[1]))
+    stats[LOSS] = class_sums(u)
+    return None if np.isnan(stats[LOSS]).any() else stats
 
 
 def _hard_targets(yb, ge, scratch):
@@ -315,9 +322,8 @@ def _hard_losses(xb, yt, factors, bufs, ob, want_stats, rows):
                 u += 0.0
         if np.any(w3 != 1.0):
             u *= w3
-    stats = np.zeros((N_STATS, shape[1]))
-    stats[LOSS] = class_sums(u)
-    if np.isnan(stats[LOSS]).any():
+    stats = _summed(u)
+    if stats is None:
         return None
     if want_stats:
         count = shape[0] * shape[2]
