@@ -265,7 +265,15 @@ def rates() -> tuple[float, float]:
     for the host unless ``NUMBA_CPU_FEATURES`` turns AVX-512 off)."""
     features = _numpy_cpu().__cpu_features__
     numpy_wide = any(features.get(name) for name in numpy_avx512_targets())
-    numba_wide = (bool(features.get("AVX512F"))
-                  and "-avx512f" not in os.environ.get("NUMBA_CPU_FEATURES", "").split(","))
     return (NUMPY_RATE if numpy_wide else NUMPY_RATE_NARROW,
-            COMPILED_RATE if numba_wide else COMPILED_RATE_NARROW)
+            COMPILED_RATE if numba_avx512() else COMPILED_RATE_NARROW)
+
+
+def numba_avx512() -> bool:
+    """Whether numba compiles for AVX-512 here: as ``NUMBA_CPU_FEATURES`` says where it
+    turns ``avx512f`` on or off, else as the host has it (the kernels' loops and the
+    cost model both ask)."""
+    features = os.environ.get("NUMBA_CPU_FEATURES", "").split(",")
+    if "-avx512f" in features or "+avx512f" in features:
+        return "+avx512f" in features
+    return bool(_numpy_cpu().__cpu_features__.get("AVX512F"))

@@ -42,8 +42,6 @@ than "error") apply :func:`element_loss` itself.
 
 from __future__ import annotations
 
-import os
-
 import numba
 import numpy as np
 from numba import carray, prange, types
@@ -66,6 +64,7 @@ from ._forms import (
     Form,
 )
 from ._jit import ELEMENT_FLAGS, SUM_FLAGS, compile_entry, form_kernel, inline, inline_copy, scalar
+from ._tiers import numba_avx512
 from .stats import (
     CORRECT,
     COUNT,
@@ -442,7 +441,7 @@ def _rows_task_for(softplus_core, loop):
     unit = loop == ROWS_UNIT  # constant factors fold away
     # With per-class factors and 16 vector registers (AVX2), the losses first, in a loop
     # of their own (10% faster there); with AVX-512's 32, one loop (10% faster there).
-    split = not unit and not _wide_vectors()
+    split = not unit and not numba_avx512()
 
     def task(xp, yp, wvp, pvp, wfp, pfp, outp, sidep, partp, badp, scrp, oscrp, ip, fp, k0,
              k1):
@@ -565,17 +564,6 @@ def _rows_task_for(softplus_core, loop):
             n_bad[k] = bad_count
 
     return task, ELEMENT_FLAGS
-
-
-def _wide_vectors() -> bool:
-    """Whether numba compiles for AVX-512 here (the host's features, or
-    ``NUMBA_CPU_FEATURES``'s)."""
-    features = os.environ.get("NUMBA_CPU_FEATURES", "")
-    if features:
-        return "+avx512f" in features.split(",")
-    import llvmlite.binding as ll
-
-    return bool(ll.get_host_cpu_features().get("avx512f"))
 
 
 def _task_for(form: Form):

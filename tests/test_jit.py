@@ -522,8 +522,8 @@ def test_a_damaged_object_in_the_cache_is_compiled_again(monkeypatch, tmp_path):
 AVX2_CHILD = r"""
 import sys
 import numpy as np
-from bce_cli import BCEAccumulator, _tiers, bce_with_logits, kernels
-assert not kernels._wide_vectors()  # per-class factors: the loop of their own
+from bce_cli import BCEAccumulator, _tiers, bce_with_logits
+assert not _tiers.numba_avx512()  # per-class factors: the loop of their own
 _tiers.set_tier("compiled")
 x, y, pw = (np.load(f) for f in sys.argv[1:4])
 np.save(sys.argv[4], bce_with_logits(x, y, pos_weight=pw, reduction="none"))
@@ -535,7 +535,7 @@ np.savez(sys.argv[6], **state)  # with the row moments
 
 def test_rows_kernel_with_avx2_code(tmp_path, rng):
     """With AVX2's 16 vector registers the rows loops with per-class factors compute the
-    losses in a loop of their own (``kernels._wide_vectors``): the same bounds there, in
+    losses in a loop of their own (``_tiers.numba_avx512``): the same bounds there, in
     a process that compiles for this CPU without its AVX-512 features."""
     from pathlib import Path
 

@@ -338,3 +338,14 @@ def test_eval_leaves_a_core_to_decode_tables(monkeypatch, tmp_path, cli):
         assert res.exit_code == 0, res.output
         assert seen and set(seen) == {decodes}
     assert not _tiers.decoding()
+
+
+def test_numba_compiles_for_avx512_as_its_features_say(monkeypatch):
+    """One answer for the kernels' loops (``kernels._rows_task_for``) and the cost model:
+    ``NUMBA_CPU_FEATURES`` decides where it turns avx512f on or off, else the host."""
+    host = bool(_tiers._numpy_cpu().__cpu_features__.get("AVX512F"))
+    for features, want in (("", host), ("+avx2,-avx512f", False), ("+avx2,+avx512f", True),
+                           ("+avx2", host)):
+        monkeypatch.setenv("NUMBA_CPU_FEATURES", features)
+        assert _tiers.numba_avx512() is want, features
+        assert (_tiers.rates()[1] == _tiers.COMPILED_RATE) is want, features
