@@ -57,44 +57,35 @@ def _scratch(n: int):
     return bufs
 
 
-def class_sums(u) -> np.ndarray:
-    """Sums of float64 ``u`` of shape (A, C, B) over A and B, in an order that depends on
-    the shape only.  Rows of few classes are summed as lines of ``k`` whole rows
-    (about 256 elements: vectorised adds across the line, folded into classes at
-    the end), 2-3x faster than NumPy's axis reduction over a short row; else
-    ``einsum`` (2.2x NumPy's axis reduction; BLAS called from two threads at
-    once ran slower than from one)."""
+def class_sums(u, dtype=None) -> np.ndarray:
+    """Sums of ``u`` of shape (A, C, B) over A and B, in an order that depends on
+    the shape only, accumulated in ``dtype`` (None: ``u``'s own, the float64
+    losses; :func:`class_counts` sums bytes as uint32).  Rows of few classes are
+    summed as lines of ``k`` whole rows (about 256 elements: vectorised adds across
+    the line, folded into classes at the end), 2-3x faster than NumPy's axis
+    reduction over a short row; else ``einsum`` for float64 (2.2x NumPy's axis
+    reduction; BLAS called from two threads at once ran slower than from one)."""
     a_count, c_count, b_count = u.shape
     if a_count == 1:
-        return u.reshape(c_count, b_count).sum(axis=1)  # contiguous runs: pairwise
+        return u.reshape(c_count, b_count).sum(axis=1, dtype=dtype)  # contiguous runs: pairwise
     if b_count == 1 and c_count < LINE:
         k = LINE // c_count
         full = a_count - a_count % k
-        sums = u[:full].reshape(full // k, k * c_count).sum(axis=0)
-        sums = sums.reshape(k, c_count).sum(axis=0)
+        sums = u[:full].reshape(full // k, k * c_count).sum(axis=0, dtype=dtype)
+        sums = sums.reshape(k, c_count).sum(axis=0, dtype=dtype)
         if full < a_count:
-            sums += u[full:].reshape(a_count - full, c_count).sum(axis=0)
+            sums += u[full:].reshape(a_count - full, c_count).sum(axis=0, dtype=dtype)
         return sums
+    if dtype is not None:
+        return u.sum(axis=(0, 2), dtype=dtype)
     return np.einsum("ijk->j", u)
 
 
 def class_counts(b) -> np.ndarray:
-    """Per-class counts of bool ``b`` of shape (A, C, B) (at most 2**32 elements), as
-    ``class_sums`` sums: lines of whole rows when rows have few classes, bytes summed
-    as uint32 (an axis reduction of bools casts each element: 2-3x slower)."""
-    a_count, c_count, b_count = b.shape
-    v = b.view(np.uint8)
-    if a_count == 1:
-        return v.reshape(c_count, b_count).sum(axis=1, dtype=np.uint32)
-    if b_count == 1 and c_count < LINE:
-        k = LINE // c_count
-        full = a_count - a_count % k
-        sums = v[:full].reshape(full // k, k * c_count).sum(axis=0, dtype=np.uint32)
-        sums = sums.reshape(k, c_count).sum(axis=0, dtype=np.uint32)
-        if full < a_count:
-            sums += v[full:].reshape(a_count - full, c_count).sum(axis=0, dtype=np.uint32)
-        return sums
-    return v.sum(axis=(0, 2), dtype=np.uint32)
+    """Per-class counts of bool ``b`` of shape (A, C, B) (at most 2**32 elements): its
+    bytes summed as uint32 by :func:`class_sums` (an axis reduction of bools casts
+    each element: 2-3x slower)."""
+    return class_sums(b.view(np.uint8), dtype=np.uint32)
 
 
 def geometry(shape):
