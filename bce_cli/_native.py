@@ -31,7 +31,7 @@ import platform
 import sys
 import threading
 
-from . import _elf
+from . import _elf, _prebuilt
 from ._cache_dirs import cache_dirs, cpu_key, source_stamp
 
 MAGIC = b"bce-native-2\n"
@@ -93,10 +93,14 @@ def file_name(name: str) -> str:
 
 
 def find(name: str) -> list[str]:
-    """The paths of ``name``'s object in the cache directories that hold one, in order."""
+    """The paths of ``name``'s object in the cache directories that hold one, in order,
+    then the one shipped for this CPU (``bce_cli._prebuilt``) if there is one."""
     base = file_name(name)
-    return [full for full in (os.path.join(path, base) for path in cache_dirs())
-            if os.path.isfile(full)]
+    paths = [os.path.join(path, base) for path in cache_dirs()]
+    shipped = _prebuilt.directory()
+    if shipped is not None:
+        paths.append(os.path.join(shipped, _prebuilt.file_name(name)))
+    return [full for full in paths if os.path.isfile(full)]
 
 
 def is_cached(form_name: str, signatures) -> bool:

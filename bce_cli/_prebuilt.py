@@ -1,0 +1,150 @@
+"""Entry points compiled ahead of time, shipped in the wheel: the first call on a fresh
+machine runs the compiled kernels, with nothing to compile and no numba to start.
+
+Building a wheel (``bce_cli._wheel``) compiles every form's entry point, as
+``bce warmup`` does, once for each x86-64 level below, into ``_prebuilt/<level>/``
+beside this module, with ``STAMP``: the hash of the kernel sources they were
+compiled from (``bce_cli._cache_dirs.source_stamp``).  Each object is in
+``bce_cli._native``'s format (its symbol and SHA-256 on the first line) and is
+loaded like a cached one.  A process takes the widest level its CPU has
+(``/proc/cpuinfo``'s flags); objects compiled here (``bce warmup``, or a first
+use) come first, being compiled for this very CPU.  Objects of other sources (a
+source tree edited after a build) are never loaded.
+
+numba compiles a level by its CPU name (``NUMBA_CPU_NAME``), with AVX-512 turned
+on or off in ``NUMBA_CPU_FEATURES`` as the level has it, so that the kernels'
+loops take the form of that vector width (``bce_cli._tiers.numba_avx512``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import sys
+
+from ._cache_dirs import PACKAGE_DIR, source_stamp
+
+# The levels, widest first: the CPU flags (``/proc/cpuinfo``) each one needs, and the
+# features numba compiles it with.
+_V3 = ("avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave", "popcnt",
+       "sse4_1", "sse4_2", "ssse3", "cx16", "lahf_lm")
+LEVELS = {
+    "x86-64-v4": (*_V3, "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"),
+    "x86-64-v3": _V3,
+}
+FEATURES = {"x86-64-v4": "+avx512f", "x86-64-v3": "-avx512f"}
+STAMP = "STAMP"
+DIR: str | None = str(PACKAGE_DIR / "_prebuilt")  # None: none are used (building them)
+
+
+def _host_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def levels_here() -> list[str]:
+    """The levels this CPU runs, widest first (none off x86-64 Linux).  AVX-512's is left
+    out where ``NUMBA_CPU_FEATURES`` turns ``avx512f`` off, as for numba's own code."""
+    if not sys.platform.startswith("linux") or platform.machine() != "x86_64":
+        return []
+    flags = _host_flags()
+    off = "-avx512f" in os.environ.get("NUMBA_CPU_FEATURES", "").split(",")
+    return [level for level, needs in LEVELS.items()
+            if flags.issuperset(needs) and not (off and "+avx512f" == FEATURES[level])]
+
+
+@functools.cache
+def directory() -> str | None:
+    """The directory of the objects this process loads, or None: the widest level this
+    CPU runs among those built, if they were compiled from the current sources."""
+    if DIR is None:
+        return None
+    try:
+        with open(os.path.join(DIR, STAMP), encoding="ascii") as fh:
+            if fh.read().strip() != source_stamp():
+                return None
+    except (OSError, ValueError):
+        return None
+    for level in levels_here():
+        path = os.path.join(DIR, level)
+        if os.path.isdir(path):
+            return path
+    return None
+
+
+def file_name(name: str) -> str:
+    """The object of ``name`` (a form's name and its signature) in a level's directory."""
+    return f"native.{name}.o"
+
+
+def build(out: str, levels=tuple(LEVELS), report=print, names=None) -> list[str]:
+    """Compile every form (or those named in ``names``) for each of ``levels`` into
+    ``out/<level>/`` (one process per level, all at once), then write ``out/STAMP``;
+    returns the files written."""
+    import subprocess
+    import tempfile
+
+    os.makedirs(out, exist_ok=True)
+    root = str(PACKAGE_DIR.parent)
+    with tempfile.TemporaryDirectory(prefix="bce-prebuild-") as tmp:
+        runs = []
+        for level in levels:
+            target = os.path.join(out, level)
+            os.makedirs(target, exist_ok=True)
+            env = dict(os.environ, NUMBA_CPU_NAME=level, NUMBA_CPU_FEATURES=FEATURES[level],
+                       NUMBA_CACHE_DIR=os.path.join(tmp, level),
+                       PYTHONPATH=os.pathsep.join(filter(None, (root,
+                                                                os.environ.get("PYTHONPATH")))))
+            env.pop("BCE_TIER", None)
+            code = ("import sys; from bce_cli import _prebuilt; "
+                    "_prebuilt.compile_level(sys.argv[1], sys.argv[2:] or None)")
+            cmd = [sys.executable, "-c", code, target, *(names or ())]
+            runs.append((level, subprocess.Popen(cmd, env=env, cwd=tmp)))
+        failed = [level for level, proc in runs if proc.wait() != 0]
+        if failed:
+            raise RuntimeError(f"compiling the kernels for {', '.join(failed)} failed")
+    with open(os.path.join(out, STAMP), "w", encoding="ascii") as fh:
+        fh.write(source_stamp() + "\n")
+    files = [os.path.join(out, STAMP)]
+    for level in levels:
+        names = sorted(os.listdir(os.path.join(out, level)))
+        report(f"{level}: {len(names)} objects")
+        files += [os.path.join(out, level, name) for name in names]
+    return files
+
+
+def compile_level(target: str, names=None) -> None:
+    """In a process whose numba compiles for one level: compile every form (or those
+    named in ``names``; none of the shipped objects loaded) and copy each entry point's
+    object into ``target``."""
+    import shutil
+
+    global DIR
+    DIR = None
+    from . import _launch, _native
+
+    _launch.warmup(names=names)
+    for form, sig in list(_launch._entries):
+        name = f"{form.name}.{sig}"
+        paths = _native.find(name)
+        if not paths:
+            raise SystemExit(f"{name}: no object was saved")
+        shutil.copyfile(paths[0], os.path.join(target, file_name(name)))
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", help="directory to write <level>/ and STAMP into")
+    parser.add_argument("--level", action="append", choices=list(LEVELS),
+                        help="a level to compile (repeatable; default: all)")
+    args = parser.parse_args()
+    build(args.out, tuple(args.level or LEVELS))
