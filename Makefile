@@ -23,7 +23,7 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/as_avx2.py benchmarks/bench.py --skip-startup
-	$(BIN)/python benchmarks/bench_e2e.py --data .bench-data
+	$(BIN)/python benchmarks/bench_e2e.py --data .bench-data --from-wheel
 	$(BIN)/python benchmarks/bench_stats.py --data .bench-data
 	$(BIN)/python benchmarks/bench_compile.py
 

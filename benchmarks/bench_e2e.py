@@ -2,7 +2,7 @@
 
     make bench                      # runs this after bench.py
     python benchmarks/bench_e2e.py [--data DIR] [--cache DIR] [--repeat 3] [--max-elements 1e8]
-                                   [--skip-warmup]
+                                   [--skip-warmup] [--from-wheel]
 
 Every figure is the best wall time of ``--repeat`` fresh processes, side by side in
 one run on the same files:
@@ -18,6 +18,13 @@ one run on the same files:
 * fixed costs from 1e3 to ``--max-elements`` elements: ``bce eval`` (empty cache,
   after warmup) / bare;
 * ``bce warmup``: compile time of every kernel form.
+
+``--from-wheel`` adds the first run of the ``bce`` that ``pip install bce-cli``
+gives a fresh machine: it builds the wheel (``pip wheel .``, which compiles the
+kernels into it: ``bce_cli/_wheel.py``, a few minutes) and installs it with its
+dependencies into a new virtual environment.  Without it, and for every other
+row, bce runs from this checkout, which holds no kernels compiled ahead: its
+first run is what a plain install (off x86-64 Linux) gets.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 PY = sys.executable
 BCE = str(Path(sys.executable).parent / "bce")
+WHEEL = None  # --from-wheel: the bce command installed from this checkout's wheel
 
 TORCH_NPY = """
 import sys, numpy as np, torch, torch.nn.functional as F
@@ -146,6 +154,9 @@ def job_rows(title, inputs, repeat, tmp, scripts, bare, warmed):
     run([BCE, "eval", *inputs], again_env)  # leaves its cache behind (if it made one)
     again = best([BCE, "eval", *inputs], repeat, again_env)
     rows = [("bce eval, empty cache (first run)", cold), ("bce eval, again", again)]
+    if WHEEL:
+        wheel = best([WHEEL, "eval", *inputs], repeat, env, fresh_cache=tmp)
+        rows.insert(1, ("bce from the wheel, first run", wheel))
     if warmed:
         rows.append(("bce eval, after bce warmup", best([BCE, "eval", *inputs], repeat,
                                                         dict(env, NUMBA_CACHE_DIR=warmed))))
@@ -156,6 +167,10 @@ def job_rows(title, inputs, repeat, tmp, scripts, bare, warmed):
     for name, (t, rss) in rows:
         print(f"  {name:<40} {t:6.2f} s  {rss:7.0f} MB   {t / bare_t:5.2f}x bare")
     print(f"  first run / again: {cold[0] / again[0]:.2f}")
+    if warmed:
+        warm = dict(rows)["bce eval, after bce warmup"][0]
+        print(f"  first run / after warmup: {cold[0] / warm:.2f}" + (
+            f"; from the wheel: {wheel[0] / warm:.2f}" if WHEEL else ""))
     return cold, again
 
 
@@ -237,6 +252,28 @@ def no_other_cache(tmp: str):
                 shutil.move(str(aside / p.name), p)
 
 
+def from_wheel(tmp: str) -> str:
+    """The ``bce`` command of a new virtual environment with the wheel built from this
+    checkout installed."""
+    root = HERE.parent
+    wheels, venv = os.path.join(tmp, "wheel"), os.path.join(tmp, "venv")
+    start = time.perf_counter()
+    subprocess.run([PY, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", wheels, str(root)],
+                   check=True)
+    built = time.perf_counter() - start
+    wheel = next(Path(wheels).glob("*.whl"))
+    subprocess.run([PY, "-m", "venv", venv], check=True)
+    subprocess.run([os.path.join(venv, "bin", "python"), "-m", "pip", "install", "--quiet",
+                    str(wheel)], check=True)
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as zf:
+        objects = sum(name.endswith(".o") for name in zf.namelist())
+    print(f"bce from {wheel.name} ({wheel.stat().st_size / 1e6:.1f} MB, {objects} compiled "
+          f"objects; built in {built:.0f} s) in a new virtual environment")
+    return os.path.join(venv, "bin", "bce")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", help="directory for the generated inputs (kept between runs)")
@@ -246,6 +283,9 @@ def main() -> None:
                                     "a second warmup only loads it); default: a new one")
     ap.add_argument("--skip-warmup", action="store_true",
                     help="no bce warmup (about 130 s on an empty cache), no after-warmup rows")
+    ap.add_argument("--from-wheel", action="store_true",
+                    help="also time bce installed from this checkout's wheel (built, a few "
+                         "minutes, then installed into a new virtual environment)")
     args = ap.parse_args()
     subprocess.run([PY, "-m", "compileall", "-q", str(HERE.parent / "bce_cli")], check=True)
     data = Path(args.data or tempfile.mkdtemp(prefix="bce-e2e-"))
@@ -255,7 +295,10 @@ def main() -> None:
     have_torch = subprocess.run([PY, "-c", "import torch"], capture_output=True).returncode == 0
     if not have_torch:
         print("note: torch is not installed; the PyTorch scripts are skipped")
+    global WHEEL
     with tempfile.TemporaryDirectory() as tmp, no_other_cache(tmp):
+        if args.from_wheel:
+            WHEEL = from_wheel(tmp)
         warmed = None
         if not args.skip_warmup:
             warmed = args.cache or tempfile.mkdtemp(dir=tmp)
@@ -270,13 +313,15 @@ def main() -> None:
         job_rows("bce eval preds.parquet labels.parquet, 4M x 25 float32 + bool, 256k-row groups",
                  pq_in, args.repeat, tmp, scripts, BARE_PQ, warmed)
         pq1m = make_parquet(data / "pq1m", 4_000_000, 1 << 20)
-        for label, env in [("empty cache", None)] + (
-                [("after warmup", dict(os.environ, NUMBA_CACHE_DIR=warmed))] if warmed else []):
-            t, rss = best([BCE, "eval", *pq1m], args.repeat, env, fresh_cache=None if env
+        for label, bce, env in [("empty cache", BCE, None)] + (
+                [("from the wheel, first run", WHEEL, None)] if WHEEL else []) + (
+                [("after warmup", BCE, dict(os.environ, NUMBA_CACHE_DIR=warmed))]
+                if warmed else []):
+            t, rss = best([bce, "eval", *pq1m], args.repeat, env, fresh_cache=None if env
                           else tmp)
-            t8, rss8 = best([BCE, "eval", *pq_in, "--batch-rows", "8192"], args.repeat, env,
+            t8, rss8 = best([bce, "eval", *pq_in, "--batch-rows", "8192"], args.repeat, env,
                             fresh_cache=None if env else tmp)
-            base, _ = best([BCE, "eval", *pq_in], args.repeat, env,
+            base, _ = best([bce, "eval", *pq_in], args.repeat, env,
                            fresh_cache=None if env else tmp)
             print(f"  {label}: 1M-row groups {t:.2f} s, {rss:.0f} MB peak; --batch-rows 8192 "
                   f"(256k groups): {t8:.2f} s = {t8 / base:.2f}x the default, {rss8:.0f} MB")
