@@ -1,19 +1,21 @@
-"""Entry points compiled ahead of time, shipped in the wheel: the first call on a fresh
-machine runs the compiled kernels, with nothing to compile and no numba to start.
+"""Entry points compiled ahead of time, shipped in the release wheel: the first call on
+a fresh machine runs the compiled kernels, with nothing to compile and no numba to start.
 
-Building a wheel (``bce_cli._wheel``) compiles every form's entry point, as
-``bce warmup`` does, once for each x86-64 level below, into ``_prebuilt/<level>/``
-beside this module, with ``STAMP``: the hash of the kernel sources they were
-compiled from (``bce_cli._cache_dirs.source_stamp``).  Each object is in
-``bce_cli._native``'s format (its symbol and SHA-256 on the first line) and is
-loaded like a cached one.  A process takes the widest level its CPU has
-(``/proc/cpuinfo``'s flags); objects compiled here (``bce warmup``, or a first
-use) come first, being compiled for this very CPU.  Objects of other sources (a
-source tree edited after a build) are never loaded.
+The release build (``make wheel``: ``bce_cli._wheel`` with ``BCE_PREBUILT=all``)
+compiles every form's entry point for each argument type ``bce warmup`` covers,
+once for each x86-64 level below, into ``prebuilt-kernels/<level>/`` beside this
+module, with ``STAMP``: the hash of the kernel sources they were compiled from
+(``bce_cli._cache_dirs.source_stamp``).  Each object is in ``bce_cli._native``'s
+format (its symbol and SHA-256 on the first line) and is loaded like a cached one,
+after the cache's: a process takes the widest level its CPU has (``/proc/cpuinfo``'s
+flags).  Objects of other sources (a source tree edited after a build) are never
+loaded, nor any where ``BCE_PREBUILT=none`` is set or ``NUMBA_CPU_NAME`` names the
+CPU numba should compile for (numba then compiles, as without them).
 
-numba compiles a level by its CPU name (``NUMBA_CPU_NAME``), with AVX-512 turned
-on or off in ``NUMBA_CPU_FEATURES`` as the level has it, so that the kernels'
-loops take the form of that vector width (``bce_cli._tiers.numba_avx512``).
+numba compiles a level by its CPU name (``NUMBA_CPU_NAME``), with AVX-512 turned on
+or off in ``NUMBA_CPU_FEATURES`` as the level has it, which also chooses the form of
+the kernels' rows loops (``bce_cli._tiers.numba_avx512``); x86-64-v4's code uses
+512-bit vectors (LLVM's x86-64-v4 prefers 256-bit ones, as for early AVX-512 CPUs).
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ LEVELS = {
     "x86-64-v4": (*_V3, "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"),
     "x86-64-v3": _V3,
 }
-FEATURES = {"x86-64-v4": "+avx512f", "x86-64-v3": "-avx512f"}
+FEATURES = {"x86-64-v4": "+avx512f,-prefer-256-bit", "x86-64-v3": "-avx512f"}
 STAMP = "STAMP"
-DIR: str | None = str(PACKAGE_DIR / "_prebuilt")  # None: none are used (building them)
+ENV = "BCE_PREBUILT"
+# Not a Python name: never taken for a package beside this module.
+DIR: str | None = str(PACKAGE_DIR / "prebuilt-kernels")  # None: none are used (building)
 
 
 def _host_flags() -> set[str]:
@@ -57,14 +61,14 @@ def levels_here() -> list[str]:
     flags = _host_flags()
     off = "-avx512f" in os.environ.get("NUMBA_CPU_FEATURES", "").split(",")
     return [level for level, needs in LEVELS.items()
-            if flags.issuperset(needs) and not (off and "+avx512f" == FEATURES[level])]
+            if flags.issuperset(needs) and not (off and "avx512f" in needs)]
 
 
 @functools.cache
 def directory() -> str | None:
     """The directory of the objects this process loads, or None: the widest level this
     CPU runs among those built, if they were compiled from the current sources."""
-    if DIR is None:
+    if DIR is None or os.environ.get(ENV) == "none" or os.environ.get("NUMBA_CPU_NAME"):
         return None
     try:
         with open(os.path.join(DIR, STAMP), encoding="ascii") as fh:
@@ -86,23 +90,28 @@ def file_name(name: str) -> str:
 
 def build(out: str, levels=tuple(LEVELS), report=print, names=None) -> list[str]:
     """Compile every form (or those named in ``names``) for each of ``levels`` into
-    ``out/<level>/`` (one process per level, all at once), then write ``out/STAMP``;
-    returns the files written."""
+    ``out/<level>/`` (emptied first; one process per level, all at once), then write
+    ``out/STAMP``; returns the files written.  Nothing compiled is run, so a level
+    builds on a CPU that does not have it."""
+    import shutil
     import subprocess
     import tempfile
 
     os.makedirs(out, exist_ok=True)
     root = str(PACKAGE_DIR.parent)
+    # numba's other settings (optimisation level, bounds checks, debug info...) would
+    # be compiled into the objects unseen: numba's defaults only.
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "BCE_"))}
     with tempfile.TemporaryDirectory(prefix="bce-prebuild-") as tmp:
         runs = []
         for level in levels:
             target = os.path.join(out, level)
-            os.makedirs(target, exist_ok=True)
-            env = dict(os.environ, NUMBA_CPU_NAME=level, NUMBA_CPU_FEATURES=FEATURES[level],
+            shutil.rmtree(target, ignore_errors=True)
+            os.makedirs(target)
+            env = dict(base, NUMBA_CPU_NAME=level, NUMBA_CPU_FEATURES=FEATURES[level],
                        NUMBA_CACHE_DIR=os.path.join(tmp, level),
                        PYTHONPATH=os.pathsep.join(filter(None, (root,
                                                                 os.environ.get("PYTHONPATH")))))
-            env.pop("BCE_TIER", None)
             code = ("import sys; from bce_cli import _prebuilt; "
                     "_prebuilt.compile_level(sys.argv[1], sys.argv[2:] or None)")
             cmd = [sys.executable, "-c", code, target, *(names or ())]
@@ -114,29 +123,34 @@ def build(out: str, levels=tuple(LEVELS), report=print, names=None) -> list[str]
         fh.write(source_stamp() + "\n")
     files = [os.path.join(out, STAMP)]
     for level in levels:
-        names = sorted(os.listdir(os.path.join(out, level)))
-        report(f"{level}: {len(names)} objects")
-        files += [os.path.join(out, level, name) for name in names]
+        objects = sorted(os.listdir(os.path.join(out, level)))
+        report(f"{level}: {len(objects)} objects")
+        files += [os.path.join(out, level, obj) for obj in objects]
     return files
 
 
 def compile_level(target: str, names=None) -> None:
-    """In a process whose numba compiles for one level: compile every form (or those
-    named in ``names``; none of the shipped objects loaded) and copy each entry point's
-    object into ``target``."""
+    """In a process whose numba compiles for one level: compile each form's entry point
+    (every form's, or those named in ``names``) for the argument types ``bce warmup``
+    covers, none loaded from shipped objects and none run, and copy each object into
+    ``target``."""
     import shutil
 
     global DIR
     DIR = None
     from . import _launch, _native
+    from ._forms import all_forms, common_signatures
 
-    _launch.warmup(names=names)
-    for form, sig in list(_launch._entries):
-        name = f"{form.name}.{sig}"
-        paths = _native.find(name)
-        if not paths:
-            raise SystemExit(f"{name}: no object was saved")
-        shutil.copyfile(paths[0], os.path.join(target, file_name(name)))
+    for form in all_forms():
+        if names is not None and form.name not in names:
+            continue
+        for sig in common_signatures(form):
+            name = f"{form.name}.{sig}"
+            _launch.pointer_entry(form, sig)
+            paths = _native.find(name)
+            if not paths:
+                raise SystemExit(f"{name}: no object was saved")
+            shutil.copyfile(paths[0], os.path.join(target, file_name(name)))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,21 @@
-"""The package's build backend: setuptools', and a wheel that ships the kernels compiled.
+"""The package's build backend: setuptools', and a release wheel that ships the kernels
+compiled.
 
-``pip install bce-cli`` from this wheel gives a machine the compiled kernels from
-its first call (``bce_cli._prebuilt``): building the wheel compiles every form for
-x86-64-v3 (AVX2) and x86-64-v4 (AVX-512), one process per level, a few minutes on
-two cores, and adds the objects to the wheel.  The objects are built from the
-sources being packaged, never kept in the repository.
+``pip install bce-cli`` from such a wheel gives a machine the compiled kernels from
+its first call (``bce_cli._prebuilt``).  Asked for with ``BCE_PREBUILT=all`` (or
+``--config-settings prebuilt=all``; ``make wheel`` does it), building the wheel
+compiles every form for x86-64-v3 (AVX2) and x86-64-v4 (AVX-512), one process per
+level (about 3 minutes on two cores), and adds the objects to the wheel; a
+comma-separated list of levels builds those only.  The objects are built from the
+sources being packaged, on x86-64 Linux, and never kept in the repository.
 
-Left out (a plain wheel, which compiles on first use as before) where the build
-runs off x86-64 Linux, or when ``BCE_PREBUILT=none`` is set or
-``--config-settings prebuilt=none`` is given.  Editable installs and source
-distributions are setuptools' own.
+By default (``none``) a wheel is setuptools' own, as is every editable install and
+source distribution: a ``pip install`` from a checkout or a git URL does not wait
+minutes for kernels that its first runs can do without (they take the NumPy tier,
+``bce_cli._tiers``).  The release wheel keeps the tag ``py3-none-any``: its objects
+are x86-64 Linux code, left unused elsewhere, where the package works as without them.
+``make wheel`` builds without build isolation, so that the objects are compiled by
+the numba the tests ran with.
 """
 
 from __future__ import annotations
@@ -37,27 +43,45 @@ COMPILE_REQUIRES = ["numba>=0.60", "numpy>=1.26"]
 PACKAGE = "bce_cli"
 
 
-def _wanted(config_settings) -> bool:
-    setting = (config_settings or {}).get("prebuilt") or os.environ.get("BCE_PREBUILT", "")
-    return (setting != "none" and sys.platform.startswith("linux")
-            and platform.machine() == "x86_64")
+def levels(config_settings) -> tuple[str, ...]:
+    """The levels to compile into the wheel: ``prebuilt`` in the config settings, else
+    ``BCE_PREBUILT``: ``none`` (the default), ``all``, or levels separated by commas."""
+    from ._prebuilt import LEVELS
+
+    setting = (config_settings or {}).get("prebuilt")
+    if isinstance(setting, list):  # given more than once: the last
+        setting = setting[-1]
+    setting = (setting or os.environ.get("BCE_PREBUILT") or "none").strip()
+    if setting == "none":
+        return ()
+    wanted = tuple(LEVELS) if setting == "all" else tuple(s.strip() for s in setting.split(","))
+    unknown = [level for level in wanted if level not in LEVELS]
+    if unknown:
+        raise ValueError(f"prebuilt: unknown level {unknown[0]!r} (none, all, or of "
+                         f"{', '.join(LEVELS)})")
+    if not sys.platform.startswith("linux") or platform.machine() != "x86_64":
+        raise RuntimeError("prebuilt: the kernels are compiled ahead on x86-64 Linux only "
+                           "(build with prebuilt=none elsewhere)")
+    return wanted
 
 
 def get_requires_for_build_wheel(config_settings=None):
-    extra = COMPILE_REQUIRES if _wanted(config_settings) else []
+    extra = COMPILE_REQUIRES if levels(config_settings) else []
     return [*_setuptools.get_requires_for_build_wheel(config_settings), *extra]
 
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    wanted = levels(config_settings)
     name = _setuptools.build_wheel(wheel_directory, config_settings, metadata_directory)
-    if _wanted(config_settings):
+    if wanted:
         from . import _prebuilt
 
         with tempfile.TemporaryDirectory(prefix="bce-wheel-") as tmp:
-            files = _prebuilt.build(tmp, report=lambda line: print(line, file=sys.stderr))
+            files = _prebuilt.build(tmp, wanted,
+                                    report=lambda line: print(line, file=sys.stderr))
             add_to_wheel(os.path.join(wheel_directory, name),
-                         {f"{PACKAGE}/_prebuilt/{os.path.relpath(path, tmp)}": path
-                          for path in files})
+                         {f"{PACKAGE}/{os.path.basename(_prebuilt.DIR)}/"
+                          f"{os.path.relpath(path, tmp)}": path for path in files})
     return name
 
 
@@ -67,20 +91,35 @@ def _record_hash(data: bytes) -> str:
 
 
 def add_to_wheel(wheel: str, files: dict[str, str]) -> None:
-    """Add ``files`` (name in the wheel -> path here) to ``wheel``, listed in its RECORD."""
+    """Add ``files`` (name in the wheel -> path here) to ``wheel``, listed in its RECORD:
+    before the ``.dist-info`` entries (which a wheel keeps last), dated as its other
+    entries (a build from the same sources gives the same bytes), readable by all."""
     tmp = wheel + ".tmp"
-    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
-        record_name = next(n for n in src.namelist() if n.endswith(".dist-info/RECORD"))
-        for info in src.infolist():
-            if info.filename != record_name:
-                dst.writestr(info, src.read(info))
-        lines = src.read(record_name).decode("utf-8").splitlines()
-        lines = [line for line in lines if line and not line.startswith(record_name + ",")]
-        for arcname, path in sorted(files.items()):
-            with open(path, "rb") as fh:
-                data = fh.read()
-            dst.writestr(arcname, data)
-            lines.append(f"{arcname},{_record_hash(data)},{len(data)}")
-        lines.append(f"{record_name},,")
-        dst.writestr(record_name, "\n".join(lines) + "\n")
-    os.replace(tmp, wheel)
+    try:
+        with zipfile.ZipFile(wheel) as src, \
+                zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
+            infos = src.infolist()
+            record = next(i for i in infos if i.filename.endswith(".dist-info/RECORD"))
+            date = next((i.date_time for i in infos if i is not record), (1980, 1, 1, 0, 0, 0))
+            for info in infos:
+                if ".dist-info/" not in info.filename:
+                    dst.writestr(info, src.read(info))
+            lines = [line for line in src.read(record).decode("utf-8").splitlines()
+                     if line and not line.startswith(record.filename + ",")]
+            for arcname, path in sorted(files.items()):
+                with open(path, "rb") as fh:
+                    data = fh.read()
+                info = zipfile.ZipInfo(arcname, date)
+                info.external_attr = 0o644 << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                dst.writestr(info, data)
+                lines.append(f"{arcname},{_record_hash(data)},{len(data)}")
+            for info in infos:
+                if ".dist-info/" in info.filename and info is not record:
+                    dst.writestr(info, src.read(info))
+            lines.append(f"{record.filename},,")
+            dst.writestr(record, "\n".join(lines) + "\n")
+        os.replace(tmp, wheel)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -25,7 +25,8 @@ V4 = set(_prebuilt.LEVELS["x86-64-v4"])
 def x86_linux(monkeypatch):
     monkeypatch.setattr(_prebuilt.sys, "platform", "linux")
     monkeypatch.setattr(_prebuilt.platform, "machine", lambda: "x86_64")
-    monkeypatch.delenv("NUMBA_CPU_FEATURES", raising=False)
+    for name in ("NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME", "BCE_PREBUILT"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def test_a_cpu_loads_the_widest_level_it_runs(x86_linux, monkeypatch):
@@ -55,6 +56,16 @@ def test_the_host_flags_are_read(x86_linux):
     assert isinstance(flags, set)
 
 
+@pytest.mark.parametrize("level", list(_prebuilt.LEVELS))
+def test_each_level_compiles_the_loops_of_its_vector_width(monkeypatch, level):
+    """The rows loops' form follows ``_tiers.numba_avx512``, which must read a level's
+    features as the level has AVX-512 or not."""
+    from bce_cli import _tiers
+
+    monkeypatch.setenv("NUMBA_CPU_FEATURES", _prebuilt.FEATURES[level])
+    assert _tiers.numba_avx512() is ("avx512f" in _prebuilt.LEVELS[level])
+
+
 def _tree(root, stamp, levels):
     root.mkdir()
     (root / _prebuilt.STAMP).write_text(stamp + "\n")
@@ -77,6 +88,23 @@ def test_the_directory_is_the_widest_level_built_and_run(x86_linux, monkeypatch,
     _prebuilt.directory.cache_clear()
     try:
         assert _prebuilt.directory() == (None if want is None else str(root / want))
+    finally:
+        _prebuilt.directory.cache_clear()
+
+
+@pytest.mark.parametrize("env", [{"BCE_PREBUILT": "none"}, {"NUMBA_CPU_NAME": "haswell"}])
+def test_none_are_loaded_when_asked_or_when_numba_is_given_a_cpu(x86_linux, monkeypatch,
+                                                                 tmp_path, env):
+    root = _tree(tmp_path / "pre", source_stamp(), ("x86-64-v3",))
+    monkeypatch.setattr(_prebuilt, "_host_flags", lambda: V3)
+    monkeypatch.setattr(_prebuilt, "DIR", str(root))
+    _prebuilt.directory.cache_clear()
+    try:
+        assert _prebuilt.directory() == str(root / "x86-64-v3")
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        _prebuilt.directory.cache_clear()
+        assert _prebuilt.directory() is None
     finally:
         _prebuilt.directory.cache_clear()
 
@@ -108,20 +136,32 @@ CHILD = textwrap.dedent("""
     import json, sys
     import numpy as np
     from bce_cli import _launch, _native, _prebuilt, _tiers
-    _native.cache_dirs = lambda: [sys.argv[2]]  # an empty cache
-    _prebuilt.DIR = sys.argv[1]
+    _native.cache_dirs = lambda: [sys.argv[1]]  # an empty cache
     from bce_cli import BCEWithLogitsLoss, bce_with_logits
     from bce_cli._forms import Form
     form = Form("planes", 0, 32)
     cached = _tiers.is_cached(form)
+    auto = _tiers.choose(10**9, form)  # a large job (the size that pays depends on the cores)
+    _tiers.set_tier("compiled")
     x = np.linspace(-30, 30, 2_000_001, dtype=np.float32)
     y = (np.sin(x * 7) > 0).astype(np.float32)
     mean = bce_with_logits(x, y)
     none = BCEWithLogitsLoss(reduction="none")(x, y)
-    np.save(sys.argv[3], none)
-    print(json.dumps({"mean": mean, "cached": cached, "numba": "numba" in sys.modules,
+    np.save(sys.argv[2], none)
+    print(json.dumps({"mean": mean, "cached": cached, "auto": auto,
+                      "numba": "numba" in sys.modules,
                       "how": _launch.how(form, "float32-float32-float32-float32"),
-                      "dir": _prebuilt.directory()}))
+                      "dir": _prebuilt.directory(), "package": _prebuilt.__file__}))
+""")
+
+# Builds a wheel of a copy of the sources with the backend, as pip does, the kernels
+# compiled ahead for one level and (to keep the test short) the two forms the child runs.
+FORMS = ["planes_unit_f32", "planes_unit_f32_direct"]
+BUILD = textwrap.dedent("""
+    import functools, sys
+    from bce_cli import _prebuilt, _wheel
+    _prebuilt.build = functools.partial(_prebuilt.build, names=sys.argv[2:])
+    print(_wheel.build_wheel(sys.argv[1], {"prebuilt": "x86-64-v3"}))
 """)
 
 NATIVE = pytest.mark.skipif(not (_native.supported() and _prebuilt.levels_here()),
@@ -129,28 +169,56 @@ NATIVE = pytest.mark.skipif(not (_native.supported() and _prebuilt.levels_here()
 
 
 @NATIVE
-def test_a_fresh_process_runs_the_shipped_objects_without_numba(tmp_path):
-    """Objects built for x86-64-v3 (which every CPU that loads any level runs) are
-    found by a process whose cache is empty: the tier model counts the form as
-    cached, ``auto`` takes the compiled tier for a large call, and the losses are
-    those of the NumPy float64 reference, without numba imported."""
+def test_a_fresh_install_of_the_wheel_runs_the_shipped_objects_without_numba(tmp_path):
+    """The wheel's backend compiles the objects and lists them in the RECORD; installed
+    (unpacked) and run with an empty cache, the form counts as cached, ``auto`` takes
+    the compiled tier for a large job, and x86-64-v3's objects are loaded (which every CPU
+    that loads any level runs) without numba, and the losses are those of the NumPy
+    float64 reference."""
+    import shutil
+
     from .reference import elementwise
 
-    pre = tmp_path / "pre"
-    files = _prebuilt.build(str(pre), levels=("x86-64-v3",), report=lambda line: None,
-                            names=["planes_unit_f32"])
-    names = sorted(os.path.relpath(f, pre) for f in files)
-    assert names[0] == _prebuilt.STAMP and len(names) >= 3
-    assert all(n.startswith("x86-64-v3/native.planes_unit_f32.") for n in names[1:])
-    assert (pre / _prebuilt.STAMP).read_text().strip() == source_stamp()
-    out = subprocess.run([sys.executable, "-c", CHILD, str(pre), str(tmp_path / "empty"),
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = tmp_path / "src"
+    shutil.copytree(os.path.join(root, "bce_cli"), src / "bce_cli",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(root, name), src / name)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("BCE_TIER", "NUMBA_CPU_FEATURES", "BCE_PREBUILT")}
+    out = subprocess.run([sys.executable, "-c", BUILD, str(tmp_path / "dist"), *FORMS], cwd=src,
+                         env=dict(env, PYTHONPATH=str(src)), check=True, capture_output=True,
+                         text=True, timeout=600)
+    wheel = tmp_path / "dist" / out.stdout.split()[-1]
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        record = zf.read(next(n for n in names if n.endswith("RECORD"))).decode()
+        for line in record.splitlines():  # every file hashed as it is
+            name, digest, size = line.rsplit(",", 2)
+            if digest:
+                data = zf.read(name)
+                assert digest == "sha256=" + base64.urlsafe_b64encode(
+                    hashlib.sha256(data).digest()).rstrip(b"=").decode() and int(size) == len(data)
+        zf.extractall(site)
+    shipped = sorted(n for n in names if "/prebuilt-kernels/" in n)
+    assert shipped[0] == "bce_cli/prebuilt-kernels/STAMP"
+    objects = {n.split("/")[-1].split(".")[1] for n in shipped[1:]}
+    assert objects == set(FORMS) and len(shipped) >= 5  # each for bool and float targets
+    assert all(n.startswith("bce_cli/prebuilt-kernels/x86-64-v3/native.") for n in shipped[1:])
+    assert len(record.splitlines()) == len(names)
+    assert names[-1].endswith(".dist-info/RECORD")
+    assert (site / "bce_cli/prebuilt-kernels/STAMP").read_text().strip() == source_stamp()
+    out = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "empty"),
                           str(tmp_path / "none.npy")],
-                         env={k: v for k, v in os.environ.items()
-                              if k not in ("BCE_TIER", "NUMBA_CPU_FEATURES")},
-                         check=True, capture_output=True, text=True, timeout=300)
+                         env=dict(env, PYTHONPATH=str(site)), cwd=tmp_path, check=True,
+                         capture_output=True, text=True, timeout=300)
     got = json.loads(out.stdout)
-    assert got["dir"] == str(pre / "x86-64-v3")
-    assert got["cached"] and got["how"] == "loaded" and not got["numba"]
+    assert got["package"].startswith(str(site))
+    assert got["dir"] == str(site / "bce_cli" / "prebuilt-kernels" / "x86-64-v3")
+    assert got["cached"] and got["auto"] == "compiled"
+    assert got["how"] == "loaded" and not got["numba"]
     x = np.linspace(-30, 30, 2_000_001, dtype=np.float32)
     y = (np.sin(x * 7) > 0).astype(np.float32)
     want = elementwise(x, y)
@@ -165,34 +233,63 @@ def test_a_wheel_lists_what_is_added_in_its_record(tmp_path):
     from bce_cli import _wheel
 
     wheel = tmp_path / "demo-1.0-py3-none-any.whl"
+    date = (2020, 5, 17, 12, 0, 0)
     with zipfile.ZipFile(wheel, "w") as zf:
-        zf.writestr("demo/__init__.py", "")
-        zf.writestr("demo-1.0.dist-info/RECORD", "demo/__init__.py,sha256=x,0\n"
+        zf.writestr(zipfile.ZipInfo("demo/__init__.py", date), "")
+        zf.writestr(zipfile.ZipInfo("demo-1.0.dist-info/WHEEL", date), "Wheel-Version: 1.0\n")
+        zf.writestr(zipfile.ZipInfo("demo-1.0.dist-info/RECORD", date),
+                    "demo/__init__.py,sha256=x,0\ndemo-1.0.dist-info/WHEEL,sha256=y,19\n"
                     "demo-1.0.dist-info/RECORD,,\n")
     obj = tmp_path / "native.o"
     obj.write_bytes(b"\x7fELF object")
-    _wheel.add_to_wheel(str(wheel), {"demo/_prebuilt/x86-64-v3/native.o": str(obj)})
+    _wheel.add_to_wheel(str(wheel), {"demo/kernels/x86-64-v3/native.o": str(obj)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([wheel.name, obj.name])
     with zipfile.ZipFile(wheel) as zf:
-        assert zf.read("demo/_prebuilt/x86-64-v3/native.o") == b"\x7fELF object"
+        assert zf.namelist() == ["demo/__init__.py", "demo/kernels/x86-64-v3/native.o",
+                                 "demo-1.0.dist-info/WHEEL", "demo-1.0.dist-info/RECORD"]
+        info = zf.getinfo("demo/kernels/x86-64-v3/native.o")
+        assert info.date_time == date and info.external_attr >> 16 == 0o644
+        assert zf.read("demo/kernels/x86-64-v3/native.o") == b"\x7fELF object"
         record = zf.read("demo-1.0.dist-info/RECORD").decode().splitlines()
     digest = base64.urlsafe_b64encode(hashlib.sha256(b"\x7fELF object").digest()).rstrip(b"=")
-    assert record == ["demo/__init__.py,sha256=x,0",
-                      f"demo/_prebuilt/x86-64-v3/native.o,sha256={digest.decode()},11",
+    assert record == ["demo/__init__.py,sha256=x,0", "demo-1.0.dist-info/WHEEL,sha256=y,19",
+                      f"demo/kernels/x86-64-v3/native.o,sha256={digest.decode()},11",
                       "demo-1.0.dist-info/RECORD,,"]
 
 
-@pytest.mark.parametrize("setting, env, machine, want", [
-    (None, "", "x86_64", True), ("none", "", "x86_64", False), (None, "none", "x86_64", False),
-    (None, "", "aarch64", False),
+@pytest.mark.parametrize("setting, env, want", [
+    (None, "", ()), (None, None, ()), ("none", "all", ()), (None, "none", ()),
+    ("all", "", ("x86-64-v4", "x86-64-v3")), (None, "all", ("x86-64-v4", "x86-64-v3")),
+    (None, "x86-64-v3", ("x86-64-v3",)), ("x86-64-v3, x86-64-v4", "none",
+                                           ("x86-64-v3", "x86-64-v4")),
 ])
-def test_a_wheel_build_compiles_where_it_can_and_is_asked_to(monkeypatch, setting, env,
-                                                              machine, want):
+def test_a_wheel_build_compiles_the_levels_asked_for(monkeypatch, setting, env, want):
+    """Plain wheels by default (a ``pip install`` from a checkout or a git URL does not
+    wait minutes for kernels); the config setting overrides the variable."""
     from bce_cli import _wheel
 
-    monkeypatch.setenv("BCE_PREBUILT", env)
+    if env is None:
+        monkeypatch.delenv("BCE_PREBUILT", raising=False)
+    else:
+        monkeypatch.setenv("BCE_PREBUILT", env)
     monkeypatch.setattr(_wheel.sys, "platform", "linux")
-    monkeypatch.setattr(_wheel.platform, "machine", lambda: machine)
+    monkeypatch.setattr(_wheel.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(_wheel._setuptools, "get_requires_for_build_wheel", lambda c=None: [])
     config = {"prebuilt": setting} if setting else None
-    assert _wheel._wanted(config) is want
-    requires = _wheel.get_requires_for_build_wheel(config)
-    assert ("numba>=0.60" in requires) is want
+    assert _wheel.levels(config) == want
+    assert ("numba>=0.60" in _wheel.get_requires_for_build_wheel(config)) is bool(want)
+
+
+def test_a_wheel_build_says_what_it_cannot_compile(monkeypatch):
+    from bce_cli import _wheel
+
+    monkeypatch.setattr(_wheel.sys, "platform", "linux")
+    monkeypatch.setattr(_wheel.platform, "machine", lambda: "x86_64")
+    with pytest.raises(ValueError, match="unknown level 'x86-64-v2'"):
+        _wheel.levels({"prebuilt": "x86-64-v2"})
+    monkeypatch.setattr(_wheel.platform, "machine", lambda: "aarch64")
+    with pytest.raises(RuntimeError, match="x86-64 Linux only"):
+        _wheel.levels({"prebuilt": "all"})
+    assert _wheel.levels({"prebuilt": "none"}) == ()
+    monkeypatch.setattr(_wheel.platform, "machine", lambda: "x86_64")
+    assert _wheel.levels({"prebuilt": ["all", "x86-64-v3"]}) == ("x86-64-v3",)  # the last
