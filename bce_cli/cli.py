@@ -421,8 +421,13 @@ def warmup_command(debug: DebugOpt = False):
 
         forms = _launch.warmup(report)
         slowest = max(times, key=times.get)
+        from . import _prebuilt
+
+        shipped = _prebuilt.directory()
         where = sorted({_launch.cache_dir(f) or "nowhere (no writable cache directory: set "
                         "NUMBA_CACHE_DIR)" for f in forms})
+        where = [f"{path} (compiled ahead, installed with bce)" if path == shipped else path
+                 for path in where]
         typer.echo(f"bce warmup: {len(forms)} kernel forms ready in "
                    f"{time.perf_counter() - start:.1f} s (slowest {slowest}, "
                    f"{times[slowest]:.2f} s), cached in {', '.join(where)}")
