@@ -259,8 +259,8 @@ def from_wheel(tmp: str) -> str:
     root = HERE.parent
     wheels, venv = os.path.join(tmp, "wheel"), os.path.join(tmp, "venv")
     start = time.perf_counter()
-    subprocess.run([PY, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", wheels, str(root)],
-                   check=True, env=dict(os.environ, BCE_PREBUILT="all"))
+    subprocess.run([PY, "-m", "pip", "wheel", "--quiet", "--no-build-isolation", "--no-deps",
+                    "-w", wheels, str(root)], check=True, env=dict(os.environ, BCE_PREBUILT="all"))
     built = time.perf_counter() - start
     wheel = next(Path(wheels).glob("*.whl"))
     subprocess.run([PY, "-m", "venv", venv], check=True)
