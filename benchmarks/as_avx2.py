@@ -4,8 +4,9 @@
 
 The kernels' speed depends on the vector width more than PyTorch's does, and many
 CI machines have AVX2 only.  This runs ``SCRIPT [ARGS]`` in a fresh process whose
-numba compiles for the host CPU without its AVX-512 features (``NUMBA_CPU_NAME``,
-``NUMBA_CPU_FEATURES``, a kernel cache of its own), whose NumPy dispatches no
+numba compiles for the host CPU without its AVX-512 features (``NUMBA_CPU_FEATURES``,
+a kernel cache of its own; bce installed from a release wheel loads its x86-64-v3
+kernels, as on an AVX2 machine), whose NumPy dispatches no
 AVX-512 loops (``NPY_DISABLE_CPU_FEATURES``) and whose PyTorch runs its AVX2
 kernels (``ATEN_CPU_CAPABILITY``): both sides of every ratio on AVX2, on the
 same machine in the same session.  The figures are those of this core running
@@ -32,7 +33,7 @@ def avx2_env(env: dict) -> dict:
     features = llvm.get_host_cpu_features()
     flags = ",".join(("+" if on and not _wide(name) else "-") + name
                      for name, on in features.items())
-    return dict(env, NUMBA_CPU_NAME=llvm.get_host_cpu_name(), NUMBA_CPU_FEATURES=flags,
+    return dict(env, NUMBA_CPU_FEATURES=flags,
                 NUMBA_CACHE_DIR=os.path.join(tempfile.gettempdir(), "bce-avx2-kernel-cache"),
                 NPY_DISABLE_CPU_FEATURES=" ".join(numpy_avx512_targets()),
                 ATEN_CPU_CAPABILITY="avx2",

@@ -198,6 +198,7 @@ def per_element(inputs, repeat, tmp, warmed, have_torch):
 def fixed_costs(d: Path, repeat, max_elements, warmed):
     print("\nfixed costs: bce eval / bare (imports numpy, pyarrow, typer, rich + np.load), "
           "(n/10, 10) float32 .npy pairs; bce with an empty cache"
+          + (", installed from the wheel" if WHEEL else "")
           + (" and after bce warmup" if warmed else ""))
     env = dict(os.environ)
     env.pop("BCE_TIER", None)
@@ -209,6 +210,9 @@ def fixed_costs(d: Path, repeat, max_elements, warmed):
             cold_t = best([BCE, "eval", x, y], repeat, env, fresh_cache=tmp)[0]
             line = (f"  {n:>11,} elements: bare {bare_t:5.2f} s, bce empty cache {cold_t:5.2f} s "
                     f"({cold_t / bare_t:4.2f}x)")
+            if WHEEL:
+                wheel_t = best([WHEEL, "eval", x, y], repeat, env, fresh_cache=tmp)[0]
+                line += f", from the wheel {wheel_t:5.2f} s ({wheel_t / bare_t:4.2f}x)"
             if warmed:
                 warm_t = best([BCE, "eval", x, y], repeat, dict(env, NUMBA_CACHE_DIR=warmed))[0]
                 line += f", after warmup {warm_t:5.2f} s ({warm_t / bare_t:4.2f}x)"
@@ -220,7 +224,7 @@ def warmup(cache) -> None:
     env = dict(os.environ, NUMBA_CACHE_DIR=cache)
     out = subprocess.run([BCE, "warmup"], env=env, capture_output=True, text=True, check=True)
     times = [float(m.group(1)) for m in re.finditer(r"\s([\d.]+) s$", out.stderr, re.M)]
-    print(f"\nbce warmup: {out.stdout.strip()}")
+    print(f"\n{out.stdout.strip()}")
     print(f"  per form (two argument types each): median {statistics.median(times):.2f} s, "
           f"max {max(times):.2f} s (the first includes numba's start)")
 
@@ -253,16 +257,19 @@ def no_other_cache(tmp: str):
                 shutil.move(str(aside / p.name), p)
 
 
-def from_wheel(tmp: str) -> str:
-    """The ``bce`` command of a new virtual environment with the wheel built from this
-    checkout installed."""
+def from_wheel(tmp: str, wheel: str | None = None) -> str:
+    """The ``bce`` command of a new virtual environment with ``wheel`` installed (None: the
+    release wheel built from this checkout)."""
     root = HERE.parent
     wheels, venv = os.path.join(tmp, "wheel"), os.path.join(tmp, "venv")
     start = time.perf_counter()
-    subprocess.run([PY, "-m", "pip", "wheel", "--quiet", "--no-build-isolation", "--no-deps",
-                    "-w", wheels, str(root)], check=True, env=dict(os.environ, BCE_PREBUILT="all"))
+    if wheel is None:
+        subprocess.run([PY, "-m", "pip", "wheel", "--quiet", "--no-build-isolation", "--no-deps",
+                        "-w", wheels, str(root)], check=True,
+                       env=dict(os.environ, BCE_PREBUILT="all"))
+        wheel = next(Path(wheels).glob("*.whl"))
     built = time.perf_counter() - start
-    wheel = next(Path(wheels).glob("*.whl"))
+    wheel = Path(wheel)
     subprocess.run([PY, "-m", "venv", venv], check=True)
     subprocess.run([os.path.join(venv, "bin", "python"), "-m", "pip", "install", "--quiet",
                     str(wheel)], check=True)
@@ -271,7 +278,8 @@ def from_wheel(tmp: str) -> str:
     with zipfile.ZipFile(wheel) as zf:
         objects = sum(name.endswith(".o") for name in zf.namelist())
     print(f"bce from {wheel.name} ({wheel.stat().st_size / 1e6:.1f} MB, {objects} compiled "
-          f"objects; built in {built:.0f} s) in a new virtual environment")
+          f"objects" + (f"; built in {built:.0f} s" if built > 1 else "")
+          + ") in a new virtual environment")
     return os.path.join(venv, "bin", "bce")
 
 
@@ -287,6 +295,7 @@ def main() -> None:
     ap.add_argument("--from-wheel", action="store_true",
                     help="also time bce installed from this checkout's wheel (built, a few "
                          "minutes, then installed into a new virtual environment)")
+    ap.add_argument("--wheel", help="--from-wheel with this wheel (`make wheel` built it)")
     args = ap.parse_args()
     subprocess.run([PY, "-m", "compileall", "-q", str(HERE.parent / "bce_cli")], check=True)
     data = Path(args.data or tempfile.mkdtemp(prefix="bce-e2e-"))
@@ -298,8 +307,8 @@ def main() -> None:
         print("note: torch is not installed; the PyTorch scripts are skipped")
     global WHEEL
     with tempfile.TemporaryDirectory() as tmp, no_other_cache(tmp):
-        if args.from_wheel:
-            WHEEL = from_wheel(tmp)
+        if args.from_wheel or args.wheel:
+            WHEEL = from_wheel(tmp, args.wheel)
         warmed = None
         if not args.skip_warmup:
             warmed = args.cache or tempfile.mkdtemp(dir=tmp)
