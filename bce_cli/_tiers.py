@@ -17,9 +17,10 @@ the constants below (measured on the 2-core development machine) that is above
 ~3.5e5 elements with the form cached and ~6e8 without where NumPy and numba have
 AVX-512, ~2e5 and ~3.2e8 with AVX2 only (NumPy's float64 exp and log1p then call
 libm per element), so a first run on a fresh machine never waits for a
-compiler, and ``bce warmup`` (which fills the cache) is what makes the compiled
-tier available to most jobs.  ``BCE_TIER=numpy`` or ``BCE_TIER=compiled``
-forces a tier.
+compiler.  The forms shipped in the release wheel (``bce_cli._prebuilt``) count as
+cached, so there the compiled tier serves most jobs from the first run; elsewhere
+``bce warmup`` (which fills the cache) is what makes it available to them.
+``BCE_TIER=numpy`` or ``BCE_TIER=compiled`` forces a tier.
 """
 
 from __future__ import annotations
