@@ -258,16 +258,16 @@ def run_metrics(x3, y3, w3, wvec, ignore, nan_mode, edges, out, *, workers=None)
     _share(range(0, c_count, step), classes, _tiers.pool(), workers)
 
 
-def warmup(report=lambda form, seconds: None, names=None) -> list[Form]:
-    """Compile (or load) every form (or those named in ``names``) for the argument types
-    ``bce_cli._dispatch`` passes: float32 and float64 logits with bool targets or targets
-    of the logits' type, weights of the logits' type.
+def warmup(report=lambda form, seconds: None) -> list[Form]:
+    """Compile (or load) every form for the argument types ``bce_cli._dispatch`` passes:
+    float32 and float64 logits with bool targets or targets of the logits' type,
+    weights of the logits' type.
     Returns the forms; ``report(form, seconds)`` after each."""
     import time
 
     from ._forms import all_forms, planes_geometry, rows_geometry
 
-    forms = [form for form in all_forms() if names is None or form.name in names]
+    forms = all_forms()
     for form in forms:
         start = time.perf_counter()
         if form.kernel == "metrics":

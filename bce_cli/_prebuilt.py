@@ -35,6 +35,9 @@ LEVELS = {
     "x86-64-v4": (*_V3, "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"),
     "x86-64-v3": _V3,
 }
+# LLVM's names (``NUMBA_CPU_FEATURES``) of the flags whose names differ.
+_LLVM_NAMES = {"bmi1": "bmi", "abm": "lzcnt", "sse4_1": "sse4.1", "sse4_2": "sse4.2",
+               "lahf_lm": "sahf"}
 FEATURES = {"x86-64-v4": "+avx512f,-prefer-256-bit", "x86-64-v3": "-avx512f"}
 STAMP = "STAMP"
 ENV = "BCE_PREBUILT"
@@ -53,15 +56,21 @@ def _host_flags() -> set[str]:
     return set()
 
 
+def _x86_64_linux() -> bool:
+    return sys.platform.startswith("linux") and platform.machine() == "x86_64"
+
+
 def levels_here() -> list[str]:
-    """The levels this CPU runs, widest first (none off x86-64 Linux).  AVX-512's is left
-    out where ``NUMBA_CPU_FEATURES`` turns ``avx512f`` off, as for numba's own code."""
-    if not sys.platform.startswith("linux") or platform.machine() != "x86_64":
+    """The levels this CPU runs, widest first (none off x86-64 Linux), less those that
+    need a feature ``NUMBA_CPU_FEATURES`` turns off (``-avx512f``: AVX2 code only), as
+    numba's own code would."""
+    if not _x86_64_linux():
         return []
     flags = _host_flags()
-    off = "-avx512f" in os.environ.get("NUMBA_CPU_FEATURES", "").split(",")
+    off = {f.strip()[1:] for f in os.environ.get("NUMBA_CPU_FEATURES", "").split(",")
+           if f.strip().startswith("-")}
     return [level for level, needs in LEVELS.items()
-            if flags.issuperset(needs) and not (off and "avx512f" in needs)]
+            if flags.issuperset(needs) and not off & {_LLVM_NAMES.get(f, f) for f in needs}]
 
 
 @functools.cache
@@ -90,7 +99,8 @@ def file_name(name: str) -> str:
 
 def build(out: str, levels=tuple(LEVELS), report=print, names=None) -> list[str]:
     """Compile every form (or those named in ``names``) for each of ``levels`` into
-    ``out/<level>/`` (emptied first; one process per level, all at once), then write
+    ``out/<level>/`` (``out`` emptied of any earlier build first; one process per
+    level, all at once), then write
     ``out/STAMP``; returns the files written.  Nothing compiled is run, so a level
     builds on a CPU that does not have it."""
     import shutil
@@ -98,6 +108,14 @@ def build(out: str, levels=tuple(LEVELS), report=print, names=None) -> list[str]
     import tempfile
 
     os.makedirs(out, exist_ok=True)
+    # Nothing of an earlier build is left beside the new STAMP (a level not rebuilt now
+    # would pass for one of the current sources).
+    for old in (STAMP, *LEVELS):
+        path = os.path.join(out, old)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.unlink(path)
     root = str(PACKAGE_DIR.parent)
     # numba's other settings (optimisation level, bounds checks, debug info...) would
     # be compiled into the objects unseen: numba's defaults only.
@@ -106,7 +124,6 @@ def build(out: str, levels=tuple(LEVELS), report=print, names=None) -> list[str]
         runs = []
         for level in levels:
             target = os.path.join(out, level)
-            shutil.rmtree(target, ignore_errors=True)
             os.makedirs(target)
             env = dict(base, NUMBA_CPU_NAME=level, NUMBA_CPU_FEATURES=FEATURES[level],
                        NUMBA_CACHE_DIR=os.path.join(tmp, level),
@@ -140,6 +157,10 @@ def compile_level(target: str, names=None) -> None:
     DIR = None
     from . import _launch, _native
     from ._forms import all_forms, common_signatures
+
+    # Only this build's cache: no object compiled elsewhere under the same name.
+    own = os.path.join(os.environ["NUMBA_CACHE_DIR"], "bce_cli")
+    _native.cache_dirs = lambda: [own]
 
     for form in all_forms():
         if names is not None and form.name not in names:

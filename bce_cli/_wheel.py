@@ -1,13 +1,14 @@
 """The package's build backend: setuptools', and a release wheel that ships the kernels
 compiled.
 
-``pip install bce-cli`` from such a wheel gives a machine the compiled kernels from
-its first call (``bce_cli._prebuilt``).  Asked for with ``BCE_PREBUILT=all`` (or
-``--config-settings prebuilt=all``; ``make wheel`` does it), building the wheel
-compiles every form for x86-64-v3 (AVX2) and x86-64-v4 (AVX-512), one process per
-level (about 3 minutes on two cores), and adds the objects to the wheel; a
-comma-separated list of levels builds those only.  The objects are built from the
-sources being packaged, on x86-64 Linux, and never kept in the repository.
+Installed from such a wheel, bce runs the compiled kernels from its first call on
+an x86-64 Linux machine of x86-64-v3 or later (``bce_cli._prebuilt``).  Asked for
+with ``BCE_PREBUILT=all`` (or ``--config-settings prebuilt=all``; ``make wheel``
+does it), building the wheel compiles every form for x86-64-v3 (AVX2) and
+x86-64-v4 (AVX-512), one process per level (about 3 minutes on two cores), and
+adds the objects to the wheel; a comma-separated list of levels builds those only.
+The objects are built from the sources being packaged, on x86-64 Linux, and never
+kept in the repository.
 
 By default (``none``) a wheel is setuptools' own, as is every editable install and
 source distribution: a ``pip install`` from a checkout or a git URL does not wait
@@ -23,7 +24,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import platform
 import sys
 import tempfile
 import zipfile
@@ -46,7 +46,7 @@ PACKAGE = "bce_cli"
 def levels(config_settings) -> tuple[str, ...]:
     """The levels to compile into the wheel: ``prebuilt`` in the config settings, else
     ``BCE_PREBUILT``: ``none`` (the default), ``all``, or levels separated by commas."""
-    from ._prebuilt import LEVELS
+    from ._prebuilt import LEVELS, _x86_64_linux
 
     setting = (config_settings or {}).get("prebuilt")
     if isinstance(setting, list):  # given more than once: the last
@@ -59,7 +59,7 @@ def levels(config_settings) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"prebuilt: unknown level {unknown[0]!r} (none, all, or of "
                          f"{', '.join(LEVELS)})")
-    if not sys.platform.startswith("linux") or platform.machine() != "x86_64":
+    if not _x86_64_linux():
         raise RuntimeError("prebuilt: the kernels are compiled ahead on x86-64 Linux only "
                            "(build with prebuilt=none elsewhere)")
     return wanted

@@ -23,8 +23,7 @@ V4 = set(_prebuilt.LEVELS["x86-64-v4"])
 
 @pytest.fixture
 def x86_linux(monkeypatch):
-    monkeypatch.setattr(_prebuilt.sys, "platform", "linux")
-    monkeypatch.setattr(_prebuilt.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(_prebuilt, "_x86_64_linux", lambda: True)
     for name in ("NUMBA_CPU_FEATURES", "NUMBA_CPU_NAME", "BCE_PREBUILT"):
         monkeypatch.delenv(name, raising=False)
 
@@ -36,16 +35,16 @@ def test_a_cpu_loads_the_widest_level_it_runs(x86_linux, monkeypatch):
         monkeypatch.setattr(_prebuilt, "_host_flags", lambda f=flags: f)
         assert _prebuilt.levels_here() == want, sorted(flags)
     monkeypatch.setattr(_prebuilt, "_host_flags", lambda: V4)
-    monkeypatch.setenv("NUMBA_CPU_FEATURES", "+avx2,-avx512f")  # AVX2 code asked for
-    assert _prebuilt.levels_here() == ["x86-64-v3"]
+    for features, want in (("+avx2,-avx512f", ["x86-64-v3"]),  # AVX2 code asked for
+                           ("-avx512vl", ["x86-64-v3"]), ("-lzcnt", []), (" -sse4.2", []),
+                           ("-bmi,+avx512f", []), ("+avx2", ["x86-64-v4", "x86-64-v3"])):
+        monkeypatch.setenv("NUMBA_CPU_FEATURES", features)
+        assert _prebuilt.levels_here() == want, features
 
 
 def test_no_level_off_x86_64_linux(monkeypatch):
     monkeypatch.setattr(_prebuilt, "_host_flags", lambda: V4)
-    monkeypatch.setattr(_prebuilt.platform, "machine", lambda: "aarch64")
-    assert _prebuilt.levels_here() == []
-    monkeypatch.setattr(_prebuilt.platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(_prebuilt.sys, "platform", "darwin")
+    monkeypatch.setattr(_prebuilt, "_x86_64_linux", lambda: False)
     assert _prebuilt.levels_here() == []
 
 
@@ -64,6 +63,31 @@ def test_each_level_compiles_the_loops_of_its_vector_width(monkeypatch, level):
 
     monkeypatch.setenv("NUMBA_CPU_FEATURES", _prebuilt.FEATURES[level])
     assert _tiers.numba_avx512() is ("avx512f" in _prebuilt.LEVELS[level])
+
+
+def test_a_build_leaves_nothing_of_an_earlier_one(monkeypatch, tmp_path):
+    """A level not rebuilt now must not pass for one of the current sources under the new
+    STAMP (a v4 CPU would load objects of other sources)."""
+    import subprocess as sp
+
+    class Done:
+        def __init__(self, cmd, **kwargs):
+            self.cmd = cmd
+
+        def wait(self):
+            return 0
+
+    out = tmp_path / "out"
+    for level in _prebuilt.LEVELS:
+        (out / level).mkdir(parents=True)
+        (out / level / "native.old.o").write_bytes(b"old")
+    (out / _prebuilt.STAMP).write_text("0" * 64 + "\n")
+    monkeypatch.setattr(sp, "Popen", Done)  # compiles nothing
+    files = _prebuilt.build(str(out), levels=("x86-64-v3",), report=lambda line: None)
+    assert files == [str(out / _prebuilt.STAMP)]
+    assert sorted(p.name for p in out.iterdir()) == [_prebuilt.STAMP, "x86-64-v3"]
+    assert list((out / "x86-64-v3").iterdir()) == []
+    assert (out / _prebuilt.STAMP).read_text().strip() == source_stamp()
 
 
 def _tree(root, stamp, levels):
@@ -161,7 +185,7 @@ BUILD = textwrap.dedent("""
     import functools, sys
     from bce_cli import _prebuilt, _wheel
     _prebuilt.build = functools.partial(_prebuilt.build, names=sys.argv[2:])
-    print(_wheel.build_wheel(sys.argv[1], {"prebuilt": "x86-64-v3"}))
+    print(_wheel.build_wheel(sys.argv[1], {"prebuilt": "all"}))
 """)
 
 NATIVE = pytest.mark.skipif(not (_native.supported() and _prebuilt.levels_here()),
@@ -170,11 +194,11 @@ NATIVE = pytest.mark.skipif(not (_native.supported() and _prebuilt.levels_here()
 
 @NATIVE
 def test_a_fresh_install_of_the_wheel_runs_the_shipped_objects_without_numba(tmp_path):
-    """The wheel's backend compiles the objects and lists them in the RECORD; installed
-    (unpacked) and run with an empty cache, the form counts as cached, ``auto`` takes
-    the compiled tier for a large job, and x86-64-v3's objects are loaded (which every CPU
-    that loads any level runs) without numba, and the losses are those of the NumPy
-    float64 reference."""
+    """The wheel's backend compiles the objects of both levels (whichever this CPU runs:
+    nothing compiled is run) and lists them in the RECORD; every object links here.
+    Installed (unpacked) and run with an empty cache, the form counts as cached, ``auto``
+    takes the compiled tier for a large job, and the widest level's objects are loaded
+    without numba, and the losses are those of the NumPy float64 reference."""
     import shutil
 
     from .reference import elementwise
@@ -185,8 +209,7 @@ def test_a_fresh_install_of_the_wheel_runs_the_shipped_objects_without_numba(tmp
                     ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(os.path.join(root, name), src / name)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("BCE_TIER", "NUMBA_CPU_FEATURES", "BCE_PREBUILT")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "BCE_"))}
     out = subprocess.run([sys.executable, "-c", BUILD, str(tmp_path / "dist"), *FORMS], cwd=src,
                          env=dict(env, PYTHONPATH=str(src)), check=True, capture_output=True,
                          text=True, timeout=600)
@@ -204,9 +227,13 @@ def test_a_fresh_install_of_the_wheel_runs_the_shipped_objects_without_numba(tmp
         zf.extractall(site)
     shipped = sorted(n for n in names if "/prebuilt-kernels/" in n)
     assert shipped[0] == "bce_cli/prebuilt-kernels/STAMP"
-    objects = {n.split("/")[-1].split(".")[1] for n in shipped[1:]}
-    assert objects == set(FORMS) and len(shipped) >= 5  # each for bool and float targets
-    assert all(n.startswith("bce_cli/prebuilt-kernels/x86-64-v3/native.") for n in shipped[1:])
+    for level in _prebuilt.LEVELS:
+        mine = [n for n in shipped if n.startswith(f"bce_cli/prebuilt-kernels/{level}/")]
+        assert {n.split("/")[-1].split(".")[1] for n in mine} == set(FORMS)
+        assert len(mine) >= 4  # each form for bool and float targets
+        for name in mine:  # linked, not run
+            assert _native.load(str(site / name)) is not None, name
+    assert len(shipped) == 1 + sum(n.endswith(".o") for n in names)
     assert len(record.splitlines()) == len(names)
     assert names[-1].endswith(".dist-info/RECORD")
     assert (site / "bce_cli/prebuilt-kernels/STAMP").read_text().strip() == source_stamp()
@@ -216,7 +243,7 @@ def test_a_fresh_install_of_the_wheel_runs_the_shipped_objects_without_numba(tmp
                          capture_output=True, text=True, timeout=300)
     got = json.loads(out.stdout)
     assert got["package"].startswith(str(site))
-    assert got["dir"] == str(site / "bce_cli" / "prebuilt-kernels" / "x86-64-v3")
+    assert got["dir"] == str(site / "bce_cli" / "prebuilt-kernels" / _prebuilt.levels_here()[0])
     assert got["cached"] and got["auto"] == "compiled"
     assert got["how"] == "loaded" and not got["numba"]
     x = np.linspace(-30, 30, 2_000_001, dtype=np.float32)
@@ -272,8 +299,7 @@ def test_a_wheel_build_compiles_the_levels_asked_for(monkeypatch, setting, env, 
         monkeypatch.delenv("BCE_PREBUILT", raising=False)
     else:
         monkeypatch.setenv("BCE_PREBUILT", env)
-    monkeypatch.setattr(_wheel.sys, "platform", "linux")
-    monkeypatch.setattr(_wheel.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(_prebuilt, "_x86_64_linux", lambda: True)
     monkeypatch.setattr(_wheel._setuptools, "get_requires_for_build_wheel", lambda c=None: [])
     config = {"prebuilt": setting} if setting else None
     assert _wheel.levels(config) == want
@@ -283,13 +309,12 @@ def test_a_wheel_build_compiles_the_levels_asked_for(monkeypatch, setting, env, 
 def test_a_wheel_build_says_what_it_cannot_compile(monkeypatch):
     from bce_cli import _wheel
 
-    monkeypatch.setattr(_wheel.sys, "platform", "linux")
-    monkeypatch.setattr(_wheel.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(_prebuilt, "_x86_64_linux", lambda: True)
     with pytest.raises(ValueError, match="unknown level 'x86-64-v2'"):
         _wheel.levels({"prebuilt": "x86-64-v2"})
-    monkeypatch.setattr(_wheel.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(_prebuilt, "_x86_64_linux", lambda: False)
     with pytest.raises(RuntimeError, match="x86-64 Linux only"):
         _wheel.levels({"prebuilt": "all"})
     assert _wheel.levels({"prebuilt": "none"}) == ()
-    monkeypatch.setattr(_wheel.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(_prebuilt, "_x86_64_linux", lambda: True)
     assert _wheel.levels({"prebuilt": ["all", "x86-64-v3"]}) == ("x86-64-v3",)  # the last
