@@ -40,7 +40,9 @@ demo: install
 
 # The release wheel: every kernel form compiled ahead for x86-64-v3 and v4 and shipped in it
 # (bce_cli/_wheel.py; about 3 minutes on 2 cores), so a fresh machine compiles nothing.
+# (build/ goes first: setuptools would ship a module deleted since from its copy there.)
 wheel: install
+	rm -rf build
 	BCE_PREBUILT=all $(BIN)/python -m pip wheel --no-build-isolation --no-deps -w dist .
 
 clean:

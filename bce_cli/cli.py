@@ -399,8 +399,9 @@ def suggest_pos_weight_command(
 @app.command("warmup", help=(
     "Compile every kernel form into the cache, so that large inputs can take the compiled "
     "kernels without waiting for a compiler (a Docker image layer, a CI cache step). Small "
-    "and mid-size inputs never need it, nor does bce installed from a release wheel, which "
-    "carries the forms compiled."), epilog="""[bold]Examples[/]
+    "and mid-size inputs never need it, nor, on x86-64 Linux with AVX2 or later, does bce "
+    "installed from a release wheel, which carries the forms compiled."),
+    epilog="""[bold]Examples[/]
 
   bce warmup                                   # into the package's __pycache__
 

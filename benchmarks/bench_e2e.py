@@ -2,7 +2,7 @@
 
     make bench                      # runs this after bench.py
     python benchmarks/bench_e2e.py [--data DIR] [--cache DIR] [--repeat 3] [--max-elements 1e8]
-                                   [--skip-warmup] [--from-wheel]
+                                   [--skip-warmup] [--from-wheel | --wheel FILE]
 
 Every figure is the best wall time of ``--repeat`` fresh processes, side by side in
 one run on the same files:
@@ -19,8 +19,8 @@ one run on the same files:
   after warmup) / bare;
 * ``bce warmup``: compile time of every kernel form.
 
-``--from-wheel`` adds the first run of the ``bce`` that ``pip install bce-cli``
-gives a fresh machine: it builds the release wheel (``make wheel``'s
+``--from-wheel`` adds the first run of the ``bce`` that a ``pip install`` of the
+release wheel gives a fresh x86-64 Linux machine: it builds that wheel (``make wheel``'s
 ``BCE_PREBUILT=all pip wheel .``, which compiles the kernels into it:
 ``bce_cli/_wheel.py``, a few minutes) and installs it with its dependencies into
 a new virtual environment.  Every other row runs bce from this checkout, which
@@ -264,6 +264,7 @@ def from_wheel(tmp: str, wheel: str | None = None) -> str:
     wheels, venv = os.path.join(tmp, "wheel"), os.path.join(tmp, "venv")
     start = time.perf_counter()
     if wheel is None:
+        shutil.rmtree(root / "build", ignore_errors=True)  # as `make wheel` does
         subprocess.run([PY, "-m", "pip", "wheel", "--quiet", "--no-build-isolation", "--no-deps",
                         "-w", wheels, str(root)], check=True,
                        env=dict(os.environ, BCE_PREBUILT="all"))
@@ -291,7 +292,7 @@ def main() -> None:
     ap.add_argument("--cache", help="the kernel cache `bce warmup` fills (kept between runs: "
                                     "a second warmup only loads it); default: a new one")
     ap.add_argument("--skip-warmup", action="store_true",
-                    help="no bce warmup (about 130 s on an empty cache), no after-warmup rows")
+                    help="no bce warmup (130-170 s on an empty cache), no after-warmup rows")
     ap.add_argument("--from-wheel", action="store_true",
                     help="also time bce installed from this checkout's wheel (built, a few "
                          "minutes, then installed into a new virtual environment)")
