@@ -411,7 +411,7 @@ def warmup_command(debug: DebugOpt = False):
     with guard(debug):
         import time
 
-        from . import _launch
+        from . import _launch, _prebuilt
 
         err = err_console()
         start = time.perf_counter()
@@ -423,8 +423,6 @@ def warmup_command(debug: DebugOpt = False):
 
         forms = _launch.warmup(report)
         slowest = max(times, key=times.get)
-        from . import _prebuilt
-
         shipped = _prebuilt.directory()
         where = sorted({_launch.cache_dir(f) or "nowhere (no writable cache directory: set "
                         "NUMBA_CACHE_DIR)" for f in forms})
