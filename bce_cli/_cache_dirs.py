@@ -99,6 +99,17 @@ def cpu_key() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def numba_features() -> dict[str, bool]:
+    """The features ``NUMBA_CPU_FEATURES`` turns on (True) or off (False), by LLVM's names:
+    ``"+avx2,-avx512f"`` gives ``{"avx2": True, "avx512f": False}``."""
+    out = {}
+    for item in os.environ.get("NUMBA_CPU_FEATURES", "").split(","):
+        item = item.strip()
+        if len(item) > 1 and item[0] in "+-":
+            out[item[1:]] = item[0] == "+"
+    return out
+
+
 def _host_cpu() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:

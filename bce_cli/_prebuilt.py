@@ -25,7 +25,7 @@ import os
 import platform
 import sys
 
-from ._cache_dirs import PACKAGE_DIR, source_stamp
+from ._cache_dirs import PACKAGE_DIR, numba_features, source_stamp
 
 # The levels, widest first: the CPU flags (``/proc/cpuinfo``) each one needs, and the
 # features numba compiles it with.
@@ -67,8 +67,7 @@ def levels_here() -> list[str]:
     if not _x86_64_linux():
         return []
     flags = _host_flags()
-    off = {f.strip()[1:] for f in os.environ.get("NUMBA_CPU_FEATURES", "").split(",")
-           if f.strip().startswith("-")}
+    off = {name for name, on in numba_features().items() if not on}
     return [level for level, needs in LEVELS.items()
             if flags.issuperset(needs) and not off & {_LLVM_NAMES.get(f, f) for f in needs}]
 

@@ -33,6 +33,7 @@ import threading
 
 from . import _native
 from ._cache_dirs import is_cached as is_cached_by_numba
+from ._cache_dirs import numba_features
 from ._forms import common_signatures
 
 TIERS = ("auto", "numpy", "compiled")
@@ -274,7 +275,5 @@ def numba_avx512() -> bool:
     """Whether numba compiles for AVX-512 here: as ``NUMBA_CPU_FEATURES`` says where it
     turns ``avx512f`` on or off, else as the host has it (the kernels' loops and the
     cost model both ask)."""
-    features = os.environ.get("NUMBA_CPU_FEATURES", "").split(",")
-    if "-avx512f" in features or "+avx512f" in features:
-        return "+avx512f" in features
-    return bool(_numpy_cpu().__cpu_features__.get("AVX512F"))
+    asked = numba_features().get("avx512f")
+    return bool(_numpy_cpu().__cpu_features__.get("AVX512F")) if asked is None else asked

@@ -345,7 +345,20 @@ def test_numba_compiles_for_avx512_as_its_features_say(monkeypatch):
     ``NUMBA_CPU_FEATURES`` decides where it turns avx512f on or off, else the host."""
     host = bool(_tiers._numpy_cpu().__cpu_features__.get("AVX512F"))
     for features, want in (("", host), ("+avx2,-avx512f", False), ("+avx2,+avx512f", True),
-                           ("+avx2", host)):
+                           ("+avx2", host), ("+avx2, -avx512f", False)):
         monkeypatch.setenv("NUMBA_CPU_FEATURES", features)
         assert _tiers.numba_avx512() is want, features
         assert (_tiers.rates()[1] == _tiers.COMPILED_RATE) is want, features
+
+
+def test_numba_features_are_read_as_numba_gives_them(monkeypatch):
+    """One reading of ``NUMBA_CPU_FEATURES`` for the cost model, the kernels' loops and the
+    shipped kernels' levels (``bce_cli._prebuilt``)."""
+    from bce_cli._cache_dirs import numba_features
+
+    for text, want in (("", {}), ("+avx2,-avx512f", {"avx2": True, "avx512f": False}),
+                       (" +fma , -sse4.2,", {"fma": True, "sse4.2": False}), ("avx2,+,-", {})):
+        monkeypatch.setenv("NUMBA_CPU_FEATURES", text)
+        assert numba_features() == want, text
+    monkeypatch.delenv("NUMBA_CPU_FEATURES")
+    assert numba_features() == {}
