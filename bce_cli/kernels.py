@@ -93,14 +93,18 @@ def element_loss(x, y, w, p, t):
     either sign of x.  A term whose coefficient is exactly zero contributes
     exactly zero, so infinite logits give their limits (x=+inf, y=1 -> 0)
     instead of 0*inf = NaN.  NaN propagates.
+
+    The rule picks the softplus (0 for a zero coefficient), not the product: the
+    sum of two products is then contracted into the same multiply-add in a vector
+    loop and in its scalar remainder.  With the product picked, AVX-512 code fused
+    the pick and the sum into a masked multiply-add in the vector body only, and an
+    element's last bit depended on where it fell in the loop.
     """
     pos_coef = p * y
     neg_coef = 1.0 - y
-    pos_term = pos_coef * (max(-x, 0.0) + t)
-    neg_term = neg_coef * (max(x, 0.0) + t)
-    pos_term = pos_term if pos_coef != 0.0 else 0.0
-    neg_term = neg_term if neg_coef != 0.0 else 0.0
-    loss = w * (pos_term + neg_term)
+    pos_soft = (max(-x, 0.0) + t) if pos_coef != 0.0 else 0.0
+    neg_soft = (max(x, 0.0) + t) if neg_coef != 0.0 else 0.0
+    loss = w * (pos_coef * pos_soft + neg_coef * neg_soft)
     return loss if w != 0.0 else 0.0
 
 
@@ -151,7 +155,8 @@ def _block_losses_for(softplus_core, loop, general):
     ``ws``/``ps`` (SMOOTH: whichever of them is non-empty).  ``softplus_core``
     = log1p(exp(-a)) is inlined: float32 logits take the shorter polynomial
     (relative error 4e-11: float32 results round correctly and float64 sums
-    stay within 1e-10), float64 logits the full-precision one.
+    stay within 1e-10), float64 logits the full-precision one.  The loop runs
+    ``INTERLEAVE`` vectors at a time (``bce_cli._jit._Interleaved``).
     """
     use_ws = loop in (WS, WSPS)
     use_ps = loop in (PS, WSPS)
@@ -183,7 +188,7 @@ def _block_losses_for(softplus_core, loop, general):
             else:
                 lbuf[i] = fast_loss(xv, yl, wi, pi, t, unit)
 
-    return scalar()(block_losses)
+    return scalar(interleave=True)(block_losses)
 
 
 @scalar(SUM_FLAGS)
@@ -443,6 +448,14 @@ def _rows_task_for(softplus_core, loop):
     # of their own (10% faster there); with AVX-512's 32, one loop (10% faster there).
     split = not unit and not numba_avx512()
 
+    @scalar(interleave=True)
+    def line_losses(xs, ys, ws, ps, keep, half, lrow):
+        """lrow[j] = loss of element j of a line (the split loop)."""
+        for j in range(xs.size):
+            xv = np.float64(xs[j])
+            lrow[j] = fast_loss(xv, np.float64(ys[j]) * keep + half, ws[j], ps[j],
+                                softplus_core(abs(xv)), False)
+
     def task(xp, yp, wvp, pvp, wfp, pfp, outp, sidep, partp, badp, scrp, oscrp, ip, fp, k0,
              k1):
         (x, y, wvec, pvec, wf, pf, out, side, partials, n_bad, scratch, oscratch, smooth, ignore,
@@ -516,10 +529,7 @@ def _rows_task_for(softplus_core, loop):
                 else:
                     dst = out[lo:lo + m] if write_loop else out[0:0]
                     if split:
-                        for j in range(m):
-                            xv = np.float64(xs[j])
-                            lrow[j] = fast_loss(xv, np.float64(ys[j]) * keep + half, ws[j],
-                                                ps[j], softplus_core(abs(xv)), False)
+                        line_losses(xs, ys, ws, ps, keep, half, lrow)
                     for j in range(m):
                         xv = np.float64(xs[j])
                         yv = np.float64(ys[j])

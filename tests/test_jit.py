@@ -574,3 +574,119 @@ def test_rows_kernel_with_avx2_code(tmp_path, rng):
     with np.load(files[5]) as there:  # this process's code against AVX2 code's
         for name, value in here.items():
             np.testing.assert_allclose(there[name], value, rtol=1e-10, err_msg=name)
+
+
+INTERLEAVE_CHILD = """
+import re, sys
+import numpy as np
+from numba import types
+from bce_cli import _jit
+from bce_cli._fastmath import log1p_exp_neg_f32
+
+core = _jit.inline_copy(log1p_exp_neg_f32)
+
+
+def loop(x, out):
+    for i in range(x.size):
+        out[i] = core(abs(np.float64(x[i])))
+
+
+def broken(x, out):
+    for i in range(x.size):
+        out[i] = core(abs(np.float64(x[i]))) + undefined_name  # noqa: F821
+
+
+sig = (types.float32[::1], types.float64[::1])
+
+
+def body(fn):
+    # the compiled function's instructions, without its name or labels
+    fn.compile(sig)
+    lines = fn.inspect_asm(sig).splitlines()
+    return [ln.split()[0] for ln in lines if ln.startswith("\\t") and not ln.startswith("\\t.")]
+
+
+def divides(code):
+    return sum("div" in op for op in code)
+
+
+before = body(_jit.scalar()(loop))
+interleaved = body(_jit.scalar(interleave=True)(loop))
+after = body(_jit.scalar()(loop))
+try:
+    _jit.scalar(interleave=True)(broken).compile(sig)
+except Exception:
+    pass
+else:
+    raise SystemExit("the broken loop compiled")
+after_error = body(_jit.scalar()(loop))
+print(divides(before), divides(interleaved), before == after == after_error)
+"""
+
+
+def test_interleaving_is_for_its_own_compile_only():
+    """``scalar(interleave=True)`` compiles its loop with more vectors per iteration (more
+    divides in its code), and a function compiled after it, also after a compile that
+    failed, is the code of a process that never interleaved."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("counts x86 divide instructions")
+    done = subprocess.run([sys.executable, "-c", INTERLEAVE_CHILD], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, NUMBA_CACHE_DIR=""))
+    assert done.returncode == 0, done.stderr
+    before, interleaved, same = done.stdout.split()
+    assert int(interleaved) >= int(before) + _jit.INTERLEAVE - 1
+    assert same == "True"
+
+
+def test_an_interleaved_loop_never_sums_under_reassoc():
+    with pytest.raises(ValueError, match="reassoc"):
+        _jit.scalar(_jit.SUM_FLAGS, interleave=True)
+
+
+def _called(fn):
+    """A Python-callable wrapper of a ``scalar`` function (which has none)."""
+    import numba
+
+    @numba.njit
+    def call(x, y, ws, ps, w, p, smooth, out):
+        fn(x, y, ws, ps, w, p, smooth, out)
+
+    return call
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_interleaving_changes_no_bit(bits):
+    """The loss loops interleaved (as shipped) and not: the same bits for every loop, the
+    general options too, on lengths that end anywhere in the vector body and its
+    remainder; and an element's bits do not depend on where it falls in the loop (the
+    general options' loss once took a masked multiply-add in AVX-512 vector bodies
+    only, see ``kernels.element_loss``)."""
+    from bce_cli import kernels
+    from bce_cli._forms import PLANES_LOOPS
+
+    dtype = np.float32 if bits == 32 else np.float64
+    rng = np.random.default_rng(bits)
+    n = 1024
+    x = (rng.standard_normal(n) * 6).astype(dtype)
+    x[[5, 102, 199, 296, 393, 490, 587]] = [0.0, -0.0, 800.0, -800.0, 1e-30, 30.0, -30.0]
+    y = rng.random(n).astype(dtype)
+    y[::3] = 1.0
+    ws = (rng.random(n) + 0.5).astype(dtype)
+    ps = (rng.random(n) * 3).astype(dtype)
+    for loop in range(len(PLANES_LOOPS)):
+        for general in (False, True):
+            shipped = kernels._block_losses_for(kernels._CORES[bits], loop, general)
+            plain = _jit.scalar()(shipped.py_func)
+            run_shipped, run_plain = _called(shipped), _called(plain)
+            for m in (1, 3, 4, 5, 15, 16, 17, 31, 33, 63, 64, 65, 1000, 1024):
+                got, want = np.zeros(m), np.ones(m)
+                args = (x[:m], y[:m], ws[:m], ps[:m], 0.7, 1.9, 0.1)
+                run_shipped(*args, got)
+                run_plain(*args, want)
+                assert got.tobytes() == want.tobytes(), (loop, general, m)
+            full = np.zeros(n)
+            run_shipped(x, y, ws, ps, 0.7, 1.9, 0.1, full)
+            for lo in (1, 2, 3, 5, 13):
+                part = np.zeros(n - lo)
+                run_shipped(x[lo:], y[lo:], ws[lo:], ps[lo:], 0.7, 1.9, 0.1, part)
+                assert part.tobytes() == full[lo:].tobytes(), (loop, general, lo)
