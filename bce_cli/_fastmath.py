@@ -183,6 +183,12 @@ def log1p_exp_neg_f32(a):
     One-constant reduction (error <= 3e-14), exp(t) Remez degree 7 (4.0e-11),
     log1p(e) = 2*s*A(s*s) with s = e/(2+e) in [0, 1/3], A Remez degree 6 (2.5e-12).
     Returns exactly 0.0 for a > 708 (T < 3e-308: 0.0 in float32 for a > 104).
+
+    The result is a product whose first factor is picked (0 beyond 708), not the
+    product itself: a caller's ``x*c + T`` then contracts into one multiply-add in a
+    vector loop and in its scalar remainder alike.  With the product picked, AVX-512
+    code fused the pick and the caller's sum into a masked multiply-add in vector
+    bodies only, and an element's last bit depended on where it fell in the loop.
     """
     ac = A32_MAX if a > A32_MAX else a  # NaN passes
     kf, k = _round_parts(ac * LOG2E)
@@ -198,11 +204,11 @@ def log1p_exp_neg_f32(a):
     z = s * s
     z2 = z * z
     z4 = z2 * z2
-    v = (s + s) * (((1.0000000000025142 + z * 0.33333333113656605)
-                    + z2 * (0.20000031270357557 + z * 0.1428405130277295))
-                   + z4 * ((0.1115293930945003 + z * 0.08558256232622283)
-                           + z2 * 0.10939338135121426))
-    return 0.0 if a > A32_MAX else v
+    two_s = 0.0 if a > A32_MAX else s + s  # NaN passes
+    return two_s * (((1.0000000000025142 + z * 0.33333333113656605)
+                     + z2 * (0.20000031270357557 + z * 0.1428405130277295))
+                    + z4 * ((0.1115293930945003 + z * 0.08558256232622283)
+                            + z2 * 0.10939338135121426))
 
 
 # The functions above in the order they call each other (each only those before it).

@@ -114,9 +114,10 @@ class _Interleaved(Compiler):
     own latency (its operations take half the time of 512-bit ones on the same
     pipes).  LLVM interleaves only loops that carry a reduction, or small ones; forced
     to 4, the loss loops of the planes kernel ran 31% faster (float32) and 33% faster
-    (float64) on 256-bit vectors, 5% and 21% on 512-bit ones (one thread, a
-    1024-element block in L1, Zen 4).  The results are the same bits: each element's
-    operations are the same, only their order in the program changes.
+    (float64) with AVX2 code, 5% and 21% with AVX-512 code (one thread, a 1024-element
+    block in L1, Zen 4).  The results are the same bits: each element's operations are
+    the same in the vector body and in the scalar remainder (``tests/test_jit.py``
+    checks it), only which elements each one takes changes.
 
     LLVM's option is process-wide: it is set for this compile only (the compile runs
     and optimises this function's module under numba's compiler lock, which every
@@ -273,18 +274,22 @@ def _locked(path):
 
 
 def form_kernel(name: str, *, parallel: bool, flags=ELEMENT_FLAGS, wrapper: bool = True,
-                cache: bool = True):
+                cache: bool = True, interleave: bool = False):
     """Decorator for the compiled entry point of one kernel form, cached as ``name`` in
     numba's cache (unless ``cache`` is false: the pointer entry points are saved as
     native objects instead, ``bce_cli._native``).  ``wrapper``: callable from Python
-    (else from compiled code, or by address)."""
+    (else from compiled code, or by address).  ``interleave``: as for :func:`scalar`,
+    for a form whose loops sum nothing across their iterations in floating point."""
+    if interleave and "reassoc" in flags:
+        raise ValueError("an interleaved loop must not sum under reassoc")
 
     def decorate(fn):
         fn.__qualname__ = fn.__name__ = name.replace(".", "_").replace("-", "_")
         fn._bce_form = name
         disp = numba.njit(parallel=parallel, nogil=True, error_model="numpy",
                           fastmath=set(flags), no_cfunc_wrapper=True,
-                          no_cpython_wrapper=not wrapper)(fn)
+                          no_cpython_wrapper=not wrapper,
+                          **({"pipeline_class": _Interleaved} if interleave else {}))(fn)
         if not cache:
             return disp
         locator = _Locator.for_form(name, fn.__code__.co_filename)

@@ -690,3 +690,45 @@ def test_interleaving_changes_no_bit(bits):
                 part = np.zeros(n - lo)
                 run_shipped(x[lo:], y[lo:], ws[lo:], ps[lo:], 0.7, 1.9, 0.1, part)
                 assert part.tobytes() == full[lo:].tobytes(), (loop, general, lo)
+
+
+@pytest.mark.parametrize("interleave", [False, True])
+def test_a_fused_loss_loop_does_not_depend_on_the_position(interleave):
+    """The rows kernel's unit loop shape (the float32 core, ``fast_loss`` with smoothing,
+    per-position sums): each element's loss is the same bits wherever it falls in the
+    vector body or the remainder.  AVX-512 code once fused the core's last product with
+    the caller's sum in vector bodies only (see ``_fastmath.log1p_exp_neg_f32``)."""
+    import numba
+
+    from bce_cli import kernels
+
+    core = kernels._CORES[32]
+
+    def body(xs, ys, keep, half, out, a_loss, a_pos):
+        for j in range(xs.size):
+            xv = np.float64(xs[j])
+            yv = np.float64(ys[j])
+            loss = kernels.fast_loss(xv, yv * keep + half, 1.0, 1.0, core(abs(xv)), True)
+            out[j] = loss
+            a_loss[j] += loss
+            a_pos[j] += yv
+
+    loop = _jit.scalar(interleave=interleave)(body)
+
+    @numba.njit
+    def run(xs, ys, keep, half, out, a_loss, a_pos):
+        loop(xs, ys, keep, half, out, a_loss, a_pos)
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(1000) * 3).astype(np.float32)
+    y = (rng.random(1000) < 0.3).astype(np.uint8)
+
+    def losses(k):
+        out, a_loss, a_pos = (np.zeros(x.size - k) for _ in range(3))
+        run(x[k:], y[k:], 0.9, 0.05, out, a_loss, a_pos)
+        assert out.tobytes() == a_loss.tobytes()
+        return out
+
+    full = losses(0)
+    for k in (1, 2, 3, 5, 7, 13):
+        assert losses(k).tobytes() == full[k:].tobytes(), k
