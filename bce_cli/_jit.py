@@ -121,9 +121,12 @@ class _Interleaved(Compiler):
 
     LLVM's option is process-wide: it is set for this compile only (the compile runs
     and optimises this function's module under numba's compiler lock, which every
-    numba compile takes) and put back to 0, LLVM's default, when it ends, also on an
-    error; a compile nested in it (a callee) is interleaved too.  Not for loops that
-    sum: their order of additions, under ``reassoc``, would change.
+    numba compile takes) and put back to 0, LLVM's default (also a value a caller of
+    bce may have set), when it ends, also on an error.  Not for loops that sum under
+    ``reassoc``: their order of additions would change.  That holds for the code the
+    function calls too: a function called by symbol is compiled (nested) under the same
+    option, and linked into the module the option optimises, so an interleaved
+    function calls only code that numba inlines into it (``inline``, ``inline_copy``).
     """
 
     def _compile_core(self):
@@ -274,22 +277,18 @@ def _locked(path):
 
 
 def form_kernel(name: str, *, parallel: bool, flags=ELEMENT_FLAGS, wrapper: bool = True,
-                cache: bool = True, interleave: bool = False):
+                cache: bool = True):
     """Decorator for the compiled entry point of one kernel form, cached as ``name`` in
     numba's cache (unless ``cache`` is false: the pointer entry points are saved as
     native objects instead, ``bce_cli._native``).  ``wrapper``: callable from Python
-    (else from compiled code, or by address).  ``interleave``: as for :func:`scalar`,
-    for a form whose loops sum nothing across their iterations in floating point."""
-    if interleave and "reassoc" in flags:
-        raise ValueError("an interleaved loop must not sum under reassoc")
+    (else from compiled code, or by address)."""
 
     def decorate(fn):
         fn.__qualname__ = fn.__name__ = name.replace(".", "_").replace("-", "_")
         fn._bce_form = name
         disp = numba.njit(parallel=parallel, nogil=True, error_model="numpy",
                           fastmath=set(flags), no_cfunc_wrapper=True,
-                          no_cpython_wrapper=not wrapper,
-                          **({"pipeline_class": _Interleaved} if interleave else {}))(fn)
+                          no_cpython_wrapper=not wrapper)(fn)
         if not cache:
             return disp
         locator = _Locator.for_form(name, fn.__code__.co_filename)

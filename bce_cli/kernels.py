@@ -456,6 +456,37 @@ def _rows_task_for(softplus_core, loop):
             lrow[j] = fast_loss(xv, np.float64(ys[j]) * keep + half, ws[j], ps[j],
                                 softplus_core(abs(xv)), False)
 
+    @scalar(interleave=True)
+    def line_stats(xs, ys, ws, ps, keep, half, dst, lrow, a_loss, a_pos, a_cor, a_sq,
+                   moments):
+        """Add each element of a line into its position's sums (loss, target, correct;
+        with ``moments`` the squared loss too, and the loss kept in ``lrow``), writing
+        the losses into ``dst`` (the write loop); ``split``: the losses are in ``lrow``
+        already.  Returns the number of targets outside [0, 1] (a NaN shows in
+        ``a_loss``)."""
+        bad_count = 0
+        for j in range(xs.size):
+            xv = np.float64(xs[j])
+            yv = np.float64(ys[j])
+            if split:
+                loss = lrow[j]
+            elif unit:
+                loss = fast_loss(xv, yv * keep + half, 1.0, 1.0, softplus_core(abs(xv)), True)
+            else:
+                loss = fast_loss(xv, yv * keep + half, ws[j], ps[j], softplus_core(abs(xv)),
+                                 False)
+            if write_loop:
+                dst[j] = loss
+            if moments:  # loop-invariant: LLVM unswitches the loop
+                if not split:  # (split: the losses are in lrow already)
+                    lrow[j] = loss
+                a_sq[j] += loss * loss
+            a_loss[j] += loss
+            a_pos[j] += yv
+            a_cor[j] += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
+            bad_count += (yv < 0.0) | (yv > 1.0)  # a NaN: in a_loss
+        return bad_count
+
     def task(xp, yp, wvp, pvp, wfp, pfp, outp, sidep, partp, badp, scrp, oscrp, ip, fp, k0,
              k1):
         (x, y, wvec, pvec, wf, pf, out, side, partials, n_bad, scratch, oscratch, smooth, ignore,
@@ -530,27 +561,8 @@ def _rows_task_for(softplus_core, loop):
                     dst = out[lo:lo + m] if write_loop else out[0:0]
                     if split:
                         line_losses(xs, ys, ws, ps, keep, half, lrow)
-                    for j in range(m):
-                        xv = np.float64(xs[j])
-                        yv = np.float64(ys[j])
-                        if split:
-                            loss = lrow[j]
-                        elif unit:
-                            loss = fast_loss(xv, yv * keep + half, 1.0, 1.0,
-                                             softplus_core(abs(xv)), True)
-                        else:
-                            loss = fast_loss(xv, yv * keep + half, ws[j], ps[j],
-                                             softplus_core(abs(xv)), False)
-                        if write_loop:
-                            dst[j] = loss
-                        if moments:  # loop-invariant: LLVM unswitches the loop
-                            if not split:  # (split: the losses are in lrow already)
-                                lrow[j] = loss
-                            a_sq[j] += loss * loss
-                        a_loss[j] += loss
-                        a_pos[j] += yv
-                        a_cor[j] += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
-                        bad_count += (yv < 0.0) | (yv > 1.0)  # a NaN: in a_loss
+                    bad_count += line_stats(xs, ys, ws, ps, keep, half, dst, lrow, a_loss,
+                                            a_pos, a_cor, a_sq, moments)
                 if moments:
                     r = line_rows(lrow, lcnt, m, c_count, general_loop)
                     r_aa += r[0]
@@ -600,7 +612,7 @@ def _prange_entry_for(form: Form):
     of its own): arrays in, as ``bce_cli._launch.run`` has them; ``ints`` as the
     tasks take them."""
     task, flags = _task_for(form)
-    serial = scalar(flags, interleave=form.kernel == "rows")(task)
+    serial = scalar(flags)(task)
 
     def run_tasks(x, y, wvec, pvec, wf, pf, out, side, partials, n_bad, scratch, oscratch, ints,
                   floats, k0, k1):
@@ -627,13 +639,10 @@ def native_signature(sig: str):
 def compile_native(form: Form, sig: str):
     """Compile ``form``'s entry point for signature tag ``sig``: ``(symbol, address, object
     code)``; the object is None when it cannot be saved (numba's cache then keeps the
-    form: ``form_kernel``).  A rows task sums nothing across its loops' iterations in
-    floating point (each position has its sum), so the whole task is interleaved
-    (``bce_cli._jit._Interleaved``: the unit loop 24% faster with AVX2 code, 10% with
-    AVX-512 code); a planes task sums under ``reassoc``, so only its loss loop is."""
+    form: ``form_kernel``)."""
     task, flags = _task_for(form)
     disp = form_kernel(f"{form.name}.{sig}", parallel=False, flags=flags, wrapper=False,
-                       cache=not _native.supported(), interleave=form.kernel == "rows")(task)
+                       cache=not _native.supported())(task)
     return compile_entry(disp, native_signature(sig))
 
 

@@ -668,11 +668,14 @@ def test_interleaving_changes_no_bit(bits):
     rng = np.random.default_rng(bits)
     n = 1024
     x = (rng.standard_normal(n) * 6).astype(dtype)
-    x[[5, 102, 199, 296, 393, 490, 587]] = [0.0, -0.0, 800.0, -800.0, 1e-30, 30.0, -30.0]
+    x[5::97] = [0.0, -0.0, 800.0, -800.0, 1e-30, 30.0, -30.0, np.inf, -np.inf, np.nan, 2.0]
     y = rng.random(n).astype(dtype)
     y[::3] = 1.0
+    y[1::5] = 0.0  # zero coefficients, also under an infinite logit
     ws = (rng.random(n) + 0.5).astype(dtype)
+    ws[2::11] = 0.0
     ps = (rng.random(n) * 3).astype(dtype)
+    ps[4::7] = 0.0
     for loop in range(len(PLANES_LOOPS)):
         for general in (False, True):
             shipped = kernels._block_losses_for(kernels._CORES[bits], loop, general)
@@ -732,3 +735,4 @@ def test_a_fused_loss_loop_does_not_depend_on_the_position(interleave):
     full = losses(0)
     for k in (1, 2, 3, 5, 7, 13):
         assert losses(k).tobytes() == full[k:].tobytes(), k
+
