@@ -21,15 +21,17 @@ LLVM vectorises:
 
 1. ``block_losses`` (element flags, no ``reassoc``): the per-element loss into
    a float64 scratch buffer.  The transcendental is inlined here, so its
-   compensation terms keep their meaning.
+   compensation terms keep their meaning.  Four vectors per iteration
+   (``bce_cli._jit.scalar(interleave=True)``).
 2. ``block_sums`` (sum flags, with ``reassoc``): float64 sums of losses,
    counts, targets and correct predictions, plus the count of invalid
    elements (validation fused into the pass).
 
-A rows task fuses both into one loop per line: each element's statistics go
-into a float64 sum per position along the line, so no sum runs across the
-loop (no ``reassoc`` needed) and the same loop serves any C; positions are
-folded into classes once per task.
+A rows task fuses both into one loop per line (``line_stats``, interleaved too;
+with AVX2's 16 vector registers and per-class factors the losses come first, in
+``line_losses``): each element's statistics go into a float64 sum per position
+along the line, so no sum runs across the loop (no ``reassoc`` needed) and the
+same loop serves any C; positions are folded into classes once per task.
 
 Under the default options the loops compute :func:`fast_loss`, which takes
 fewer operations than :func:`element_loss` and gives NaN where an infinite
