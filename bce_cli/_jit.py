@@ -116,17 +116,20 @@ class _Interleaved(Compiler):
     to 4, the loss loops of the planes kernel ran 31% faster (float32) and 33% faster
     (float64) with AVX2 code, 5% and 21% with AVX-512 code (one thread, a 1024-element
     block in L1, Zen 4).  The results are the same bits: each element's operations are
-    the same in the vector body and in the scalar remainder (``tests/test_jit.py``
-    checks it), only which elements each one takes changes.
+    the same in the vector body and in the scalar remainder, only which elements each
+    one takes changes (``tests/test_jit.py`` checks the kernels' interleaved loops
+    against plain compiles of the same code).
 
     LLVM's option is process-wide: it is set for this compile only (the compile runs
     and optimises this function's module under numba's compiler lock, which every
-    numba compile takes) and put back to 0, LLVM's default (also a value a caller of
-    bce may have set), when it ends, also on an error.  Not for loops that sum under
-    ``reassoc``: their order of additions would change.  That holds for the code the
-    function calls too: a function called by symbol is compiled (nested) under the same
-    option, and linked into the module the option optimises, so an interleaved
-    function calls only code that numba inlines into it (``inline``, ``inline_copy``).
+    numba compile takes) and put back to 0, LLVM's default, when it ends, also on an
+    error (a value a caller of bce set is overwritten: llvmlite cannot read it back).
+    Not for loops that sum under ``reassoc``: their order of additions would change.
+    That holds for the code the function calls too: a function it calls by symbol is
+    compiled (nested) under the same option when this compile is its first, and linked
+    into the module the option optimises.  So an interleaved function inlines its loops'
+    code (``inline``, ``inline_copy``) and calls by symbol only loop-free element math
+    (``bce_cli._fastmath``'s leaves).
     """
 
     def _compile_core(self):

@@ -606,8 +606,8 @@ def body(fn):
     return [ln.split()[0] for ln in lines if ln.startswith("\\t") and not ln.startswith("\\t.")]
 
 
-def divides(code):
-    return sum("div" in op for op in code)
+def divides(code):  # packed (vector) divides: one per vector of the loop's body
+    return sum(op.startswith(("divp", "vdivp")) for op in code)
 
 
 before = body(_jit.scalar()(loop))
@@ -633,9 +633,9 @@ def test_interleaving_is_for_its_own_compile_only():
     done = subprocess.run([sys.executable, "-c", INTERLEAVE_CHILD], capture_output=True,
                           text=True, timeout=300, env=dict(os.environ, NUMBA_CACHE_DIR=""))
     assert done.returncode == 0, done.stderr
-    before, interleaved, same = done.stdout.split()
-    assert int(interleaved) >= int(before) + _jit.INTERLEAVE - 1
-    assert same == "True"
+    before, interleaved, same = map(eval, done.stdout.split())
+    assert before >= 1 and interleaved >= _jit.INTERLEAVE and interleaved > before
+    assert same is True
 
 
 def test_an_interleaved_loop_never_sums_under_reassoc():
@@ -686,13 +686,83 @@ def test_interleaving_changes_no_bit(bits):
                 args = (x[:m], y[:m], ws[:m], ps[:m], 0.7, 1.9, 0.1)
                 run_shipped(*args, got)
                 run_plain(*args, want)
-                assert got.tobytes() == want.tobytes(), (loop, general, m)
+                _same_bits(got, want, (loop, general, m))
             full = np.zeros(n)
             run_shipped(x, y, ws, ps, 0.7, 1.9, 0.1, full)
             for lo in (1, 2, 3, 5, 13):
                 part = np.zeros(n - lo)
                 run_shipped(x[lo:], y[lo:], ws[lo:], ps[lo:], 0.7, 1.9, 0.1, part)
-                assert part.tobytes() == full[lo:].tobytes(), (loop, general, lo)
+                _same_bits(part, full[lo:], (loop, general, lo))
+
+
+def _same_bits(got, want, where):
+    """The same bits, but for the sign of a NaN (which operand order decides)."""
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(got), nan), where
+    assert got[~nan].tobytes() == want[~nan].tobytes(), where
+
+
+def _called_line(fn, returns):
+    """A Python-callable wrapper of a rows line function (``scalar``: no wrapper)."""
+    import numba
+
+    if returns:
+        @numba.njit
+        def call(*args):
+            return fn(*args)
+    else:
+        @numba.njit
+        def call(*args):
+            fn(*args)
+    return call
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_the_rows_line_loops_interleaved_change_no_bit(bits):
+    """The rows kernel's line functions as shipped (interleaved) and compiled plain: the
+    same losses, per-position sums and count of invalid targets, for each default loop,
+    with and without the row moments and smoothing, over many lines of lengths whose
+    elements fall in the vector body of one compile and the remainder of the other."""
+    from bce_cli import kernels
+    from bce_cli._forms import ROWS_GENERAL, ROWS_LOOPS
+
+    dtype = np.float32 if bits == 32 else np.float64
+    rng = np.random.default_rng(bits + 1)
+    n = 4000
+    x = (rng.standard_normal(n) * 4).astype(dtype)
+    x[3::401] = np.resize([0.0, -0.0, 800.0, -800.0, 1e-30, 30.0, -30.0, np.inf, -np.inf,
+                           np.nan], x[3::401].size)
+    y = (rng.random(n) < 0.3).astype(dtype)
+    y[::7] = rng.random(y[::7].size)
+    y[7::500] = 1.5  # a target outside [0, 1]: counted
+    ws = rng.random(n) + 0.5
+    ps = rng.random(n) * 3
+    ps[4::7] = 0.0
+    for loop in range(len(ROWS_LOOPS)):
+        if loop == ROWS_GENERAL:
+            continue
+        task, _ = kernels._rows_task_for(kernels._CORES[bits], loop)
+        for name, returns in (("line_losses", False), ("line_stats", True)):
+            shipped = getattr(task, name)
+            plain = _jit.scalar()(shipped.py_func)
+            run_shipped, run_plain = _called_line(shipped, returns), _called_line(plain, returns)
+            for m in (5, 31, 63, 200, 520):
+                for moments, keep, half in ((0, 1.0, 0.0), (1, 0.9, 0.05)):
+                    for lo in range(0, n - m, m):
+                        outs = []
+                        for run in (run_shipped, run_plain):
+                            bufs = [np.zeros(m, dtype)] + [np.full(m, 0.25) for _ in range(5)]
+                            args = (x[lo:lo + m], y[lo:lo + m], ws[lo:lo + m], ps[lo:lo + m],
+                                    keep, half)
+                            if name == "line_losses":
+                                run(*args, bufs[1])
+                                outs.append((bufs, 0))
+                            else:
+                                outs.append((bufs, run(*args, *bufs, moments)))
+                        (got, bad), (want, bad_want) = outs
+                        assert bad == bad_want, (loop, name, m, lo)
+                        for g, w in zip(got, want, strict=True):
+                            _same_bits(g, w, (loop, name, m, moments, lo))
 
 
 @pytest.mark.parametrize("interleave", [False, True])
