@@ -22,7 +22,7 @@ LLVM vectorises:
 1. ``block_losses`` (element flags, no ``reassoc``): the per-element loss into
    a float64 scratch buffer.  The transcendental is inlined here, so its
    compensation terms keep their meaning.  Four vectors per iteration
-   (``bce_cli._jit.scalar(interleave=True)``), but under the general options.
+   (``bce_cli._jit.scalar(interleave=True)``), except under the general options.
 2. ``block_sums`` (sum flags, with ``reassoc``): float64 sums of losses,
    counts, targets and correct predictions, plus the count of invalid
    elements (validation fused into the pass).
@@ -159,8 +159,8 @@ def _block_losses_for(softplus_core, loop, general):
     = log1p(exp(-a)) is inlined: float32 logits take the shorter polynomial
     (relative error 4e-11: float32 results round correctly and float64 sums
     stay within 1e-10), float64 logits the full-precision one.  The loop runs
-    ``INTERLEAVE`` vectors at a time (``bce_cli._jit._Interleaved``), but for the
-    general options.
+    ``INTERLEAVE`` vectors at a time (``bce_cli._jit._Interleaved``), except under
+    the general options.
     """
     use_ws = loop in (WS, WSPS)
     use_ps = loop in (PS, WSPS)
