@@ -643,13 +643,13 @@ def test_an_interleaved_loop_never_sums_under_reassoc():
         _jit.scalar(_jit.SUM_FLAGS, interleave=True)
 
 
-def _called(fn):
+def _callable(fn):
     """A Python-callable wrapper of a ``scalar`` function (which has none)."""
     import numba
 
     @numba.njit
-    def call(x, y, ws, ps, w, p, smooth, out):
-        fn(x, y, ws, ps, w, p, smooth, out)
+    def call(*args):
+        return fn(*args)
 
     return call
 
@@ -680,7 +680,7 @@ def test_interleaving_changes_no_bit(bits):
         for general in (False, True):
             shipped = kernels._block_losses_for(kernels._CORES[bits], loop, general)
             plain = _jit.scalar()(shipped.py_func)
-            run_shipped, run_plain = _called(shipped), _called(plain)
+            run_shipped, run_plain = _callable(shipped), _callable(plain)
             for m in (1, 3, 4, 5, 15, 16, 17, 31, 33, 63, 64, 65, 1000, 1024):
                 got, want = np.zeros(m), np.ones(m)
                 args = (x[:m], y[:m], ws[:m], ps[:m], 0.7, 1.9, 0.1)
@@ -700,21 +700,6 @@ def _same_bits(got, want, where):
     nan = np.isnan(want)
     assert np.array_equal(np.isnan(got), nan), where
     assert got[~nan].tobytes() == want[~nan].tobytes(), where
-
-
-def _called_line(fn, returns):
-    """A Python-callable wrapper of a rows line function (``scalar``: no wrapper)."""
-    import numba
-
-    if returns:
-        @numba.njit
-        def call(*args):
-            return fn(*args)
-    else:
-        @numba.njit
-        def call(*args):
-            fn(*args)
-    return call
 
 
 @pytest.mark.parametrize("bits", [32, 64])
@@ -742,10 +727,10 @@ def test_the_rows_line_loops_interleaved_change_no_bit(bits):
         if loop == ROWS_GENERAL:
             continue
         task, _ = kernels._rows_task_for(kernels._CORES[bits], loop)
-        for name, returns in (("line_losses", False), ("line_stats", True)):
+        for name in ("line_losses", "line_stats"):
             shipped = getattr(task, name)
             plain = _jit.scalar()(shipped.py_func)
-            run_shipped, run_plain = _called_line(shipped, returns), _called_line(plain, returns)
+            run_shipped, run_plain = _callable(shipped), _callable(plain)
             for m in (5, 31, 63, 200, 520):
                 for moments, keep, half in ((0, 1.0, 0.0), (1, 0.9, 0.05)):
                     for lo in range(0, n - m, m):
@@ -767,12 +752,13 @@ def test_the_rows_line_loops_interleaved_change_no_bit(bits):
 
 @pytest.mark.parametrize("interleave", [False, True])
 def test_a_fused_loss_loop_does_not_depend_on_the_position(interleave):
-    """The rows kernel's unit loop shape (the float32 core, ``fast_loss`` with smoothing,
-    per-position sums): each element's loss is the same bits wherever it falls in the
-    vector body or the remainder.  AVX-512 code once fused the core's last product with
-    the caller's sum in vector bodies only (see ``_fastmath.log1p_exp_neg_f32``)."""
-    import numba
-
+    """A loop where the float32 core's result meets a caller's sum (``fast_loss`` with
+    smoothing, written out and added into per-position sums: the shape where it was
+    seen, in the rows kernel's unit loop while it was compiled interleaved whole): each
+    element's loss is the same bits wherever it falls in the vector body or the
+    remainder.  AVX-512 code once fused the core's last product with the caller's sum
+    in vector bodies only (see ``_fastmath.log1p_exp_neg_f32``); the kernel's own
+    ``line_stats`` compiles to code where the old core showed no difference."""
     from bce_cli import kernels
 
     core = kernels._CORES[32]
@@ -786,12 +772,7 @@ def test_a_fused_loss_loop_does_not_depend_on_the_position(interleave):
             a_loss[j] += loss
             a_pos[j] += yv
 
-    loop = _jit.scalar(interleave=interleave)(body)
-
-    @numba.njit
-    def run(xs, ys, keep, half, out, a_loss, a_pos):
-        loop(xs, ys, keep, half, out, a_loss, a_pos)
-
+    run = _callable(_jit.scalar(interleave=interleave)(body))
     rng = np.random.default_rng(0)
     x = (rng.standard_normal(1000) * 3).astype(np.float32)
     y = (rng.random(1000) < 0.3).astype(np.uint8)
@@ -805,4 +786,3 @@ def test_a_fused_loss_loop_does_not_depend_on_the_position(interleave):
     full = losses(0)
     for k in (1, 2, 3, 5, 7, 13):
         assert losses(k).tobytes() == full[k:].tobytes(), k
-
