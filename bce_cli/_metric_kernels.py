@@ -227,7 +227,10 @@ def block_add(m, use_wf, wc, ignore, has_ignore, nan_mode, edges, xs, ys, ws, kb
     block_scatter(m, r[2] == 0, kb, jb, pb, wb, ys, ob, bt, hist, cal, tally, brier)
 
 
-@_plain
+# Inlined into the entry point (the same flags): as a function of its own, its code
+# (the block functions linked in) was optimised and emitted once for itself, then
+# again in the entry point's module.
+@_inline
 def _hist_classes(xf, yf, wflat, a_count, c_count, b_count, wvec, ignore, has_ignore,
                   nan_mode, edges, state, c0, c1, fscratch, iscratch):
     """Classes ``c0 <= c < c1`` of flat ``(A, C, B)`` arrays: each class's elements, in
