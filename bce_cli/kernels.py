@@ -23,9 +23,10 @@ LLVM vectorises:
    a float64 scratch buffer.  The transcendental is inlined here, so its
    compensation terms keep their meaning.  Four vectors per iteration
    (``bce_cli._jit.scalar(interleave=True)``), except under the general options.
-2. ``block_sums`` (sum flags, with ``reassoc``): float64 sums of losses,
-   counts, targets and correct predictions, plus the count of invalid
-   elements (validation fused into the pass).
+2. ``block_sums`` (sum flags, with ``reassoc``; ``block_sums_general`` under
+   the general options): float64 sums of losses, counts, targets and correct
+   predictions, plus the count of invalid elements (validation fused into the
+   pass).
 
 A rows task fuses both into one loop per line (under the default options
 ``line_stats``, interleaved too; with AVX2's 16 vector registers and per-class
@@ -136,11 +137,12 @@ def fast_loss(x, y, w, p, t, unit):
 
 @inline()
 def element_flags(x, y, ignore, has_ignore, nan_mode):
-    """(left out of sums and counts?, invalid?) for one element under the general options."""
-    ignored = has_ignore and y == ignore
+    """(left out of sums and counts?, invalid?) for one element under the general options.
+    Bitwise operators, not ``and``/``or``: no branches, less code to compile."""
+    ignored = has_ignore & (y == ignore)
     nan = (x != x) | (y != y)
-    invalid = (not ignored) and ((y < 0.0) | (y > 1.0) | (nan_mode == NAN_ERROR and nan))
-    return ignored or (nan_mode == NAN_OMIT and nan), invalid
+    invalid = (not ignored) & ((y < 0.0) | (y > 1.0) | ((nan_mode == NAN_ERROR) & nan))
+    return ignored | ((nan_mode == NAN_OMIT) & nan), invalid
 
 
 _CORES = {32: inline_copy(log1p_exp_neg_f32), 64: inline_copy(log1p_exp_neg)}
@@ -198,14 +200,38 @@ def _block_losses_for(softplus_core, loop, general):
 
 
 @scalar(SUM_FLAGS)
-def block_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out):
+def block_sums(x, y, lbuf, out, write_out):
     """(loss, count, n_pos, n_neg, n_correct, sum of squared losses, n_bad) of one
-    block; writes ``out``.
+    block under the default options (every element counts); writes ``out``.
 
-    n_bad counts the invalid elements under the general options; otherwise the
-    targets outside [0, 1], plus 1 when the loss sum is NaN (a NaN input, or
-    ``fast_loss``'s NaN for an infinite logit: the caller then takes the NumPy
-    tier)."""
+    n_bad counts the targets outside [0, 1], plus 1 when the loss sum is NaN (a NaN
+    input, or ``fast_loss``'s NaN for an infinite logit: the caller then takes the
+    NumPy tier)."""
+    s_loss = 0.0
+    s_pos = 0.0
+    s_cor = 0.0
+    s_sq = 0.0
+    n_bad = 0
+    n = x.size
+    for i in range(n):
+        xv = np.float64(x[i])
+        yv = np.float64(y[i])
+        s_loss += lbuf[i]
+        s_sq += lbuf[i] * lbuf[i]
+        s_pos += yv
+        s_cor += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
+        n_bad += (yv < 0.0) | (yv > 1.0)
+    n_bad += s_loss != s_loss
+    if write_out:
+        for i in range(n):
+            out[i] = lbuf[i]
+    return s_loss, np.float64(n), s_pos, n - s_pos, s_cor, s_sq, n_bad
+
+
+@scalar(SUM_FLAGS)
+def block_sums_general(x, y, lbuf, ignore, has_ignore, nan_mode, out, write_out):
+    """:func:`block_sums` under the general options: n_bad counts the invalid
+    elements, and the sums and counts leave out the skipped ones (``out``: NaN)."""
     s_loss = 0.0
     s_count = 0.0
     s_pos = 0.0
@@ -213,22 +239,7 @@ def block_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out
     s_cor = 0.0
     s_sq = 0.0
     n_bad = 0
-    n = x.size
-    if not general:  # every element counts
-        for i in range(n):
-            xv = np.float64(x[i])
-            yv = np.float64(y[i])
-            s_loss += lbuf[i]
-            s_sq += lbuf[i] * lbuf[i]
-            s_pos += yv
-            s_cor += 1.0 if (xv > 0.0) == (yv >= 0.5) else 0.0
-            n_bad += (yv < 0.0) | (yv > 1.0)
-        n_bad += s_loss != s_loss
-        if write_out:
-            for i in range(n):
-                out[i] = lbuf[i]
-        return s_loss, np.float64(n), s_pos, n - s_pos, s_cor, s_sq, n_bad
-    for i in range(n):
+    for i in range(x.size):
         xv = np.float64(x[i])
         yv = np.float64(y[i])
         skip, bad = element_flags(xv, yv, ignore, has_ignore, nan_mode)
@@ -241,7 +252,7 @@ def block_sums(x, y, lbuf, general, ignore, has_ignore, nan_mode, out, write_out
         s_neg += 0.0 if skip else 1.0 - yv
         s_cor += c if (xv > 0.0) == (yv >= 0.5) else 0.0
     if write_out:
-        for i in range(n):
+        for i in range(x.size):
             skip, _ = element_flags(np.float64(x[i]), np.float64(y[i]), ignore, has_ignore,
                                     nan_mode)
             out[i] = np.nan if skip else lbuf[i]
@@ -263,15 +274,18 @@ def block_check(y, losses):
 
 
 @scalar()
-def add_to_rows(x, y, lbuf, rowtot, rowcnt, general, ignore, has_ignore, nan_mode):
-    """Add one class's block of losses (and, under the general options, its counts)
-    to the per-position row totals: with rows along B, each position is a row."""
-    m = lbuf.size
-    if not general:
-        for i in range(m):
-            rowtot[i] += lbuf[i]
-        return
-    for i in range(m):
+def add_to_rows(lbuf, rowtot):
+    """Add one class's block of losses to the per-position row totals: with rows
+    along B, each position is a row."""
+    for i in range(lbuf.size):
+        rowtot[i] += lbuf[i]
+
+
+@scalar(SUM_FLAGS)
+def add_to_rows_general(x, y, lbuf, rowtot, rowcnt, ignore, has_ignore, nan_mode):
+    """:func:`add_to_rows` under the general options, with the counts (compiled into
+    the task: sum flags, though nothing is summed across the loop)."""
+    for i in range(lbuf.size):
         skip, _ = element_flags(np.float64(x[i]), np.float64(y[i]), ignore, has_ignore,
                                 nan_mode)
         rowtot[i] += 0.0 if skip else lbuf[i]
@@ -279,18 +293,23 @@ def add_to_rows(x, y, lbuf, rowtot, rowcnt, general, ignore, has_ignore, nan_mod
 
 
 @scalar(SUM_FLAGS)
-def row_moments(rowtot, rowcnt, m, general, per_row):
+def row_moments(rowtot, m, per_row):
     """(sum of A^2, of A*N, of N^2) over ``m`` rows whose loss totals A are ``rowtot``
-    and whose counts N are ``rowcnt`` (general options) or ``per_row`` (every
-    element counts)."""
+    and whose counts N are ``per_row`` (every element counts)."""
+    s_aa = 0.0
+    s_an = 0.0
+    for i in range(m):
+        s_aa += rowtot[i] * rowtot[i]
+        s_an += rowtot[i]
+    return s_aa, s_an * per_row, m * per_row * per_row
+
+
+@scalar(SUM_FLAGS)
+def row_moments_general(rowtot, rowcnt, m):
+    """:func:`row_moments` with each row's count in ``rowcnt`` (general options)."""
     s_aa = 0.0
     s_an = 0.0
     s_nn = 0.0
-    if not general:
-        for i in range(m):
-            s_aa += rowtot[i] * rowtot[i]
-            s_an += rowtot[i]
-        return s_aa, s_an * per_row, m * per_row * per_row
     for i in range(m):
         s_aa += rowtot[i] * rowtot[i]
         s_an += rowtot[i] * rowcnt[i]
@@ -350,10 +369,20 @@ def _arrays(xp, yp, wvp, pvp, wfp, pfp, outp, sidep, partp, badp, scrp, oscrp, i
 # compile, while a form loaded from the cache runs the copy.  Under ``reassoc``
 # the two compiles add in different orders, so a sum's last bits depended on the
 # process's history (a Dask worker against the driver).  Inlined at numba level
-# (the task has the same SUM_FLAGS), the sums are the form's own code.
+# (the task has the same SUM_FLAGS), the sums are the form's own code.  So are the
+# general options' row totals: an addition per element (nothing for ``reassoc`` to
+# reorder), which then need no compile of their own for each argument type.  Each
+# function holds one option set's code (``block_sums`` / ``block_sums_general``...):
+# with both in one function, every form copied, typed and pruned the other half,
+# and the row totals, which took x and y for the general options' flags, were
+# compiled for each argument type (``add_to_rows`` takes float64 arrays only: one
+# compile serves every form).
 _block_sums = inline_copy(block_sums)
+_block_sums_general = inline_copy(block_sums_general)
 _block_check = inline_copy(block_check)
 _row_moments = inline_copy(row_moments)
+_row_moments_general = inline_copy(row_moments_general)
+_add_to_rows_general = inline_copy(add_to_rows_general)
 
 
 def _planes_task_for(block_losses, direct, general):
@@ -409,9 +438,12 @@ def _planes_task_for(block_losses, direct, general):
                         buf = lbuf[:m]
                         block_losses(x[lo:hi], y[lo:hi], wf[lo:hi], pf[lo:hi], wvec[c], pvec[c],
                                      smooth, buf)
-                        s = _block_sums(x[lo:hi], y[lo:hi], buf, general, ignore, has_ignore,
-                                       nan_mode, out[lo:hi] if write_out else out[0:0],
-                                       write_out)
+                        dst = out[lo:hi] if write_out else out[0:0]
+                        if general:
+                            s = _block_sums_general(x[lo:hi], y[lo:hi], buf, ignore,
+                                                    has_ignore, nan_mode, dst, write_out)
+                        else:
+                            s = _block_sums(x[lo:hi], y[lo:hi], buf, dst, write_out)
                         acc[LOSS, c] += s[0]
                         acc[COUNT, c] += s[1]
                         acc[POS, c] += s[2]
@@ -419,15 +451,20 @@ def _planes_task_for(block_losses, direct, general):
                         acc[CORRECT, c] += s[4]
                         acc[SQ, c] += s[5]
                         bad_count += s[6]
-                        if rows_b:
-                            add_to_rows(x[lo:hi], y[lo:hi], buf, rowtot, rowcnt, general,
-                                        ignore, has_ignore, nan_mode)
+                        if rows_b and general:
+                            _add_to_rows_general(x[lo:hi], y[lo:hi], buf, rowtot, rowcnt,
+                                                 ignore, has_ignore, nan_mode)
+                        elif rows_b:
+                            add_to_rows(buf, rowtot)
                         elif rows_a:
                             i = 2 * ((a * c_count + c) * n_bblocks + blk)
                             side[i] += s[0]
                             side[i + 1] += s[1]
                     if rows_b:
-                        r = _row_moments(rowtot, rowcnt, m, general, np.float64(c_count))
+                        if general:
+                            r = _row_moments_general(rowtot, rowcnt, m)
+                        else:
+                            r = _row_moments(rowtot, m, np.float64(c_count))
                         acc[RSQ, 0] += r[0]
                         acc[RSQN, 0] += r[1]
                         acc[RNSQ, 0] += r[2]
