@@ -47,3 +47,23 @@ def test_as_avx2_gives_avx2_code_only(tmp_path):
     host = json.loads(native.stdout.strip().splitlines()[-1])
     if host["numpy_avx2"]:
         assert seen["ymm"] and seen["numpy_avx2"]
+
+
+def test_bench_compile_times_a_compile_of_the_form_asked():
+    """``benchmarks/bench_compile.py`` times the form it is asked for, compiled in its child
+    (the child checks that each argument type was compiled, not loaded from a cache or from
+    the objects installed with bce), and names the slowest; an unknown form is refused with
+    the list of forms."""
+    script = str(ROOT / "benchmarks" / "bench_compile.py")
+    res = subprocess.run([sys.executable, script, "--forms", "planes_unit_f32_direct"],
+                         capture_output=True, text=True, timeout=300, check=True)
+    lines = res.stdout.strip().splitlines()
+    row = lines[1].split()
+    assert row[0] == "planes_unit_f32_direct" and len(lines) == 3
+    first, second = float(row[1]), float(row[3])
+    assert 0 < second < first  # the first includes numba's start
+    assert lines[2] == f"slowest form, second type alone: planes_unit_f32_direct {second:.2f} s"
+    bad = subprocess.run([sys.executable, script, "--forms", "planes_unit_f16"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "unknown form(s) planes_unit_f16" in bad.stderr
+    assert "rows_general_f64" in bad.stderr
