@@ -42,14 +42,14 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import carray, types
+from numba import types
 
 from . import _native
 from ._fastmath import exp_neg
 from ._forms import METRICS_BLOCK as BLOCK
 from ._forms import METRICS_LANES as LANES
 from ._forms import N_METRIC_INTS, metrics_scratch_sizes
-from ._jit import compile_entry, form_kernel
+from ._jit import compile_entry, form_kernel, span, view
 from .stats import (
     COARSE,
     FINE,
@@ -244,28 +244,28 @@ def _hist_classes(xf, yf, wflat, a_count, c_count, b_count, wvec, ignore, has_ig
     (``bce_cli._forms.metrics_scratch_sizes``): nothing is allocated."""
     n_cal = edges.size - 1
     use_wf = wflat.size > 0
-    xs = fscratch[0:BLOCK]
-    ys = fscratch[BLOCK:2 * BLOCK]
-    ws = fscratch[2 * BLOCK:3 * BLOCK]
-    pb = fscratch[3 * BLOCK:4 * BLOCK]
-    wb = fscratch[4 * BLOCK:5 * BLOCK]
-    bt = fscratch[5 * BLOCK:6 * BLOCK]
+    xs = span(fscratch, 0, BLOCK)
+    ys = span(fscratch, BLOCK, BLOCK)
+    ws = span(fscratch, 2 * BLOCK, BLOCK)
+    pb = span(fscratch, 3 * BLOCK, BLOCK)
+    wb = span(fscratch, 4 * BLOCK, BLOCK)
+    bt = span(fscratch, 5 * BLOCK, BLOCK)
     at = 6 * BLOCK
-    cal = fscratch[at:at + LANES * 4 * n_cal]
+    cal = span(fscratch, at, LANES * 4 * n_cal)
     at += LANES * 4 * n_cal
-    brier = fscratch[at:at + LANES]
+    brier = span(fscratch, at, LANES)
     at += LANES
-    o = fscratch[at:at + state.shape[1]]
-    kb = iscratch[0:BLOCK]
-    jb = iscratch[BLOCK:2 * BLOCK]
-    ob = iscratch[2 * BLOCK:3 * BLOCK]
+    o = span(fscratch, at, state.shape[1])
+    kb = span(iscratch, 0, BLOCK)
+    jb = span(iscratch, BLOCK, BLOCK)
+    ob = span(iscratch, 2 * BLOCK, BLOCK)
     at = 3 * BLOCK
-    tally = iscratch[at:at + LANES * 2 * n_cal]
+    tally = span(iscratch, at, LANES * 2 * n_cal)
     at += LANES * 2 * n_cal
-    counts = iscratch[at:at + 3]
+    counts = span(iscratch, at, 3)
     for c in range(c0, c1):
         o[:] = 0.0
-        hist = o[:2 * RANK_BINS]
+        hist = span(o, 0, 2 * RANK_BINS)
         cal[:] = 0.0
         tally[:] = 0
         brier[:] = 0.0
@@ -325,15 +325,15 @@ def _entry_for():
     has_ignore, nan_mode) and ``floats`` (the ignore value), classes ``c0..c1``."""
 
     def hist_entry(xp, yp, wfp, wvp, edgesp, statep, fsp, isp, ip, fp, c0, c1):
-        ints = carray(ip, N_METRIC_INTS)
+        ints = view(ip, N_METRIC_INTS)
         a_count, c_count, b_count = ints[0], ints[1], ints[2]
         n = a_count * c_count * b_count
         n_edges, width = ints[4], ints[5]
         n_f, n_i = _scratch_sizes(n_edges - 1, width)
-        _hist_classes(carray(xp, n), carray(yp, n), carray(wfp, ints[3]), a_count, c_count,
-                      b_count, carray(wvp, c_count), fp[0], ints[6] != 0, ints[7],
-                      carray(edgesp, n_edges), carray(statep, (c_count, width)), c0, c1,
-                      carray(fsp, n_f), carray(isp, n_i))
+        _hist_classes(view(xp, n), view(yp, n), view(wfp, ints[3]), a_count, c_count,
+                      b_count, view(wvp, c_count), fp[0], ints[6] != 0, ints[7],
+                      view(edgesp, n_edges), view(statep, (c_count, width)), c0, c1,
+                      view(fsp, n_f), view(isp, n_i))
 
     return hist_entry
 

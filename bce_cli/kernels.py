@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import carray, prange, types
+from numba import prange, types
 from numba.extending import intrinsic
 
 from . import _native
@@ -67,7 +67,17 @@ from ._forms import (
     WSPS,
     Form,
 )
-from ._jit import ELEMENT_FLAGS, SUM_FLAGS, compile_entry, form_kernel, inline, inline_copy, scalar
+from ._jit import (
+    ELEMENT_FLAGS,
+    SUM_FLAGS,
+    compile_entry,
+    form_kernel,
+    inline,
+    inline_copy,
+    scalar,
+    span,
+    view,
+)
 from ._tiers import numba_avx512
 from .stats import (
     CORRECT,
@@ -352,13 +362,12 @@ def _arrays(xp, yp, wvp, pvp, wfp, pfp, outp, sidep, partp, badp, scrp, oscrp, i
     """A task's arrays (views of the caller's memory: nothing is allocated or owned)
     and options, from its pointers: (x, y, wvec, pvec, wf, pf, out, side, partials,
     n_bad, scratch, oscratch, smooth, ignore, has_ignore, nan_mode, write_out)."""
-    ints = carray(ip, N_INTS)
+    ints = view(ip, N_INTS)
     n, c = ints[0], ints[1]
-    return (carray(xp, n), carray(yp, n), carray(wvp, c), carray(pvp, c),
-            carray(wfp, ints[2]), carray(pfp, ints[3]), carray(outp, ints[4]),
-            carray(sidep, ints[5]), carray(partp, (ints[6], N_STATS, c)),
-            carray(badp, ints[6]), carray(scrp, ints[10]), carray(oscrp, ints[11]),
-            fp[0], fp[1], ints[7] != 0, ints[8], ints[9] != 0)
+    return (view(xp, n), view(yp, n), view(wvp, c), view(pvp, c), view(wfp, ints[2]),
+            view(pfp, ints[3]), view(outp, ints[4]), view(sidep, ints[5]),
+            view(partp, (ints[6], N_STATS, c)), view(badp, ints[6]), view(scrp, ints[10]),
+            view(oscrp, ints[11]), fp[0], fp[1], ints[7] != 0, ints[8], ints[9] != 0)
 
 
 # The planes task's float64 sums, compiled into the task itself.  A ``scalar`` callee
@@ -405,14 +414,16 @@ def _planes_task_for(block_losses, direct, general):
         (x, y, wvec, pvec, wf, pf, out, side, partials, n_bad, scratch, oscratch, smooth, ignore,
          has_ignore, nan_mode, write_out) = _arrays(xp, yp, wvp, pvp, wfp, pfp, outp, sidep,
                                                     partp, badp, scrp, oscrp, ip, fp)
-        g = carray(ip, N_INTS + 7)[N_INTS:]
+        g = span(view(ip, N_INTS + 7), N_INTS, 7)
         a_count, c_count, b_count, a_per_task, n_bblocks, b_step, moments = (
             g[0], g[1], g[2], g[3], g[4], g[5], g[6])
         rows_b = moments == MOMENTS_ALONG_B and not direct
         rows_a = moments == MOMENTS_ALONG_A and not direct
-        lbuf = scratch[:BLOCK]
-        rowtot = scratch[BLOCK:2 * BLOCK]
-        rowcnt = scratch[2 * BLOCK:3 * BLOCK]
+        lbuf = span(scratch, 0, BLOCK)
+        rowtot = span(scratch, BLOCK, BLOCK)
+        rowcnt = span(scratch, 2 * BLOCK, BLOCK)
+        use_wf = wf.size > 0
+        use_pf = pf.size > 0
         for k in range(k0, k1):
             blk = k % n_bblocks
             ablk = k // n_bblocks
@@ -424,26 +435,30 @@ def _planes_task_for(block_losses, direct, general):
                 for blo in range(b_lo, b_hi, BLOCK):
                     m = min(b_hi, blo + BLOCK) - blo
                     if rows_b:
-                        rowtot[:m] = 0.0
+                        for i in range(m):
+                            rowtot[i] = 0.0
                         if general:
-                            rowcnt[:m] = 0.0
+                            for i in range(m):
+                                rowcnt[i] = 0.0
                     for c in range(c_count):
                         lo = (a * c_count + c) * b_count + blo
-                        hi = lo + m
+                        xb = span(x, lo, m)
+                        yb = span(y, lo, m)
+                        wb = span(wf, lo, m if use_wf else 0)
+                        pb = span(pf, lo, m if use_pf else 0)
                         if direct:
-                            block_losses(x[lo:hi], y[lo:hi], wf[lo:hi], pf[lo:hi], wvec[c],
-                                         pvec[c], smooth, out[lo:hi])
-                            bad_count += _block_check(y[lo:hi], out[lo:hi])
+                            ob = span(out, lo, m)
+                            block_losses(xb, yb, wb, pb, wvec[c], pvec[c], smooth, ob)
+                            bad_count += _block_check(yb, ob)
                             continue
-                        buf = lbuf[:m]
-                        block_losses(x[lo:hi], y[lo:hi], wf[lo:hi], pf[lo:hi], wvec[c], pvec[c],
-                                     smooth, buf)
-                        dst = out[lo:hi] if write_out else out[0:0]
+                        buf = span(lbuf, 0, m)
+                        block_losses(xb, yb, wb, pb, wvec[c], pvec[c], smooth, buf)
+                        dst = span(out, lo, m if write_out else 0)
                         if general:
-                            s = _block_sums_general(x[lo:hi], y[lo:hi], buf, ignore,
-                                                    has_ignore, nan_mode, dst, write_out)
+                            s = _block_sums_general(xb, yb, buf, ignore, has_ignore, nan_mode,
+                                                    dst, write_out)
                         else:
-                            s = _block_sums(x[lo:hi], y[lo:hi], buf, dst, write_out)
+                            s = _block_sums(xb, yb, buf, dst, write_out)
                         acc[LOSS, c] += s[0]
                         acc[COUNT, c] += s[1]
                         acc[POS, c] += s[2]
@@ -452,8 +467,8 @@ def _planes_task_for(block_losses, direct, general):
                         acc[SQ, c] += s[5]
                         bad_count += s[6]
                         if rows_b and general:
-                            _add_to_rows_general(x[lo:hi], y[lo:hi], buf, rowtot, rowcnt,
-                                                 ignore, has_ignore, nan_mode)
+                            _add_to_rows_general(xb, yb, buf, rowtot, rowcnt, ignore,
+                                                 has_ignore, nan_mode)
                         elif rows_b:
                             add_to_rows(buf, rowtot)
                         elif rows_a:
@@ -537,21 +552,21 @@ def _rows_task_for(softplus_core, loop):
         (x, y, wvec, pvec, wf, pf, out, side, partials, n_bad, scratch, oscratch, smooth, ignore,
          has_ignore, nan_mode, write_out) = _arrays(xp, yp, wvp, pvp, wfp, pfp, outp, sidep,
                                                     partp, badp, scrp, oscrp, ip, fp)
-        g = carray(ip, N_INTS + 5)[N_INTS:]
+        g = span(view(ip, N_INTS + 5), N_INTS, 5)
         n_rows, c_count, width, rows, moments = g[0], g[1], g[2], g[3], g[4]
-        w_line = scratch[:width]
-        p_line = scratch[width:2 * width]
-        lrow = scratch[2 * width:3 * width]
-        lcnt = scratch[3 * width:4 * width]
-        wbuf = scratch[4 * width:5 * width]
-        pbuf = scratch[5 * width:6 * width]
-        a_loss = scratch[(6 + LOSS) * width:(7 + LOSS) * width]
-        a_count = scratch[(6 + COUNT) * width:(7 + COUNT) * width]
-        a_pos = scratch[(6 + POS) * width:(7 + POS) * width]
-        a_neg = scratch[(6 + NEG) * width:(7 + NEG) * width]
-        a_cor = scratch[(6 + CORRECT) * width:(7 + CORRECT) * width]
-        a_sq = scratch[(6 + SQ) * width:(7 + SQ) * width]
-        acc = scratch[6 * width:(6 + N_LINE_STATS) * width]
+        w_line = span(scratch, 0, width)
+        p_line = span(scratch, width, width)
+        lrow = span(scratch, 2 * width, width)
+        lcnt = span(scratch, 3 * width, width)
+        wbuf = span(scratch, 4 * width, width)
+        pbuf = span(scratch, 5 * width, width)
+        a_loss = span(scratch, (6 + LOSS) * width, width)
+        a_count = span(scratch, (6 + COUNT) * width, width)
+        a_pos = span(scratch, (6 + POS) * width, width)
+        a_neg = span(scratch, (6 + NEG) * width, width)
+        a_cor = span(scratch, (6 + CORRECT) * width, width)
+        a_sq = span(scratch, (6 + SQ) * width, width)
+        acc = span(scratch, 6 * width, N_LINE_STATS * width)
         for k in range(k0, k1):
             lo_all = k * rows * c_count
             hi_all = min(n_rows, (k + 1) * rows) * c_count
@@ -563,15 +578,16 @@ def _rows_task_for(softplus_core, loop):
             for j in range(width):
                 w_line[j] = wvec[j % c_count]
                 p_line[j] = pvec[j % c_count]
-            acc[:] = 0.0
+            for j in range(acc.size):
+                acc[j] = 0.0
             bad_count = 0
             r_aa = 0.0
             r_an = 0.0
             r_nn = 0.0
             for lo in range(lo_all, hi_all, width):
                 m = min(hi_all, lo + width) - lo
-                xs = x[lo:lo + m]
-                ys = y[lo:lo + m]
+                xs = span(x, lo, m)
+                ys = span(y, lo, m)
                 ws = w_line
                 ps = p_line
                 if use_wf:
@@ -583,7 +599,7 @@ def _rows_task_for(softplus_core, loop):
                         pbuf[j] = p_line[j] * pf[lo + j]
                     ps = pbuf
                 if general_loop:
-                    dst = out[lo:lo + m] if write_out else oscratch[:m]
+                    dst = span(out, lo, m) if write_out else span(oscratch, 0, m)
                     for j in range(m):
                         xv = np.float64(xs[j])
                         yv = np.float64(ys[j])
@@ -603,7 +619,7 @@ def _rows_task_for(softplus_core, loop):
                         a_cor[j] += one if (xv > 0.0) == (yv >= 0.5) else 0.0
                         bad_count += bad
                 else:
-                    dst = out[lo:lo + m] if write_loop else out[0:0]
+                    dst = span(out, lo, m if write_loop else 0)
                     if split:
                         line_losses(xs, ys, ws, ps, keep, half, lrow)
                     bad_count += line_stats(xs, ys, ws, ps, keep, half, dst, lrow, a_loss,

@@ -786,3 +786,39 @@ def test_a_fused_loss_loop_does_not_depend_on_the_position(interleave):
     full = losses(0)
     for k in (1, 2, 3, 5, 7, 13):
         assert losses(k).tobytes() == full[k:].tobytes(), k
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_view_and_span_are_carray_and_a_slice(dtype):
+    """``_jit.view`` (the kernels' ``carray``) and ``_jit.span`` (their slices) give the
+    arrays ``numba.carray`` and a slice give: shape, strides, elements, and writes that
+    reach the caller's memory; an empty span is empty."""
+    import numba
+
+    from bce_cli._jit import span, view
+    from bce_cli.kernels import _data
+
+    @numba.njit
+    def check(a, lo, n, got):
+        p = _data(a)
+        cube = view(p, (a.shape[0], a.shape[1], a.shape[2]))
+        want = numba.carray(p, (a.shape[0], a.shape[1], a.shape[2]))
+        flat = view(p, a.size)
+        part = span(flat, lo, n)
+        ok = cube.shape == want.shape and cube.strides == want.strides
+        ok &= flat.shape == (a.size,) and flat.strides == want.strides[2:]
+        ok &= part.shape == (n,) and span(flat, lo, 0).size == 0
+        for i in range(a.shape[0]):
+            for j in range(a.shape[1]):
+                for k in range(a.shape[2]):
+                    ok &= cube[i, j, k] == a[i, j, k]
+        for i in range(n):
+            got[i] = part[i]
+        part[n - 1] = -1
+        return ok
+
+    a = np.arange(2 * 3 * 5).astype(dtype).reshape(2, 3, 5)
+    got = np.zeros(6, dtype=dtype)
+    assert check(a, 7, 6, got)
+    assert got.tolist() == list(range(7, 13))
+    assert a.flat[12] == -1 and a.flat[11] == 11 and a.flat[13] == 13
