@@ -8,14 +8,14 @@ Two tiers compute the same statistics with the same semantics:
   element.  A form in the cache loads as a native object without numba
   (``bce_cli._native``: under a millisecond each on x86-64); a form that is not
   costs numba's start (about 0.35 s: importing it, then its CPU target) and
-  1.5-1.9 s to compile it (the constants below).
+  1.1-1.5 s to compile it (the constants below).
 
 ``auto`` (the default) takes the compiled tier when it pays for the whole job:
 a form compiled or loaded in this process already; else when the time it saves
 over the job's elements exceeds what loading or compiling it would cost.  With
 the constants below (measured on the 2-core development machine) that is above
-~3.5e5 elements with the form cached and ~6e8 without where NumPy and numba have
-AVX-512, ~2e5 and ~3.2e8 with AVX2 only (NumPy's float64 exp and log1p then call
+~3.5e5 elements with the form cached and ~4.8e8 without where NumPy and numba have
+AVX-512, ~2e5 and ~2.6e8 with AVX2 only (NumPy's float64 exp and log1p then call
 libm per element), so a first run on a fresh machine never waits for a
 compiler.  The forms shipped in the release wheel (``bce_cli._prebuilt``) count as
 cached, so there the compiled tier serves most jobs from the first run; elsewhere
@@ -61,8 +61,8 @@ LOAD_S = 0.05
 NATIVE_START_S = 0.0005
 LLVM_START_S = 0.04
 NATIVE_LOAD_S = 0.0006
-COMPILE_S = 1.5
-COMPILE_GENERAL_S = 1.9
+COMPILE_S = 1.15
+COMPILE_GENERAL_S = 1.5
 NUMPY_RATE = 118e6  # NumPy dispatching its AVX-512 loops
 NUMPY_RATE_NARROW = 63e6  # AVX2 (measured) or other CPUs
 COMPILED_RATE = 440e6  # numba compiling for AVX-512
