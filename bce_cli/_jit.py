@@ -181,9 +181,9 @@ def _extents(context, builder, ty, value):
 def view(typingctx, ptr, shape):
     """``numba.carray(ptr, shape)`` in a few instructions: a C-contiguous array of
     ``shape`` (an integer or a tuple of them) over the memory at ``ptr``, owned by no
-    one (nothing counted or freed) and unchecked.  ``carray`` goes through a compiled
-    overload that checks its arguments: more code in every form to type, optimise and
-    emit."""
+    one (nothing counted or freed) and unchecked.  ``carray`` wraps the same
+    construction in a compiled overload of its own: more code in every form to type,
+    optimise and emit."""
     if not isinstance(ptr, nbt.CPointer):
         return None
     if isinstance(shape, nbt.Integer):
@@ -216,7 +216,8 @@ def span(typingctx, arr, start, count):
     unchecked: the caller keeps it in range.  A slice's code clips its bounds and
     handles negative ones and steps: with ``carray``, a third of the instructions of a
     planes form's task before LLVM optimised them."""
-    if not (isinstance(arr, nbt.Array) and arr.ndim == 1 and arr.layout == "C"):
+    if not (isinstance(arr, nbt.Array) and arr.ndim == 1 and arr.layout == "C"
+            and isinstance(start, nbt.Integer) and isinstance(count, nbt.Integer)):
         return None
 
     def codegen(context, builder, sig, args):

@@ -19,7 +19,17 @@ import threading
 import numpy as np
 
 from . import _native
-from ._forms import PS, SMOOTH, WS, WSPS, Form, common_signatures, scratch_sizes, signature
+from ._forms import (
+    PS,
+    ROWS_WRITE,
+    SMOOTH,
+    WS,
+    WSPS,
+    Form,
+    common_signatures,
+    scratch_sizes,
+    signature,
+)
 from .stats import N_STATS
 
 _P = ctypes.c_void_p
@@ -125,6 +135,13 @@ def run(form: Form, geom, n_tasks: int, x, y, wvec, pvec, wf, pf, smooth, ignore
         raise ValueError(f"out must be C-contiguous {x.dtype}, got {out.dtype}")
     x, y, wf, pf = (np.ascontiguousarray(a) for a in (x, y, wf, pf))
     wvec, pvec, side = (np.ascontiguousarray(a, dtype=np.float64) for a in (wvec, pvec, side))
+    # The tasks view their blocks unchecked (``bce_cli._jit.span``): every array they read
+    # or write must be whole.
+    writes = write_out or form.direct or (form.kernel == "rows" and form.loop == ROWS_WRITE)
+    if (y.size != x.size or wf.size not in (0, x.size) or pf.size not in (0, x.size)
+            or (writes and out.size != x.size)):
+        raise ValueError(f"run: x {x.size}, y {y.size}, wf {wf.size}, pf {pf.size} and out "
+                         f"{out.size} elements (written: {writes}) do not match")
     n_scratch, n_oscratch = scratch_sizes(form, geom)
     ints = np.array([x.size, len(wvec), wf.size, pf.size, out.size, side.size, n_tasks,
                      bool(has_ignore), int(nan_mode), bool(write_out), n_scratch, n_oscratch,

@@ -466,11 +466,12 @@ def _planes_task_for(block_losses, direct, general):
                         acc[CORRECT, c] += s[4]
                         acc[SQ, c] += s[5]
                         bad_count += s[6]
-                        if rows_b and general:
-                            _add_to_rows_general(xb, yb, buf, rowtot, rowcnt, ignore,
-                                                 has_ignore, nan_mode)
-                        elif rows_b:
-                            add_to_rows(buf, rowtot)
+                        if rows_b:
+                            if general:
+                                _add_to_rows_general(xb, yb, buf, rowtot, rowcnt, ignore,
+                                                     has_ignore, nan_mode)
+                            else:
+                                add_to_rows(buf, rowtot)
                         elif rows_a:
                             i = 2 * ((a * c_count + c) * n_bblocks + blk)
                             side[i] += s[0]

@@ -27,6 +27,8 @@ CHILD = """
 import os, sys, time
 from bce_cli import _cache_dirs, _native, _prebuilt
 only = os.path.join(os.environ["NUMBA_CACHE_DIR"], "bce_cli")  # no other cache directory
+# (bce_cli._jit, numba's cache where objects cannot be saved, takes this one too: it is
+# first imported below, by the compile)
 _native.cache_dirs = _cache_dirs.cache_dirs = lambda: [only]
 _prebuilt.directory = lambda: None  # nor the objects installed with bce
 from bce_cli import _launch

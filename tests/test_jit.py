@@ -788,11 +788,15 @@ def test_a_fused_loss_loop_does_not_depend_on_the_position(interleave):
         assert losses(k).tobytes() == full[k:].tobytes(), k
 
 
+THREE = 3
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
 def test_view_and_span_are_carray_and_a_slice(dtype):
     """``_jit.view`` (the kernels' ``carray``) and ``_jit.span`` (their slices) give the
     arrays ``numba.carray`` and a slice give: shape, strides, elements, and writes that
-    reach the caller's memory; an empty span is empty."""
+    reach the caller's memory; an empty span is empty; a span of an array numba owns
+    keeps it alive and lets it go as a slice does."""
     import numba
 
     from bce_cli._jit import span, view
@@ -801,7 +805,7 @@ def test_view_and_span_are_carray_and_a_slice(dtype):
     @numba.njit
     def check(a, lo, n, got):
         p = _data(a)
-        cube = view(p, (a.shape[0], a.shape[1], a.shape[2]))
+        cube = view(p, (a.shape[0], THREE, a.shape[2]))  # (a constant, as N_STATS is)
         want = numba.carray(p, (a.shape[0], a.shape[1], a.shape[2]))
         flat = view(p, a.size)
         part = span(flat, lo, n)
@@ -817,8 +821,50 @@ def test_view_and_span_are_carray_and_a_slice(dtype):
         part[n - 1] = -1
         return ok
 
+    @numba.njit
+    def owned(n, lo, count):  # a span of an array numba owns: counted as a slice is
+        a = np.empty(n)
+        for i in range(n):
+            a[i] = i
+        part = span(a, lo, count)
+        total = 0.0
+        for i in range(part.size):
+            total += part[i]
+        return total + span(view(_data(a), 0), 0, 0).size
+
     a = np.arange(2 * 3 * 5).astype(dtype).reshape(2, 3, 5)
     got = np.zeros(6, dtype=dtype)
     assert check(a, 7, 6, got)
     assert got.tolist() == list(range(7, 13))
     assert a.flat[12] == -1 and a.flat[11] == 11 and a.flat[13] == 13
+    from numba.core.runtime import _nrt_python, rtsys
+
+    owned(4, 0, 1)  # compiled first
+    was_on = _nrt_python.memsys_stats_enabled()
+    _nrt_python.memsys_enable_stats()
+    try:
+        before = rtsys.get_allocation_stats()
+        assert owned(100, 10, 5) == sum(range(10, 15))
+        after = rtsys.get_allocation_stats()
+    finally:
+        if not was_on:
+            _nrt_python.memsys_disable_stats()
+    assert after.mi_alloc - before.mi_alloc == after.mi_free - before.mi_free == 1
+
+
+def test_run_refuses_arrays_the_tasks_would_read_past():
+    """The tasks view their blocks unchecked (``_jit.span``): ``_launch.run`` refuses
+    per-element factors, targets or a written output of another length than the
+    logits, before anything is compiled or run."""
+    from bce_cli import _launch
+
+    form = Form("planes", 0, 64)
+    (geom, n_tasks), ones = planes_geometry(1, 1, 64), np.ones(1)
+    x = np.zeros(64)
+    good = dict(wf=np.zeros(0), pf=np.zeros(0), y=np.zeros(64), out=np.zeros(64))
+    for name, bad in (("wf", np.ones(63)), ("pf", np.ones(65)), ("y", np.zeros(63)),
+                      ("out", np.zeros(0))):
+        arrays = {**good, name: bad}
+        with pytest.raises(ValueError, match="do not match"):
+            _launch.run(form, geom, n_tasks, x, arrays["y"], ones, ones, arrays["wf"],
+                        arrays["pf"], 0.0, 0.0, False, 0, arrays["out"], True, np.zeros(0))
