@@ -8,7 +8,7 @@ Two tiers compute the same statistics with the same semantics:
   element.  A form in the cache loads as a native object without numba
   (``bce_cli._native``: under a millisecond each on x86-64); a form that is not
   costs numba's start (about 0.35 s: importing it, then its CPU target) and
-  1.1-1.5 s to compile it (the constants below).
+  1.0-1.4 s to compile it (the constants below).
 
 ``auto`` (the default) takes the compiled tier when it pays for the whole job:
 a form compiled or loaded in this process already; else when the time it saves
