@@ -5,7 +5,8 @@
 
 Writes a Parquet dataset (float32 logits and targets, one column per class, in
 ``--files`` files) to a temporary directory, then times whole ``bce eval`` processes
-(best of ``--repeat``; the dask figures include starting the LocalCluster), then
+(best of ``--repeat``: a local run on all cores and on as many threads as each of
+``--workers``, then dask, whose figures include starting the LocalCluster), then
 ``bce eval --scheduler ADDRESS`` against a LocalCluster of each of ``--workers`` workers
 started beforehand (as a deployed cluster is: only the client process timed), and checks
 that every engine printed the same JSON report.
@@ -133,11 +134,14 @@ def main() -> None:
         reports = {}
         workers = [int(w) for w in opts.workers.split(",")]
         runs = [("local", ["--engine", "local"])]
+        runs += [(f"local, {n} thread{'s' if n > 1 else ''}",
+                  ["--engine", "local", "--threads", str(n)]) for n in workers]
         runs += [(f"dask, {n} worker{'s' if n > 1 else ''}",
                   ["--engine", "dask", "--scheduler", f"local:{n}"]) for n in workers]
+        times = {}
         for name, extra in runs:
-            seconds, reports[name] = run(base + extra, opts.repeat)
-            print(f"  {name:<16} {seconds:6.2f} s")
+            times[name], reports[name] = run(base + extra, opts.repeat)
+            print(f"  {name:<18} {times[name]:6.2f} s")
         # As on a deployed cluster: the workers started beforehand and kept (warm after the
         # first run), only the `bce eval --scheduler ADDRESS` process timed.
         from bce_cli._dask import local_cluster
@@ -148,8 +152,20 @@ def main() -> None:
                 seconds, reports[name] = run(
                     base + ["--engine", "dask", "--scheduler", cluster.scheduler_address],
                     opts.repeat + 1)
-            print(f"  {name:<16} {seconds:6.2f} s  (worker{'s' if n > 1 else ''} started "
+            times[name] = seconds
+            print(f"  {name:<18} {seconds:6.2f} s  (worker{'s' if n > 1 else ''} started "
                   "beforehand)")
+        # The goals: N running workers against one, and against a local run on N threads.
+        one = times.get("dask, 1 running")
+        for n in workers:
+            if n == 1:
+                continue
+            running = times[f"dask, {n} running"]
+            ratios = [f"{running / times[f'local, {n} threads']:.2f}x the time of a local run "
+                      f"on {n} threads"]
+            if one is not None:
+                ratios.insert(0, f"{one / running:.2f}x as fast as one worker")
+            print(f"  {n} workers running: " + ", ".join(ratios))
         same = len(set(reports.values())) == 1
         print("  reports identical:", same)
         if not same:
