@@ -11,6 +11,7 @@ with the same layouts, options, statistics and errors.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -142,12 +143,12 @@ def _layout(shape, class_axis):
     column-major table seen as ``(C, n)``: ``class_axis`` 0); else each entry of
     A is a row, which is axis 0 of ``shape`` when ``class_axis`` is 1 (the
     accumulator's layout; the functional API reports no intervals)."""
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)
     if class_axis is None:
         return (1, 1, size), True
-    a_count = int(np.prod(shape[:class_axis], dtype=np.int64))
+    a_count = math.prod(shape[:class_axis])
     c_count = shape[class_axis]
-    b_count = int(np.prod(shape[class_axis + 1:], dtype=np.int64))
+    b_count = math.prod(shape[class_axis + 1:])
     if b_count == 1 and c_count == 1:  # (n, 1): one long run
         return (1, 1, size), True
     return (a_count, c_count, b_count), class_axis == 0 or b_count == 1
@@ -234,7 +235,7 @@ def _cuda_stats(x, y, class_axis, opts: LossOptions, write, moments):
         if not (x.is_c_contiguous() and y.is_c_contiguous()):
             raise BCEInputError("device arrays must be contiguous (C order, or an (n, C) "
                                 "array in F order)")
-        size = int(np.prod(shape, dtype=np.int64))
+        size = math.prod(shape)
         xk, yk = x.reshape(size), y.reshape(size)
     else:
         xk = np.ascontiguousarray(as_logits(x))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._checks import check_targets
@@ -32,7 +34,7 @@ def _check_pair(input, target):
     y = target if is_device_array(target) else np.asarray(target)
     if tuple(x.shape) != tuple(y.shape):
         raise BCEInputError(f"target shape {y.shape} must be the same as input shape {x.shape}")
-    if int(np.prod(x.shape, dtype=np.int64)) == 0:
+    if math.prod(x.shape) == 0:
         raise BCEInputError(f"input has no elements (shape {tuple(x.shape)})")
     return x, y
 
@@ -105,7 +107,7 @@ def bce_with_logits(input, target, weight=None, size_average=None, reduce=None,
     if red == "none":
         return out.astype(x.dtype) if x.dtype == np.float16 else out
     total = float(stats[LOSS].sum())
-    return total / int(np.prod(x.shape, dtype=np.int64)) if red == "mean" else total
+    return total / math.prod(x.shape) if red == "mean" else total
 
 
 def bce_with_logits_grad(input, target, weight=None, size_average=None, reduce=None,
