@@ -127,6 +127,35 @@ def run_case(label, dtype, reduction, weights, shape, with_w, with_p, per_class,
     }
 
 
+def _mean_and_none(x, y) -> list:
+    """bce's compiled tier, mean then none, then PyTorch's (when installed)."""
+    fns = [tiered("compiled", lambda: bce_with_logits(x, y)),
+           tiered("compiled", lambda: bce_with_logits(x, y, reduction="none"))]
+    if torch is not None:
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        fns += [lambda: torch_loss(xt, yt), lambda: torch_loss(xt, yt, reduction="none")]
+    return fns
+
+
+def by_size(sizes, repeat, rng) -> list[tuple]:
+    """1-D float32, ``mean`` and ``none``: bce's compiled tier against PyTorch at each of
+    ``sizes`` (elements), all four timed in turn: (size, bce mean, PyTorch mean, bce
+    none, PyTorch none), in elements/s (PyTorch's None without torch).  Small arrays get
+    more rounds, so that each size takes about as long."""
+    rows = []
+    for n in sizes:
+        x = (rng.standard_normal(n) * 3).astype(np.float32)
+        y = (rng.random(n) < 0.3).astype(np.float32)
+        times = best(_mean_and_none(x, y), max(repeat, min(1000, int(2e8 // n))))
+        rates = [n / t for t in times]
+        if torch is None:
+            rates = [rates[0], None, rates[1], None]
+        else:
+            rates = [rates[0], rates[2], rates[1], rates[3]]
+        rows.append((n, *rates))
+    return rows
+
+
 def startup(tmp: Path) -> list[tuple[str, float]]:
     env = dict(os.environ)
     py = sys.executable
@@ -179,6 +208,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--skip-startup", action="store_true")
     ap.add_argument("--startup-only", action="store_true", help="the start-up block alone")
+    ap.add_argument("--sizes", default="200000,2000000",
+                    help="sizes for the 1-D float32 block by size (and --n): empty for none")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     print(f"machine: {cpu()}; numba {numba.__version__} ({numba.get_num_threads()} threads), "
@@ -215,6 +246,17 @@ def main() -> None:
                            for r in results if r["flat"])
         print("\nper class against 1-D over the same elements (their mean loss with one "
               f"pos_weight, timed in turn with each case): {ratios}")
+    sizes = sorted({int(float(v)) for v in args.sizes.split(",") if v.strip()} | {args.n})
+    if not args.startup_only and args.sizes.strip():
+        print("\n1-D float32 by size (M elements/s, bce's compiled tier; the four timed in "
+              "turn): PyTorch's\ntemporaries stay in the caches of small arrays, while a "
+              "large one's come from fresh pages")
+        print("| elements | mean: bce | PyTorch | vs PyTorch | none: bce | PyTorch | "
+              "vs PyTorch |")
+        print("|---|---|---|---|---|---|---|")
+        for n, bm, tm, bn, tn in by_size(sizes, args.repeat, rng):
+            print(f"| {n:,} | {fmt_rate(bm)} | {fmt_rate(tm)} | {fmt_ratio(bm, tm)} | "
+                  f"{fmt_rate(bn)} | {fmt_rate(tn)} | {fmt_ratio(bn, tn)} |")
     if not args.skip_startup:
         print("\nstart-up (seconds, best of 3 runs in fresh processes)")
         with tempfile.TemporaryDirectory() as tmp, no_other_cache(tmp):

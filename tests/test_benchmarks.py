@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 
 PROBE = r"""
@@ -67,3 +69,16 @@ def test_bench_compile_times_a_compile_of_the_form_asked():
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "unknown form(s) planes_unit_f16" in bad.stderr
     assert "rows_general_f64" in bad.stderr
+
+
+def test_bench_by_size_gives_a_row_per_size(monkeypatch):
+    """``bench.by_size``: one row per size, in order, bce's two rates measured, PyTorch's
+    exactly when torch is installed."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench
+
+    rows = bench.by_size([100, 3000], 1, np.random.default_rng(0))
+    assert [row[0] for row in rows] == [100, 3000]
+    for _, bce_mean, torch_mean, bce_none, torch_none in rows:
+        assert bce_mean > 0 and bce_none > 0
+        assert (torch_mean is None) == (torch_none is None) == (bench.torch is None)
