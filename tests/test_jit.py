@@ -868,3 +868,23 @@ def test_run_refuses_arrays_the_tasks_would_read_past():
         with pytest.raises(ValueError, match="do not match"):
             _launch.run(form, geom, n_tasks, x, arrays["y"], ones, ones, arrays["wf"],
                         arrays["pf"], 0.0, 0.0, False, 0, arrays["out"], True, np.zeros(0))
+
+
+def test_the_address_handed_to_the_kernels_is_the_arrays_data(tmp_path):
+    """``_launch._ptr`` (a ctypes buffer's address where the array is writable and not
+    empty) gives ``a.ctypes.data`` for every kind of array the kernels are handed: views at
+    an offset, read-only and memory-mapped arrays, empty placeholders, bool and 0-d."""
+    from bce_cli._launch import _ptr
+
+    base = np.arange(64, dtype=np.float64)
+    read_only = base.copy()
+    read_only.flags.writeable = False
+    np.save(tmp_path / "a.npy", base.astype(np.float32))
+    mapped = np.load(tmp_path / "a.npy", mmap_mode="r")
+    mapped_rw = np.load(tmp_path / "a.npy", mmap_mode="r+")
+    arrays = [base, base[5:], base[5:13].astype(np.float32), read_only, read_only[3:],
+              mapped, mapped[7:], mapped_rw[9:], np.zeros(0), np.zeros(0, np.float32),
+              np.ones(10, dtype=bool), np.frombuffer(bytearray(b"abcdefgh"), dtype=np.uint8),
+              np.array(2.5)]
+    for a in arrays:
+        assert _ptr(a) == a.ctypes.data, (a.dtype, a.shape, a.flags.writeable)
