@@ -7,7 +7,9 @@ Prints elements/s (best of --repeat) for each case: bce's compiled kernels
 expression a user would write, and bce's vectorised NumPy tier (what a fresh
 process runs until the compiled tier pays, see bce_cli/_tiers.py); then the
 start-up costs: the compiled tier cold (empty cache) and warm, ``bce --help``
-and a warm ``bce eval`` on a tiny file against the bare imports.
+and a warm ``bce eval`` on a tiny file against the bare imports.  Between the two, a
+block by size (``--sizes``, and ``--n``): 1-D float32 mean and none, bce's compiled tier
+against PyTorch, as the ratio changes with the size of the arrays.
 """
 
 from __future__ import annotations
@@ -249,8 +251,7 @@ def main() -> None:
     sizes = sorted({int(float(v)) for v in args.sizes.split(",") if v.strip()} | {args.n})
     if not args.startup_only and args.sizes.strip():
         print("\n1-D float32 by size (M elements/s, bce's compiled tier; the four timed in "
-              "turn): PyTorch's\ntemporaries stay in the caches of small arrays, while a "
-              "large one's come from fresh pages")
+              "turn)")
         print("| elements | mean: bce | PyTorch | vs PyTorch | none: bce | PyTorch | "
               "vs PyTorch |")
         print("|---|---|---|---|---|---|---|")
