@@ -115,9 +115,10 @@ def how(form: Form, sig: str) -> str | None:
 
 def _ptr(a: np.ndarray) -> int:
     """The address of a contiguous array's first element.  ``ctypes.c_char.from_buffer``
-    takes a third of ``a.ctypes.data``'s time (0.26 against 0.98 us here; a call of
-    the kernels takes 14 of these); it needs a writable, non-empty buffer, and the
-    others (a read-only input, an empty placeholder) take ``a.ctypes.data``."""
+    takes a third of ``a.ctypes.data``'s time (0.26 against 0.98 us on the development
+    machine; a call of the kernels takes 14 of these); it needs a writable, non-empty
+    buffer, and the others (a read-only input, an empty placeholder) take
+    ``a.ctypes.data``."""
     if a.size and a.flags.writeable:
         try:
             return ctypes.addressof(ctypes.c_char.from_buffer(a))

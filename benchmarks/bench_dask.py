@@ -5,8 +5,8 @@
 
 Writes a Parquet dataset (float32 logits and targets, one column per class, in
 ``--files`` files) to a temporary directory, then times whole ``bce eval`` processes
-(best of ``--repeat``: a local run on all cores and on as many threads as each of
-``--workers``, then dask, whose figures include starting the LocalCluster), then
+(best of ``--repeat``: a local run, one with ``--threads N`` for each N of ``--workers``,
+then dask on N local workers, its figures including the LocalCluster's start), then
 ``bce eval --scheduler ADDRESS`` against a LocalCluster of each of ``--workers`` workers
 started beforehand (as a deployed cluster is: only the client process timed), and checks
 that every engine printed the same JSON report.
