@@ -167,12 +167,12 @@ def run(form: Form, geom, n_tasks: int, x, y, wvec, pvec, wf, pf, smooth, ignore
     fn = pointer_entry(form, signature(x.dtype, y.dtype, wf.dtype, pf.dtype))
     # addresses of this function's arrays, alive until it returns (see _share)
     fixed = [_ptr(a) for a in (x, y, wvec, pvec, wf, pf, out, side, partials, n_bad)]
+    shared = (_ptr(ints), _ptr(floats))  # read by every run; scratch is each run's own
 
     def run_tasks(k0: int, k1: int) -> None:
         scratch = np.empty(n_scratch)
         oscratch = np.empty(n_oscratch, dtype=out.dtype)
-        _call(fn, form, *fixed, _ptr(scratch), _ptr(oscratch), _ptr(ints), _ptr(floats), k0,
-              k1)
+        _call(fn, form, *fixed, _ptr(scratch), _ptr(oscratch), *shared, k0, k1)
 
     # Runs of at least MIN_RUN tasks: a task takes tens of microseconds, about what
     # handing a run to a thread costs.  This thread and workers - 1 of the pool's take
@@ -270,10 +270,11 @@ def run_metrics(x3, y3, w3, wvec, ignore, nan_mode, edges, out, *, workers=None)
     floats = np.array([0.0 if ignore is None else float(ignore)])
     form, fn = metrics_entry(x3.dtype, y3.dtype)
     fixed = [_ptr(a) for a in (x3, y3, w3, wvec, edges, out)]  # this function's arrays
+    shared = (_ptr(ints), _ptr(floats))  # read by every run; scratch is each run's own
 
     def classes(c0: int) -> None:
         fscratch, iscratch = np.empty(n_f), np.empty(n_i, dtype=np.int64)
-        _call(fn, form, *fixed, _ptr(fscratch), _ptr(iscratch), _ptr(ints), _ptr(floats), c0,
+        _call(fn, form, *fixed, _ptr(fscratch), _ptr(iscratch), *shared, c0,
               min(c_count, c0 + step))
 
     workers = workers or _tiers.kernel_threads()
