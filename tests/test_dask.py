@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -179,6 +180,39 @@ def test_suggest_pos_weight(data, scheduler):
     local, dask = both_engines("suggest-pos-weight", *args, scheduler=scheduler)
     assert local.exit_code == dask.exit_code == 0, dask.output
     assert dask.stdout == local.stdout
+
+
+def _processes_with(marker: str) -> list[int]:
+    """The processes whose environment holds ``marker`` (Linux's /proc)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if marker.encode() in f.read():
+                    pids.append(int(entry))
+        except (OSError, ValueError):  # not a process, gone, or not ours to read
+            pass
+    return pids
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="lists processes through /proc")
+def test_the_command_ends_with_its_cluster_gone(data, tmp_path):
+    """``bce`` after a Dask job (cli.command): the exit handlers run, then the process ends
+    without Python's teardown; the report is whole and the LocalCluster's processes (its
+    scheduler is a thread of the driver; nannies and workers are processes) are gone with
+    the driver, their scratch directories removed."""
+    marker = f"BCE_TEST_MARK_{os.getpid()}_{time.time_ns()}"
+    args = [*CASES["two datasets"](data), "--format", "json", "--batch-rows", 700]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), marker: "1",
+           "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "bce_cli", "eval", *map(str, args),
+                           "--engine", "dask", "--scheduler", "local:2"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == invoke("eval", *args).stdout
+    assert _processes_with(marker) == []
+    scratch = tmp_path / "dask-scratch-space"
+    assert not scratch.exists() or not any(scratch.glob("worker-*"))
 
 
 def test_bad_row_in_a_later_file_is_placed(data, scheduler):
