@@ -446,6 +446,37 @@ def test_parquet_runs_never_import_pandas(tmp_path, case):
     assert res.stdout.strip().splitlines()[-1] == repr((0, False)), res.stdout + res.stderr
 
 
+_IMPORTED = """
+import sys
+from bce_cli.cli import main
+sys.argv = ["bce"] + {args!r}
+try:
+    main()
+except SystemExit as e:
+    code = e.code
+print(repr((code, "pyarrow.compute" in sys.modules)))
+"""
+
+
+@pytest.mark.parametrize("lists", [False, True])
+def test_only_list_columns_import_pyarrow_compute(tmp_path, lists):
+    """pyarrow.compute takes ~28 ms to import (it builds a function for every kernel),
+    a tenth of a small Parquet job: only list columns' lengths and nulls need it."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((50, 3))
+    y = (rng.random((50, 3)) < 0.5).astype(np.float64)
+    if lists:
+        table = pa.table({"logits": pa.array(x.tolist()), "targets": pa.array(y.tolist())})
+    else:
+        table = pa.table({**{f"logit_{c}": x[:, c] for c in range(3)},
+                          **{f"target_{c}": y[:, c] for c in range(3)}})
+    pq.write_table(table, tmp_path / "t.parquet")
+    args = ["eval", str(tmp_path / "t.parquet"), "--format", "json"]
+    res = subprocess.run([sys.executable, "-c", _IMPORTED.format(args=args)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert res.stdout.strip().splitlines()[-1] == repr((0, lists)), res.stdout + res.stderr
+
+
 def test_version():
     res = invoke("--version")
     assert res.exit_code == 0 and res.stdout.startswith("bce ")

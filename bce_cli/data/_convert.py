@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from bce_cli.errors import BCEInputError
 
@@ -187,6 +186,8 @@ def _scalar_values(arr, *, file, column, row0, policy):
 
 def _fill_list(arr, out, k, *, file, column, row0, policy):
     """Fill ``out`` (n, k) from a list / large_list / fixed_size_list array."""
+    import pyarrow.compute as pc  # here: its import takes ~28 ms, and only lists need it
+
     rows = None
     if arr.null_count:
         if policy == "error":
@@ -244,6 +245,8 @@ def _needs_float(pieces, sel: Selection, policy) -> bool:
             if col.null_count:
                 return True
             if sel.kind == "list":
+                import pyarrow.compute as pc
+
                 if pc.list_flatten(col).null_count:
                     return True
     return False
