@@ -481,7 +481,10 @@ def command() -> None:
     if "distributed" in sys.modules:
         import atexit
 
-        atexit._run_exitfuncs()
+        run_handlers = getattr(atexit, "_run_exitfuncs", None)  # CPython's, not documented
+        if run_handlers is None:
+            sys.exit(code)
+        run_handlers()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

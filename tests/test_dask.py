@@ -195,24 +195,65 @@ def _processes_with(marker: str) -> list[int]:
     return pids
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="lists processes through /proc")
+def _marked_run(argv: list[str], tmp_path):
+    """``argv`` run in a subprocess whose environment carries a marker, with Dask's
+    scratch space in ``tmp_path``: (the finished process, the processes still marked)."""
+    marker = f"BCE_TEST_MARK_{os.getpid()}_{time.time_ns()}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), marker: "1",
+           "TMPDIR": str(tmp_path), "DASK_TEMPORARY_DIRECTORY": str(tmp_path)}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    return done, _processes_with(marker)
+
+
+def _no_worker_left_a_directory(tmp_path) -> bool:
+    scratch = tmp_path / "dask-scratch-space"
+    assert scratch.is_dir()  # the cluster's scratch space was here (its lock file stays)
+    return not any(scratch.glob("worker-*"))
+
+
+_LIVE = (os.path.isdir("/proc/self"), "lists processes through /proc")
+
+
+@pytest.mark.skipif(not _LIVE[0], reason=_LIVE[1])
 def test_the_command_ends_with_its_cluster_gone(data, tmp_path):
     """``bce`` after a Dask job (cli.command): the exit handlers run, then the process ends
     without Python's teardown; the report is whole and the LocalCluster's processes (its
     scheduler is a thread of the driver; nannies and workers are processes) are gone with
     the driver, their scratch directories removed."""
-    marker = f"BCE_TEST_MARK_{os.getpid()}_{time.time_ns()}"
     args = [*CASES["two datasets"](data), "--format", "json", "--batch-rows", 700]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), marker: "1",
-           "TMPDIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "bce_cli", "eval", *map(str, args),
-                           "--engine", "dask", "--scheduler", "local:2"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done, left = _marked_run([sys.executable, "-m", "bce_cli", "eval", *map(str, args),
+                              "--engine", "dask", "--scheduler", "local:2"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout == invoke("eval", *args).stdout
-    assert _processes_with(marker) == []
-    scratch = tmp_path / "dask-scratch-space"
-    assert not scratch.exists() or not any(scratch.glob("worker-*"))
+    assert left == []
+    assert _no_worker_left_a_directory(tmp_path)
+
+
+_LEFT_OPEN = """
+import sys
+from bce_cli import cli
+
+def main():  # a job that leaves its cluster and client open
+    from distributed import Client
+    from bce_cli._dask import local_cluster
+    cluster = local_cluster(1)
+    client = Client(cluster)
+    print(client.submit(sum, [1, 2]).result())
+
+cli.main = main
+cli.command()
+"""
+
+
+@pytest.mark.skipif(not _LIVE[0], reason=_LIVE[1])
+def test_the_command_closes_a_cluster_left_open(tmp_path):
+    """The exit handlers that ``cli.command`` runs before skipping the teardown are what
+    close a cluster nobody closed: its processes end and their directories go."""
+    done, left = _marked_run([sys.executable, "-c", _LEFT_OPEN], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "3\n"
+    assert left == []
+    assert _no_worker_left_a_directory(tmp_path)
 
 
 def test_bad_row_in_a_later_file_is_placed(data, scheduler):
