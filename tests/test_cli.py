@@ -402,7 +402,7 @@ def test_help_imports_neither_numba_nor_pyarrow():
     assert res.stdout.strip().splitlines()[-1] == "[]"
 
 
-_PANDAS_FREE = """
+_IMPORTED = """
 import sys
 from bce_cli.cli import main
 sys.argv = ["bce"] + {args!r}
@@ -410,7 +410,7 @@ try:
     main()
 except SystemExit as e:
     code = e.code
-print(repr((code, "pandas" in sys.modules)))
+print(repr((code, {module!r} in sys.modules)))
 """
 
 
@@ -441,21 +441,9 @@ def test_parquet_runs_never_import_pandas(tmp_path, case):
     installed, 0.2-0.25 s of a run for nothing: bce converts through Arrow's buffers."""
     pytest.importorskip("pandas")  # installed with the dev extra (Dask's dataframe)
     args = _pandas_free_cases(tmp_path)[case]
-    res = subprocess.run([sys.executable, "-c", _PANDAS_FREE.format(args=args)],
+    res = subprocess.run([sys.executable, "-c", _IMPORTED.format(args=args, module="pandas")],
                          capture_output=True, text=True, cwd=ROOT)
     assert res.stdout.strip().splitlines()[-1] == repr((0, False)), res.stdout + res.stderr
-
-
-_IMPORTED = """
-import sys
-from bce_cli.cli import main
-sys.argv = ["bce"] + {args!r}
-try:
-    main()
-except SystemExit as e:
-    code = e.code
-print(repr((code, "pyarrow.compute" in sys.modules)))
-"""
 
 
 @pytest.mark.parametrize("lists", [False, True])
@@ -472,8 +460,8 @@ def test_only_list_columns_import_pyarrow_compute(tmp_path, lists):
                           **{f"target_{c}": y[:, c] for c in range(3)}})
     pq.write_table(table, tmp_path / "t.parquet")
     args = ["eval", str(tmp_path / "t.parquet"), "--format", "json"]
-    res = subprocess.run([sys.executable, "-c", _IMPORTED.format(args=args)],
-                         capture_output=True, text=True, cwd=ROOT)
+    code = _IMPORTED.format(args=args, module="pyarrow.compute")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert res.stdout.strip().splitlines()[-1] == repr((0, lists)), res.stdout + res.stderr
 
 
