@@ -467,8 +467,8 @@ def command() -> None:
     job 20-25 ms, a sixth of its time, and does nothing a finished command needs:
     every file bce writes is closed and renamed in place by then.  A process that
     imported Dask runs the exit handlers first (Dask's close any client or cluster
-    still open and end its processes), then skips the teardown, which costs a Dask
-    job's driver about 0.1 s.  A process that a profiler or coverage tool watches keeps
+    still open and end its processes), then skips the teardown, which took a Dask
+    job's driver about 0.1 s on 2 cores.  A process that a profiler or coverage tool watches keeps
     Python's exit (``python -m cProfile -m bce_cli ...``)."""
     try:
         main()

@@ -211,10 +211,11 @@ def _no_worker_left_a_directory(tmp_path) -> bool:
     return not any(scratch.glob("worker-*"))
 
 
-_LIVE = (os.path.isdir("/proc/self"), "lists processes through /proc")
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self"),
+                                reason="lists processes through /proc")
 
 
-@pytest.mark.skipif(not _LIVE[0], reason=_LIVE[1])
+@needs_proc
 def test_the_command_ends_with_its_cluster_gone(data, tmp_path):
     """``bce`` after a Dask job (cli.command): the exit handlers run, then the process ends
     without Python's teardown; the report is whole and the LocalCluster's processes (its
@@ -230,7 +231,6 @@ def test_the_command_ends_with_its_cluster_gone(data, tmp_path):
 
 
 _LEFT_OPEN = """
-import sys
 from bce_cli import cli
 
 def main():  # a job that leaves its cluster and client open
@@ -245,7 +245,7 @@ cli.command()
 """
 
 
-@pytest.mark.skipif(not _LIVE[0], reason=_LIVE[1])
+@needs_proc
 def test_the_command_closes_a_cluster_left_open(tmp_path):
     """The exit handlers that ``cli.command`` runs before skipping the teardown are what
     close a cluster nobody closed: its processes end and their directories go."""
